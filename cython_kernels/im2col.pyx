@@ -1,0 +1,152 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""im2col / col2im for 2-D convolution in Caffe's exact column layout (float32, OpenMP).
+
+Row ``(c*kh + i)*kw + j`` of ``col`` holds input channel ``c`` sampled at kernel tap ``(i, j)``;
+column ``oh*OW + ow`` is the output position. Taps that fall into the zero padding are 0.
+This module also exposes the OpenMP thread-count controls used by :mod:`pyskim.kernels`.
+Validation happens in :mod:`pyskim.kernels`; these functions trust their arguments.
+"""
+
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+
+
+cdef extern from *:
+    """
+    /* d[i] += s[i]; restrict lets the compiler vectorise it */
+    static inline void pyskim_add_row(float *__restrict d, const float *__restrict s, int n) {
+        for (int i = 0; i < n; ++i) d[i] += s[i];
+    }
+    """
+    void pyskim_add_row(float* d, const float* s, int n) nogil
+
+cimport openmp
+
+
+def omp_set_num_threads(int n):
+    """Set the OpenMP default thread count (``omp_set_num_threads``) for the calling thread."""
+    openmp.omp_set_num_threads(n)
+
+
+def omp_get_max_threads():
+    """Return ``omp_get_max_threads()`` (follows ``OMP_NUM_THREADS`` until changed)."""
+    return openmp.omp_get_max_threads()
+
+
+cdef inline int _lo(int off, int stride) noexcept nogil:
+    """Smallest ``o >= 0`` with ``o*stride + off >= 0``."""
+    if off >= 0:
+        return 0
+    return (-off + stride - 1) // stride
+
+
+cdef inline int _hi(int off, int stride, int size, int n_out) noexcept nogil:
+    """One past the largest ``o < n_out`` with ``o*stride + off < size`` (0 if none)."""
+    cdef int b
+    if size - 1 - off < 0:
+        return 0
+    b = (size - 1 - off) // stride + 1
+    return b if b < n_out else n_out
+
+
+cdef _check_geometry(int kh, int kw, int pad_h, int pad_w, int stride_h, int stride_w,
+                     int dil_h, int dil_w):
+    if kh <= 0 or kw <= 0 or stride_h <= 0 or stride_w <= 0 or dil_h <= 0 or dil_w <= 0 \
+            or pad_h < 0 or pad_w < 0:
+        raise ValueError("kernel, stride and dilation must be positive and pad non-negative")
+
+
+cdef _check_col(Py_ssize_t rows, Py_ssize_t cols, int C, int kh, int kw, int OH, int OW):
+    if OH <= 0 or OW <= 0 or rows != <Py_ssize_t>C * kh * kw or cols != <Py_ssize_t>OH * OW:
+        raise ValueError(f"col shape ({rows}, {cols}) does not fit C={C}, kernel=({kh}, {kw}), "
+                         f"output=({OH}, {OW})")
+
+
+def im2col(const float[:, :, ::1] img, int kh, int kw, int pad_h, int pad_w,
+           int stride_h, int stride_w, int dil_h, int dil_w, float[:, ::1] col,
+           int num_threads=1):
+    """Fill ``col`` (C*kh*kw, OH*OW) from ``img`` (C, H, W) like Caffe's ``im2col_cpu``.
+
+    OH, OW follow Caffe's formula; ``col``'s shape is checked against them. Parallel over the
+    rows of ``col`` (independent writes).
+    """
+    cdef int C = img.shape[0]
+    cdef int H = img.shape[1]
+    cdef int W = img.shape[2]
+    _check_geometry(kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w)
+    cdef int OH = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1
+    cdef int OW = (W + 2 * pad_w - (dil_w * (kw - 1) + 1)) // stride_w + 1
+    cdef int nrows = C * kh * kw
+    cdef int row, c, i, j, oh, ow, ih, iw0, lo, hi
+    _check_col(col.shape[0], col.shape[1], C, kh, kw, OH, OW)
+    cdef float* dst
+    cdef const float* src
+    for row in prange(nrows, nogil=True, schedule="static", num_threads=num_threads):
+        c = row // (kh * kw)
+        i = (row // kw) % kh
+        j = row % kw
+        iw0 = j * dil_w - pad_w
+        lo = _lo(iw0, stride_w)
+        hi = _hi(iw0, stride_w, W, OW)
+        if lo > hi:
+            lo = hi
+        for oh in range(OH):
+            dst = &col[row, oh * OW]
+            ih = oh * stride_h - pad_h + i * dil_h
+            if ih < 0 or ih >= H or lo >= hi:
+                memset(dst, 0, OW * sizeof(float))
+                continue
+            src = &img[c, ih, 0]
+            if lo > 0:
+                memset(dst, 0, lo * sizeof(float))
+            if stride_w == 1:
+                memcpy(dst + lo, src + lo + iw0, (hi - lo) * sizeof(float))
+            else:
+                for ow in range(lo, hi):
+                    dst[ow] = src[ow * stride_w + iw0]
+            if hi < OW:
+                memset(dst + hi, 0, (OW - hi) * sizeof(float))
+
+
+def col2im_add(const float[:, ::1] col, int kh, int kw, int pad_h, int pad_w,
+               int stride_h, int stride_w, int dil_h, int dil_w, float[:, :, ::1] img,
+               int num_threads=1):
+    """Accumulate (``+=``) ``col`` (C*kh*kw, OH*OW) back into ``img`` (C, H, W).
+
+    Same sums as Caffe's ``col2im_cpu`` (which zeroes ``img`` first; the caller does that),
+    and the same per-pixel addition order (kernel taps in ``(i, j)`` order), so results are
+    bit-identical. Written as a gather over image rows, so it runs in parallel over
+    ``(channel, image row)`` without write conflicts.
+    """
+    cdef int C = img.shape[0]
+    cdef int H = img.shape[1]
+    cdef int W = img.shape[2]
+    _check_geometry(kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w)
+    cdef int OH = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1
+    cdef int OW = (W + 2 * pad_w - (dil_w * (kw - 1) + 1)) // stride_w + 1
+    cdef int crow, c, ih, i, j, t, oh, ow, iw0, lo, hi
+    _check_col(col.shape[0], col.shape[1], C, kh, kw, OH, OW)
+    cdef float* dst
+    cdef const float* src
+    for crow in prange(C * H, nogil=True, schedule="static", num_threads=num_threads):
+        c = crow // H
+        ih = crow % H
+        dst = &img[c, ih, 0]
+        for i in range(kh):
+            t = ih + pad_h - i * dil_h
+            if t < 0 or t % stride_h != 0:
+                continue
+            oh = t // stride_h
+            if oh >= OH:
+                continue
+            for j in range(kw):
+                iw0 = j * dil_w - pad_w
+                lo = _lo(iw0, stride_w)
+                hi = _hi(iw0, stride_w, W, OW)
+                src = &col[(c * kh + i) * kw + j, oh * OW]
+                if stride_w == 1:
+                    if hi > lo:
+                        pyskim_add_row(dst + lo + iw0, src + lo, hi - lo)
+                else:
+                    for ow in range(lo, hi):
+                        dst[ow * stride_w + iw0] += src[ow]

@@ -1,0 +1,206 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Local response normalisation across channels, forward and backward (Caffe's CPU code).
+
+Arrays are (N, C, H, W) float32. Caffe walks the channels with a running window sum built from
+``axpy`` calls; these kernels perform the same float32 operations in the same order for every
+pixel, so they reproduce Caffe's ``CrossChannelForward_cpu`` / ``CrossChannelBackward_cpu`` up
+to FMA contraction and the power function: ``scale**-beta`` is ``powf``, except for
+``beta == 0.75`` (CaffeNet, GoogLeNet) where it is ``r*sqrtf(r)``, ``r = 1/sqrtf(scale)``
+(vectorisable, at most ~3 ulp from the exact value, deterministic across machines).
+Work is split over (image, block of ``_BLOCK`` pixels); the channel walk inside a block is
+sequential, with the pixel loop innermost (contiguous, ``restrict``-qualified C helpers so that
+it vectorises). The constants ``alpha_over_size`` and ``cache_ratio`` are computed by the
+caller exactly as Caffe computes them.
+"""
+
+import numpy as np
+
+from cython.parallel cimport prange, threadid
+
+
+cdef extern from *:
+    """
+    #include <math.h>
+    /* s = s + a * (x*x)   (Caffe: sqr, then axpy) */
+    static inline void pyskim_lrn_axpy_sq(float *__restrict s, const float *__restrict x,
+                                          float a, int n) {
+        for (int i = 0; i < n; ++i) { float v = x[i] * x[i]; s[i] = s[i] + a * v; }
+    }
+    /* s = (sp + a*head^2) + (-a)*tail^2   (Caffe: copy, axpy head, axpy tail); head/tail may
+       be NULL for a zero term of the channel padding. */
+    static inline void pyskim_lrn_step(float *__restrict s, const float *__restrict sp,
+                                       const float *__restrict h, const float *__restrict t,
+                                       float a, int n) {
+        float na = -a;
+        if (h && t) {
+            for (int i = 0; i < n; ++i) {
+                float vh = h[i] * h[i], vt = t[i] * t[i];
+                float u = sp[i] + a * vh;
+                s[i] = u + na * vt;
+            }
+        } else if (h) {
+            for (int i = 0; i < n; ++i) { float vh = h[i] * h[i]; s[i] = sp[i] + a * vh; }
+        } else if (t) {
+            for (int i = 0; i < n; ++i) { float vt = t[i] * t[i]; s[i] = sp[i] + na * vt; }
+        } else {
+            for (int i = 0; i < n; ++i) s[i] = sp[i];
+        }
+    }
+    /* y = s**nbeta * m  (Caffe: powx, then mul) */
+    static inline void pyskim_lrn_pow_mul(float *__restrict y, const float *__restrict s,
+                                          const float *__restrict m, float nbeta, int n) {
+        if (nbeta == -0.75f) {
+            for (int i = 0; i < n; ++i) {
+                float r = 1.0f / sqrtf(s[i]);
+                y[i] = (r * sqrtf(r)) * m[i];
+            }
+        } else {
+            for (int i = 0; i < n; ++i) y[i] = powf(s[i], nbeta) * m[i];
+        }
+    }
+    /* acc = acc + sign * ((g*y)/s)   (Caffe: mul, div, axpy with +-1) */
+    static inline void pyskim_lrn_ratio(float *__restrict acc, const float *__restrict g,
+                                        const float *__restrict y, const float *__restrict s,
+                                        int sub, int n) {
+        if (sub) {
+            for (int i = 0; i < n; ++i) { float r = (g[i] * y[i]) / s[i]; acc[i] = acc[i] - r; }
+        } else {
+            for (int i = 0; i < n; ++i) { float r = (g[i] * y[i]) / s[i]; acc[i] = acc[i] + r; }
+        }
+    }
+    /* d = d + ncr * (x*acc)   (Caffe: mul, then axpy with -cache_ratio) */
+    static inline void pyskim_lrn_diff(float *__restrict d, const float *__restrict x,
+                                       const float *__restrict acc, float ncr, int n) {
+        for (int i = 0; i < n; ++i) { float v = x[i] * acc[i]; d[i] = d[i] + ncr * v; }
+    }
+    """
+    void pyskim_lrn_axpy_sq(float* s, const float* x, float a, int n) nogil
+    void pyskim_lrn_step(float* s, const float* sp, const float* h, const float* t, float a,
+                         int n) nogil
+    void pyskim_lrn_pow_mul(float* y, const float* s, const float* m, float nbeta, int n) nogil
+    void pyskim_lrn_ratio(float* acc, const float* g, const float* y, const float* s, int sub,
+                          int n) nogil
+    void pyskim_lrn_diff(float* d, const float* x, const float* acc, float ncr, int n) nogil
+
+
+cdef enum:
+    _BLOCK = 256
+
+
+cdef _check_same(Py_ssize_t* a, Py_ssize_t* b):
+    cdef int i
+    for i in range(4):
+        if a[i] != b[i]:
+            raise ValueError("LRN arrays must all have the same shape")
+
+
+def across_forward(const float[:, :, :, ::1] bottom, int size, float alpha_over_size,
+                   float beta, float k, float[:, :, :, ::1] scale, float[:, :, :, ::1] top,
+                   int num_threads=1):
+    """``scale = k + alpha/size * (sum of squares over the channel window)``, ``top =
+    bottom * scale**-beta``.
+
+    The window of channel ``c`` is ``[c - pre_pad, c + size - 1 - pre_pad]`` with
+    ``pre_pad = (size - 1) // 2``. Like Caffe: ``scale[0]`` adds the ``size`` window terms one
+    by one to ``k``; ``scale[c] = scale[c-1] + a*head - a*tail`` (zero terms from the channel
+    padding are skipped, which does not change any value).
+    """
+    cdef int N = bottom.shape[0]
+    cdef int C = bottom.shape[1]
+    cdef int HW = bottom.shape[2] * bottom.shape[3]
+    cdef int pre_pad = (size - 1) // 2
+    cdef int nblk = (HW + _BLOCK - 1) // _BLOCK
+    cdef float nbeta = -beta
+    cdef int t, n, b, p0, m, p, c, cc
+    cdef const float* head
+    cdef const float* tail
+    cdef float* s
+    if size <= 0:
+        raise ValueError("size must be positive")
+    _check_same(bottom.shape, scale.shape)
+    _check_same(bottom.shape, top.shape)
+    for t in prange(N * nblk, nogil=True, schedule="static", num_threads=num_threads):
+        n = t // nblk
+        b = t % nblk
+        p0 = b * _BLOCK
+        m = HW - p0
+        if m > _BLOCK:
+            m = _BLOCK
+        # channel 0: k plus the window terms in padded-channel order
+        s = &scale[n, 0, 0, 0] + p0
+        for p in range(m):
+            s[p] = k
+        for cc in range(size):
+            c = cc - pre_pad
+            if c >= 0 and c < C:
+                pyskim_lrn_axpy_sq(s, &bottom[n, c, 0, 0] + p0, alpha_over_size, m)
+        # the running window: copy previous, add head, subtract tail
+        for c in range(1, C):
+            cc = c + size - 1 - pre_pad
+            head = &bottom[n, cc, 0, 0] + p0 if cc < C else NULL
+            cc = c - 1 - pre_pad
+            tail = &bottom[n, cc, 0, 0] + p0 if cc >= 0 else NULL
+            pyskim_lrn_step(&scale[n, c, 0, 0] + p0, &scale[n, c - 1, 0, 0] + p0, head, tail,
+                            alpha_over_size, m)
+        for c in range(C):
+            pyskim_lrn_pow_mul(&top[n, c, 0, 0] + p0, &scale[n, c, 0, 0] + p0,
+                               &bottom[n, c, 0, 0] + p0, nbeta, m)
+
+
+def across_backward(const float[:, :, :, ::1] bottom, const float[:, :, :, ::1] top,
+                    const float[:, :, :, ::1] scale, const float[:, :, :, ::1] top_diff,
+                    int size, float beta, float cache_ratio, float[:, :, :, ::1] bottom_diff,
+                    int num_threads=1):
+    """``bottom_diff = top_diff * scale**-beta - cache_ratio * bottom * sum_window(top_diff *
+    top / scale)`` with ``cache_ratio = 2*alpha*beta/size``.
+
+    Like Caffe: the ratio window sum starts with the first ``size - 1`` padded terms, then per
+    channel adds the head, updates ``bottom_diff`` and subtracts the tail.
+    """
+    cdef int N = bottom.shape[0]
+    cdef int C = bottom.shape[1]
+    cdef int HW = bottom.shape[2] * bottom.shape[3]
+    cdef int pre_pad = size - (size + 1) // 2
+    cdef int nblk = (HW + _BLOCK - 1) // _BLOCK
+    cdef float nbeta = -beta
+    cdef float ncr = -cache_ratio
+    cdef int t, n, b, p0, m, p, c, cc
+    cdef float* acc
+    if size <= 0:
+        raise ValueError("size must be positive")
+    _check_same(bottom.shape, top.shape)
+    _check_same(bottom.shape, scale.shape)
+    _check_same(bottom.shape, top_diff.shape)
+    _check_same(bottom.shape, bottom_diff.shape)
+    if num_threads < 1:
+        num_threads = 1
+    # one running-sum row per thread (indexed by threadid(); the team is at most num_threads)
+    cdef float[:, ::1] acc_rows = np.empty((num_threads, _BLOCK), dtype=np.float32)
+    for t in prange(N * nblk, nogil=True, schedule="static", num_threads=num_threads):
+        acc = &acc_rows[threadid(), 0]
+        n = t // nblk
+        b = t % nblk
+        p0 = b * _BLOCK
+        m = HW - p0
+        if m > _BLOCK:
+            m = _BLOCK
+        for c in range(C):
+            pyskim_lrn_pow_mul(&bottom_diff[n, c, 0, 0] + p0, &scale[n, c, 0, 0] + p0,
+                               &top_diff[n, c, 0, 0] + p0, nbeta, m)
+        for p in range(m):
+            acc[p] = 0
+        for cc in range(size - 1):
+            c = cc - pre_pad
+            if c >= 0 and c < C:
+                pyskim_lrn_ratio(acc, &top_diff[n, c, 0, 0] + p0, &top[n, c, 0, 0] + p0,
+                                 &scale[n, c, 0, 0] + p0, 0, m)
+        for c in range(C):
+            cc = c + size - 1 - pre_pad
+            if cc < C:
+                pyskim_lrn_ratio(acc, &top_diff[n, cc, 0, 0] + p0, &top[n, cc, 0, 0] + p0,
+                                 &scale[n, cc, 0, 0] + p0, 0, m)
+            pyskim_lrn_diff(&bottom_diff[n, c, 0, 0] + p0, &bottom[n, c, 0, 0] + p0, acc, ncr, m)
+            cc = c - pre_pad
+            if cc >= 0:
+                pyskim_lrn_ratio(acc, &top_diff[n, cc, 0, 0] + p0, &top[n, cc, 0, 0] + p0,
+                                 &scale[n, cc, 0, 0] + p0, 1, m)

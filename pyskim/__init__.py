@@ -1,0 +1,19 @@
+"""pyskim: a Caffe-compatible framework for sparse CNNs (a reimplementation of SkimCaffe).
+
+``import pyskim as caffe`` gives pycaffe's API: ``caffe.Net``, ``caffe.TRAIN``/``caffe.TEST``,
+``caffe.io``, ``caffe.layer_type_list()`` and the mode/seed functions.
+"""
+from . import io
+from .common import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
+from .errors import PyskimError
+from .layers import Layer, layer_type_list
+from .proto import caffe_pb2
+from .pycaffe import Net
+
+__version__ = "0.1.0"
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+
+__all__ = ["Layer", "Net", "PyskimError", "TEST", "TRAIN", "io", "layer_type_list", "set_device",
+           "set_mode_cpu", "set_mode_gpu", "set_random_seed"]

@@ -1,0 +1,80 @@
+"""BlobProto and Datum <-> numpy conversions, with pycaffe's ``caffe.io`` names and semantics."""
+import numpy as np
+
+from ..errors import BlobProtoError
+from ..proto import caffe_pb2
+
+
+def blobproto_shape(blob):
+    """The shape a BlobProto describes: the legacy 4-D num/channels/height/width when any of them is
+    set, else ``shape.dim`` (as ``Blob::FromProto``)."""
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    return tuple(int(d) for d in blob.shape.dim)
+
+
+def blobproto_to_array(blob, return_diff=False):
+    """Convert a BlobProto to a float32 array of its shape (``data`` or ``double_data``)."""
+    shape = blobproto_shape(blob)
+    if return_diff:
+        values = blob.diff if len(blob.diff) else blob.double_diff
+    else:
+        values = blob.data if len(blob.data) else blob.double_data
+    count = int(np.prod(shape, dtype=np.int64))
+    if any(d < 0 for d in shape) or len(values) != count:
+        raise BlobProtoError(f"blob of shape {list(shape)} holds {len(values)} values, expected {count}")
+    return np.asarray(values, dtype=np.float32).reshape(shape)
+
+
+def array_to_blobproto(arr, diff=None):
+    """Convert an array (and optional diff) to a BlobProto with ``shape`` and float ``data``."""
+    blob = caffe_pb2.BlobProto()
+    arr = np.asarray(arr)
+    blob.shape.dim.extend(arr.shape)
+    blob.data.extend(arr.astype(np.float32, copy=False).ravel().tolist())
+    if diff is not None:
+        blob.diff.extend(np.asarray(diff, dtype=np.float32).ravel().tolist())
+    return blob
+
+
+def arraylist_to_blobprotovector_str(arraylist):
+    """Serialize a list of arrays as a BlobProtoVector string."""
+    vec = caffe_pb2.BlobProtoVector()
+    vec.blobs.extend([array_to_blobproto(arr) for arr in arraylist])
+    return vec.SerializeToString()
+
+
+def blobprotovector_str_to_arraylist(text):
+    """Parse a serialized BlobProtoVector into a list of arrays."""
+    vec = caffe_pb2.BlobProtoVector()
+    vec.ParseFromString(text)
+    return [blobproto_to_array(blob) for blob in vec.blobs]
+
+
+def array_to_datum(arr, label=None):
+    """A 3-D array to a Datum: uint8 goes to ``data`` bytes, other dtypes to ``float_data``."""
+    if arr.ndim != 3:
+        raise ValueError("Incorrect array shape.")
+    datum = caffe_pb2.Datum()
+    datum.channels, datum.height, datum.width = arr.shape
+    if arr.dtype == np.uint8:
+        datum.data = arr.tobytes()
+    else:
+        datum.float_data.extend(arr.astype(float).flat)
+    if label is not None:
+        datum.label = label
+    return datum
+
+
+def datum_to_array(datum):
+    """A (non-encoded) Datum to a C x H x W array: uint8 from ``data``, float from ``float_data``."""
+    shape = (datum.channels, datum.height, datum.width)
+    if len(datum.data):
+        raw = np.frombuffer(datum.data, dtype=np.uint8)
+        if raw.size != int(np.prod(shape)):
+            raise BlobProtoError(f"Datum holds {raw.size} bytes, expected {shape}")
+        return raw.reshape(shape)
+    values = np.array(datum.float_data).astype(float)
+    if values.size != int(np.prod(shape)):
+        raise BlobProtoError(f"Datum holds {values.size} floats, expected {shape}")
+    return values.reshape(shape)

@@ -1,0 +1,299 @@
+"""Pooling, SPP and LRN (Caffe's ``pooling_layer``, ``spp_layer``, ``lrn_layer``), on the compiled
+pooling and LRN kernels of :mod:`pyskim.kernels`. Imported (and so registered) by :mod:`.vision`."""
+import numpy as np
+
+from .. import kernels
+from ..blob import Blob
+from ..errors import NetError
+from ..proto import caffe_pb2
+from .base import Layer, register
+
+_POOL = caffe_pb2.PoolingParameter
+
+
+def pooled_extent(name, size, kernel, stride, pad, round_mode):
+    """Caffe's pooled extent: ceil (or floor, ``round_mode: FLOOR``) of (S + 2p - k) / s, plus one;
+    with padding, one less when the last window would start at or beyond S + p."""
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if round_mode == _POOL.CEIL else span // stride) + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    if out <= 0:
+        raise NetError(f"layer '{name}': pooling kernel {kernel} does not fit input size {size} with pad {pad}")
+    return out
+
+
+@register("Pooling", "POOLING")
+class PoolingLayer(Layer):
+    """Caffe's ``PoolingLayer`` (MAX / AVE; STOCHASTIC has no CPU implementation in Caffe).
+
+    MAX may have a second top: the argmax mask (flat ``h * W + w`` index in the input plane, as
+    float). AVE divides by the window clipped to the padded image, so padding counts as zeros.
+    ``global_pooling`` uses the whole plane as the kernel.
+    """
+
+    exact_num_bottom = 1
+    min_top = 1
+
+    def __init__(self, param):
+        super().__init__(param)
+        self.max_top = 2 if param.pooling_param.pool == _POOL.MAX else 1
+
+    def layer_setup(self, bottom, top):
+        pp = self.param.pooling_param
+        has = pp.HasField
+        self._global = pp.global_pooling
+        if self._global:
+            if has("kernel_size") or has("kernel_h") or has("kernel_w"):
+                raise NetError(f"layer '{self.name}': with global_pooling: true the filter size cannot be "
+                               f"specified")
+            self._kernel = None
+        elif has("kernel_size") == (has("kernel_h") and has("kernel_w")):
+            raise NetError(f"layer '{self.name}': filter size is kernel_size OR kernel_h and kernel_w "
+                           f"(both kernel_h and kernel_w for non-square filters); not both")
+        else:
+            self._kernel = ((pp.kernel_size,) * 2 if has("kernel_size") else (pp.kernel_h, pp.kernel_w))
+            if min(self._kernel) <= 0:
+                raise NetError(f"layer '{self.name}': filter dimensions cannot be zero")
+        for field in ("pad", "stride"):
+            if not ((not has(field) and has(f"{field}_h") and has(f"{field}_w"))
+                    or (not has(f"{field}_h") and not has(f"{field}_w"))):
+                raise NetError(f"layer '{self.name}': {field} is {field} OR {field}_h and {field}_w")
+        self._pad = (pp.pad_h, pp.pad_w) if has("pad_h") else (pp.pad,) * 2
+        self._stride = (pp.stride_h, pp.stride_w) if has("stride_h") else (pp.stride,) * 2
+        if min(self._stride) <= 0:
+            raise NetError(f"layer '{self.name}': pooling stride must be positive")
+        if self._global and (any(self._pad) or self._stride != (1, 1)):
+            raise NetError(f"layer '{self.name}': with global_pooling: true only pad = 0 and stride = 1 "
+                           f"are allowed")
+        if any(self._pad):
+            if pp.pool not in (_POOL.AVE, _POOL.MAX):
+                raise NetError(f"layer '{self.name}': padding is implemented only for average and max "
+                               f"pooling")
+            if self._pad[0] >= self._kernel[0] or self._pad[1] >= self._kernel[1]:
+                raise NetError(f"layer '{self.name}': pad {list(self._pad)} must be smaller than the "
+                               f"kernel {list(self._kernel)}")
+        self._method = pp.pool
+        self._mask = None
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        if b.num_axes != 4:
+            raise NetError(f"layer '{self.name}': input must have 4 axes, corresponding to (num, channels, "
+                           f"height, width); got shape {list(b.shape)}")
+        n, c, h, w = b.shape
+        if self._global:
+            self._kernel = (h, w)
+        round_mode = self.param.pooling_param.round_mode
+        self._out = tuple(pooled_extent(self.name, size, k, s, p, round_mode)
+                          for size, k, s, p in zip((h, w), self._kernel, self._stride, self._pad))
+        for blob in top:
+            blob.reshape(n, c, *self._out)
+        needs_mask = self._method == _POOL.MAX and len(top) == 1
+        if needs_mask and (self._mask is None or self._mask.shape != top[0].shape):
+            self._mask = np.empty(top[0].shape, np.int32)
+
+    def _check_method(self):
+        if self._method not in (_POOL.MAX, _POOL.AVE):
+            raise NetError(f"layer '{self.name}': pooling method "
+                           f"{_POOL.PoolMethod.Name(self._method)} has no CPU implementation (as in Caffe)")
+
+    def forward_cpu(self, bottom, top):
+        self._check_method()
+        args = (bottom[0].data, self._kernel, self._stride, self._pad, self._out)
+        if self._method == _POOL.AVE:
+            kernels.ave_pool_forward(*args, out=top[0].data)
+            return
+        if len(top) > 1:
+            _, mask = kernels.max_pool_forward(*args, out=top[0].data)
+            top[1].data[...] = mask
+        else:
+            kernels.max_pool_forward(*args, out=top[0].data, mask_out=self._mask)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        self._check_method()
+        in_hw = bottom[0].shape[2:]
+        if self._method == _POOL.AVE:
+            kernels.ave_pool_backward(top[0].diff, self._kernel, self._stride, self._pad, in_hw,
+                                      out=bottom[0].diff)
+            return
+        mask = top[1].data.astype(np.int32) if len(top) > 1 else self._mask
+        kernels.max_pool_backward(top[0].diff, mask, in_hw, out=bottom[0].diff)
+
+
+def spp_pooling_param(level, height, width, method):
+    """Caffe's ``SPPLayer::GetPoolingParam``: 2^level bins per side, kernel = stride =
+    ceil(S / bins), pad = (kernel * bins - S + 1) / 2."""
+    bins = 2 ** level
+    pp = caffe_pb2.PoolingParameter(pool=method)
+    for axis, size in (("h", height), ("w", width)):
+        kernel = -(-size // bins)
+        setattr(pp, f"kernel_{axis}", kernel)
+        setattr(pp, f"stride_{axis}", kernel)
+        setattr(pp, f"pad_{axis}", (kernel * bins - size + 1) // 2)
+    return pp
+
+
+@register("SPP")
+class SPPLayer(Layer):
+    """Caffe's ``SPPLayer``: one pooling per pyramid level over the shared input, each flattened,
+    concatenated along axis 1: top (N, sum over levels of C * bins). With ``pyramid_height: 1``
+    the single pooling's 4-D top is the output. The bottom diff sums the levels' diffs in order."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        self._height = self.param.spp_param.pyramid_height
+        if self._height < 1:
+            raise NetError(f"layer '{self.name}': spp_param.pyramid_height must be at least 1")
+        self._shape = None
+
+    def _build_levels(self, shape):
+        self._levels = []
+        for level in range(self._height):
+            lp = caffe_pb2.LayerParameter(name=f"{self.name}/pool{level}", type="Pooling", phase=self.phase)
+            lp.pooling_param.CopyFrom(spp_pooling_param(level, shape[2], shape[3],
+                                                        self.param.spp_param.pool))
+            inner = Blob(shape, name=f"{self.name}/split{level}")
+            self._levels.append((PoolingLayer(lp), inner, Blob(name=f"{self.name}/pool{level}")))
+        for layer, inner, out in self._levels:
+            layer.setup([inner], [out])
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        if b.num_axes != 4:
+            raise NetError(f"layer '{self.name}': input must have 4 axes, corresponding to (num, channels, "
+                           f"height, width); got shape {list(b.shape)}")
+        if b.shape != self._shape:
+            self._build_levels(b.shape)
+            self._shape = b.shape
+        if self._height == 1:
+            self._levels[0][0].reshape(bottom, top)
+            return
+        for layer, inner, out in self._levels:
+            inner.reshape(b.shape)
+            inner.share_data(b)
+            layer.reshape([inner], [out])
+        top[0].reshape(b.shape[0], sum(out.count_range(1) for _, _, out in self._levels))
+
+    def forward_cpu(self, bottom, top):
+        if self._height == 1:
+            self._levels[0][0].forward_cpu(bottom, top)
+            return
+        offset = 0
+        for layer, inner, out in self._levels:
+            layer.forward_cpu([inner], [out])
+            size = out.count_range(1)
+            top[0].data[:, offset:offset + size] = out.data.reshape(out.shape[0], size)
+            offset += size
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        if self._height == 1:
+            self._levels[0][0].backward_cpu(top, propagate_down, bottom)
+            return
+        offset = 0
+        for index, (layer, inner, out) in enumerate(self._levels):
+            size = out.count_range(1)
+            out.diff[...] = top[0].diff[:, offset:offset + size].reshape(out.shape)
+            offset += size
+            layer.backward_cpu([out], [True], [inner])
+            if index == 0:
+                bottom[0].diff[...] = inner.diff
+            else:
+                bottom[0].diff[...] += inner.diff
+
+
+def _power_forward(x, power, scale, shift):
+    """Caffe's ``PowerLayer`` forward, (shift + scale * x) ** power, in its float32 steps."""
+    if power * scale == 0:
+        return np.full_like(x, 1.0 if power == 0 else np.float32(shift) ** np.float32(power))
+    y = x * np.float32(scale) if scale != 1 else x.copy()
+    if shift != 0:
+        y += np.float32(shift)
+    if power != 1:
+        y = np.power(y, np.float32(power), dtype=np.float32)
+    return y
+
+
+def _power_backward(x, y, dy, power, scale, shift):
+    """Caffe's ``PowerLayer`` backward: dy * power * scale * (shift + scale * x) ** (power - 1),
+    through the same special cases and float32 steps."""
+    diff_scale = np.float32(power) * np.float32(scale)
+    if diff_scale == 0:
+        return np.zeros_like(x)
+    if power == 1:
+        d = np.full_like(x, diff_scale)
+    elif power == 2:
+        d = np.float32(diff_scale * np.float32(scale)) * x
+        if shift != 0:
+            d += np.float32(diff_scale * np.float32(shift))
+    elif shift == 0:
+        d = (y / x) * np.float32(power)
+    else:
+        d = x * np.float32(scale) if scale != 1 else x.copy()
+        d += np.float32(shift)
+        d = y / d
+        if diff_scale != 1:
+            d *= diff_scale
+    return dy * d
+
+
+@register("LRN", "LRN")
+class LRNLayer(Layer):
+    """Caffe's ``LRNLayer``.
+
+    ACROSS_CHANNELS: ``x * (k + alpha/size * sum of x^2 over size channels) ** -beta`` (kernels).
+    WITHIN_CHANNEL: Caffe's internal chain Split -> Power(power 2) -> Pooling(AVE, kernel size,
+    pad (size-1)/2) -> Power(power -beta, scale alpha, shift 1) -> Eltwise PROD, reproduced step by
+    step in float32 (``k`` is ignored there, as in Caffe).
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        lp = self.param.lrn_param
+        self._size = lp.local_size
+        if self._size % 2 != 1:
+            raise NetError(f"layer '{self.name}': LRN only supports odd values for local_size, got {self._size}")
+        self._alpha, self._beta, self._k = lp.alpha, lp.beta, lp.k
+        self._within = lp.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL
+        self._pre_pad = (self._size - 1) // 2
+
+    def reshape(self, bottom, top):
+        if bottom[0].num_axes != 4:
+            raise NetError(f"layer '{self.name}': input must have 4 axes, corresponding to (num, channels, "
+                           f"height, width); got shape {list(bottom[0].shape)}")
+        top[0].reshape(bottom[0].shape)
+
+    def forward_cpu(self, bottom, top):
+        x = bottom[0].data
+        if not self._within:
+            self._scale = np.empty_like(x)
+            kernels.lrn_across_forward(x, self._size, self._alpha, self._beta, self._k,
+                                       out=top[0].data, scale_out=self._scale)
+            return
+        size, pad = self._size, self._pre_pad
+        self._pooled = kernels.ave_pool_forward(np.square(x), size, 1, pad, x.shape[2:])
+        self._power = _power_forward(self._pooled, -np.float32(self._beta), self._alpha, 1.0)
+        top[0].data[...] = x * self._power
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        x, top_diff = bottom[0].data, top[0].diff
+        if not self._within:
+            kernels.lrn_across_backward(x, top[0].data, self._scale, top_diff, self._size, self._alpha,
+                                        self._beta, out=bottom[0].diff)
+            return
+        product_diff = self._power * top_diff
+        power_diff = _power_backward(self._pooled, self._power, x * top_diff, -np.float32(self._beta),
+                                     self._alpha, 1.0)
+        square_top_diff = kernels.ave_pool_backward(power_diff, self._size, 1, self._pre_pad, x.shape[2:])
+        square_diff = square_top_diff * (np.float32(2) * x)
+        bottom[0].diff[...] = product_diff + square_diff

@@ -1,0 +1,344 @@
+"""Plumbing layers, InnerProduct and DummyData beyond the conformance cases: numeric gradient checks over
+several parameter settings, Caffe's tie rules, blob sharing, the sparse-engine hooks, and errors."""
+import numpy as np
+import pytest
+
+import pyskim
+from pyskim.blob import Blob
+from pyskim.errors import NetError
+from pyskim.io.protofiles import parse_text
+from pyskim.layers import create_layer
+from pyskim.layers.common import InnerProductLayer
+from pyskim.proto import caffe_pb2
+
+
+def build(text, arrays, num_top=1):
+    """Set up the layer a LayerParameter text describes on bottoms holding ``arrays``."""
+    layer = create_layer(parse_text(text, caffe_pb2.LayerParameter()))
+    bottom = []
+    for i, array in enumerate(arrays):
+        blob = Blob(np.shape(array), name=f"b{i}")
+        blob.data[...] = array
+        bottom.append(blob)
+    top = [Blob(name=f"t{i}") for i in range(num_top)]
+    layer.setup(bottom, top)
+    return layer, bottom, top
+
+
+def randn(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def gradient_check(text, arrays, bottoms=(0,), params=(), num_top=1, eps=1e-2, rtol=2e-3, atol=1e-3):
+    """Compare the analytic gradients of ``sum_i <r_i, top_i>`` (random r_i) w.r.t. the chosen bottoms
+    and params with float64 central differences along random directions."""
+    rng = np.random.default_rng(1)
+    layer, bottom, top = build(text, arrays, num_top)
+    layer.forward(bottom, top)
+    weights = [rng.standard_normal(t.shape) for t in top]
+
+    def objective():
+        layer.forward(bottom, top)
+        return sum(np.sum(t.data.astype(np.float64) * w) for t, w in zip(top, weights))
+
+    objective()
+    for i in bottoms:
+        bottom[i].diff[...] = np.nan
+    for blob in layer.blobs:
+        blob.diff[...] = 0
+    for t, w in zip(top, weights):
+        t.diff[...] = w
+    layer.backward(top, [i in bottoms for i in range(len(bottom))], bottom)
+    targets = [bottom[i] for i in bottoms] + [layer.blobs[j] for j in params]
+    analytic = [blob.diff.astype(np.float64) for blob in targets]
+    for blob, grad in zip(targets, analytic):
+        assert np.isfinite(grad).all(), text
+        base = blob.data.copy()
+        direction = rng.standard_normal(base.shape)
+        values = []
+        for sign in (1, -1):
+            blob.data[...] = base + (sign * eps * direction).astype(np.float32)
+            values.append(objective())
+        blob.data[...] = base
+        numeric = (values[0] - values[1]) / (2 * eps)
+        expected = float(np.sum(grad * direction))
+        assert abs(numeric - expected) <= rtol * abs(expected) + atol, (text, numeric, expected)
+    objective()
+    return layer, bottom, top
+
+
+# -- gradients -----------------------------------------------------------------------------------------
+IP_FILLERS = "weight_filler { type: 'gaussian' std: 0.5 } bias_filler { type: 'gaussian' std: 0.5 }"
+
+
+@pytest.mark.parametrize("extra, shape", [
+    ("", (3, 4, 2)),
+    ("transpose: true", (3, 4, 2)),
+    ("axis: 2", (2, 3, 4, 2)),
+    ("axis: -1 bias_term: false", (2, 3, 5)),
+])
+def test_inner_product_gradient(extra, shape):
+    text = f"name: 'ip' type: 'InnerProduct' inner_product_param {{ num_output: 3 {extra} {IP_FILLERS} }}"
+    params = (0,) if "bias_term: false" in extra else (0, 1)
+    layer = gradient_check(text, [randn(*shape)], params=params)[0]
+    k = int(np.prod(shape[(2 if "axis: 2" in extra else len(shape) - 1 if "-1" in extra else 1):]))
+    assert layer.blobs[0].shape == ((k, 3) if "transpose" in extra else (3, k))
+
+
+def test_inner_product_param_diff_accumulates():
+    text = f"name: 'ip' type: 'InnerProduct' inner_product_param {{ num_output: 2 {IP_FILLERS} }}"
+    layer, bottom, top = build(text, [randn(3, 4)])
+    layer.forward(bottom, top)
+    top[0].diff[...] = randn(3, 2, seed=2)
+    layer.backward(top, [True], bottom)
+    once = [b.diff.copy() for b in layer.blobs]
+    layer.backward(top, [True], bottom)
+    for blob, first in zip(layer.blobs, once):
+        np.testing.assert_allclose(blob.diff, 2 * first, rtol=1e-6)
+
+
+def test_inner_product_sparse_hooks():
+    """A subclass can swap the forward product and is told when the weights change."""
+    calls = []
+
+    class Doubled(InnerProductLayer):
+        def weights_changed(self):
+            calls.append(self.blobs[0].data.copy())
+
+        def _forward_product(self, x):
+            return 2 * super()._forward_product(x)
+
+    param = parse_text(f"name: 'ip' type: 'InnerProduct' inner_product_param {{ num_output: 2 {IP_FILLERS} }}",
+                       caffe_pb2.LayerParameter())
+    layer = Doubled(param)
+    bottom, top = [Blob((3, 4))], [Blob()]
+    bottom[0].data[...] = randn(3, 4)
+    layer.setup(bottom, top)
+    assert len(calls) == 1
+    layer.forward(bottom, top)
+    expected = 2 * bottom[0].data @ layer.blobs[0].data.T + layer.blobs[1].data
+    np.testing.assert_allclose(top[0].data, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [
+    "operation: PROD", "operation: PROD stable_prod_grad: false", "operation: SUM coeff: 0.5 coeff: -2 coeff: 1",
+    "operation: MAX"])
+def test_eltwise_gradient(extra):
+    arrays = [randn(2, 3, 4, seed=s) for s in range(3)]
+    gradient_check(f"name: 'e' type: 'Eltwise' eltwise_param {{ {extra} }}", arrays, bottoms=(0, 1, 2))
+
+
+@pytest.mark.parametrize("text, shapes, num_top", [
+    ("type: 'Concat' concat_param { axis: 0 }", [(2, 3), (1, 3)], 1),
+    ("type: 'Concat' concat_param { concat_dim: 1 }", [(2, 3, 2), (2, 1, 2), (2, 2, 2)], 1),
+    ("type: 'Concat' concat_param { axis: -1 }", [(2, 3), (2, 4)], 1),
+    ("type: 'Slice' slice_param { axis: -1 slice_point: 1 slice_point: 3 }", [(2, 3, 5)], 3),
+    ("type: 'Slice' slice_param { slice_dim: 0 }", [(4, 3)], 2),
+    ("type: 'Tile' tile_param { axis: 1 tiles: 3 }", [(2, 3, 2)], 1),
+    ("type: 'Tile' tile_param { axis: 0 tiles: 2 }", [(2, 3)], 1),
+    ("type: 'Flatten' flatten_param { axis: 1 end_axis: 2 }", [(2, 3, 2, 2)], 1),
+    ("type: 'Reshape' reshape_param { shape { dim: 0 dim: -1 } axis: 1 }", [(2, 3, 2, 2)], 1),
+    ("type: 'Reduction' reduction_param { operation: SUM axis: 1 coeff: 2 }", [(2, 3, 2)], 1),
+    ("type: 'Reduction' reduction_param { operation: ASUM axis: 0 }", [(2, 3, 2)], 1),
+    ("type: 'Reduction' reduction_param { operation: SUMSQ axis: 2 coeff: -0.5 }", [(2, 3, 2)], 1),
+    ("type: 'Reduction' reduction_param { operation: MEAN axis: -1 coeff: 3 }", [(2, 3, 2)], 1),
+])
+def test_plumbing_gradient(text, shapes, num_top):
+    arrays = [randn(*shape, seed=i) for i, shape in enumerate(shapes)]
+    gradient_check(f"name: 'l' {text}", arrays, bottoms=tuple(range(len(arrays))), num_top=num_top)
+
+
+def test_crop_gradient_and_reference():
+    text = "name: 'c' type: 'Crop' crop_param { axis: 1 offset: 1 offset: 0 offset: 2 }"
+    layer, bottom, top = gradient_check(text, [randn(2, 4, 3, 5), np.zeros((9, 2, 3, 2))])
+    np.testing.assert_array_equal(top[0].data, bottom[0].data[:, 1:3, 0:3, 2:4])
+    bottom[1].diff[...] = 7
+    layer.backward(top, [True, True], bottom)
+    assert (bottom[1].diff == 7).all()  # the reference bottom never gets a gradient
+
+
+def test_batch_reindex_and_filter_gradients():
+    index = np.array([2, 0, 2, 1], dtype=np.float32)
+    _, bottom, top = gradient_check("name: 'r' type: 'BatchReindex'", [randn(3, 2, 2), index])
+    np.testing.assert_array_equal(top[0].data, bottom[0].data[[2, 0, 2, 1]])
+    selector = np.array([1, 0, 0, 2.5, 1], dtype=np.float32)
+    _, bottom, top = gradient_check("name: 'f' type: 'Filter'", [randn(5, 3), randn(5, 2), selector],
+                                    bottoms=(0, 1), num_top=2)
+    assert top[0].shape == (3, 3) and top[1].shape == (3, 2)
+    assert (bottom[0].diff[[1, 2]] == 0).all()
+
+
+def test_filter_setup_keeps_the_full_batch():
+    layer, bottom, top = build("name: 'f' type: 'Filter'", [randn(4, 2), np.array([0, 1, 0, 0])])
+    assert top[0].shape == (4, 2)  # Caffe's first Reshape ignores the selector
+    layer.forward(bottom, top)
+    assert top[0].shape == (1, 2)
+
+
+def test_embed_gradient_accumulates_repeated_indices():
+    text = ("name: 'e' type: 'Embed' embed_param { input_dim: 5 num_output: 3 "
+            "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' } }")
+    index = np.array([[1, 4], [1, 1]], dtype=np.float32)
+    layer, bottom, top = gradient_check(text, [index], bottoms=(), params=(0, 1))
+    top[0].diff[...] = 1
+    layer.blobs[0].diff[...] = 0
+    layer.backward(top, [False], bottom)
+    np.testing.assert_array_equal(layer.blobs[0].diff[:, 0], [0, 3, 0, 0, 1])
+
+
+# -- Caffe's tie rules ---------------------------------------------------------------------------------
+def test_argmax_ties_rank_larger_index_first():
+    x = np.array([[1, 3, 3, 0, 3], [2, 2, 2, 2, 2]], dtype=np.float32)
+    layer, bottom, top = build("name: 'a' type: 'ArgMax' argmax_param { top_k: 3 out_max_val: true }", [x])
+    layer.forward(bottom, top)
+    assert top[0].shape == (2, 2, 3)
+    np.testing.assert_array_equal(top[0].data[:, 0], [[4, 2, 1], [4, 3, 2]])
+    np.testing.assert_array_equal(top[0].data[:, 1], [[3, 3, 3], [2, 2, 2]])
+    layer, bottom, top = build("name: 'a' type: 'ArgMax' argmax_param { axis: 0 top_k: 2 }", [x.T.copy()])
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, [[4, 4], [2, 3]])
+
+
+def test_eltwise_max_ties():
+    """Bottom 1 wins a tie with bottom 0 (Caffe tests ``a > b``); later bottoms need a strictly larger value."""
+    a = np.array([1, 2, 5], dtype=np.float32)
+    b = np.array([1, 0, 5], dtype=np.float32)
+    c = np.array([0, 2, 5], dtype=np.float32)
+    layer, bottom, top = build("name: 'm' type: 'Eltwise' eltwise_param { operation: MAX }", [a, b, c])
+    layer.forward(bottom, top)
+    top[0].diff[...] = 1
+    layer.backward(top, [True] * 3, bottom)
+    np.testing.assert_array_equal([blob.diff for blob in bottom], [[0, 1, 0], [1, 0, 1], [0, 0, 0]])
+
+
+# -- sharing -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, shape", [
+    ("type: 'Flatten'", (2, 12)),
+    ("type: 'Flatten' flatten_param { axis: 0 end_axis: 1 }", (6, 4)),
+    ("type: 'Reshape' reshape_param { shape { dim: -1 dim: 2 } }", (12, 2)),
+    ("type: 'Reshape' reshape_param { shape { dim: 3 dim: 1 } axis: 1 num_axes: 1 }", (2, 3, 1, 4)),
+    ("type: 'Reshape' reshape_param { shape { dim: 1 } axis: -1 num_axes: 0 }", (2, 3, 4, 1)),
+    ("type: 'Concat'", (2, 3, 4)),
+    ("type: 'Slice'", (2, 3, 4)),
+])
+def test_alias_tops_share_data_and_diff(text, shape):
+    layer, bottom, top = build(f"name: 'l' {text}", [randn(2, 3, 4)])
+    layer.forward(bottom, top)
+    assert top[0].shape == shape
+    bottom[0].data[...] = 5
+    top[0].diff[...] = 3
+    assert (top[0].data == 5).all() and (bottom[0].diff == 3).all()
+
+
+def test_parameter_top_is_the_blob():
+    layer, bottom, top = build("name: 'p' type: 'Parameter' parameter_param { shape { dim: 2 dim: 3 } }", [])
+    assert layer.blobs[0].shape == (2, 3) and (layer.blobs[0].data == 0).all()
+    layer.forward(bottom, top)
+    layer.blobs[0].data[...] = 4
+    top[0].diff[...] = 2
+    assert (top[0].data == 4).all() and (layer.blobs[0].diff == 2).all()
+
+
+def test_silence_zeroes_diffs():
+    layer, bottom, top = build("name: 's' type: 'Silence'", [randn(2), randn(3)], num_top=0)
+    for blob in bottom:
+        blob.diff[...] = 9
+    layer.backward(top, [True, False], bottom)
+    assert (bottom[0].diff == 0).all() and (bottom[1].diff == 9).all()
+
+
+# -- DummyData -----------------------------------------------------------------------------------------
+def test_dummy_data_refills_only_non_constant_tops():
+    pyskim.set_random_seed(3)
+    text = ("name: 'd' type: 'DummyData' dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 4 } "
+            "data_filler { type: 'constant' value: 1.5 } data_filler { type: 'gaussian' } }")
+    layer, bottom, top = build(text, [], num_top=2)
+    assert top[0].shape == (2, 3) and top[1].shape == (4,)
+    assert (top[0].data == 1.5).all() and (top[1].data == 0).all()  # gaussian tops wait for forward
+    top[0].data[...] = 7
+    layer.forward(bottom, top)
+    first = top[1].data.copy()
+    layer.forward(bottom, top)
+    assert (top[0].data == 7).all()
+    assert first.std() > 0 and not np.array_equal(first, top[1].data)
+
+
+def test_dummy_data_legacy_dims_and_default_filler():
+    text = "name: 'd' type: 'DummyData' dummy_data_param { num: 2 channels: 3 height: 1 width: 4 width: 5 }"
+    layer, bottom, top = build(text, [], num_top=2)
+    layer.forward(bottom, top)
+    assert top[0].shape == (2, 3, 1, 4) and top[1].shape == (2, 3, 1, 5)
+    assert (top[0].data == 0).all() and (top[1].data == 0).all()
+
+
+# -- errors --------------------------------------------------------------------------------------------
+BAD = [
+    ("type: 'InnerProduct'", [(2, 3)], 1, "num_output"),
+    ("type: 'InnerProduct' inner_product_param { num_output: 2 axis: 3 }", [(2, 3)], 1, "axis"),
+    ("type: 'Concat' concat_param { axis: 1 concat_dim: 1 }", [(2, 3), (2, 3)], 1, "concat_dim"),
+    ("type: 'Concat'", [(2, 3), (3, 3)], 1, "same shape"),
+    ("type: 'Concat' concat_param { concat_dim: 2 }", [(2, 3), (2, 3)], 1, "concat_dim"),
+    ("type: 'Slice' slice_param { slice_point: 1 }", [(2, 3)], 3, "slice_point"),
+    ("type: 'Slice' slice_param { slice_point: 2 slice_point: 2 }", [(2, 3)], 3, "slice_point"),
+    ("type: 'Slice'", [(2, 3)], 2, "evenly divide"),
+    ("type: 'Eltwise' eltwise_param { coeff: 1 }", [(2,), (2,)], 1, "coeff"),
+    ("type: 'Eltwise' eltwise_param { operation: PROD coeff: 1 coeff: 2 }", [(2,), (2,)], 1, "SUM"),
+    ("type: 'Eltwise'", [(2,), (3,)], 1, "shape"),
+    ("type: 'Flatten' flatten_param { axis: 2 end_axis: 1 }", [(2, 3, 4)], 1, "end_axis"),
+    ("type: 'Reshape' reshape_param { shape { dim: -1 dim: -1 } }", [(2, 3)], 1, "-1"),
+    ("type: 'Reshape' reshape_param { shape { dim: 4 dim: -1 } }", [(2, 3)], 1, "divisible"),
+    ("type: 'Reshape' reshape_param { shape { dim: 5 } }", [(2, 3)], 1, "count"),
+    ("type: 'Reshape' reshape_param { shape { dim: 0 dim: 0 dim: 0 } }", [(2, 3)], 1, "copy"),
+    ("type: 'Crop' crop_param { offset: 3 }", [(1, 1, 4, 4), (1, 1, 2, 2)], 1, "out-of-bounds"),
+    ("type: 'Crop' crop_param { offset: 1 offset: 1 offset: 1 }", [(1, 1, 4, 4), (1, 1, 2, 2)], 1, "offset"),
+    ("type: 'Tile'", [(2, 3)], 1, "tiles"),
+    ("type: 'Tile' tile_param { tiles: 2 axis: 2 }", [(2, 3)], 1, "tile_param.axis"),
+    ("type: 'Reduction' reduction_param { axis: 3 }", [(2, 3)], 1, "reduction_param.axis"),
+    ("type: 'ArgMax' argmax_param { top_k: 4 }", [(2, 3)], 1, "top_k"),
+    ("type: 'ArgMax' argmax_param { top_k: 3 axis: 0 }", [(2, 3)], 1, "top_k"),
+    ("type: 'Embed' embed_param { input_dim: 3 }", [(2,)], 1, "num_output"),
+    ("type: 'Filter'", [(2, 3), (2, 3), (2,)], 1, "one top per"),
+    ("type: 'Filter'", [(2, 3), (2, 3)], 1, "selector"),
+    ("type: 'BatchReindex'", [(2, 3), (2, 2)], 1, "1-D"),
+    ("type: 'DummyData' dummy_data_param { shape { dim: 1 } data_filler { } data_filler { } }", [], 3,
+     "data_filler"),
+    ("type: 'DummyData' dummy_data_param { shape { dim: 1 } num: 1 }", [], 1, "legacy"),
+    ("type: 'DummyData' dummy_data_param { num: 1 channels: 1 height: 1 }", [], 1, "width"),
+    ("type: 'DummyData' dummy_data_param { shape { dim: 1 } shape { dim: 2 } }", [], 3, "shape"),
+]
+
+
+@pytest.mark.parametrize("text, shapes, num_top, field", BAD, ids=[f"{b[0][7:20]}-{b[3]}" for b in BAD])
+def test_bad_parameters_name_layer_and_field(text, shapes, num_top, field):
+    with pytest.raises(NetError, match=field) as info:
+        build(f"name: 'bad' {text}", [np.zeros(s, dtype=np.float32) for s in shapes], num_top)
+    assert "'bad'" in str(info.value)
+
+
+def test_in_place_and_backward_refusals():
+    with pytest.raises(NetError, match="in-place"):
+        layer = create_layer(parse_text("name: 'f' type: 'Flatten'", caffe_pb2.LayerParameter()))
+        blob = Blob((2, 3))
+        layer.setup([blob], [blob])
+    cases = [
+        ("type: 'Embed' embed_param { input_dim: 3 num_output: 2 }", [np.array([0, 2.0])], [True], "index"),
+        ("type: 'Filter'", [randn(2, 3), np.array([1.0, 0])], [False, True], "selector"),
+        ("type: 'BatchReindex'", [randn(2, 3), np.array([1.0])], [True, True], "index"),
+    ]
+    for text, arrays, down, word in cases:
+        layer, bottom, top = build(f"name: 'x' {text}", arrays)
+        layer.forward(bottom, top)
+        with pytest.raises(NetError, match=word):
+            layer.backward(top, down, bottom)
+
+
+@pytest.mark.parametrize("text, arrays", [
+    ("type: 'Embed' embed_param { input_dim: 3 num_output: 2 }", [np.array([0, 3.0])]),
+    ("type: 'Embed' embed_param { input_dim: 3 num_output: 2 }", [np.array([0.5])]),
+    ("type: 'BatchReindex'", [np.zeros((2, 3)), np.array([-1.0])]),
+    ("type: 'BatchReindex'", [np.zeros((2, 3)), np.array([2.0])]),
+])
+def test_bad_indices(text, arrays):
+    layer, bottom, top = build(f"name: 'bad' {text}", arrays)
+    with pytest.raises(NetError, match="'bad'.*indices"):
+        layer.forward(bottom, top)

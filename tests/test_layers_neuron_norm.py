@@ -1,0 +1,359 @@
+"""Neuron and normalisation layers beyond the conformance cases: numeric gradient checks, in-place
+equivalence, Caffe's accumulate/overwrite rules for param gradients, running statistics, bad params."""
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+import pyskim
+from pyskim.blob import Blob
+from pyskim.errors import NetError
+from pyskim.layers import create_layer
+from pyskim.proto import caffe_pb2
+
+
+def make_layer(text, phase=caffe_pb2.TRAIN):
+    param = text_format.Parse(text, caffe_pb2.LayerParameter())
+    param.name = param.name or "under_test"
+    param.phase = phase
+    return create_layer(param)
+
+
+def blob_of(array):
+    blob = Blob(array.shape)
+    blob.data[...] = array
+    return blob
+
+
+def away_from(x, kinks, margin=0.05):
+    """Push values off non-differentiable points."""
+    for k in kinks:
+        near = np.abs(x - k) < margin
+        x[near] = k + np.where(x[near] >= k, 2, -2) * margin
+    return x
+
+
+def check_gradients(text, inputs, phase=caffe_pb2.TRAIN, eps=1e-2, rtol=2e-3, seed=0, in_place=False):
+    """Compare backward with central differences (in float64) of ``sum(r * top)`` along random
+    directions, for every bottom and every param blob; returns the set-up layer."""
+    rng = np.random.default_rng(seed)
+    layer = make_layer(text, phase)
+    bottom = [blob_of(np.asarray(x, np.float32)) for x in inputs]
+    top = [bottom[0]] if in_place else [Blob()]
+    base = [b.data.copy() for b in bottom]
+    layer.setup(bottom, top)
+
+    def loss():
+        for b, x in zip(bottom, base):
+            b.data[...] = x
+        pyskim.set_random_seed(seed)  # same Dropout mask every pass
+        layer.forward(bottom, top)
+        return float(np.dot(r.ravel(), top[0].data.ravel().astype(np.float64)))
+
+    r = rng.standard_normal(top[0].shape if not in_place else bottom[0].shape)
+    loss()
+    top[0].diff[...] = r
+    for blob in layer.blobs:
+        blob.diff[...] = 0
+    layer.backward(top, [True] * len(bottom), bottom)
+    targets = [(f"bottom {i}", i, bottom[i].diff.copy()) for i in range(len(bottom))]
+    targets += [(f"param {j}", j, blob.diff.copy()) for j, blob in enumerate(layer.blobs)
+                if layer.param_propagate_down[j]]
+    for what, index, grad in targets:
+        direction = rng.standard_normal(grad.shape)
+        values = base[index] if what.startswith("bottom") else layer.blobs[index].data
+        start = values.copy()
+        plus = (start + eps * direction).astype(np.float32)
+        minus = (start - eps * direction).astype(np.float32)
+        values[...] = plus
+        loss_plus = loss()
+        values[...] = minus
+        loss_minus = loss()
+        values[...] = start
+        numeric = loss_plus - loss_minus
+        analytic = float(np.dot(grad.ravel().astype(np.float64),
+                                (plus.astype(np.float64) - minus.astype(np.float64)).ravel()))
+        assert numeric == pytest.approx(analytic, rel=rtol, abs=1e-4), f"{text}: {what}"
+    return layer
+
+
+RNG = np.random.default_rng(1234)
+X4 = RNG.standard_normal((2, 3, 4, 5))
+POSITIVE = RNG.uniform(0.2, 2.0, (2, 3, 4))
+
+NEURON_CASES = [
+    ('type: "ReLU" relu_param { negative_slope: 0.2 }', [away_from(X4.copy(), [0])]),
+    ('type: "PReLU" prelu_param { filler { type: "uniform" min: 0.1 max: 0.5 } }', [away_from(X4.copy(), [0])]),
+    ('type: "PReLU" prelu_param { channel_shared: true }', [away_from(X4.copy(), [0])]),
+    ('type: "ELU" elu_param { alpha: 0.7 }', [away_from(X4.copy(), [0])]),
+    ('type: "Sigmoid"', [X4]),
+    ('type: "TanH"', [X4]),
+    ('type: "AbsVal"', [away_from(X4.copy(), [0])]),
+    ('type: "Power" power_param { power: 2 scale: 0.5 shift: 1 }', [X4]),
+    ('type: "Power" power_param { power: 3 scale: 0.5 }', [POSITIVE]),
+    ('type: "Power" power_param { power: 0.5 scale: 2 shift: 0.1 }', [POSITIVE]),
+    ('type: "Power" power_param { power: 1 scale: -1.5 shift: 0.3 }', [X4]),
+    ('type: "Power" power_param { power: 0 scale: 2 shift: 3 }', [X4]),
+    ('type: "Exp" exp_param { base: 2 scale: 0.5 shift: 0.1 }', [X4]),
+    ('type: "Exp"', [X4]),
+    ('type: "Log" log_param { base: 10 scale: 2 shift: 0.5 }', [POSITIVE]),
+    ('type: "BNLL"', [X4 * 3]),
+    ('type: "Clip" clip_param { min: -0.5 max: 0.7 }', [away_from(X4.copy(), [-0.5, 0.7])]),
+    ('type: "Swish" swish_param { beta: 1.5 }', [X4]),
+    ('type: "Dropout" dropout_param { dropout_ratio: 0.3 }', [X4]),
+]
+
+
+@pytest.mark.parametrize("text,inputs", NEURON_CASES, ids=[c[0].split()[1] + str(i) for i, c in
+                                                          enumerate(NEURON_CASES)])
+def test_neuron_gradients(text, inputs):
+    check_gradients(text, inputs)
+
+
+NORM_CASES = [
+    ('type: "BatchNorm" batch_norm_param { eps: 1e-3 }', [X4]),
+    ('type: "BatchNorm"', [RNG.standard_normal((6, 4))]),
+    ('type: "MVN"', [X4]),
+    ('type: "MVN" mvn_param { across_channels: true eps: 0.01 }', [X4]),
+    ('type: "MVN" mvn_param { normalize_variance: false }', [X4]),
+    ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
+     [X4]),
+    ('type: "Scale" scale_param { axis: 2 num_axes: 2 filler { type: "gaussian" } }', [X4]),
+    ('type: "Scale" scale_param { axis: 0 num_axes: 1 filler { type: "gaussian" } }', [X4]),
+    ('type: "Scale" scale_param { num_axes: 0 bias_term: true filler { type: "gaussian" } }', [X4]),
+    ('type: "Scale" scale_param { axis: 0 num_axes: -1 filler { type: "gaussian" } }', [X4]),
+    ('type: "Scale" scale_param { bias_term: true }', [X4, RNG.standard_normal((3, 4))]),
+    ('type: "Scale"', [X4, RNG.standard_normal(())]),
+    ('type: "Bias" bias_param { filler { type: "gaussian" } }', [X4]),
+    ('type: "Bias" bias_param { axis: -2 num_axes: -1 filler { type: "gaussian" } }', [X4]),
+    ('type: "Bias" bias_param { axis: 0 }', [X4, RNG.standard_normal((2, 3))]),
+]
+
+
+@pytest.mark.parametrize("text,inputs", NORM_CASES, ids=[c[0].split()[1] + str(i) for i, c in
+                                                        enumerate(NORM_CASES)])
+def test_norm_gradients(text, inputs):
+    check_gradients(text, inputs)
+
+
+def test_batchnorm_global_stats_gradient_and_values():
+    layer = make_layer('type: "BatchNorm" batch_norm_param { use_global_stats: true eps: 0.01 }')
+    bottom, top = [blob_of(X4.astype(np.float32))], [Blob()]
+    layer.setup(bottom, top)
+    layer.blobs[0].data[...] = [0.5, -1.0, 2.0]
+    layer.blobs[1].data[...] = [1.0, 4.0, 0.5]
+    layer.blobs[2].data[...] = 2.0
+    layer.forward(bottom, top)
+    mean = np.array([0.25, -0.5, 1.0])[None, :, None, None]
+    var = np.array([0.5, 2.0, 0.25])[None, :, None, None]
+    np.testing.assert_allclose(top[0].data, (X4 - mean) / np.sqrt(var + 0.01), rtol=1e-5, atol=1e-6)
+    top[0].diff[...] = 1
+    layer.backward(top, [True], bottom)
+    np.testing.assert_allclose(bottom[0].diff, np.broadcast_to(1 / np.sqrt(var + 0.01), X4.shape), rtol=1e-5)
+    layer.blobs[2].data[...] = 0  # a zero scale factor means zero statistics
+    layer.forward(bottom, top)
+    np.testing.assert_allclose(top[0].data, X4 / np.sqrt(0.01), rtol=1e-5)
+
+
+def test_batchnorm_running_statistics_and_lr_mult():
+    layer = make_layer('type: "BatchNorm" batch_norm_param { moving_average_fraction: 0.9 }')
+    x = X4.astype(np.float32)
+    bottom, top = [blob_of(x)], [Blob()]
+    layer.setup(bottom, top)
+    assert [blob.shape for blob in layer.blobs] == [(3,), (3,), (1,)]
+    assert [spec.lr_mult for spec in layer.param.param] == [0, 0, 0]
+    assert layer.param_propagate_down == [False, False, False]
+    for _ in range(2):
+        layer.forward(bottom, top)
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=(0, 2, 3))
+    m = x.size // 3
+    var = x64.var(axis=(0, 2, 3)) * m / (m - 1)
+    np.testing.assert_allclose(layer.blobs[2].data, [1.9], rtol=1e-6)
+    np.testing.assert_allclose(layer.blobs[0].data, 1.9 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.blobs[1].data, 1.9 * var, rtol=1e-5)
+    top[0].diff[...] = 1
+    layer.backward(top, [True], bottom)
+    assert not any(blob.diff.any() for blob in layer.blobs)
+
+
+def test_batchnorm_rejects_learnable_statistics():
+    with pytest.raises(NetError, match="'bn'.*lr_mult"):
+        layer = make_layer('name: "bn" type: "BatchNorm" param { lr_mult: 0 } param { lr_mult: 1 }')
+        layer.setup([blob_of(X4)], [Blob()])
+
+
+def test_batchnorm_test_phase_defaults_to_global_stats():
+    layer = make_layer('type: "BatchNorm"', caffe_pb2.TEST)
+    layer.setup([blob_of(X4)], [Blob()])
+    assert layer.use_global_stats
+    layer = make_layer('type: "BatchNorm" batch_norm_param { use_global_stats: false }', caffe_pb2.TEST)
+    layer.setup([blob_of(X4)], [Blob()])
+    assert not layer.use_global_stats
+
+
+def run_once(text, inputs, in_place, top_diff):
+    layer = make_layer(text)
+    bottom = [blob_of(np.asarray(x, np.float32)) for x in inputs]
+    top = [bottom[0]] if in_place else [Blob()]
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    out = top[0].data.copy()
+    top[0].diff[...] = top_diff
+    layer.backward(top, [True] * len(bottom), bottom)
+    return out, bottom[0].diff.copy(), [blob.diff.copy() for blob in layer.blobs]
+
+
+@pytest.mark.parametrize("text", [
+    'type: "ReLU" relu_param { negative_slope: 0.1 }',
+    'type: "PReLU" prelu_param { filler { type: "uniform" } }',
+    'type: "ELU"', 'type: "Sigmoid"', 'type: "TanH"', 'type: "Swish"', 'type: "Exp" exp_param { base: 3 }',
+    'type: "Dropout"', 'type: "BatchNorm"',
+    'type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
+    'type: "Bias" bias_param { filler { type: "gaussian" } }',
+])
+def test_in_place_matches_out_of_place(text):
+    """Layers whose Caffe in-place computation is exact give the same results either way."""
+    x = away_from(X4.copy(), [0])
+    dy = np.random.default_rng(5).standard_normal(X4.shape)
+    pyskim.set_random_seed(3)  # same fillers and Dropout mask in both runs
+    reference = run_once(text, [x], False, top_diff=dy)
+    pyskim.set_random_seed(3)
+    got = run_once(text, [x], True, top_diff=dy)
+    np.testing.assert_allclose(got[0], reference[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got[1], reference[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got[2], reference[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_param_gradients_accumulate_or_overwrite_as_caffe():
+    """PReLU, Bias and a learned Scale with outer dim > 1 accumulate; a Scale with outer dim 1 (or an
+    eltwise one) overwrites its diff, as Caffe's GEMV with beta 0 does."""
+    dy = np.ones(X4.shape)
+    for text, accumulates in [('type: "PReLU"', True), ('type: "Bias"', True), ('type: "Scale"', True),
+                              ('type: "Scale" scale_param { axis: 0 }', False),
+                              ('type: "Scale" scale_param { axis: 0 num_axes: -1 }', False)]:
+        layer = make_layer(text)
+        bottom, top = [blob_of(away_from(X4.copy(), [0]))], [Blob()]
+        layer.setup(bottom, top)
+        layer.forward(bottom, top)
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        once = layer.blobs[0].diff.copy()
+        assert once.any()
+        layer.backward(top, [True], bottom)
+        np.testing.assert_allclose(layer.blobs[0].diff, 2 * once if accumulates else once, rtol=1e-6)
+
+
+def test_filler_defaults():
+    layer = make_layer('type: "PReLU"')
+    layer.setup([blob_of(X4)], [Blob()])
+    np.testing.assert_array_equal(layer.blobs[0].data, [0.25] * 3)
+    layer = make_layer('type: "Scale" scale_param { bias_term: true }')
+    layer.setup([blob_of(X4)], [Blob()])
+    np.testing.assert_array_equal(layer.blobs[0].data, [1, 1, 1])
+    np.testing.assert_array_equal(layer.blobs[1].data, [0, 0, 0])
+    assert layer.bias_layer.blobs[0] is layer.blobs[1]
+    layer = make_layer('type: "Bias" bias_param { num_axes: 2 }')
+    layer.setup([blob_of(X4)], [Blob()])
+    assert layer.blobs[0].shape == (3, 4) and not layer.blobs[0].data.any()
+
+
+def test_dropout_train_and_test():
+    x = np.ones((50, 40), np.float32)
+    layer = make_layer('type: "Dropout" dropout_param { dropout_ratio: 0.25 }')
+    bottom, top = [blob_of(x)], [Blob()]
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    values = np.unique(top[0].data)
+    np.testing.assert_allclose(values, [0, 1 / 0.75], rtol=1e-6)
+    assert abs((top[0].data == 0).mean() - 0.25) < 0.05
+    layer = make_layer('type: "Dropout" dropout_param { dropout_ratio: 0.25 }', caffe_pb2.TEST)
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, x)
+
+
+def test_threshold_and_power_special_cases():
+    layer = make_layer('type: "Threshold" threshold_param { threshold: 0.3 }')
+    bottom, top = [blob_of(np.array([0.2, 0.3, 0.31, -1], np.float32))], [Blob()]
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, [0, 0, 1, 0])
+    with pytest.raises(NetError):
+        layer.backward(top, [True], bottom)
+    layer = make_layer('type: "Power" power_param { power: 2 scale: 0 shift: 3 }')
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, [9, 9, 9, 9])
+    top[0].diff[...] = 1
+    layer.backward(top, [True], bottom)
+    np.testing.assert_array_equal(bottom[0].diff, 0)
+
+
+def test_mvn_eps_added_after_sqrt():
+    x = np.array([[[[1.0, 3.0]]]], np.float32)
+    layer = make_layer('type: "MVN" mvn_param { eps: 0.5 }')
+    bottom, top = [blob_of(x)], [Blob()]
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    np.testing.assert_allclose(top[0].data.ravel(), [-1 / 1.5, 1 / 1.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("text,shapes,in_place,match", [
+    ('name: "abs" type: "AbsVal"', [(2, 3)], True, "'abs'.*in-place"),
+    ('name: "e" type: "Exp" exp_param { base: -2 }', [(2, 3)], False, "'e'.*base"),
+    ('name: "l" type: "Log" log_param { base: 1 }', [(2, 3)], False, "'l'.*base"),
+    ('name: "d" type: "Dropout" dropout_param { dropout_ratio: 1 }', [(2, 3)], False, "'d'.*dropout_ratio"),
+    ('name: "p" type: "PReLU"', [(5,)], False, "'p'.*axes"),
+    ('name: "c" type: "Clip" clip_param { min: 0 }', [(2, 3)], False, "'c'.*max"),
+    ('name: "s" type: "Scale" scale_param { axis: 1 }', [(2, 3, 4), (4,)], False, "'s'.*shape"),
+    ('name: "s" type: "Scale" scale_param { axis: 2 num_axes: 2 }', [(2, 3, 4)], False, "'s'.*extends"),
+    ('name: "s" type: "Scale" scale_param { num_axes: -2 }', [(2, 3, 4)], False, "'s'.*num_axes"),
+    ('name: "b" type: "Bias" bias_param { axis: 3 }', [(2, 3, 4)], False, "'b'.*axis"),
+    ('name: "m" type: "MVN"', [(1, 2, 3, 4, 5)], False, "'m'.*axes"),
+])
+def test_bad_parameters_name_the_layer(text, shapes, in_place, match):
+    param = caffe_pb2.LayerParameter()
+    text_format.Parse(text, param, allow_unknown_field=False)
+    layer = create_layer(param)
+    bottom = [Blob(shape) for shape in shapes]
+    with pytest.raises(NetError, match=match):
+        layer.setup(bottom, [bottom[0]] if in_place else [Blob()])
+
+
+NET_TEMPLATE = """
+force_backward: true
+layer {{ name: "x" type: "Input" top: "x" input_param {{ shape {{ dim: 2 dim: 3 dim: 2 dim: 2 }} }} }}
+layer {{ name: "t" type: "Input" top: "t" input_param {{ shape {{ dim: 2 dim: 3 dim: 2 dim: 2 }} }} }}
+layer {{ name: "bias" type: "Bias" bottom: "x" top: "a" bias_param {{ filler {{ type: "gaussian" }} }} }}
+layer {{ name: "bn" type: "BatchNorm" bottom: "a" top: "{0}" }}
+layer {{ name: "sc" type: "Scale" bottom: "{0}" top: "{1}"
+        scale_param {{ bias_term: true filler {{ type: "gaussian" }} bias_filler {{ type: "gaussian" }} }} }}
+layer {{ name: "relu" type: "ReLU" bottom: "{1}" top: "{2}" }}
+layer {{ name: "loss" type: "EuclideanLoss" bottom: "{2}" bottom: "t" top: "loss" }}
+"""
+
+
+@pytest.mark.parametrize("phase", [caffe_pb2.TRAIN, caffe_pb2.TEST])
+def test_resnet_style_in_place_chain_in_a_net(phase):
+    """BatchNorm -> Scale -> ReLU in place gives what the same chain with separate blobs gives."""
+    results = []
+    for names in (("a", "a", "a"), ("b", "c", "d")):
+        pyskim.set_random_seed(7)
+        param = text_format.Parse(NET_TEMPLATE.format(*names), caffe_pb2.NetParameter())
+        net = pyskim.Net(param, phase)
+        assert net.params_lr[1:4] == [0, 0, 0]
+        net.blobs["x"].data[...] = X4[:, :, :2, :2] * 2
+        net.blobs["t"].data[...] = X4[:, :, 2:4, 2:4]
+        bn = net.params["bn"]
+        bn[0].data[...], bn[1].data[...], bn[2].data[...] = [0.1, 0.2, -0.3], [1.0, 2.0, 0.5], [1.5]
+        loss = net._forward(0, len(net.layers) - 1)
+        net.clear_param_diffs()
+        net._backward(len(net.layers) - 1, 0)
+        results.append((loss, net.blobs["x"].diff.copy(), [b.data.copy() for b in bn],
+                        [b.diff.copy() for name in ("bias", "sc") for b in net.params[name]]))
+    (loss_a, dx_a, bn_a, pd_a), (loss_b, dx_b, bn_b, pd_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    np.testing.assert_allclose(dx_a, dx_b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(bn_a + pd_a, bn_b + pd_b):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
