@@ -4,9 +4,11 @@
 Row ``(c*kh + i)*kw + j`` of ``col`` holds input channel ``c`` sampled at kernel tap ``(i, j)``;
 column ``oh*OW + ow`` is the output position. Taps that fall into the zero padding are 0.
 This module also exposes the OpenMP thread-count controls used by :mod:`pyskim.kernels`.
-Validation happens in :mod:`pyskim.kernels`; these functions trust their arguments.
+Call them through :mod:`pyskim.kernels`, which validates and converts arguments; these
+functions still re-check shapes and geometry, so they cannot index out of bounds.
 """
 
+cimport openmp
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
@@ -19,8 +21,6 @@ cdef extern from *:
     }
     """
     void pyskim_add_row(float* d, const float* s, int n) nogil
-
-cimport openmp
 
 
 def omp_set_num_threads(int n):

@@ -10,7 +10,8 @@ to FMA contraction and the power function: ``scale**-beta`` is ``powf``, except 
 Work is split over (image, block of ``_BLOCK`` pixels); the channel walk inside a block is
 sequential, with the pixel loop innermost (contiguous, ``restrict``-qualified C helpers so that
 it vectorises). The constants ``alpha_over_size`` and ``cache_ratio`` are computed by the
-caller exactly as Caffe computes them.
+caller exactly as Caffe computes them. Call them through :mod:`pyskim.kernels`; these
+functions re-check that all arrays have the same shape.
 """
 
 import numpy as np

@@ -4,7 +4,8 @@
 Arrays are (N, C, H, W) / (N, C, PH, PW) float32; the output size is chosen by the caller.
 Every plane ``(n, c)`` is independent, so all four kernels run in parallel over ``N*C``.
 Windows are clipped to the image, so any positive output size is memory-safe.
-Validation happens in :mod:`pyskim.kernels`; these functions trust their arguments.
+Call them through :mod:`pyskim.kernels`, which validates and converts arguments; these
+functions still re-check shapes and geometry, so they cannot index out of bounds.
 """
 
 from cython.parallel cimport prange

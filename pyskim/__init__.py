@@ -15,5 +15,16 @@ __version__ = "0.1.0"
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
 
-__all__ = ["Layer", "Net", "PyskimError", "TEST", "TRAIN", "io", "layer_type_list", "set_device",
-           "set_mode_cpu", "set_mode_gpu", "set_random_seed"]
+__all__ = [
+           "TEST",
+           "TRAIN",
+           "Layer",
+           "Net",
+           "PyskimError",
+           "io",
+           "layer_type_list",
+           "set_device",
+           "set_mode_cpu",
+           "set_mode_gpu",
+           "set_random_seed",
+]

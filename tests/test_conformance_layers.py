@@ -1,6 +1,5 @@
 """Every layer and whole-net case of ../shared/conformance: forward and backward equal Caffe's."""
 import pytest
-
 from conformance import manifest_cases, run_layer_case
 
 LAYER_CASES = manifest_cases("layer")

@@ -214,20 +214,27 @@ def test_lrn_backward_is_gradient():
 
 # -- threads ----------------------------------------------------------------------------------------
 
+def _threaded_run(x, g):
+    col = K.im2col(x[0], 3, 1, 1)
+    top, mask = K.max_pool_forward(x, 3, 2, 1, (17, 16))
+    ltop, scale = K.lrn_across_forward(x, 5, 1e-2, 0.75, 1.0)
+    return (col, K.col2im(col, x[0].shape, 3, 1, 1), top, mask, K.max_pool_backward(top, mask, (33, 31)),
+            K.ave_pool_forward(x, 3, 2, 1, (17, 16)), K.ave_pool_backward(top, 3, 2, 1, (33, 31)),
+            ltop, scale, K.lrn_across_backward(x, ltop, scale, g, 5, 1e-2, 0.75))
+
+
 def test_threads_do_not_change_results():
     old = K.get_num_threads()
-    x = rand(2, 8, 33, 31)
+    x, g = rand(2, 8, 33, 31), rand(2, 8, 33, 31)
     try:
         K.set_num_threads(1)
-        one = (K.im2col(x[0], 3, 1, 1), K.max_pool_forward(x, 3, 2, 1, (17, 16))[0],
-               K.lrn_across_forward(x, 5, 1e-2, 0.75, 1.0)[0])
-        K.set_num_threads(2)
-        assert K.get_num_threads() == 2
-        two = (K.im2col(x[0], 3, 1, 1), K.max_pool_forward(x, 3, 2, 1, (17, 16))[0],
-               K.lrn_across_forward(x, 5, 1e-2, 0.75, 1.0)[0])
+        one = _threaded_run(x, g)
+        K.set_num_threads(3)
+        assert K.get_num_threads() == 3
+        three = _threaded_run(x, g)
     finally:
         K.set_num_threads(old)
-    for a, b in zip(one, two):
+    for a, b in zip(one, three):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError):
         K.set_num_threads(0)
