@@ -42,3 +42,7 @@ class SolverError(PyskimError, ValueError):
 
 class DataError(PyskimError, IOError):
     """A data source (LMDB, list file, HDF5, mean file) is missing or holds bad records."""
+
+
+class KernelArgumentError(PyskimError, ValueError):
+    """A kernel was called with arguments of the wrong rank, shape, dtype or geometry."""

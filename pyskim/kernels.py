@@ -18,7 +18,7 @@ import numpy as np
 from ._kernels import im2col as _im2col
 from ._kernels import lrn as _lrn
 from ._kernels import pooling as _pool
-from .errors import PyskimError
+from .errors import KernelArgumentError
 
 __all__ = [
     "KernelArgumentError",
@@ -41,10 +41,6 @@ __all__ = [
 _INT_MAX = 2**31 - 1
 
 
-class KernelArgumentError(PyskimError, ValueError):
-    """A kernel was called with arguments of the wrong rank, shape, dtype or geometry."""
-
-
 # -- threads ----------------------------------------------------------------------------------------
 
 _num_threads = max(1, int(_im2col.omp_get_max_threads()))
@@ -57,6 +53,15 @@ def set_num_threads(n):
         raise KernelArgumentError(f"set_num_threads: n must be an int in [1, 4096], got {n!r}")
     _num_threads = int(n)
     _im2col.omp_set_num_threads(_num_threads)
+
+
+#: Below this many output elements a kernel runs on one thread: waking OpenMP workers costs more than
+#: the work, and on a busy machine a descheduled worker stalls the whole region.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+
+
+def _threads_for(elements):
+    return _num_threads if elements >= PARALLEL_MIN_ELEMENTS else 1
 
 
 def get_num_threads():
@@ -179,7 +184,7 @@ def im2col(img, kernel, pad=0, stride=1, dilation=1, out=None):
     (kh, kw), (ph, pw), (sh, sw), (dh, dw), (oh, ow) = _conv_geometry(
         fn, img.shape[1:], kernel, pad, stride, dilation)
     col = _output(fn, "out", out, (img.shape[0] * kh * kw, oh * ow), [img])
-    _im2col.im2col(img, kh, kw, ph, pw, sh, sw, dh, dw, col, _num_threads)
+    _im2col.im2col(img, kh, kw, ph, pw, sh, sw, dh, dw, col, _threads_for(col.size))
     return col
 
 
@@ -201,7 +206,7 @@ def col2im(col, img_shape, kernel, pad=0, stride=1, dilation=1, out=None, accumu
     img = _output(fn, "out", out, img_shape, [col])
     if not accumulate:
         img.fill(0)
-    _im2col.col2im_add(col, kh, kw, ph, pw, sh, sw, dh, dw, img, _num_threads)
+    _im2col.col2im_add(col, kh, kw, ph, pw, sh, sw, dh, dw, img, _threads_for(col.size))
     return img
 
 
@@ -292,7 +297,7 @@ def max_pool_forward(x, kernel, stride, pad, out_hw, out=None, mask_out=None):
     kh, kw, sh, sw, ph, pw, oh, ow = _pool_geometry(fn, (h, w), kernel, stride, pad, out_hw)
     top = _output(fn, "out", out, (n, c, oh, ow), [x])
     mask = _output(fn, "mask_out", mask_out, (n, c, oh, ow), [x, top], dtype=np.int32)
-    _pool.max_forward(x, kh, kw, ph, pw, sh, sw, top, mask, _num_threads)
+    _pool.max_forward(x, kh, kw, ph, pw, sh, sw, top, mask, _threads_for(x.size))
     return top, mask
 
 
@@ -312,7 +317,7 @@ def max_pool_backward(top_diff, mask, in_hw, out=None):
     h, w = _ints(fn, "in_hw", in_hw, 2, 1)
     n, c = top_diff.shape[:2]
     bottom = _output(fn, "out", out, (n, c, h, w), [top_diff, mask])
-    _pool.max_backward(top_diff, mask, bottom, _num_threads)
+    _pool.max_backward(top_diff, mask, bottom, _threads_for(bottom.size))
     return bottom
 
 
@@ -324,7 +329,7 @@ def ave_pool_forward(x, kernel, stride, pad, out_hw, out=None):
     n, c, h, w = x.shape
     kh, kw, sh, sw, ph, pw, oh, ow = _pool_geometry(fn, (h, w), kernel, stride, pad, out_hw)
     top = _output(fn, "out", out, (n, c, oh, ow), [x])
-    _pool.ave_forward(x, kh, kw, ph, pw, sh, sw, top, _num_threads)
+    _pool.ave_forward(x, kh, kw, ph, pw, sh, sw, top, _threads_for(x.size))
     return top
 
 
@@ -337,7 +342,7 @@ def ave_pool_backward(top_diff, kernel, stride, pad, in_hw, out=None):
     h, w = _ints(fn, "in_hw", in_hw, 2, 1)
     kh, kw, sh, sw, ph, pw, _, _ = _pool_geometry(fn, (h, w), kernel, stride, pad, (oh, ow))
     bottom = _output(fn, "out", out, (n, c, h, w), [top_diff])
-    _pool.ave_backward(top_diff, kh, kw, ph, pw, sh, sw, bottom, _num_threads)
+    _pool.ave_backward(top_diff, kh, kw, ph, pw, sh, sw, bottom, _threads_for(bottom.size))
     return bottom
 
 
@@ -361,7 +366,9 @@ def lrn_across_forward(x, size, alpha, beta, k, out=None, scale_out=None):
 
     ``scale = k + alpha/size * sum_{window} x**2`` over ``size`` channels centred on each
     channel (zero beyond the ends) and ``top = x * scale**-beta``. Returns ``(top, scale)``; keep
-    ``scale`` for :func:`lrn_across_backward`.
+    ``scale`` for :func:`lrn_across_backward`. The running channel sums follow Caffe's order;
+    ``scale**-beta`` is ``powf`` except for ``beta == 0.75``, which uses a vectorised sqrt form
+    (within ~3 ulp).
     """
     fn = "lrn_across_forward"
     x = _input(fn, "x", x, 4)
@@ -371,7 +378,7 @@ def lrn_across_forward(x, size, alpha, beta, k, out=None, scale_out=None):
     top = _output(fn, "out", out, x.shape, [x, scale])
     alpha_over_size = np.float32(alpha) / np.float32(size)     # float32, as Caffe's Dtype
     _lrn.across_forward(x, size, float(alpha_over_size), float(np.float32(beta)),
-                        float(np.float32(k)), scale, top, _num_threads)
+                        float(np.float32(k)), scale, top, _threads_for(x.size))
     return top, scale
 
 
@@ -392,5 +399,5 @@ def lrn_across_backward(x, top, scale, top_diff, size, alpha, beta, out=None):
     # Caffe: Dtype cache_ratio_value = 2. * alpha_ * beta_ / size_ (double arithmetic on floats)
     cache_ratio = np.float32(2.0 * float(np.float32(alpha)) * float(np.float32(beta)) / size)
     _lrn.across_backward(x, arrays["top"], arrays["scale"], arrays["top_diff"], size,
-                         float(np.float32(beta)), float(cache_ratio), bottom, _num_threads)
+                         float(np.float32(beta)), float(cache_ratio), bottom, _threads_for(x.size))
     return bottom

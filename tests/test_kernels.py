@@ -223,7 +223,8 @@ def _threaded_run(x, g):
             ltop, scale, K.lrn_across_backward(x, ltop, scale, g, 5, 1e-2, 0.75))
 
 
-def test_threads_do_not_change_results():
+def test_threads_do_not_change_results(monkeypatch):
+    monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", 0)   # run these small arrays multi-threaded
     old = K.get_num_threads()
     x, g = rand(2, 8, 33, 31), rand(2, 8, 33, 31)
     try:

@@ -6,8 +6,12 @@ Lowering follows Caffe: each image is unfolded by im2col (the 2-D Cython kernel 
 spatial axes and ``force_nd_im2col`` is off, the N-d one otherwise) into a (group * K) x P column
 matrix, K = in_channels/group * prod(kernel), P = output positions; each group is then one float32
 GEMM. Several images are lowered at once (bounded by :data:`COL_BUFFER_BYTES`) so that one NumPy
-call runs the GEMMs of a whole chunk; every image's product is the same GEMM Caffe runs.
+call runs the GEMMs of a whole chunk; every image's product is the same GEMM Caffe runs. The column
+buffers are per-thread scratch arrays shared by all convolution layers (where Caffe keeps one
+``col_buffer_`` per layer), so no pages are faulted in again on every call.
 """
+import threading
+
 import numpy as np
 
 from .. import kernels
@@ -15,7 +19,18 @@ from ..errors import NetError
 from .base import Layer, register
 
 #: Upper bound on the column buffer of one chunk of images (the chunk holds at least one image).
-COL_BUFFER_BYTES = 64 << 20
+COL_BUFFER_BYTES = 128 << 20
+
+_scratch = threading.local()
+
+
+def _workspace(slot, shape):
+    """A float32 array of ``shape`` backed by this thread's reusable buffer named ``slot``."""
+    size = _prod(shape)
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    if slot not in buffers or buffers[slot].size < size:
+        buffers[slot] = np.empty(size, np.float32)
+    return buffers[slot][:size].reshape(shape)
 
 
 def _prod(values):
@@ -202,7 +217,7 @@ class BaseConvolutionLayer(Layer):
         n = images.shape[0]
         if self._lowering.identity:
             return images.reshape(n, self._group, self._kdim, self._positions)
-        cols = np.empty((n, self._group * self._kdim, self._positions), np.float32)
+        cols = _workspace("cols", (n, self._group * self._kdim, self._positions))
         self._lowering.lower(images.reshape((n,) + self._col_image), cols)
         return cols.reshape(n, self._group, self._kdim, self._positions)
 
@@ -218,7 +233,8 @@ class BaseConvolutionLayer(Layer):
 
     def _transposed_product(self, values):
         """W_g^T . values_g for ``values`` (n, group, conv_out/group, P) -> (n, group, K, P)."""
-        return np.matmul(self._weights(self.blobs[0].data).transpose(0, 2, 1), values)
+        out = _workspace("product", (values.shape[0], self._group, self._kdim, self._positions))
+        return np.matmul(self._weights(self.blobs[0].data).transpose(0, 2, 1), values, out=out)
 
     def _accumulate_weight_diff(self, values, cols):
         """weight diff += sum over images of values_g . col_g^T (one GEMM per group; Caffe's beta=1)."""
