@@ -44,6 +44,7 @@ class Net:
         self._params, self._param_owners, self._param_display_names = [], [], []
         self._param_layer_indices = []
         self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
+        self.params_regularization_type = []
         self._learnable_index, self._param_specs = [], []
         name_to_blob = {}
         available = []
@@ -130,6 +131,7 @@ class Net:
             self.learnable_params.append(layer.blobs[param_id])
             self.params_lr.append(spec.lr_mult if spec.HasField("lr_mult") else 1.0)
             self.params_weight_decay.append(spec.decay_mult if spec.HasField("decay_mult") else 1.0)
+            self.params_regularization_type.append(spec.regularization_type)
             return
         owner_id = owner_by_param_name[spec.name]
         owner_layer = self._param_layer_indices[owner_id][0]
@@ -156,6 +158,8 @@ class Net:
             if owner_spec.HasField("decay_mult") and owner_spec.decay_mult != spec.decay_mult:
                 raise NetError(f"Shared param '{spec.name}' has mismatched decay_mult (layer '{layer.name}')")
             self.params_weight_decay[learnable_id] = spec.decay_mult
+        if spec.regularization_type:
+            self.params_regularization_type[learnable_id] = spec.regularization_type
 
     def _decide_backward(self, force_backward):
         """Prune backward work not leading to a loss, then apply ``force_backward`` (Net::Init)."""

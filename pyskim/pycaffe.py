@@ -178,6 +178,16 @@ class Net(_net.Net):
                 outs = {name: values[:-pad] for name, values in outs.items()}
         return outs
 
+    def set_input_arrays(self, data, labels):
+        """Hand arrays to the net's first layer, which must be MemoryData (pycaffe's
+        ``Net.set_input_arrays``); 1-D labels become N x 1 x 1 x 1."""
+        labels = np.asarray(labels) if not isinstance(labels, np.ndarray) else labels
+        if labels.ndim == 1:
+            labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
+        if not self.layers or not hasattr(self.layers[0], "set_input_arrays"):
+            raise NetError("set_input_arrays may only be called if the first layer is a MemoryDataLayer")
+        self.layers[0].set_input_arrays(data, labels)
+
     # -- weights ---------------------------------------------------------------------------------
     def copy_from(self, path):
         """Load weights by layer name from a binary or HDF5 caffemodel (HDF5 detected by signature)."""

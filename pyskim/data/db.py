@@ -4,6 +4,8 @@
 last one (``DataLayer::Next``); :class:`LMDBWriter` puts records in transactions (``db::Transaction``).
 """
 import os
+import threading
+import weakref
 
 import lmdb
 from google.protobuf.message import DecodeError
@@ -16,6 +18,10 @@ LMDB = caffe_pb2.DataParameter.LMDB
 LEVELDB = caffe_pb2.DataParameter.LEVELDB
 #: Map size used when writing: LMDB reserves address space only, so a large value is harmless.
 WRITE_MAP_SIZE = 1 << 40
+# LMDB allows one environment per database per process: readers of the same database (a TRAIN and
+# a TEST net, several Data layers) share it; it closes when its last reader is dropped.
+_READ_ENVS = weakref.WeakValueDictionary()
+_READ_ENVS_LOCK = threading.Lock()
 
 
 def check_backend(backend, source, owner):
@@ -49,8 +55,14 @@ def open_env(source, write=False):
             return lmdb.open(source, map_size=WRITE_MAP_SIZE, subdir=True, meminit=False)
         if not os.path.isdir(source):
             raise DataError(f"LMDB '{source}' does not exist (or is not a directory)")
-        return lmdb.open(source, readonly=True, lock=False, readahead=False, subdir=True,
-                         max_spare_txns=1)
+        key = os.path.realpath(source)
+        with _READ_ENVS_LOCK:
+            env = _READ_ENVS.get(key)
+            if env is None:
+                env = lmdb.open(source, readonly=True, lock=False, readahead=False, subdir=True,
+                                max_readers=1024)
+                _READ_ENVS[key] = env
+            return env
     except lmdb.Error as e:
         raise DataError(f"Could not open LMDB '{source}': {e}") from None
 
@@ -102,10 +114,10 @@ class LMDBReader:
         return key, parse_datum(raw, self.source, key)
 
     def close(self):
+        """End the read transaction (the shared environment closes with its last reader)."""
         if self._txn is not None:
             self._txn.abort()
             self._txn = self._cursor = None
-        self.env.close()
 
 
 def iterate(source):
@@ -117,8 +129,6 @@ def iterate(source):
                 yield bytes(key), parse_datum(bytes(raw), os.fspath(source), bytes(key))
     except lmdb.Error as e:
         raise DataError(f"LMDB '{os.fspath(source)}' is corrupt: {e}") from None
-    finally:
-        env.close()
 
 
 class LMDBWriter:

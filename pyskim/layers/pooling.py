@@ -264,17 +264,19 @@ class LRNLayer(Layer):
         self._alpha, self._beta, self._k = lp.alpha, lp.beta, lp.k
         self._within = lp.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL
         self._pre_pad = (self._size - 1) // 2
+        self._scale = None
 
     def reshape(self, bottom, top):
         if bottom[0].num_axes != 4:
             raise NetError(f"layer '{self.name}': input must have 4 axes, corresponding to (num, channels, "
                            f"height, width); got shape {list(bottom[0].shape)}")
         top[0].reshape(bottom[0].shape)
+        if not self._within and (self._scale is None or self._scale.shape != bottom[0].shape):
+            self._scale = np.empty(bottom[0].shape, np.float32)
 
     def forward_cpu(self, bottom, top):
         x = bottom[0].data
         if not self._within:
-            self._scale = np.empty_like(x)
             kernels.lrn_across_forward(x, self._size, self._alpha, self._beta, self._k,
                                        out=top[0].data, scale_out=self._scale)
             return

@@ -19,7 +19,7 @@ from ..errors import NetError
 from .base import Layer, register
 
 #: Upper bound on the column buffer of one chunk of images (the chunk holds at least one image).
-COL_BUFFER_BYTES = 128 << 20
+COL_BUFFER_BYTES = 64 << 20
 
 _scratch = threading.local()
 
@@ -250,7 +250,7 @@ class BaseConvolutionLayer(Layer):
     def _accumulate_bias_diff(self, top_diff_images):
         """bias diff += sum of the top diff over positions (per image), then over images."""
         if self._bias_term and self.param_propagate_down[1]:
-            self.blobs[1].diff[...] += top_diff_images.sum(axis=2, dtype=np.float32).sum(axis=0)
+            self.blobs[1].diff[...] += top_diff_images.sum(axis=2).sum(axis=0)
 
     def _grouped(self, images):
         """(n, C, P) -> (n, group, C/group, P) view."""
@@ -266,17 +266,17 @@ class ConvolutionLayer(BaseConvolutionLayer):
     col2im(W_g^T . top_diff_g). A sparse engine replaces :meth:`_forward_gemm`.
     """
 
-    def _forward_gemm(self, cols, out):
-        """The per-group forward product for a chunk of lowered images: ``cols`` (n, group, K, P)
-        -> ``out`` (n, group, num_output/group, P). Dense W_g . col_g here."""
-        self._dense_product(cols, out)
+    def _forward_gemm(self, images, out):
+        """The forward product of a chunk of images, without bias: ``images`` (n, channels, P_in)
+        -> ``out`` (n, group, num_output/group, P). Dense here: im2col, then W_g . col_g per group.
+        A sparse engine overrides this (with :meth:`_lower` for columns, or directly on the images)."""
+        self._dense_product(self._lower(images), out)
 
     def forward_cpu(self, bottom, top):
         for b, t in zip(bottom, top):
             x, y = self._images(b.data), self._images(t.data)
             for s, e in self._chunks():
-                cols = self._lower(x[s:e])
-                self._forward_gemm(cols, self._grouped(y[s:e]))
+                self._forward_gemm(x[s:e], self._grouped(y[s:e]))
                 self._add_bias(y[s:e])
 
     def backward_cpu(self, top, propagate_down, bottom):
