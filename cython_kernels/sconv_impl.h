@@ -55,7 +55,7 @@ static inline sc_v sc_loadu(const float *p) { return *(const sc_vu *)p; }
         SC_UNROLL for (int t = 0; t < T; ++t) a[t] = ((const sc_v *)acc)[t];                 \
         for (int64_t j = j0; j < j1; ++j) {                                                  \
             const float *p = in + col[j];                                                    \
-            const sc_v w = (sc_v){0} + val[j];                                               \
+            const sc_v w = val[j] - (sc_v){0};                                               \
             SC_UNROLL for (int t = 0; t < T; ++t) a[t] += w * sc_loadu(p + SC_VL * t);       \
         }                                                                                    \
         SC_UNROLL for (int t = 0; t < T; ++t)((sc_v *)acc)[t] = a[t];                        \
@@ -253,7 +253,7 @@ static int sc_conv(const float *buf, int64_t img_stride, int64_t grp_stride, int
         SC_UNROLL for (int t = 0; t < T; ++t) a[t] = (sc_v){0} + b0;                         \
         for (int64_t j = j0; j < j1; ++j) {                                                  \
             const float *p = xt + (int64_t)col[j] * Mp;                                      \
-            const sc_v w = (sc_v){0} + val[j];                                               \
+            const sc_v w = val[j] - (sc_v){0};                                               \
             SC_UNROLL for (int t = 0; t < T; ++t) a[t] += w * *(const sc_v *)(p + SC_VL * t); \
         }                                                                                    \
         SC_UNROLL for (int t = 0; t < T; ++t)((sc_v *)acc)[t] = a[t];                        \

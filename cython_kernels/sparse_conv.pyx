@@ -147,13 +147,13 @@ cdef class ConvPlan:
         if n < 1 or x.shape[1] != self.channels or x.shape[2] != self.height \
                 or x.shape[3] != self.width:
             raise ValueError(f"x must have shape (N>=1, {self.channels}, {self.height}, "
-                             f"{self.width}), got {tuple(x.shape[:4])}")
+                             f"{self.width}), got {tuple(x.shape[i] for i in range(4))}")
         if buf.shape[0] < n * self.img_stride:
             raise ValueError(f"buf needs {n * self.img_stride} floats, got {buf.shape[0]}")
         if out.shape[0] != n or out.shape[1] != self.groups * self.ocg \
                 or out.shape[2] != self.out_h or out.shape[3] != self.out_w:
             raise ValueError(f"out must have shape ({n}, {self.groups * self.ocg}, {self.out_h}, "
-                             f"{self.out_w}), got {tuple(out.shape[:4])}")
+                             f"{self.out_w}), got {tuple(out.shape[i] for i in range(4))}")
         cdef const float *bp = NULL
         if bias is not None:
             if bias.shape[0] != self.groups * self.ocg:
@@ -200,9 +200,9 @@ cdef class FcPlan:
         """``out`` (M, N) = x (M, K) . W^T + bias (None allowed), ReLU if ``relu``."""
         cdef int m = x.shape[0]
         if m < 1 or x.shape[1] != self.num_input:
-            raise ValueError(f"x must have shape (M>=1, {self.num_input}), got {tuple(x.shape[:2])}")
+            raise ValueError(f"x must have shape (M>=1, {self.num_input}), got {(x.shape[0], x.shape[1])}")
         if out.shape[0] != m or out.shape[1] != self.num_output:
-            raise ValueError(f"out must have shape ({m}, {self.num_output}), got {tuple(out.shape[:2])}")
+            raise ValueError(f"out must have shape ({m}, {self.num_output}), got {(out.shape[0], out.shape[1])}")
         cdef const float *bp = NULL
         if bias is not None:
             if bias.shape[0] != self.num_output:

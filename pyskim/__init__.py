@@ -3,6 +3,12 @@
 ``import pyskim as caffe`` gives pycaffe's API: ``caffe.Net``, ``caffe.TRAIN``/``caffe.TEST``,
 ``caffe.io``, ``caffe.layer_type_list()`` and the mode/seed functions.
 """
+import os
+
+# OpenMP workers that spin after a kernel compete with OpenBLAS's GEMM threads for the same cores;
+# sleeping workers keep the two thread pools from stalling each other. Set before the kernels load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from . import io
 from .common import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from .errors import PyskimError

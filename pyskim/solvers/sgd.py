@@ -1,0 +1,311 @@
+"""SGDSolver: Caffe's update pipeline (``sgd_solver.cpp``) and the regularizer hooks.
+
+``apply_update`` runs, as ``SGDSolver::ApplyUpdate``: the learning rate from ``lr_policy``, gradient
+clipping over all learnable params, then per param Normalize (÷ ``iter_size``), Regularize and
+ComputeUpdateValue, then the Net update ``w -= diff``. Subclasses (Nesterov, AdaGrad, RMSProp,
+AdaDelta, Adam) override only :meth:`SGDSolver.compute_update_value` (and ``pre_solve`` for extra
+history). All arithmetic is float32 on whole arrays, in Caffe's operation order.
+
+Regularization is delegated to one :class:`Regularizer` per effective ``regularization_type``
+(``ParamSpec.regularization_type`` when set, else the solver's). A regularizer adds its gradient at
+the Regularize stage and may act just before and after ``w -= diff``; SkimCaffe's types (ISTA, DNS,
+thresholded L1, connectivity masks) plug in there through :func:`register_regularizer`.
+"""
+import math
+import os
+import tempfile
+
+import h5py
+import numpy as np
+
+from ..common import log
+from ..errors import ModelFileError, SolverError
+from ..io.blobproto import array_to_blobproto, blobproto_to_array
+from ..io.protofiles import read_binary, write_binary
+from ..proto import caffe_pb2
+from .base import F32, Solver, fmt
+
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+REGULARIZERS = {}
+
+
+# -- float32 BLAS-like helpers (caffe_cpu_* semantics) --------------------------------------------------
+def axpby(alpha, x, beta, y, scratch):
+    """y = alpha·x + beta·y in float32 (``caffe_cpu_axpby``); a zero alpha or beta drops its term, as
+    BLAS ``saxpby`` does (so 0·inf never turns into NaN)."""
+    if beta == 0:
+        np.multiply(x, alpha, out=y)
+    elif alpha == 0:
+        np.multiply(y, beta, out=y)
+    else:
+        np.multiply(x, alpha, out=scratch)
+        np.multiply(y, beta, out=y)
+        np.add(y, scratch, out=y)
+
+
+def axpy(alpha, x, y, scratch):
+    """y += alpha·x in float32 (``caffe_axpy``)."""
+    np.multiply(x, alpha, out=scratch)
+    np.add(y, scratch, out=y)
+
+
+def powx(x, exponent, out):
+    """Elementwise float32 ``pow`` (``caffe_powx``; numpy's ``power`` calls ``powf`` as Caffe's vsPowx)."""
+    np.power(x, F32(exponent), out=out)
+
+
+# -- regularizers -------------------------------------------------------------------------------------
+def register_regularizer(*names):
+    """Class decorator: make a :class:`Regularizer` subclass the handler of these regularization types."""
+    def decorate(cls):
+        for name in names:
+            REGULARIZERS[name] = cls
+        return cls
+    return decorate
+
+
+class Regularizer:
+    """Hooks of one regularization type in the update pipeline. One instance per solver and type.
+
+    ``regularize`` runs at Caffe's Regularize stage, only when ``local_decay`` (weight_decay ×
+    decay_mult) is nonzero, and adds the penalty's gradient to ``blob.diff``. ``before_update`` and
+    ``after_update`` run for every param around ``w -= diff`` (the diff then holds the final step).
+    """
+
+    def __init__(self, solver, name):
+        self.solver = solver
+        self.name = name
+
+    def regularize(self, param_id, blob, local_decay):
+        """Add the penalty gradient to ``blob.diff``."""
+
+    def before_update(self, param_id, blob):
+        """Adjust the step in ``blob.diff`` before ``w -= diff`` (e.g. a connectivity mask)."""
+
+    def after_update(self, param_id, blob, rate, local_decay):
+        """Act on the updated weights (e.g. thresholding)."""
+
+
+@register_regularizer("L2")
+class L2Regularizer(Regularizer):
+    """diff += local_decay · w (Caffe's L2 weight decay)."""
+
+    def regularize(self, param_id, blob, local_decay):
+        axpy(local_decay, blob.data, blob.diff, self.solver.scratch(param_id, "temp"))
+
+
+@register_regularizer("L1")
+class L1Regularizer(Regularizer):
+    """diff += local_decay · sign(w), with sign(0) = 0 (Caffe's L1)."""
+
+    def regularize(self, param_id, blob, local_decay):
+        temp = self.solver.scratch(param_id, "temp")
+        np.sign(blob.data, out=temp)
+        np.multiply(temp, local_decay, out=temp)
+        diff = blob.diff
+        np.add(diff, temp, out=diff)
+
+
+# -- the solver ---------------------------------------------------------------------------------------
+class SGDSolver(Solver):
+    """Stochastic gradient descent with momentum: history = momentum·history + local_rate·diff;
+    w -= history (``SGDSolver``). ``history`` holds one float32 array per learnable param."""
+
+    type = "SGD"
+
+    def pre_solve(self):
+        p = self._param
+        if p.lr_policy not in LR_POLICIES:
+            raise SolverError(f"Unknown learning rate policy: '{p.lr_policy}' (known: {', '.join(LR_POLICIES)})")
+        params = self.net.learnable_params
+        self.history = [np.zeros(blob.shape, dtype=F32) for blob in params]
+        self._scratch = {}
+        self.regularizers = {}
+        self._param_regularizers = []
+        for param_id in range(len(params)):
+            name = self.net.params_regularization_type[param_id] or p.regularization_type
+            if name not in self.regularizers:
+                if name not in REGULARIZERS:
+                    raise SolverError(f"Unknown regularization type: '{name}' (known: "
+                                      f"{', '.join(sorted(REGULARIZERS))})")
+                self.regularizers[name] = REGULARIZERS[name](self, name)
+            self._param_regularizers.append(self.regularizers[name])
+        self.lr = F32(0)
+
+    def scratch(self, param_id, slot):
+        """A float32 work array shaped like learnable param ``param_id`` (Caffe's update_/temp_)."""
+        key = (slot, param_id)
+        array = self._scratch.get(key)
+        if array is None:
+            array = self._scratch[key] = np.zeros(self.net.learnable_params[param_id].shape, dtype=F32)
+        return array
+
+    # -- learning rate (SGDSolver::GetLearningRate) ---------------------------------------------------
+    def get_learning_rate(self):
+        """The rate for the current ``iter`` under ``lr_policy`` (float32, as Caffe's Dtype); ``step``
+        sets and ``multistep`` advances ``current_step``."""
+        p = self._param
+        policy, base, it = p.lr_policy, F32(p.base_lr), self.iter
+        if policy == "fixed":
+            return base
+        if policy in ("step", "exp", "inv", "multistep", "sigmoid") and p.gamma < 0:
+            raise SolverError(f"lr_policy '{policy}' needs gamma >= 0, got {p.gamma}")
+        if policy in ("step", "sigmoid") and p.stepsize <= 0:
+            raise SolverError(f"lr_policy '{policy}' needs stepsize > 0, got {p.stepsize}")
+        if policy == "step":
+            self.current_step = it // p.stepsize
+            return F32(float(base) * math.pow(p.gamma, self.current_step))
+        if policy == "exp":
+            return F32(float(base) * math.pow(p.gamma, it))
+        if policy == "inv":
+            return base * np.power(F32(1) + F32(p.gamma) * F32(it), -F32(p.power))
+        if policy == "multistep":
+            if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
+                self.current_step += 1
+                log.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
+            return F32(float(base) * math.pow(p.gamma, self.current_step))
+        if policy == "poly":
+            if p.max_iter <= 0:
+                raise SolverError(f"lr_policy 'poly' needs max_iter > 0, got {p.max_iter}")
+            return base * np.power(F32(1) - F32(it) / F32(p.max_iter), F32(p.power))
+        if policy == "sigmoid":
+            with np.errstate(over="ignore"):
+                return base * (F32(1) / (F32(1) + np.exp(-F32(p.gamma) * (F32(it) - F32(p.stepsize)))))
+        raise SolverError(f"Unknown learning rate policy: '{policy}' (known: {', '.join(LR_POLICIES)})")
+
+    # -- the pipeline (SGDSolver::ApplyUpdate) ---------------------------------------------------------
+    def apply_update(self):
+        """One update from the accumulated diffs: lr, clip, then per param normalize, regularize,
+        compute the update value, and ``w -= diff``. Does not advance ``iter`` (``step`` does)."""
+        p = self._param
+        rate = self.lr = self.get_learning_rate()
+        if p.display and self.iter % p.display == 0:
+            log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
+        self.clip_gradients()
+        params = self.net.learnable_params
+        decays = [F32(p.weight_decay) * F32(mult) for mult in self.net.params_weight_decay]
+        for param_id in range(len(params)):
+            self.normalize(param_id)
+            if decays[param_id]:
+                self._param_regularizers[param_id].regularize(param_id, params[param_id], decays[param_id])
+            self.compute_update_value(param_id, rate)
+        for param_id, blob in enumerate(params):
+            regularizer = self._param_regularizers[param_id]
+            regularizer.before_update(param_id, blob)
+            data = blob.data
+            np.subtract(data, blob.diff, out=data)
+            regularizer.after_update(param_id, blob, rate, decays[param_id])
+
+    def clip_gradients(self):
+        """Scale all diffs down when their global L2 norm exceeds ``clip_gradients`` (< 0: off)."""
+        clip = F32(self._param.clip_gradients)
+        if clip < 0:
+            return
+        params = self.net.learnable_params
+        sumsq = F32(0)
+        for blob in params:
+            diff = blob.diff.ravel()
+            sumsq += F32(np.dot(diff, diff))
+        l2norm = F32(np.sqrt(sumsq))
+        if l2norm > clip:
+            scale = clip / l2norm
+            log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
+                     fmt(l2norm), fmt(clip), fmt(scale))
+            for blob in params:
+                diff = blob.diff
+                np.multiply(diff, scale, out=diff)
+
+    def normalize(self, param_id):
+        """diff /= iter_size, as a multiplication by 1/iter_size (``Normalize``)."""
+        iter_size = self._param.iter_size
+        if iter_size != 1:
+            diff = self.net.learnable_params[param_id].diff
+            np.multiply(diff, F32(1) / F32(iter_size), out=diff)
+
+    def local_rate(self, param_id, rate):
+        return F32(rate) * F32(self.net.params_lr[param_id])
+
+    def compute_update_value(self, param_id, rate):
+        """history = momentum·history + local_rate·diff; diff = history."""
+        diff = self.net.learnable_params[param_id].diff
+        history = self.history[param_id]
+        axpby(self.local_rate(param_id, rate), diff, F32(self._param.momentum), history,
+              self.scratch(param_id, "temp"))
+        diff[...] = history
+
+    # -- solver state (SnapshotSolverState, RestoreSolverStateFrom*) ----------------------------------
+    def snapshot_solver_state(self, model_filename):
+        """Write iter, learned_net (the model file name as given), current_step and the history."""
+        if self._param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            filename = self._snapshot_filename(".solverstate.h5")
+            log.info("Snapshotting solver state to HDF5 file %s", filename)
+            _write_state_hdf5(filename, self.iter, model_filename, self.current_step, self.history)
+            return filename
+        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_filename,
+                                      current_step=self.current_step)
+        for history in self.history:
+            state.history.add().CopyFrom(array_to_blobproto(history))
+        filename = self._snapshot_filename(".solverstate")
+        log.info("Snapshotting solver state to binary proto file %s", filename)
+        write_binary(filename, state)
+        return filename
+
+    def restore_solver_state_from_binary_proto(self, state_file):
+        state = read_binary(state_file, caffe_pb2.SolverState())
+        history = [blobproto_to_array(blob) for blob in state.history]
+        learned_net = state.learned_net if state.HasField("learned_net") else None
+        self._set_state(state_file, state.iter, learned_net, state.current_step, history)
+
+    def restore_solver_state_from_hdf5(self, state_file):
+        try:
+            f = h5py.File(state_file, "r")
+        except OSError as e:
+            raise ModelFileError(f"Could not open HDF5 solver state {state_file}: {e}") from None
+        with f:
+            try:
+                learned_net = f["learned_net"][()] if "learned_net" in f else None
+                if isinstance(learned_net, bytes):
+                    learned_net = learned_net.rstrip(b"\0").decode()
+                group = f["history"]
+                history = [np.asarray(group[str(i)], dtype=F32) for i in range(len(group))]
+                iteration, current_step = int(f["iter"][()]), int(f["current_step"][()])
+            except KeyError as e:
+                raise ModelFileError(f"{state_file}: not a solver state ({e})") from None
+        self._set_state(state_file, iteration, learned_net, current_step, history)
+
+    def _set_state(self, state_file, iteration, learned_net, current_step, history):
+        if len(history) != len(self.history):
+            raise SolverError(f"{state_file}: Incorrect length of history blobs: {len(history)} in the file, "
+                              f"{len(self.history)} expected by the {self.type} solver")
+        for i, (saved, current) in enumerate(zip(history, self.history)):
+            if saved.size != current.size:
+                raise SolverError(f"{state_file}: history blob {i} has shape {list(saved.shape)}, expected "
+                                  f"{list(current.shape)}")
+        self.iter = int(iteration)
+        if learned_net:
+            self.net.copy_from(learned_net)
+        self.current_step = int(current_step)
+        log.info("SGDSolver: restoring history")
+        for saved, current in zip(history, self.history):
+            current[...] = saved.reshape(current.shape)
+
+
+def _write_state_hdf5(filename, iteration, model_filename, current_step, history):
+    """The HDF5 solverstate layout (iter, learned_net, current_step, history/<i>), written to a temp
+    file in the same folder and renamed into place."""
+    folder = os.path.dirname(os.path.abspath(filename))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(filename), dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("iter", data=np.int32(iteration))
+            f.create_dataset("learned_net", data=np.bytes_(model_filename.encode()))
+            f.create_dataset("current_step", data=np.int32(current_step))
+            group = f.create_group("history")
+            for i, array in enumerate(history):
+                group.create_dataset(str(i), data=array)
+        os.replace(tmp, filename)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
