@@ -274,18 +274,19 @@ class Net:
         return param
 
     def share_trained_layers_with(self, other):
-        """Share every param blob's data with the same-named layer of ``other`` (``ShareTrainedLayersWith``)."""
-        index = {layer.name: layer for layer in other.layers}
-        for layer in self.layers:
-            source = index.get(layer.name)
-            if source is None:
-                log.info("Ignoring source layer %s", layer.name)
+        """Share param data with the same-named layers of ``other`` (``ShareTrainedLayersWith``:
+        loops over the source net's layers, ignoring those this net lacks)."""
+        index = {layer.name: layer for layer in self.layers}
+        for source in other.layers:
+            target = index.get(source.name)
+            if target is None:
+                log.info("Ignoring source layer %s", source.name)
                 continue
-            if len(source.blobs) != len(layer.blobs):
-                raise WeightsMismatchError(f"Incompatible number of blobs for layer '{layer.name}'")
-            for target_blob, source_blob in zip(layer.blobs, source.blobs):
+            if len(source.blobs) != len(target.blobs):
+                raise WeightsMismatchError(f"Incompatible number of blobs for layer '{source.name}'")
+            for target_blob, source_blob in zip(target.blobs, source.blobs):
                 if target_blob.shape != source_blob.shape:
-                    raise WeightsMismatchError(f"layer '{layer.name}': cannot share blob of shape "
+                    raise WeightsMismatchError(f"layer '{source.name}': cannot share blob of shape "
                                                f"{list(source_blob.shape)} with {list(target_blob.shape)}")
                 target_blob.share_data(source_blob)
 

@@ -102,8 +102,7 @@ class Solver:
         source = given[0]
         if source.endswith("_param"):
             log.info("Creating training net specified in %s.", source)
-            net_param = caffe_pb2.NetParameter()
-            net_param.CopyFrom(getattr(p, source))
+            net_param = _copy_net_param(getattr(p, source))
         else:
             log.info("Creating training net from %s file: %s", source, getattr(p, source))
             net_param = read_net_text(getattr(p, source))
@@ -130,7 +129,7 @@ class Solver:
         sources, params = [], []
         for net_param in p.test_net_param:
             sources.append("test_net_param")
-            params.append(net_param)
+            params.append(_copy_net_param(net_param))
         for path in p.test_net:
             sources.append("test_net file: " + path)
             params.append(read_net_text(path))
@@ -138,7 +137,7 @@ class Solver:
         for _ in range(remaining):
             if has_net_param:
                 sources.append("net_param")
-                params.append(p.net_param)
+                params.append(_copy_net_param(p.net_param))
             else:
                 sources.append("net file: " + p.net)
                 params.append(read_net_text(p.net))
@@ -338,6 +337,12 @@ class Solver:
 
     def restore_solver_state_from_hdf5(self, state_file):
         raise NotImplementedError(f"{type(self).__name__}.restore_solver_state_from_hdf5")
+
+
+def _copy_net_param(net_param):
+    copy = caffe_pb2.NetParameter()
+    copy.CopyFrom(net_param)
+    return copy
 
 
 def _make_net(net_param, state):

@@ -281,9 +281,9 @@ class SGDSolver(Solver):
             if saved.size != current.size:
                 raise SolverError(f"{state_file}: history blob {i} has shape {list(saved.shape)}, expected "
                                   f"{list(current.shape)}")
-        self.iter = int(iteration)
         if learned_net:
             self.net.copy_from(learned_net)
+        self.iter = int(iteration)
         self.current_step = int(current_step)
         log.info("SGDSolver: restoring history")
         for saved, current in zip(history, self.history):

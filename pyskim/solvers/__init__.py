@@ -1,0 +1,59 @@
+"""Solvers by type string, as Caffe's SolverRegistry, and pycaffe's ``get_solver``."""
+import os
+
+from ..errors import SolverError
+from ..io.upgrade import read_solver_text, upgrade_solver
+from ..proto import caffe_pb2
+from .adadelta import AdaDeltaSolver
+from .adagrad import AdaGradSolver
+from .adam import AdamSolver
+from .base import Solver
+from .nesterov import NesterovSolver
+from .rmsprop import RMSPropSolver
+from .sgd import REGULARIZERS, Regularizer, SGDSolver, register_regularizer
+
+SOLVER_REGISTRY = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
+                                             AdaDeltaSolver, AdamSolver)}
+
+
+def register_solver(cls):
+    """Class decorator: register a Solver subclass under its ``type``."""
+    SOLVER_REGISTRY[cls.type] = cls
+    return cls
+
+
+def solver_type_list():
+    return sorted(SOLVER_REGISTRY)
+
+
+def get_solver(path_or_param, **kwargs):
+    """Build the solver a prototxt path or SolverParameter names by ``type`` (default SGD), after
+    Caffe's solver upgrades; keyword arguments go to the solver (e.g. ``stop_on_nan``)."""
+    if isinstance(path_or_param, caffe_pb2.SolverParameter):
+        param = caffe_pb2.SolverParameter()
+        param.CopyFrom(path_or_param)
+        upgrade_solver(param)
+    else:
+        param = read_solver_text(os.fspath(path_or_param))
+    cls = SOLVER_REGISTRY.get(param.type)
+    if cls is None:
+        raise SolverError(f"Unknown solver type: {param.type} (known types: {', '.join(solver_type_list())})")
+    return cls(param, **kwargs)
+
+
+__all__ = [
+    "REGULARIZERS",
+    "SOLVER_REGISTRY",
+    "AdaDeltaSolver",
+    "AdaGradSolver",
+    "AdamSolver",
+    "NesterovSolver",
+    "RMSPropSolver",
+    "Regularizer",
+    "SGDSolver",
+    "Solver",
+    "get_solver",
+    "register_regularizer",
+    "register_solver",
+    "solver_type_list",
+]

@@ -1,0 +1,38 @@
+"""AdamSolver: Kingma and Ba's Adam as Caffe's ``adam_solver.cpp``."""
+import math
+
+import numpy as np
+
+from .base import F32
+from .sgd import SGDSolver, axpby, powx
+
+
+class AdamSolver(SGDSolver):
+    """m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; step = local_rate · sqrt(1−β2^t)/(1−β1^t) ·
+    m / (sqrt(v) + delta) with t = iter + 1 (β1 = momentum, β2 = momentum2). The bias correction is
+    folded into the rate and delta is added to the uncorrected sqrt(v), as Caffe. The solverstate
+    holds all m blobs, then all v blobs."""
+
+    type = "Adam"
+
+    def pre_solve(self):
+        super().pre_solve()
+        self.history += [np.zeros_like(h) for h in self.history]
+
+    def compute_update_value(self, param_id, rate):
+        p = self._param
+        beta1, beta2 = F32(p.momentum), F32(p.momentum2)
+        t = self.iter + 1
+        # Computed in double as Caffe's pow(float, int), then rounded to the float Dtype.
+        correction = F32(math.sqrt(1.0 - math.pow(beta2, t)) / (1.0 - math.pow(beta1, t)))
+        diff = self.net.learnable_params[param_id].diff
+        m = self.history[param_id]
+        v = self.history[len(self.net.learnable_params) + param_id]
+        temp, work = self.scratch(param_id, "temp"), self.scratch(param_id, "work")
+        axpby(F32(1) - beta1, diff, beta1, m, work)
+        np.multiply(diff, diff, out=temp)
+        axpby(F32(1) - beta2, temp, beta2, v, work)
+        powx(v, 0.5, temp)
+        np.add(temp, F32(p.delta), out=temp)
+        np.divide(m, temp, out=temp)
+        np.multiply(temp, self.local_rate(param_id, rate) * correction, out=diff)
