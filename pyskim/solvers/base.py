@@ -50,6 +50,9 @@ class Solver:
             self._param = read_solver_text(os.fspath(param))
         self.stop_on_nan = bool(stop_on_nan)
         self.requested_early_exit = False
+        #: Called after every iteration (and test batch); returns "stop", "snapshot" or "none", as
+        #: Caffe's SolverAction from its signal handler (``SetActionFunction``).
+        self.action_function = None
         self._callbacks = []
         self._losses = []
         self._smoothed_loss = F32(0)
@@ -73,7 +76,21 @@ class Solver:
             set_random_seed(p.random_seed)
         self._init_train_net()
         self._init_test_nets()
+        for models in p.weights:
+            self.load_weights(models)
         log.info("Solver scaffolding done.")
+
+    def load_weights(self, models):
+        """Copy weights from a comma-separated list of caffemodels into the train and test nets
+        (Caffe's ``LoadNetWeights`` for ``SolverParameter.weights`` and ``caffe train -weights``)."""
+        for path in (m.strip() for m in models.split(",")):
+            if path:
+                log.info("Finetuning from %s", path)
+                for net in [self.net, *self.test_nets]:
+                    net.copy_from(path)
+
+    def requested_action(self):
+        return self.action_function() if self.action_function is not None else "none"
 
     def _check_snapshot_write_permissions(self):
         p = self._param
@@ -210,8 +227,12 @@ class Solver:
             self.apply_update()
             # iter counts the updates made so far.
             self.iter += 1
-            if p.snapshot and self.iter % p.snapshot == 0:
+            action = self.requested_action()
+            if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
                 self.snapshot()
+            if action == "stop":
+                self.requested_early_exit = True
+                break
 
     def _display(self):
         p = self._param
@@ -281,6 +302,17 @@ class Solver:
         test_iter = p.test_iter[test_net_id]
         loss, scores, labels = F32(0), None, []
         for i in range(test_iter):
+            action = self.requested_action()
+            while action != "none":
+                if action == "snapshot":
+                    self.snapshot()
+                elif action == "stop":
+                    self.requested_early_exit = True
+                    break
+                action = self.requested_action()
+            if self.requested_early_exit:
+                log.info("Test interrupted.")
+                return self.mean_scores[test_net_id]
             iter_loss = F32(test_net.forward_from_to(0, len(test_net.layers) - 1))
             if p.test_compute_loss:
                 loss += iter_loss

@@ -1,0 +1,6 @@
+"""``python -m pyskim``: the ``pyskim`` command line."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

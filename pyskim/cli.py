@@ -1,0 +1,240 @@
+"""``pyskim <command> [flags]``: Caffe's ``caffe`` tool (``tools/caffe.cpp``) with its flags and log lines.
+
+Commands: ``train`` (``-solver``, ``-weights`` or ``-snapshot``, ``-level``/``-stage``,
+``-sigint_effect``/``-sighup_effect``), ``test`` (``-model -weights -iterations``), ``time``
+(``-model [-weights] -iterations [-phase] [-forward_only]``) and ``device_query``. Flags take gflags'
+spellings (``-x v``, ``-x=v``, ``--x=v``); logs go to stderr in glog's format, so Caffe's
+``parse_log.py`` reads them.
+"""
+import logging
+import signal
+import sys
+import time
+
+from .errors import PyskimError
+from .tools import flags
+
+log = logging.getLogger("pyskim")
+
+USAGE = """command line brew
+usage: pyskim <command> <args>
+
+commands:
+  train           train or finetune a model
+  test            score a model
+  device_query    show GPU diagnostic information
+  time            benchmark model execution time"""
+
+ACTIONS = ("stop", "snapshot", "none")
+
+
+def build_parser():
+    parser = flags.new_parser("pyskim", USAGE)
+    parser.add_argument("command", nargs="?", help="train, test, time or device_query")
+    flags.define(parser, "solver", "", "The solver definition protocol buffer text file.")
+    flags.define(parser, "model", "", "The model definition protocol buffer text file.")
+    flags.define(parser, "phase", "", "Optional; network phase (TRAIN or TEST). Only used for 'time'.")
+    flags.define(parser, "level", 0, "Optional; network level.")
+    flags.define(parser, "stage", "", "Optional; network stages (not to be confused with phase), "
+                                      "separated by ','.")
+    flags.define(parser, "snapshot", "", "Optional; the snapshot solver state to resume training.")
+    flags.define(parser, "weights", "", "Optional; the pretrained weights to initialize finetuning, "
+                                        "separated by ','. Cannot be set simultaneously with snapshot.")
+    flags.define(parser, "iterations", 50, "The number of iterations to run.")
+    flags.define(parser, "gpu", "", "Not available in pyskim (CPU only); accepted for compatibility.")
+    flags.define(parser, "sigint_effect", "stop", "Optional; action to take when a SIGINT signal is "
+                                                  "received: snapshot, stop or none.")
+    flags.define(parser, "sighup_effect", "snapshot", "Optional; action to take when a SIGHUP signal is "
+                                                      "received: snapshot, stop or none.")
+    flags.define(parser, "forward_only", False, "Optional; time the forward pass only (SkimCaffe).")
+    return parser
+
+
+def _stages(args):
+    return [s for s in args.stage.split(",") if s]
+
+
+def _use_cpu(args):
+    if args.gpu:
+        log.warning("pyskim runs on the CPU only; ignoring -gpu %s", args.gpu)
+    log.info("Use CPU.")
+
+
+class SignalHandler:
+    """Turns SIGINT/SIGHUP into solver actions, as Caffe's ``SignalHandler``."""
+
+    def __init__(self, sigint_effect, sighup_effect):
+        for name, effect in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
+            if effect not in ACTIONS:
+                raise PyskimError(f"Invalid signal effect \"{effect}\" was specified for -{name} "
+                                  f"(use snapshot, stop or none)")
+        self.effects = {signal.SIGINT: sigint_effect}
+        if hasattr(signal, "SIGHUP"):
+            self.effects[signal.SIGHUP] = sighup_effect
+        self.pending = []
+        self.previous = {sig: signal.signal(sig, self._on_signal) for sig in self.effects}
+
+    def _on_signal(self, signum, frame):
+        self.pending.append(signum)
+
+    def action(self):
+        """The action of the oldest signal not yet handled, else "none" (``GetRequestedAction``)."""
+        return self.effects[self.pending.pop(0)] if self.pending else "none"
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def train(args):
+    from .io.upgrade import read_solver_text
+    from .solvers import get_solver
+    if not args.solver:
+        raise PyskimError("Need a solver definition to train.")
+    if args.snapshot and args.weights:
+        raise PyskimError("Give a snapshot to resume training or weights to finetune but not both.")
+    param = read_solver_text(args.solver)
+    param.train_state.level = args.level
+    param.train_state.stage.extend(_stages(args))
+    _use_cpu(args)
+    del param.weights[:]
+    if args.weights and not args.snapshot:
+        param.weights.append(args.weights)
+    handler = SignalHandler(args.sigint_effect, args.sighup_effect)
+    try:
+        solver = get_solver(param)
+        solver.action_function = handler.action
+        if args.snapshot:
+            log.info("Resuming from %s", args.snapshot)
+            solver.restore(args.snapshot)
+        log.info("Starting Optimization")
+        solver.solve()
+    finally:
+        handler.restore()
+    log.info("Optimization Done.")
+    return 0
+
+
+def _fmt(value):
+    return f"{float(value):g}"
+
+
+def test(args):
+    import numpy as np
+
+    from .pycaffe import Net
+    if not args.model:
+        raise PyskimError("Need a model definition to score.")
+    if not args.weights:
+        raise PyskimError("Need model weights to score.")
+    _use_cpu(args)
+    net = Net(args.model, 1, level=args.level, stages=_stages(args), weights=args.weights)
+    log.info("Running for %d iterations.", args.iterations)
+    loss = np.float32(0)
+    scores, owners = None, []
+    for i in range(args.iterations):
+        outputs, iter_loss = net.forward_prefilled()
+        loss += np.float32(iter_loss)
+        values = []
+        for j, blob in enumerate(outputs):
+            name = net._blob_names[net._outputs[j]]
+            for score in blob.data.ravel():
+                values.append(score)
+                if i == 0:
+                    owners.append(j)
+                log.info("Batch %d, %s = %s", i, name, _fmt(score))
+        values = np.asarray(values, dtype=np.float32)
+        scores = values if scores is None else scores + values
+    loss /= np.float32(max(args.iterations, 1))
+    log.info("Loss: %s", _fmt(loss))
+    for score, j in zip(scores if scores is not None else [], owners):
+        blob_id = net._outputs[j]
+        weight = net._loss_weight_of_blob[blob_id]
+        mean = np.float32(score) / np.float32(args.iterations)
+        note = f" (* {_fmt(weight)} = {_fmt(np.float32(weight) * mean)} loss)" if weight else ""
+        log.info("%s = %s%s", net._blob_names[blob_id], _fmt(mean), note)
+    return 0
+
+
+def time_net(args):
+    from .pycaffe import Net
+    from .proto import caffe_pb2
+    if not args.model:
+        raise PyskimError("Need a model definition to time.")
+    phase = {"": caffe_pb2.TRAIN, "TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}.get(args.phase)
+    if phase is None:
+        raise PyskimError(f"phase must be \"TRAIN\" or \"TEST\", got \"{args.phase}\"")
+    _use_cpu(args)
+    net = Net(args.model, phase, level=args.level, stages=_stages(args),
+              weights=args.weights or None)
+    layers = net.layers
+    log.info("Performing Forward")
+    _, initial_loss = net.forward_prefilled()
+    log.info("Initial loss: %s", _fmt(initial_loss))
+    if not args.forward_only:
+        log.info("Performing Backward")
+        net.backward_from_to(len(layers) - 1, 0)
+    log.info("*** Benchmark begins ***")
+    log.info("Testing for %d iterations.", args.iterations)
+    forward_per_layer = [0.0] * len(layers)
+    backward_per_layer = [0.0] * len(layers)
+    forward_total = backward_total = 0.0
+    total_start = time.perf_counter()
+    for j in range(args.iterations):
+        iter_start = time.perf_counter()
+        for i, layer in enumerate(layers):
+            start = time.perf_counter()
+            layer.forward(net._bottom_vec(i), net._top_vec(i))
+            forward_per_layer[i] += time.perf_counter() - start
+        forward_total += time.perf_counter() - iter_start
+        if not args.forward_only:
+            backward_start = time.perf_counter()
+            for i in range(len(layers) - 1, -1, -1):
+                start = time.perf_counter()
+                layers[i].backward(net._top_vec(i), net._bottom_need_backward[i], net._bottom_vec(i))
+                backward_per_layer[i] += time.perf_counter() - start
+            backward_total += time.perf_counter() - backward_start
+        kind = "forward" if args.forward_only else "forward-backward"
+        log.info("Iteration: %d %s time: %d ms.", j + 1, kind, int((time.perf_counter() - iter_start) * 1e3))
+    n = max(args.iterations, 1)
+    log.info("Average time per layer: ")
+    for i, layer in enumerate(layers):
+        log.info("%10s\tforward: %s ms.", layer.name, _fmt(forward_per_layer[i] * 1e3 / n))
+        if not args.forward_only:
+            log.info("%10s\tbackward: %s ms.", layer.name, _fmt(backward_per_layer[i] * 1e3 / n))
+    total_ms = int((time.perf_counter() - total_start) * 1e3)
+    log.info("Average Forward pass: %s ms.", _fmt(forward_total * 1e3 / n))
+    if not args.forward_only:
+        log.info("Average Backward pass: %s ms.", _fmt(backward_total * 1e3 / n))
+        log.info("Average Forward-Backward: %s ms.", _fmt(total_ms / n))
+    log.info("Total Time: %s ms.", _fmt(total_ms))
+    log.info("*** Benchmark ends ***")
+    return 0
+
+
+def device_query(args):
+    log.info("pyskim runs on the CPU only: there are no GPU devices to query.")
+    return 0
+
+
+COMMANDS = {"train": train, "test": test, "time": time_net, "device_query": device_query}
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = flags.parse(parser, argv)
+    flags.init_logging()
+    command = COMMANDS.get(args.command)
+    if command is None:
+        print(parser.format_help() if args.command is None else f"Unknown action: {args.command}",
+              file=sys.stderr)
+        return 1
+    try:
+        return command(args)
+    except PyskimError as e:
+        log.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
