@@ -157,8 +157,8 @@ def test(args):
 
 
 def time_net(args):
-    from .pycaffe import Net
     from .proto import caffe_pb2
+    from .pycaffe import Net
     if not args.model:
         raise PyskimError("Need a model definition to time.")
     phase = {"": caffe_pb2.TRAIN, "TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}.get(args.phase)

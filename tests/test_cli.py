@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conformance import CONFORMANCE
 
 CLI_CASE = CONFORMANCE / "io" / "caffe_cli"
