@@ -10,11 +10,25 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import io
+from .classifier import Classifier
 from .common import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
+from .detector import Detector
 from .errors import PyskimError
-from .layers import Layer, layer_type_list
+from .layers import layer_type_list
+from .layers.python_layer import Layer
+from .net_spec import NetSpec, layers, params, to_proto
 from .proto import caffe_pb2
 from .pycaffe import Net
+from .solvers import (
+    AdaDeltaSolver,
+    AdaGradSolver,
+    AdamSolver,
+    NesterovSolver,
+    RMSPropSolver,
+    SGDSolver,
+    get_solver,
+)
+from .timer import Timer
 
 __version__ = "0.1.0"
 
@@ -24,13 +38,27 @@ TEST = caffe_pb2.TEST
 __all__ = [
            "TEST",
            "TRAIN",
+           "AdaDeltaSolver",
+           "AdaGradSolver",
+           "AdamSolver",
+           "Classifier",
+           "Detector",
            "Layer",
+           "NesterovSolver",
            "Net",
+           "NetSpec",
            "PyskimError",
+           "RMSPropSolver",
+           "SGDSolver",
+           "Timer",
+           "get_solver",
            "io",
            "layer_type_list",
+           "layers",
+           "params",
            "set_device",
            "set_mode_cpu",
            "set_mode_gpu",
            "set_random_seed",
+           "to_proto",
 ]

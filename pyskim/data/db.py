@@ -19,8 +19,8 @@ LEVELDB = caffe_pb2.DataParameter.LEVELDB
 #: Map size used when writing: LMDB reserves address space only, so a large value is harmless.
 WRITE_MAP_SIZE = 1 << 40
 # LMDB allows one environment per database per process: readers of the same database (a TRAIN and
-# a TEST net, several Data layers) share it; it closes when its last reader is dropped.
-_READ_ENVS = weakref.WeakValueDictionary()
+# a TEST net, several Data layers) share it, counted; it is closed when its last reader lets go.
+_READ_ENVS = {}
 _READ_ENVS_LOCK = threading.Lock()
 
 
@@ -48,23 +48,37 @@ def _show_key(key):
 
 
 def open_env(source, write=False):
-    """Open an LMDB directory: read-only without locking or read-ahead, or for writing."""
+    """Open an LMDB directory for writing, or take a reference to its shared read-only environment
+    (no locking, no read-ahead); give that back with :func:`release_env`."""
     source = os.fspath(source)
     try:
         if write:
             return lmdb.open(source, map_size=WRITE_MAP_SIZE, subdir=True, meminit=False)
         if not os.path.isdir(source):
             raise DataError(f"LMDB '{source}' does not exist (or is not a directory)")
-        key = os.path.realpath(source)
         with _READ_ENVS_LOCK:
-            env = _READ_ENVS.get(key)
-            if env is None:
+            entry = _READ_ENVS.get(os.path.realpath(source))
+            if entry is None:
                 env = lmdb.open(source, readonly=True, lock=False, readahead=False, subdir=True,
                                 max_readers=1024)
-                _READ_ENVS[key] = env
-            return env
+                entry = _READ_ENVS[os.path.realpath(source)] = [env, 0]
+            entry[1] += 1
+            return entry[0]
     except lmdb.Error as e:
         raise DataError(f"Could not open LMDB '{source}': {e}") from None
+
+
+def release_env(source):
+    """Give back a reference taken by ``open_env(source)``; the last one closes the environment
+    (which ends any transaction still open on it)."""
+    with _READ_ENVS_LOCK:
+        key = os.path.realpath(source)
+        entry = _READ_ENVS.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _READ_ENVS[key]
+                entry[0].close()
 
 
 class LMDBReader:
@@ -77,6 +91,8 @@ class LMDBReader:
     def __init__(self, source):
         self.source = os.fspath(source)
         self.env = open_env(self.source)
+        weakref.finalize(self, release_env, self.source)
+        log.info("Opened lmdb %s", self.source)
         self._txn = None
         self._cursor = None
         try:
@@ -113,22 +129,19 @@ class LMDBReader:
             raise DataError(f"LMDB '{self.source}' is corrupt: {e}") from None
         return key, parse_datum(raw, self.source, key)
 
-    def close(self):
-        """End the read transaction (the shared environment closes with its last reader)."""
-        if self._txn is not None:
-            self._txn.abort()
-            self._txn = self._cursor = None
-
 
 def iterate(source):
     """Yield every ``(key, Datum)`` of an LMDB once, in key order (``compute_image_mean``)."""
     env = open_env(source)
+    log.info("Opened lmdb %s", os.fspath(source))
     try:
         with env.begin() as txn:
             for key, raw in txn.cursor():
                 yield bytes(key), parse_datum(bytes(raw), os.fspath(source), bytes(key))
     except lmdb.Error as e:
         raise DataError(f"LMDB '{os.fspath(source)}' is corrupt: {e}") from None
+    finally:
+        release_env(source)
 
 
 class LMDBWriter:

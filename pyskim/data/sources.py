@@ -42,23 +42,21 @@ class DatumBatches:
                 labels[item] = datum.label
         return data, labels
 
-    def close(self):
-        self.reader.close()
-
 
 def check_batch_size(batch_size, owner, field):
     if batch_size <= 0:
         raise DataError(f"layer '{owner}': {field} must be positive, got {batch_size}")
 
 
-def read_image_list(path, owner):
-    """Parse an ImageData list file: one ``<path> <label>`` per line, split at the LAST space (so
-    paths may contain spaces), the label an integer; blank lines are skipped."""
+def read_image_list(path, context):
+    """Parse an image list file (ImageData, convert_imageset): one ``<path> <label>`` per line, split
+    at the LAST space (so paths may contain spaces), the label an integer; blank lines are skipped.
+    ``context`` (e.g. "layer 'data'") starts the error messages."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        raise DataError(f"layer '{owner}': cannot open image list '{path}': {e}") from None
+        raise DataError(f"{context}: cannot open image list '{path}': {e}") from None
     lines = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.rstrip("\r\n")
@@ -66,11 +64,10 @@ def read_image_list(path, owner):
             continue
         name, space, label = line.rpartition(" ")
         if not space or not name or not _is_int(label):
-            raise DataError(f"layer '{owner}': {path}:{number}: expected '<path> <integer label>', got "
-                            f"{line!r}")
+            raise DataError(f"{context}: {path}:{number}: expected '<path> <integer label>', got {line!r}")
         lines.append((name, int(label)))
     if not lines:
-        raise DataError(f"layer '{owner}': image list '{path}' is empty")
+        raise DataError(f"{context}: image list '{path}' is empty")
     return lines
 
 

@@ -171,7 +171,7 @@ class ImageDataLayer(PrefetchingDataLayer):
         check_batch_size(p.batch_size, self.name, "image_data_param.batch_size")
         transformer = DataTransformer(self.param.transform_param, self.phase, self.name)
         log.info("Opening file %s", p.source)
-        lines = read_image_list(p.source, self.name)
+        lines = read_image_list(p.source, f"layer '{self.name}'")
         shuffle_rng = np.random.default_rng(int(rng().integers(1 << 32))) if p.shuffle else None
         if p.shuffle:
             log.info("Shuffling data")
