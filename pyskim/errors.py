@@ -46,3 +46,7 @@ class DataError(PyskimError, IOError):
 
 class KernelArgumentError(PyskimError, ValueError):
     """A kernel was called with arguments of the wrong rank, shape, dtype or geometry."""
+
+
+class ConversionError(PyskimError, ValueError):
+    """A model cannot be converted (sparse file, ONNX export): names the layer (or file) and why."""
