@@ -6,13 +6,91 @@ buffers (and their values), a larger count reallocates zeroed ones. Sharing (``s
 ``share_diff``) makes two blobs use the same buffer, as Caffe does for in-place layers' params and
 shared weights.
 """
+import math
+import os
+
 import numpy as np
 
 from .errors import NetError
 
 MAX_BLOB_AXES = 32
-#: A blob larger than this many bytes is refused before allocating (configurable at run time).
-max_blob_bytes = 8 << 30
+_INT_MAX = 2**31 - 1
+DEFAULT_MAX_BLOB_BYTES = 8 << 30
+_UNITS = {"": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
+          "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
+
+
+def _parse_bytes(text):
+    """``"1073741824"``, ``"512M"``, ``"8GiB"`` ... as a positive int (binary units), else None."""
+    text = str(text).strip().upper().replace(" ", "")
+    digits = text.rstrip("KMGTIB")
+    unit = text[len(digits):]
+    if not digits.isdigit() or unit not in _UNITS:
+        return None
+    value = int(digits) * _UNITS[unit]
+    return value if value > 0 else None
+
+
+def _limit_from_env():
+    text = os.environ.get("PYSKIM_MAX_BLOB_BYTES")
+    if text is None or not text.strip():
+        return DEFAULT_MAX_BLOB_BYTES
+    value = _parse_bytes(text)
+    if value is None:
+        import logging
+        logging.getLogger("pyskim").warning(
+            "ignoring PYSKIM_MAX_BLOB_BYTES=%r (expected a positive number of bytes, e.g. 8589934592 or "
+            "8G); using the default of 8 GiB", text)
+        return DEFAULT_MAX_BLOB_BYTES
+    return value
+
+
+#: Largest allocation (in bytes) that a blob, a data batch or a layer's scratch buffer may ask for;
+#: anything larger is refused with a NetError/DataError *before* allocating. Default 8 GiB; set it
+#: with :func:`set_max_blob_bytes` or the ``PYSKIM_MAX_BLOB_BYTES`` environment variable (read at
+#: import; a number of bytes, optionally with a K/M/G/T suffix, binary units: ``PYSKIM_MAX_BLOB_BYTES=2G``).
+max_blob_bytes = _limit_from_env()
+
+
+def set_max_blob_bytes(limit):
+    """Set the largest blob (in bytes; an int, or a string such as ``"2G"``) pyskim allocates and
+    return the previous limit. A prototxt, weight file or data record asking for more (Input or
+    DummyData shapes, a layer's weights such as InnerProduct ``num_output: 1000000000``, a
+    convolution's im2col buffer, a data batch, a Reshape) fails with a clear
+    :class:`~pyskim.errors.NetError` (or :class:`~pyskim.errors.DataError` for data batches) that names
+    the blob, instead of exhausting memory. Also settable with ``PYSKIM_MAX_BLOB_BYTES``."""
+    global max_blob_bytes
+    value = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+    if isinstance(limit, str):
+        value = _parse_bytes(limit)
+    if value is None or value <= 0:
+        raise ValueError(f"set_max_blob_bytes: expected a positive number of bytes, got {limit!r}")
+    previous, max_blob_bytes = max_blob_bytes, int(value)
+    return previous
+
+
+def get_max_blob_bytes():
+    """The current allocation limit in bytes (see :func:`set_max_blob_bytes`)."""
+    return max_blob_bytes
+
+
+def shape_count(shape):
+    """Exact element count of ``shape`` (Python ints: no int64 overflow for absurd dims)."""
+    return math.prod(int(d) for d in shape)
+
+
+def check_allocation(shape, what, itemsize=4, error=NetError):
+    """Raise ``error`` naming ``what`` when an array of ``shape`` would exceed :data:`max_blob_bytes`."""
+    nbytes = shape_count(shape) * itemsize
+    if nbytes > max_blob_bytes:
+        raise error(f"{what} of shape {list(shape)} needs {_gib(nbytes)} GiB, over the limit of "
+                    f"{_gib(max_blob_bytes)} GiB (pyskim.set_max_blob_bytes / PYSKIM_MAX_BLOB_BYTES)")
+    return nbytes
+
+
+def _gib(nbytes):
+    value = nbytes / 2**30
+    return f"{value:.1f}" if value >= 0.1 or nbytes == 0 else f"{value:.3g}"
 
 
 class _Buffer:
@@ -26,6 +104,10 @@ class _Buffer:
 
 class Blob:
     """A float32 tensor with data and diff, indexing and legacy accessors as Caffe's Blob."""
+
+    #: SkimCaffe's connectivity mask (float32, the blob's shape) or None: the solver multiplies the
+    #: update by it, so masked weights stay fixed (set by ``pyskim.sparsity.build_connectivity_masks``).
+    connectivity_mask = None
 
     def __init__(self, *shape, name=""):
         self.name = name
@@ -46,11 +128,10 @@ class Blob:
             raise NetError(f"blob '{self.name}': {len(shape)} axes exceed the maximum of {MAX_BLOB_AXES}")
         if any(d < 0 for d in shape):
             raise NetError(f"blob '{self.name}': negative dimension in shape {list(shape)}")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if count * 4 > max_blob_bytes:
-            raise NetError(
-                f"blob '{self.name}' of shape {list(shape)} needs {count * 4 / 2**30:.1f} GiB, over the "
-                f"limit of {max_blob_bytes / 2**30:.1f} GiB (pyskim.blob.max_blob_bytes)")
+        if any(d > _INT_MAX for d in shape):
+            raise NetError(f"blob '{self.name}': dimension over INT_MAX in shape {list(shape)}")
+        count = shape_count(shape)
+        check_allocation(shape, f"blob '{self.name}'")
         self._shape = shape
         if count > self._data.array.size:
             self._data = _Buffer(count)
@@ -65,7 +146,7 @@ class Blob:
 
     @property
     def count(self):
-        return int(np.prod(self._shape, dtype=np.int64)) if self._shape else 1
+        return shape_count(self._shape)
 
     def count_range(self, start, end=None):
         """Product of the dims in [start, end), like ``Blob::count(start, end)``."""

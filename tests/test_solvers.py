@@ -284,8 +284,8 @@ def test_param_spec_regularization_type_overrides_solver():
 def test_unknown_regularization_type():
     with pytest.raises(SolverError, match="Unknown regularization type: 'L3'"):
         tiny_solver(regularization_type="L3")
-    with pytest.raises(SolverError, match="ISTA"):
-        tiny_solver(ip_extra='param { regularization_type: "ISTA" }')
+    with pytest.raises(SolverError, match="L0"):
+        tiny_solver(ip_extra='param { regularization_type: "L0" }')
 
 
 def test_regularizer_hooks_plug_in(monkeypatch):

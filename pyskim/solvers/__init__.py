@@ -11,6 +11,7 @@ from .base import Solver
 from .nesterov import NesterovSolver
 from .rmsprop import RMSPropSolver
 from .sgd import REGULARIZERS, Regularizer, SGDSolver, register_regularizer
+from .skim import WINOGRAD_TYPES  # noqa: F401  (registers SkimCaffe's regularization types)
 
 SOLVER_REGISTRY = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
                                              AdaDeltaSolver, AdamSolver)}

@@ -19,6 +19,7 @@ from ..io.protofiles import write_binary
 from ..io.upgrade import read_net_text, read_solver_text, upgrade_solver
 from ..proto import caffe_pb2
 from ..pycaffe import Net
+from ..sparsity import build_connectivity_masks
 
 F32 = np.float32
 TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
@@ -78,7 +79,13 @@ class Solver:
         self._init_test_nets()
         for models in p.weights:
             self.load_weights(models)
+        if not p.weights:
+            self.weights_changed()
         log.info("Solver scaffolding done.")
+        log.info("prune_threshold = %s measure_threshold = %s", fmt(F32(p.prune_threshold)),
+                 fmt(F32(p.measure_threshold)))
+        log.info("max_threshold_factor = %s", fmt(p.max_threshold_factor))
+        log.info("winograd_adjust_threshold = %d", p.winograd_adjust_threshold)
 
     def load_weights(self, models):
         """Copy weights from a comma-separated list of caffemodels into the train and test nets
@@ -88,6 +95,13 @@ class Solver:
                 log.info("Finetuning from %s", path)
                 for net in [self.net, *self.test_nets]:
                     net.copy_from(path)
+        self.weights_changed()
+
+    def weights_changed(self):
+        """Rebuild the train net's connectivity masks from its current weights (SkimCaffe's
+        ``WeightAlign`` on load, with the solver's ``prune_threshold``). Runs after the solver's own
+        weight loads and ``restore``; call it after replacing weights by other means mid-training."""
+        build_connectivity_masks(self.net, self._param.prune_threshold)
 
     def requested_action(self):
         return self.action_function() if self.action_function is not None else "none"
@@ -357,12 +371,14 @@ class Solver:
 
     def restore(self, state_file):
         """Restore iter, current_step, the update history and the learned weights from a solverstate
-        (HDF5 when the name ends in ``.h5``, else binary), as ``Solver::Restore``."""
+        (HDF5 when the name ends in ``.h5``, else binary), as ``Solver::Restore``; then rebuild the
+        connectivity masks from the restored weights (:meth:`weights_changed`)."""
         state_file = os.fspath(state_file)
         if state_file.endswith(".h5"):
             self.restore_solver_state_from_hdf5(state_file)
         else:
             self.restore_solver_state_from_binary_proto(state_file)
+        self.weights_changed()
 
     def restore_solver_state_from_binary_proto(self, state_file):
         raise NotImplementedError(f"{type(self).__name__}.restore_solver_state_from_binary_proto")

@@ -8,8 +8,12 @@ history). All arithmetic is float32 on whole arrays, in Caffe's operation order.
 
 Regularization is delegated to one :class:`Regularizer` per effective ``regularization_type``
 (``ParamSpec.regularization_type`` when set, else the solver's). A regularizer adds its gradient at
-the Regularize stage and may act just before and after ``w -= diff``; SkimCaffe's types (ISTA, DNS,
-thresholded L1, connectivity masks) plug in there through :func:`register_regularizer`.
+the Regularize stage (returning the penalty) and may act before, instead of and after ``w -= diff``;
+SkimCaffe's types (thresholded L1, ISTA, DNS; ``skim.py``) plug in there through
+:func:`register_regularizer`. As SkimCaffe's ``Blob::Update``, the step is multiplied by the blob's
+``connectivity_mask`` (when set) just before the update, for every solver type and regularizer, so
+masked weights never move. On display iterations the SkimCaffe sparsity lines follow the lr line and
+"Total regularization terms" ends the update.
 """
 import math
 import os
@@ -23,6 +27,7 @@ from ..errors import ModelFileError, SolverError
 from ..io.blobproto import array_to_blobproto, blobproto_to_array
 from ..io.protofiles import read_binary, write_binary
 from ..proto import caffe_pb2
+from ..sparsity import connectivity_mask, display_lines, regularization_line
 from .base import F32, Solver, fmt
 
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
@@ -68,8 +73,11 @@ class Regularizer:
     """Hooks of one regularization type in the update pipeline. One instance per solver and type.
 
     ``regularize`` runs at Caffe's Regularize stage, only when ``local_decay`` (weight_decay ×
-    decay_mult) is nonzero, and adds the penalty's gradient to ``blob.diff``. ``before_update`` and
-    ``after_update`` run for every param around ``w -= diff`` (the diff then holds the final step).
+    decay_mult) is nonzero, adds the penalty's gradient to ``blob.diff`` and returns the penalty
+    (summed into "Total regularization terms"). ``before_update``, ``update`` (``w -= diff``, after
+    the connectivity mask was applied to the diff) and ``after_update`` run for every param (the diff
+    then holds the final step). ``weights_changed`` runs when the solver's weights were replaced
+    (load, restore): drop state derived from the old weights.
     """
 
     def __init__(self, solver, name):
@@ -77,26 +85,36 @@ class Regularizer:
         self.name = name
 
     def regularize(self, param_id, blob, local_decay):
-        """Add the penalty gradient to ``blob.diff``."""
+        """Add the penalty gradient to ``blob.diff``; return the penalty (None counts as 0)."""
 
     def before_update(self, param_id, blob):
-        """Adjust the step in ``blob.diff`` before ``w -= diff`` (e.g. a connectivity mask)."""
+        """Adjust the step in ``blob.diff`` before the update."""
+
+    def update(self, param_id, blob):
+        """Apply the step: ``w -= diff`` (``Blob::Update``)."""
+        data = blob.data
+        np.subtract(data, blob.diff, out=data)
 
     def after_update(self, param_id, blob, rate, local_decay):
         """Act on the updated weights (e.g. thresholding)."""
 
+    def weights_changed(self):
+        """The weights were replaced (loaded or restored)."""
+
 
 @register_regularizer("L2")
 class L2Regularizer(Regularizer):
-    """diff += local_decay · w (Caffe's L2 weight decay)."""
+    """diff += local_decay · w (Caffe's L2 weight decay); penalty local_decay/2 · ‖w‖²."""
 
     def regularize(self, param_id, blob, local_decay):
         axpy(local_decay, blob.data, blob.diff, self.solver.scratch(param_id, "temp"))
+        flat = blob.data.ravel()
+        return F32(np.dot(flat, flat)) * (F32(local_decay) / F32(2))
 
 
 @register_regularizer("L1")
 class L1Regularizer(Regularizer):
-    """diff += local_decay · sign(w), with sign(0) = 0 (Caffe's L1)."""
+    """diff += local_decay · sign(w), with sign(0) = 0 (Caffe's L1); penalty local_decay · ‖w‖₁."""
 
     def regularize(self, param_id, blob, local_decay):
         temp = self.solver.scratch(param_id, "temp")
@@ -104,9 +122,18 @@ class L1Regularizer(Regularizer):
         np.multiply(temp, local_decay, out=temp)
         diff = blob.diff
         np.add(diff, temp, out=diff)
+        return F32(np.abs(blob.data).sum(dtype=F32)) * F32(local_decay)
 
 
 # -- the solver ---------------------------------------------------------------------------------------
+def _pow(base, exponent):
+    """``pow`` in double as C++'s: overflow gives inf instead of raising."""
+    try:
+        return math.pow(base, exponent)
+    except OverflowError:
+        return math.inf
+
+
 class SGDSolver(Solver):
     """Stochastic gradient descent with momentum: history = momentum·history + local_rate·diff;
     w -= history (``SGDSolver``). ``history`` holds one float32 array per learnable param."""
@@ -131,6 +158,16 @@ class SGDSolver(Solver):
                 self.regularizers[name] = REGULARIZERS[name](self, name)
             self._param_regularizers.append(self.regularizers[name])
         self.lr = F32(0)
+        self.total_regularization_term = F32(0)
+        self._masks_checked = False
+
+    def weights_changed(self):
+        """Rebuild the connectivity masks and let the regularizers drop state derived from the old
+        weights (e.g. DNS shadows, re-initialized from the new weights at the next update)."""
+        super().weights_changed()
+        self._masks_checked = True
+        for regularizer in getattr(self, "regularizers", {}).values():
+            regularizer.weights_changed()
 
     def scratch(self, param_id, slot):
         """A float32 work array shaped like learnable param ``param_id`` (Caffe's update_/temp_)."""
@@ -154,16 +191,16 @@ class SGDSolver(Solver):
             raise SolverError(f"lr_policy '{policy}' needs stepsize > 0, got {p.stepsize}")
         if policy == "step":
             self.current_step = it // p.stepsize
-            return F32(float(base) * math.pow(p.gamma, self.current_step))
+            return F32(float(base) * _pow(p.gamma, self.current_step))
         if policy == "exp":
-            return F32(float(base) * math.pow(p.gamma, it))
+            return F32(float(base) * _pow(p.gamma, it))
         if policy == "inv":
             return base * np.power(F32(1) + F32(p.gamma) * F32(it), -F32(p.power))
         if policy == "multistep":
             if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
                 self.current_step += 1
                 log.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
-            return F32(float(base) * math.pow(p.gamma, self.current_step))
+            return F32(float(base) * _pow(p.gamma, self.current_step))
         if policy == "poly":
             if p.max_iter <= 0:
                 raise SolverError(f"lr_policy 'poly' needs max_iter > 0, got {p.max_iter}")
@@ -176,25 +213,42 @@ class SGDSolver(Solver):
     # -- the pipeline (SGDSolver::ApplyUpdate) ---------------------------------------------------------
     def apply_update(self):
         """One update from the accumulated diffs: lr, clip, then per param normalize, regularize,
-        compute the update value, and ``w -= diff``. Does not advance ``iter`` (``step`` does)."""
+        compute the update value, mask the step and ``w -= diff`` (or the regularizer's update).
+        Does not advance ``iter`` (``step`` does). The first update of a solver rebuilds the
+        connectivity masks, so weights copied in by ``solver.net.copy_from`` get theirs."""
         p = self._param
+        if not self._masks_checked:
+            self.weights_changed()
         rate = self.lr = self.get_learning_rate()
-        if p.display and self.iter % p.display == 0:
-            log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
-        self.clip_gradients()
         params = self.net.learnable_params
+        display = p.display and self.iter % p.display == 0
+        if display:
+            log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
+            for line in display_lines(params, p.measure_threshold):
+                log.info(line)
+        self.clip_gradients()
         decays = [F32(p.weight_decay) * F32(mult) for mult in self.net.params_weight_decay]
+        total = F32(0)
         for param_id in range(len(params)):
             self.normalize(param_id)
             if decays[param_id]:
-                self._param_regularizers[param_id].regularize(param_id, params[param_id], decays[param_id])
+                term = self._param_regularizers[param_id].regularize(param_id, params[param_id],
+                                                                     decays[param_id])
+                if term is not None:
+                    total += F32(term)
             self.compute_update_value(param_id, rate)
+        self.total_regularization_term = total
         for param_id, blob in enumerate(params):
             regularizer = self._param_regularizers[param_id]
             regularizer.before_update(param_id, blob)
-            data = blob.data
-            np.subtract(data, blob.diff, out=data)
+            mask = connectivity_mask(blob)
+            if mask is not None:
+                diff = blob.diff
+                np.multiply(diff, mask, out=diff)
+            regularizer.update(param_id, blob)
             regularizer.after_update(param_id, blob, rate, decays[param_id])
+        if display:
+            log.info(regularization_line(total, self._smoothed_loss))
 
     def clip_gradients(self):
         """Scale all diffs down when their global L2 norm exceeds ``clip_gradients`` (< 0: off)."""
