@@ -6,17 +6,30 @@
  * Convolution ("stride-1 problem" form). The input of one image is a prepared buffer: channel c,
  * phase (rh, rw) of the stride, row i, column j at ((c*S + rh*sw + rw)*Hq + i)*Wq + j holding
  * padded[c][i*sh + rh][j*sw + rw] (zero outside the padded image), S = sh*sw. For stride 1 this is
- * the conventional zero-padded copy C x Hp x Wp. A weight (oc, ic, kh, kw) becomes one column
- * offset; output (y, x) reads buffer[offset + y*Wq + x] for every nonzero. The output plane is
- * therefore computed as a flat run of L = (OH-1)*Wq + OW positions p = y*Wq + x (the Wq - OW
- * positions at the end of each row are computed and thrown away), in vectors of SC_VL floats:
- * every nonzero is one broadcast multiply-add per vector, with unaligned loads and no index
- * arithmetic. Work item = (image, group, block of OCB output channels, tile of T vectors); the T
+ * the conventional zero-padded copy C x Hp x Wp; for stride s every tap becomes a unit-stride run
+ * in one phase plane. The row pitch Wq may be less than ceil(Wp/sw): right-hand zero columns are
+ * dropped where the next row's left-hand zeros can stand in for them (SkimCaffe's one-sided
+ * padding; chosen by pyskim.sparse.ops). A weight (oc, ic, kh, kw) becomes one column offset;
+ * output (y, x) reads buffer[offset + y*Wq + x] for every nonzero. The output plane is therefore computed as a flat
+ * run of L = (OH-1)*Wq + OW positions p = y*Wq + x (the Wq - OW positions at the end of each row
+ * are computed and thrown away), in vectors of SC_VL floats: every nonzero is one broadcast
+ * multiply-add per vector, with unaligned loads and no index arithmetic.
+ *
+ * Work item = (image, group, block of OCB output channels, tile of T <= SC_TMAX vectors). The T
  * accumulators of one output channel stay in registers while its nonzeros of one input-channel
  * block are applied (SkimCaffe's register tile); partial sums over input-channel blocks live in a
- * per-thread scratch that stays in L1, so a block of input channels is reused by all OCB output
- * channels before the next block is touched. Bias initialises the scratch; ReLU is applied when
- * the finished tile is written out.
+ * small per-thread scratch, so that one block of input channels is reused from cache by all OCB
+ * output channels before the next block is touched. The bias initialises the accumulators of the
+ * first block; ReLU is applied when the finished tile is written out (dropping the thrown-away
+ * positions).
+ *
+ * A batch-interleaved variant (sc_prepare_il / sc_conv_il, below) puts 16 images in one vector
+ * instead of 16 positions (aligned loads, no thrown-away lanes); it needs 16x the cache per input
+ * channel and is only faster for dense-ish layers. Both share the register-tile kernels.
+ *
+ * Measured on the project machine (AMD Zen 5, AVX-512) and rejected: 2-source permutes of
+ * aligned loads instead of unaligned loads (slower), and shifted copies of the input so that all
+ * loads are aligned (row pitch rounded to 16 floats; no faster on AlexNet conv2-5).
  */
 #ifndef PYSKIM_SCONV_IMPL_H
 #define PYSKIM_SCONV_IMPL_H
@@ -44,70 +57,63 @@ typedef float sc_vu __attribute__((vector_size(64), aligned(4), may_alias));
 #define SC_PRAGMA(x) _Pragma(#x)
 #define SC_UNROLL SC_PRAGMA(GCC unroll 32)
 
-static inline sc_v sc_loadu(const float *p) { return *(const sc_vu *)p; }
-
-/* acc[0..T) += sum_{j0 <= j < j1} val[j] * in[col[j] + SC_VL*t ..], T vectors held in registers. */
-#define SC_DEF_TILE(T)                                                                       \
-    static void sc_tile_##T(const float *__restrict in, const int32_t *__restrict col,       \
-                            const float *__restrict val, int64_t j0, int64_t j1,             \
-                            float *__restrict acc) {                                         \
+/* acc[t] = (init ? *init : acc[t]) + sum_{j0 <= j < j1} val[j] * in[(col[j] << SHIFT) + SC_VL*t ..]
+ * for t < T, the T vectors held in registers; init is the bias, for an output channel's first
+ * input-channel block. SHIFT 0: spatial layout (unaligned loads); SHIFT 4: batch-interleaved layout
+ * (16 images per position, aligned addresses). */
+#define SC_DEF_TILE(NAME, T, SHIFT)                                                          \
+    static void NAME##_##T(const float *__restrict in, const int32_t *__restrict col,        \
+                           const float *__restrict val, int64_t j0, int64_t j1,              \
+                           const float *init, float *__restrict acc) {                       \
         sc_v a[T];                                                                           \
-        SC_UNROLL for (int t = 0; t < T; ++t) a[t] = ((const sc_v *)acc)[t];                 \
+        if (init) {                                                                          \
+            SC_UNROLL for (int t = 0; t < T; ++t) a[t] = *init - (sc_v){0};                  \
+        } else {                                                                             \
+            SC_UNROLL for (int t = 0; t < T; ++t) a[t] = ((const sc_v *)acc)[t];             \
+        }                                                                                    \
         for (int64_t j = j0; j < j1; ++j) {                                                  \
-            const float *p = in + col[j];                                                    \
+            const float *p = in + ((int64_t)col[j] << (SHIFT));                              \
             const sc_v w = val[j] - (sc_v){0};                                               \
-            SC_UNROLL for (int t = 0; t < T; ++t) a[t] += w * sc_loadu(p + SC_VL * t);       \
+            SC_UNROLL for (int t = 0; t < T; ++t) a[t] += w * *(const sc_vu *)(p + SC_VL * t); \
         }                                                                                    \
         SC_UNROLL for (int t = 0; t < T; ++t)((sc_v *)acc)[t] = a[t];                        \
     }
 
-typedef void (*sc_tile_fn)(const float *, const int32_t *, const float *, int64_t, int64_t, float *);
+typedef void (*sc_tile_fn)(const float *, const int32_t *, const float *, int64_t, int64_t,
+                           const float *, float *);
 
-SC_DEF_TILE(1)
-SC_DEF_TILE(2)
-SC_DEF_TILE(3)
-#if SC_TMAX >= 6
-SC_DEF_TILE(4)
-SC_DEF_TILE(5)
-SC_DEF_TILE(6)
-#endif
-#if SC_TMAX >= 28
-SC_DEF_TILE(7)
-SC_DEF_TILE(8)
-SC_DEF_TILE(9)
-SC_DEF_TILE(10)
-SC_DEF_TILE(11)
-SC_DEF_TILE(12)
-SC_DEF_TILE(13)
-SC_DEF_TILE(14)
-SC_DEF_TILE(15)
-SC_DEF_TILE(16)
-SC_DEF_TILE(17)
-SC_DEF_TILE(18)
-SC_DEF_TILE(19)
-SC_DEF_TILE(20)
-SC_DEF_TILE(21)
-SC_DEF_TILE(22)
-SC_DEF_TILE(23)
-SC_DEF_TILE(24)
-SC_DEF_TILE(25)
-SC_DEF_TILE(26)
-SC_DEF_TILE(27)
-SC_DEF_TILE(28)
-#endif
+#define SC_TILES_3(N, S) SC_DEF_TILE(N, 1, S) SC_DEF_TILE(N, 2, S) SC_DEF_TILE(N, 3, S)
+#define SC_TILES_6(N, S) SC_TILES_3(N, S) SC_DEF_TILE(N, 4, S) SC_DEF_TILE(N, 5, S) SC_DEF_TILE(N, 6, S)
+#define SC_TILES_28(N, S) SC_TILES_6(N, S)                                                   \
+    SC_DEF_TILE(N, 7, S) SC_DEF_TILE(N, 8, S) SC_DEF_TILE(N, 9, S) SC_DEF_TILE(N, 10, S)     \
+    SC_DEF_TILE(N, 11, S) SC_DEF_TILE(N, 12, S) SC_DEF_TILE(N, 13, S) SC_DEF_TILE(N, 14, S)  \
+    SC_DEF_TILE(N, 15, S) SC_DEF_TILE(N, 16, S) SC_DEF_TILE(N, 17, S) SC_DEF_TILE(N, 18, S)  \
+    SC_DEF_TILE(N, 19, S) SC_DEF_TILE(N, 20, S) SC_DEF_TILE(N, 21, S) SC_DEF_TILE(N, 22, S)  \
+    SC_DEF_TILE(N, 23, S) SC_DEF_TILE(N, 24, S) SC_DEF_TILE(N, 25, S) SC_DEF_TILE(N, 26, S)  \
+    SC_DEF_TILE(N, 27, S) SC_DEF_TILE(N, 28, S)
 
-static const sc_tile_fn sc_tiles[SC_TMAX + 1] = {
-    0, sc_tile_1, sc_tile_2, sc_tile_3,
-#if SC_TMAX >= 6
-    sc_tile_4, sc_tile_5, sc_tile_6,
-#endif
+#define SC_TABLE_3(NAME) 0, NAME##_1, NAME##_2, NAME##_3
+#define SC_TABLE_6(NAME) SC_TABLE_3(NAME), NAME##_4, NAME##_5, NAME##_6
+#define SC_TABLE_28(NAME) SC_TABLE_6(NAME), NAME##_7, NAME##_8, NAME##_9, NAME##_10, NAME##_11, \
+    NAME##_12, NAME##_13, NAME##_14, NAME##_15, NAME##_16, NAME##_17, NAME##_18, NAME##_19,     \
+    NAME##_20, NAME##_21, NAME##_22, NAME##_23, NAME##_24, NAME##_25, NAME##_26, NAME##_27, NAME##_28
+
 #if SC_TMAX >= 28
-    sc_tile_7, sc_tile_8, sc_tile_9, sc_tile_10, sc_tile_11, sc_tile_12, sc_tile_13,
-    sc_tile_14, sc_tile_15, sc_tile_16, sc_tile_17, sc_tile_18, sc_tile_19, sc_tile_20,
-    sc_tile_21, sc_tile_22, sc_tile_23, sc_tile_24, sc_tile_25, sc_tile_26, sc_tile_27,
-    sc_tile_28,
+SC_TILES_28(sc_tile, 0)
+SC_TILES_28(sc_itile, 4)
+static const sc_tile_fn sc_tiles[SC_TMAX + 1] = {SC_TABLE_28(sc_tile)};
+static const sc_tile_fn sc_itiles[SC_TMAX + 1] = {SC_TABLE_28(sc_itile)};
+#elif SC_TMAX >= 6
+SC_TILES_6(sc_tile, 0)
+SC_TILES_6(sc_itile, 4)
+static const sc_tile_fn sc_tiles[SC_TMAX + 1] = {SC_TABLE_6(sc_tile)};
+static const sc_tile_fn sc_itiles[SC_TMAX + 1] = {SC_TABLE_6(sc_itile)};
+#else
+SC_TILES_3(sc_tile, 0)
+SC_TILES_3(sc_itile, 4)
+static const sc_tile_fn sc_tiles[SC_TMAX + 1] = {SC_TABLE_3(sc_tile)};
+static const sc_tile_fn sc_itiles[SC_TMAX + 1] = {SC_TABLE_3(sc_itile)};
 #endif
-};
 
 static int sc_max_tile(void) { return SC_TMAX; }
 
@@ -116,43 +122,79 @@ static int64_t sc_num_vectors(int OH, int OW, int Wq) {
     return (L + SC_VL - 1) / SC_VL;
 }
 
+/* One row of every stride phase: dst[rw][j] = src[j*sw + rw - pw] for 0 <= j*sw + rw - pw < W,
+ * else 0, for rw < sw and j < Wq (dst[rw] = dst0 + rw*phase_stride). Plain loops without library
+ * calls (no loop distribution): rows are short, and a memset/memcpy call per row costs more than
+ * the copy itself. The strided copy is not vectorised: it would become an AVX-512 gather, slower
+ * than scalar loads on AMD Zen. */
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) static inline void sc_fill_row1(
+    float *__restrict d, const float *__restrict src, int W, int pw, int Wq) {
+    const int j0 = pw < Wq ? pw : Wq;
+    const int j1 = W + pw < Wq ? W + pw : Wq;
+    for (int j = 0; j < j0; ++j) d[j] = 0.0f;
+    for (int j = j0; j < j1; ++j) d[j] = src[j - pw];
+    for (int j = j1; j < Wq; ++j) d[j] = 0.0f;
+}
+
+__attribute__((optimize("no-tree-loop-distribute-patterns", "no-tree-vectorize"))) static void
+sc_fill_rows(float *dst0, int64_t phase_stride, const float *src, int W, int pw, int sw, int Wq) {
+    for (int rw = 0; rw < sw; ++rw) {
+        /* columns j with 0 <= j*sw + rw - pw < W */
+        float *__restrict d = dst0 + rw * phase_stride;
+        int j0 = pw - rw > 0 ? (pw - rw + sw - 1) / sw : 0;
+        int j1 = W + pw - rw > 0 ? (W + pw - rw + sw - 1) / sw : 0;
+        if (j1 > Wq) j1 = Wq;
+        if (j0 > j1) j0 = j1;
+        const float *__restrict sp = src + (int64_t)j0 * sw + rw - pw;
+        for (int j = 0; j < j0; ++j) d[j] = 0.0f;
+        for (int j = j0; j < j1; ++j) d[j] = sp[(int64_t)(j - j0) * sw];
+        for (int j = j1; j < Wq; ++j) d[j] = 0.0f;
+    }
+}
+
+static inline void sc_fill_row(float *dst0, int64_t phase_stride, const float *src, int W, int pw,
+                               int sw, int Wq) {
+    if (sw == 1)
+        sc_fill_row1(dst0, src, W, pw, Wq);
+    else
+        sc_fill_rows(dst0, phase_stride, src, W, pw, sw, Wq);
+}
+
+/* What to prepare: N images x (N, C, H, W), padding, stride, and the prepared layout (rows Hq,
+ * pitch Wq, floats per image or per 16-image group). */
+typedef struct {
+    const float *x;
+    int N, C, H, W, ph, pw, sh, sw, Hq, Wq;
+    int64_t img_stride;
+} sc_prep_t;
+
 /* Fill the prepared buffers of N images (see the header comment); the tail of each image's
- * buffer, from C*S*Hq*Wq to img_stride, is zeroed. */
-static void sc_prepare(const float *x, int N, int C, int H, int W, int ph, int pw, int sh, int sw,
-                       int Hq, int Wq, int64_t img_stride, float *buf, int nthreads) {
+ * buffer, from C*S*Hq*Wq to img_stride, is zeroed. A worksharing loop: call it inside a parallel
+ * region (the convolution's, so that a call starts the threads once). */
+static void sc_prepare_for(const sc_prep_t *pp, float *buf) {
+    const float *x = pp->x;
+    const int N = pp->N, C = pp->C, H = pp->H, W = pp->W, ph = pp->ph, pw = pp->pw;
+    const int sh = pp->sh, sw = pp->sw, Hq = pp->Hq, Wq = pp->Wq;
+    const int64_t img_stride = pp->img_stride;
     const int S = sh * sw;
     const int64_t plane = (int64_t)Hq * Wq;
     const int64_t used = (int64_t)C * S * plane;
     const int64_t jobs = (int64_t)N * C;
     int64_t job;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
+#pragma omp for schedule(static)
     for (job = 0; job < jobs; ++job) {
         const int64_t n = job / C, c = job % C;
         const float *src = x + (n * C + c) * (int64_t)H * W;
         for (int rh = 0; rh < sh; ++rh) {
-            for (int rw = 0; rw < sw; ++rw) {
-                float *dst = buf + n * img_stride + (c * S + rh * sw + rw) * plane;
-                /* columns j with 0 <= j*sw + rw - pw < W */
-                int j0 = pw - rw > 0 ? (pw - rw + sw - 1) / sw : 0;
-                int j1 = W + pw - rw > 0 ? (W + pw - rw + sw - 1) / sw : 0;
-                if (j1 > Wq) j1 = Wq;
-                if (j0 > j1) j0 = j1;
-                for (int i = 0; i < Hq; ++i) {
-                    float *d = dst + (int64_t)i * Wq;
-                    const int r = i * sh + rh - ph;
-                    if (r < 0 || r >= H || j0 == j1) {
-                        memset(d, 0, sizeof(float) * Wq);
-                        continue;
-                    }
-                    const float *s = src + (int64_t)r * W + (int64_t)j0 * sw + rw - pw;
-                    if (j0 > 0) memset(d, 0, sizeof(float) * j0);
-                    if (sw == 1) {
-                        memcpy(d + j0, s, sizeof(float) * (j1 - j0));
-                    } else {
-                        for (int j = j0; j < j1; ++j) d[j] = s[(int64_t)(j - j0) * sw];
-                    }
-                    if (j1 < Wq) memset(d + j1, 0, sizeof(float) * (Wq - j1));
+            float *dst = buf + n * img_stride + (c * S + rh * sw) * plane;
+            for (int i = 0; i < Hq; ++i) {
+                const int r = i * sh + rh - ph;
+                if (r < 0 || r >= H) {
+                    for (int rw = 0; rw < sw; ++rw)
+                        memset(dst + rw * plane + (int64_t)i * Wq, 0, sizeof(float) * Wq);
+                    continue;
                 }
+                sc_fill_row(dst + (int64_t)i * Wq, plane, src + (int64_t)r * W, W, pw, sw, Wq);
             }
         }
         if (c == C - 1 && img_stride > used)
@@ -160,11 +202,12 @@ static void sc_prepare(const float *x, int N, int C, int H, int W, int ph, int p
     }
 }
 
-/* The convolution proper. blk has (G*OCg) rows of NB+1 pointers into col/val: row r's nonzeros
- * of input-channel block b are [blk[r*(NB+1)+b], blk[r*(NB+1)+b+1]). Returns 0, or -1 when a
- * thread's scratch could not be allocated. */
-static int sc_conv(const float *buf, int64_t img_stride, int64_t grp_stride, int N, int G, int OCg,
-                   int NB, const int32_t *blk, const int32_t *col, const float *val,
+/* The convolution proper, after preparing the input as *prep says (in the same parallel region).
+ * blk has (G*OCg) rows of NB+1 pointers into col/val: row r's nonzeros of input-channel block b
+ * are [blk[r*(NB+1)+b], blk[r*(NB+1)+b+1]). Returns 0, or -1 when a thread's scratch could not be
+ * allocated. */
+static int sc_conv(const sc_prep_t *prep, float *buf, int64_t img_stride, int64_t grp_stride, int N,
+                   int G, int OCg, int NB, const int32_t *blk, const int32_t *col, const float *val,
                    const float *bias, int OH, int OW, int Wq, int tile, int OCB, int relu,
                    float *out, int nthreads) {
     const int64_t L = (int64_t)(OH - 1) * Wq + OW;
@@ -180,8 +223,10 @@ static int sc_conv(const float *buf, int64_t img_stride, int64_t grp_stride, int
     const int64_t plane = (int64_t)OH * OW;
     const int64_t sstride = (int64_t)T * SC_VL;
     int failed = 0;
+    static const float zero = 0.0f;
 #pragma omp parallel num_threads(nthreads)
     {
+        sc_prepare_for(prep, buf); /* ends with a barrier */
         float *scr = (float *)aligned_alloc(64, sizeof(float) * sstride * OCB);
         if (!scr) {
 #pragma omp atomic write
@@ -205,15 +250,14 @@ static int sc_conv(const float *buf, int64_t img_stride, int64_t grp_stride, int
             const int oc0 = ocb * OCB;
             const int oc1 = oc0 + OCB < OCg ? oc0 + OCB : OCg;
             const sc_tile_fn fn = sc_tiles[tv];
-            for (int oc = oc0; oc < oc1; ++oc) {
-                const float b0 = bias ? bias[g * OCg + oc] : 0.0f;
-                float *s = scr + (oc - oc0) * sstride;
-                for (int64_t q = 0; q < (int64_t)tv * SC_VL; ++q) s[q] = b0;
-            }
             for (int b = 0; b < NB; ++b) {
                 for (int oc = oc0; oc < oc1; ++oc) {
                     const int32_t *bp = blk + ((int64_t)g * OCg + oc) * (NB + 1) + b;
-                    if (bp[1] > bp[0]) fn(in, col, val, bp[0], bp[1], scr + (oc - oc0) * sstride);
+                    if (b == 0)
+                        fn(in, col, val, bp[0], bp[1], bias ? bias + g * OCg + oc : &zero,
+                           scr + (oc - oc0) * sstride);
+                    else if (bp[1] > bp[0])
+                        fn(in, col, val, bp[0], bp[1], NULL, scr + (oc - oc0) * sstride);
                 }
             }
             const int64_t y0 = p0 / Wq, y1 = (p1 - 1) / Wq;
@@ -239,6 +283,174 @@ static int sc_conv(const float *buf, int64_t img_stride, int64_t grp_stride, int
     return failed ? -1 : 0;
 }
 
+/* ---- batch-interleaved variant ------------------------------------------------------------------
+ * For batches of >= ~12 images, groups of SC_VL images are interleaved: position (channel-phase
+ * plane, i, j) of the prepared buffer holds SC_VL floats, one per image, so a nonzero's column
+ * offset scales by SC_VL, every load is aligned and every lane is useful. A tile is a run of up to
+ * `tile` output positions (one vector each): a chunk of one output row when rows are long, else
+ * whole rows including the Wq - OW thrown-away positions between them. */
+
+/* sc_prepare_for for the interleaved layout (pp->N images, pp->img_stride floats per group of 16). */
+static void sc_prepare_il_for(const sc_prep_t *pp, float *buf) {
+    const float *x = pp->x;
+    const int nimg = pp->N, C = pp->C, H = pp->H, W = pp->W, ph = pp->ph, pw = pp->pw;
+    const int sh = pp->sh, sw = pp->sw, Hq = pp->Hq, Wq = pp->Wq;
+    const int64_t il_stride = pp->img_stride;
+    const int S = sh * sw;
+    const int64_t plane = (int64_t)Hq * Wq * SC_VL;
+    const int64_t used = (int64_t)C * S * plane;
+    const int nq = (nimg + SC_VL - 1) / SC_VL;
+    const int64_t jobs = (int64_t)nq * C;
+    int64_t job;
+#pragma omp for schedule(static)
+    for (job = 0; job < jobs; ++job) {
+        const int q = (int)(job / C), c = (int)(job % C);
+        const int lanes = nimg - q * SC_VL < SC_VL ? nimg - q * SC_VL : SC_VL;
+        for (int rh = 0; rh < sh; ++rh) {
+            for (int rw = 0; rw < sw; ++rw) {
+                float *dst = buf + q * il_stride + (c * S + rh * sw + rw) * plane;
+                int j0 = pw - rw > 0 ? (pw - rw + sw - 1) / sw : 0;
+                int j1 = W + pw - rw > 0 ? (W + pw - rw + sw - 1) / sw : 0;
+                if (j1 > Wq) j1 = Wq;
+                if (j0 > j1) j0 = j1;
+                for (int i = 0; i < Hq; ++i) {
+                    float *d = dst + (int64_t)i * Wq * SC_VL;
+                    const int r = i * sh + rh - ph;
+                    if (r < 0 || r >= H || j0 == j1) {
+                        memset(d, 0, sizeof(float) * Wq * SC_VL);
+                        continue;
+                    }
+                    if (j0 > 0) memset(d, 0, sizeof(float) * j0 * SC_VL);
+                    if (j1 < Wq) memset(d + (int64_t)j1 * SC_VL, 0, sizeof(float) * (Wq - j1) * SC_VL);
+                    for (int l = 0; l < SC_VL; ++l) {
+                        float *e = d + l;
+                        if (l >= lanes) {
+                            for (int j = j0; j < j1; ++j) e[(int64_t)j * SC_VL] = 0.0f;
+                            continue;
+                        }
+                        const float *src = x + (((int64_t)q * SC_VL + l) * C + c) * (int64_t)H * W
+                                           + (int64_t)r * W + (int64_t)j0 * sw + rw - pw;
+                        for (int j = j0; j < j1; ++j) e[(int64_t)j * SC_VL] = src[(int64_t)(j - j0) * sw];
+                    }
+                }
+            }
+        }
+        if (c == C - 1 && il_stride > used)
+            memset(buf + q * il_stride + used, 0, sizeof(float) * (il_stride - used));
+    }
+}
+
+/* Tiles of the interleaved variant: per-row chunks when OW*2 > tile, else runs of whole rows. */
+static void sc_il_tiles(int OH, int OW, int Wq, int tile, int64_t *ntile, int *chunk, int *rows) {
+    if (tile < 1) tile = 1;
+    if (tile > SC_TMAX) tile = SC_TMAX;
+    if (OW * 2 > tile) {
+        const int nch = (OW + tile - 1) / tile;
+        *chunk = (OW + nch - 1) / nch;
+        *rows = 0;
+        *ntile = (int64_t)OH * nch;
+    } else {
+        int k = (tile - OW) / Wq + 1;
+        if (k > OH) k = OH;
+        const int64_t n = (OH + k - 1) / k;
+        *rows = (int)((OH + n - 1) / n); /* balanced */
+        *chunk = 0;
+        *ntile = (OH + *rows - 1) / *rows;
+    }
+}
+
+static int sc_il_tile_max(int OH, int OW, int Wq, int tile) {
+    int64_t ntile;
+    int chunk, rows;
+    sc_il_tiles(OH, OW, Wq, tile, &ntile, &chunk, &rows);
+    return rows ? (rows - 1) * Wq + OW : chunk;
+}
+
+static int sc_conv_il(const sc_prep_t *prep, float *buf, int64_t il_stride, int64_t grp_stride,
+                      int nimg, int G, int OCg, int NB, const int32_t *blk, const int32_t *col,
+                      const float *val, const float *bias, int OH, int OW, int Wq, int tile,
+                      int OCB, int relu, float *out, int nthreads) {
+    int64_t ntile;
+    int chunk, rows;
+    sc_il_tiles(OH, OW, Wq, tile, &ntile, &chunk, &rows);
+    const int T = rows ? (rows - 1) * Wq + OW : chunk;
+    const int nchunk = chunk ? (OW + chunk - 1) / chunk : 1;
+    if (OCB < 1) OCB = 1;
+    if (OCB > OCg) OCB = OCg;
+    const int nocb = (OCg + OCB - 1) / OCB;
+    const int nq = (nimg + SC_VL - 1) / SC_VL;
+    const int64_t items = (int64_t)nq * G * nocb * ntile;
+    const int64_t plane = (int64_t)OH * OW;
+    const int64_t sstride = (int64_t)T * SC_VL;
+    const int64_t OC = (int64_t)G * OCg;
+    int failed = 0;
+    static const float zero = 0.0f;
+#pragma omp parallel num_threads(nthreads)
+    {
+        sc_prepare_il_for(prep, buf); /* ends with a barrier */
+        float *scr = (float *)aligned_alloc(64, sizeof(float) * sstride * OCB);
+        if (!scr) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        int64_t it;
+#pragma omp for schedule(dynamic, 1)
+        for (it = 0; it < items; ++it) {
+            if (!scr) continue;
+            /* output-channel blocks innermost: one tile's slice of the 16-image input (all
+             * channels) stays in L2 while every block of output channels sweeps it */
+            const int ocb = (int)(it % nocb);
+            int64_t r = it / nocb;
+            const int64_t tl = r % ntile;
+            r /= ntile;
+            const int g = (int)(r % G);
+            const int q = (int)(r / G);
+            const int lanes = nimg - q * SC_VL < SC_VL ? nimg - q * SC_VL : SC_VL;
+            int y0, x0, cnt;
+            if (rows) {
+                y0 = (int)tl * rows;
+                const int y1 = y0 + rows < OH ? y0 + rows : OH;
+                x0 = 0;
+                cnt = (y1 - y0 - 1) * Wq + OW;
+            } else {
+                y0 = (int)(tl / nchunk);
+                x0 = (int)(tl % nchunk) * chunk;
+                cnt = OW - x0 < chunk ? OW - x0 : chunk;
+            }
+            const int64_t p0 = (int64_t)y0 * Wq + x0;
+            const float *in = buf + q * il_stride + (g * grp_stride + p0) * SC_VL;
+            const int oc0 = ocb * OCB;
+            const int oc1 = oc0 + OCB < OCg ? oc0 + OCB : OCg;
+            const sc_tile_fn fn = sc_itiles[cnt];
+            for (int b = 0; b < NB; ++b) {
+                for (int oc = oc0; oc < oc1; ++oc) {
+                    const int32_t *bp = blk + ((int64_t)g * OCg + oc) * (NB + 1) + b;
+                    if (b == 0)
+                        fn(in, col, val, bp[0], bp[1], bias ? bias + g * OCg + oc : &zero,
+                           scr + (oc - oc0) * sstride);
+                    else if (bp[1] > bp[0])
+                        fn(in, col, val, bp[0], bp[1], NULL, scr + (oc - oc0) * sstride);
+                }
+            }
+            for (int oc = oc0; oc < oc1; ++oc) {
+                const float *s = scr + (oc - oc0) * sstride;
+                for (int l = 0; l < lanes; ++l) {
+                    float *o = out + (((int64_t)q * SC_VL + l) * OC + (int64_t)g * OCg + oc) * plane;
+                    for (int t = 0; t < cnt; ++t) {
+                        const int64_t p = p0 + t;
+                        const int64_t yy = p / Wq, xx = p % Wq;
+                        if (xx >= OW) continue;
+                        const float v = s[(int64_t)t * SC_VL + l];
+                        o[yy * OW + xx] = relu && v < 0.0f ? 0.0f : v;
+                    }
+                }
+            }
+        }
+        free(scr);
+    }
+    return failed ? -1 : 0;
+}
+
 /* ---- sparse x dense fully-connected ----------------------------------------------------------
  * Y (M x N) = X (M x K) . W^T + bias, W as CSR (N rows, K columns). Batch 1: one dot product per
  * row (SpMV). Batch > 1: X is transposed once to XT (K x Mp, Mp = M rounded up to SC_VL) so that
@@ -254,7 +466,7 @@ static int sc_conv(const float *buf, int64_t img_stride, int64_t grp_stride, int
         for (int64_t j = j0; j < j1; ++j) {                                                  \
             const float *p = xt + (int64_t)col[j] * Mp;                                      \
             const sc_v w = val[j] - (sc_v){0};                                               \
-            SC_UNROLL for (int t = 0; t < T; ++t) a[t] += w * *(const sc_v *)(p + SC_VL * t); \
+            SC_UNROLL for (int t = 0; t < T; ++t) a[t] += w * *(const sc_vu *)(p + SC_VL * t); \
         }                                                                                    \
         SC_UNROLL for (int t = 0; t < T; ++t)((sc_v *)acc)[t] = a[t];                        \
     }
@@ -285,17 +497,27 @@ static const sc_ftile_fn sc_ftiles[SC_FMT + 1] = {
 #endif
 };
 
+/* sum_j val[j] * x[col[j]]: scalar loads with eight independent sums (the AVX-512 gather that
+ * the vectoriser would use instead is several times slower on AMD Zen). */
+__attribute__((optimize("no-tree-vectorize"))) static float sc_dot(
+    const float *__restrict x, const int32_t *__restrict col, const float *__restrict val,
+    int64_t j0, int64_t j1) {
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = j0;
+    for (; j + 8 <= j1; j += 8) {
+        for (int k = 0; k < 8; ++k) s[k] += val[j + k] * x[col[j + k]];
+    }
+    for (; j < j1; ++j) s[0] += val[j] * x[col[j]];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
 static int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const int32_t *col,
                  const float *val, const float *bias, int relu, float *y, int nthreads) {
     int64_t n;
     if (M == 1) {
 #pragma omp parallel for schedule(dynamic, 64) num_threads(nthreads)
         for (n = 0; n < N; ++n) {
-            float s = 0.0f;
-            const int32_t j1 = rowptr[n + 1];
-#pragma omp simd reduction(+ : s)
-            for (int32_t j = rowptr[n]; j < j1; ++j) s += val[j] * x[col[j]];
-            s += bias ? bias[n] : 0.0f;
+            float s = sc_dot(x, col, val, rowptr[n], rowptr[n + 1]) + (bias ? bias[n] : 0.0f);
             y[n] = relu && s < 0.0f ? 0.0f : s;
         }
         return 0;

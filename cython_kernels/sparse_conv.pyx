@@ -15,14 +15,21 @@ from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "sconv_impl.h" nogil:
     int SC_VL
+    ctypedef struct sc_prep_t:
+        const float *x
+        int N, C, H, W, ph, pw, sh, sw, Hq, Wq
+        int64_t img_stride
     int sc_max_tile()
     int64_t sc_num_vectors(int OH, int OW, int Wq)
-    void sc_prepare(const float *x, int N, int C, int H, int W, int ph, int pw, int sh, int sw,
-                    int Hq, int Wq, int64_t img_stride, float *buf, int nthreads)
-    int sc_conv(const float *buf, int64_t img_stride, int64_t grp_stride, int N, int G, int OCg,
-                int NB, const int32_t *blk, const int32_t *col, const float *val,
+    int sc_il_tile_max(int OH, int OW, int Wq, int tile)
+    int sc_conv(const sc_prep_t *prep, float *buf, int64_t img_stride, int64_t grp_stride, int N,
+                int G, int OCg, int NB, const int32_t *blk, const int32_t *col, const float *val,
                 const float *bias, int OH, int OW, int Wq, int tile, int OCB, int relu,
                 float *out, int nthreads)
+    int sc_conv_il(const sc_prep_t *prep, float *buf, int64_t il_stride, int64_t grp_stride,
+                   int nimg, int G, int OCg, int NB, const int32_t *blk, const int32_t *col,
+                   const float *val, const float *bias, int OH, int OW, int Wq, int tile,
+                   int OCB, int relu, float *out, int nthreads)
     int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const int32_t *col,
               const float *val, const float *bias, int relu, float *y, int nthreads)
 
@@ -33,6 +40,13 @@ _INT_MAX = 2**31 - 1
 def max_tile_vectors():
     """Largest register tile (in vectors of ``vector_length()`` floats) this build supports."""
     return sc_max_tile()
+
+
+def il_tile_positions(int out_h, int out_w, int wq, int tile):
+    """Largest tile (output positions) of the batch-interleaved variant for this geometry."""
+    if out_h < 1 or out_w < 1 or wq < out_w or tile < 1:
+        raise ValueError("il_tile_positions: bad geometry")
+    return sc_il_tile_max(out_h, out_w, wq, tile)
 
 
 def vector_length():
@@ -58,6 +72,28 @@ cdef _check_csr(const int32_t[::1] rowptr, const int32_t[::1] col, const float[:
             raise ValueError(f"column index {col[j]} at position {j} is outside [0, {ncols})")
 
 
+cdef _blocks(const int32_t[::1] rp, const int32_t[::1] col, Py_ssize_t rows, int icg, int icb,
+             int64_t chan):
+    """(rows * (nb+1)) int32, nb = ceil(icg/icb): entry [r, b] is the first nonzero of row r in
+    input-channel block b (input channels ``col // chan`` sorted within rows), entry [r, nb] the
+    end of the row."""
+    cdef int nb = (icg + icb - 1) // icb
+    blk = np.empty((rows, nb + 1), dtype=np.int32)
+    cdef int32_t[:, ::1] bv = blk
+    cdef Py_ssize_t r, j
+    cdef int b
+    cdef int64_t bound
+    for r in range(rows):
+        j = rp[r]
+        for b in range(nb):
+            bv[r, b] = <int32_t>j
+            bound = (b + 1) * <int64_t>icb * chan
+            while j < rp[r + 1] and col[j] < bound:
+                j += 1
+        bv[r, nb] = rp[r + 1]
+    return blk.reshape(-1)
+
+
 cdef class ConvPlan:
     """A validated, immutable direct sparse convolution for one input geometry and stride.
 
@@ -65,18 +101,27 @@ cdef class ConvPlan:
     column is an offset into one group's prepared input (see ``sconv_impl.h``): channel block
     ``ic*S*Hq*Wq`` plus phase/row/column, with S = sh*sw, Hq = ceil(Hp/sh), Wq = ceil(Wp/sw).
     Columns must be sorted within each row. ``icb`` input channels form one cache block,
-    ``tile`` vectors one register tile, ``ocb`` output channels one work item.
+    ``tile`` vectors one register tile, ``ocb`` output channels one work item. The ``i*``
+    parameters are the same for the batch-interleaved variant (``sconv_impl.h``), which runs groups
+    of 16 images, plus a last group of at least ``il_min`` images (``il_min`` > 16 disables it).
+
+    ``pitch`` is the row pitch Wq of the prepared input (0: ceil(Wp/sw)); the column offsets must
+    use it. A pitch below ceil(Wp/sw) drops right-hand zero columns that the next row's left-hand
+    zeros can stand in for (SkimCaffe's one-sided padding; the caller checks that they can).
     """
     cdef int32_t[::1] _blk
+    cdef int32_t[::1] _iblk
     cdef int32_t[::1] _col
     cdef float[::1] _val
     cdef readonly int groups, ocg, channels, height, width, pad_h, pad_w, stride_h, stride_w
     cdef readonly int hq, wq, out_h, out_w, icb, nblocks, tile, ocb
-    cdef readonly int64_t chan_stride, grp_stride, img_stride, nnz
+    cdef readonly int iicb, inblocks, itile, iocb, il_min
+    cdef readonly int64_t chan_stride, grp_stride, img_stride, il_stride, nnz
 
     def __cinit__(self, rowptr, col, val, int groups, int ocg, int channels, int height, int width,
                   int pad_h, int pad_w, int stride_h, int stride_w, int out_h, int out_w,
-                  int icb, int tile, int ocb):
+                  int icb, int tile, int ocb, int iicb=1, int itile=1, int iocb=1, int il_min=99,
+                  int pitch=0):
         if groups < 1 or ocg < 1 or channels < 1 or height < 1 or width < 1:
             raise ValueError("groups, output channels per group, channels, height and width "
                              "must be positive")
@@ -84,17 +129,26 @@ cdef class ConvPlan:
             raise ValueError(f"channels {channels} not divisible by groups {groups}")
         if pad_h < 0 or pad_w < 0 or stride_h < 1 or stride_w < 1:
             raise ValueError("pad must be non-negative and stride positive")
-        if icb < 1 or tile < 1 or ocb < 1:
-            raise ValueError("icb, tile and ocb must be positive")
+        if icb < 1 or tile < 1 or ocb < 1 or iicb < 1 or itile < 1 or iocb < 1 or il_min < 1:
+            raise ValueError("icb, tile, ocb (and their i* versions) and il_min must be positive")
         cdef int icg = channels // groups
         cdef int64_t hq = (height + 2 * <int64_t>pad_h + stride_h - 1) // stride_h
         cdef int64_t wq = (width + 2 * <int64_t>pad_w + stride_w - 1) // stride_w
+        # every phase's data columns j (pad_w <= j*sw + rw < pad_w + width) must fit the pitch
+        cdef int64_t data_end = (width + <int64_t>pad_w + stride_w - 1) // stride_w
+        if pitch:
+            if not min(data_end, wq) <= pitch <= wq:
+                raise ValueError(f"pitch {pitch} must be in [{min(data_end, wq)}, {wq}]")
+            wq = pitch
         if not (1 <= out_h <= hq and 1 <= out_w <= wq):
             raise ValueError(f"output ({out_h}, {out_w}) does not fit the prepared input "
                              f"({hq}, {wq})")
         cdef int64_t chan = <int64_t>stride_h * stride_w * hq * wq
         cdef int64_t nv = sc_num_vectors(out_h, out_w, <int>wq)
         cdef int64_t img = ((groups * icg * chan + nv * SC_VL + 64) + 15) // 16 * 16
+        cdef int64_t il = (groups * icg * chan + hq * wq + 16) * SC_VL
+        if il > _INT_MAX:
+            il_min = SC_VL + 1                 # too big for one interleaved group: disabled
         if img > _INT_MAX or <int64_t>groups * ocg > _INT_MAX:
             raise ValueError("geometry too large for 32-bit offsets")
         cdef const int32_t[::1] rp = np.ascontiguousarray(rowptr, dtype=np.int32)
@@ -105,36 +159,42 @@ cdef class ConvPlan:
         cdef Py_ssize_t r, j
         for r in range(rows):
             for j in range(rp[r] + 1, rp[r + 1]):
-                if self._col[j] < self._col[j - 1]:
-                    raise ValueError(f"column indices of row {r} are not sorted")
+                if self._col[j] // chan < self._col[j - 1] // chan:
+                    raise ValueError(f"input channels of row {r} are not sorted")
         if icb > icg:
             icb = icg
-        cdef int nb = (icg + icb - 1) // icb
-        # blk[r, b]: first nonzero of row r in input-channel block b (columns are sorted)
-        blk = np.empty((rows, nb + 1), dtype=np.int32)
-        cdef int32_t[:, ::1] bv = blk
-        cdef int b
-        cdef int64_t bound
-        for r in range(rows):
-            j = rp[r]
-            for b in range(nb):
-                bv[r, b] = <int32_t>j
-                bound = (b + 1) * <int64_t>icb * chan
-                while j < rp[r + 1] and self._col[j] < bound:
-                    j += 1
-            bv[r, nb] = rp[r + 1]
-        self._blk = blk.reshape(-1)
+        if iicb > icg:
+            iicb = icg
+        self._blk = _blocks(rp, self._col, rows, icg, icb, chan)
+        self._iblk = _blocks(rp, self._col, rows, icg, iicb, chan)
+        self.nblocks = (icg + icb - 1) // icb
+        self.inblocks = (icg + iicb - 1) // iicb
+        self.iicb, self.itile, self.iocb, self.il_min = iicb, itile, iocb, il_min
+        self.il_stride = il
         self.groups, self.ocg, self.channels = groups, ocg, channels
         self.height, self.width, self.pad_h, self.pad_w = height, width, pad_h, pad_w
         self.stride_h, self.stride_w, self.hq, self.wq = stride_h, stride_w, <int>hq, <int>wq
-        self.out_h, self.out_w, self.icb, self.nblocks = out_h, out_w, icb, nb
+        self.out_h, self.out_w, self.icb = out_h, out_w, icb
         self.tile, self.ocb = tile, ocb
         self.chan_stride, self.grp_stride, self.img_stride = chan, icg * chan, img
         self.nnz = self._col.shape[0]
 
+    cdef int _n_il(self, int n):
+        """Images of a batch of ``n`` that the interleaved variant runs (a multiple of 16, or all)."""
+        if self.il_min > SC_VL:
+            return 0
+        cdef int full = n // SC_VL * SC_VL
+        return n if n - full >= self.il_min else full
+
+    def split(self, int n):
+        """(images run batch-interleaved, images run one by one) for a batch of ``n``."""
+        cdef int k = self._n_il(n)
+        return k, n - k
+
     def buffer_size(self, int n):
-        """Floats of prepared input needed for ``n`` images."""
-        return n * self.img_stride
+        """Floats of prepared input needed for ``n`` images (plus 16 for 64-byte alignment)."""
+        cdef int k = self._n_il(n)
+        return (k + SC_VL - 1) // SC_VL * self.il_stride + (n - k) * self.img_stride + SC_VL
 
     def forward(self, const float[:, :, :, ::1] x, float[::1] buf, const float[::1] bias,
                 float[:, :, :, ::1] out, bint relu, int num_threads):
@@ -148,8 +208,9 @@ cdef class ConvPlan:
                 or x.shape[3] != self.width:
             raise ValueError(f"x must have shape (N>=1, {self.channels}, {self.height}, "
                              f"{self.width}), got {tuple(x.shape[i] for i in range(4))}")
-        if buf.shape[0] < n * self.img_stride:
-            raise ValueError(f"buf needs {n * self.img_stride} floats, got {buf.shape[0]}")
+        need = self.buffer_size(n)
+        if buf.shape[0] < need:
+            raise ValueError(f"buf needs {need} floats, got {buf.shape[0]}")
         if out.shape[0] != n or out.shape[1] != self.groups * self.ocg \
                 or out.shape[2] != self.out_h or out.shape[3] != self.out_w:
             raise ValueError(f"out must have shape ({n}, {self.groups * self.ocg}, {self.out_h}, "
@@ -162,17 +223,35 @@ cdef class ConvPlan:
             bp = &bias[0]
         if num_threads < 1:
             num_threads = 1
-        cdef int rc
+        cdef int rc = 0, rc2 = 0
         cdef const int32_t *colp = &self._col[0] if self.nnz else NULL
         cdef const float *valp = &self._val[0] if self.nnz else NULL
+        cdef int k = self._n_il(n)
+        cdef int64_t il_floats = (k + SC_VL - 1) // SC_VL * self.il_stride
+        cdef int64_t x_img = <int64_t>self.channels * self.height * self.width
+        cdef int64_t out_img = <int64_t>self.groups * self.ocg * self.out_h * self.out_w
+        cdef const float *xp = &x[0, 0, 0, 0]
+        cdef float *op = &out[0, 0, 0, 0]
+        cdef float *bufp = &buf[0]
+        bufp += ((64 - (<size_t>bufp) % 64) % 64) // sizeof(float)      # 64-byte aligned start
+        cdef sc_prep_t prep
+        prep.C, prep.H, prep.W = self.channels, self.height, self.width
+        prep.ph, prep.pw, prep.sh, prep.sw = self.pad_h, self.pad_w, self.stride_h, self.stride_w
+        prep.Hq, prep.Wq = self.hq, self.wq
         with nogil:
-            sc_prepare(&x[0, 0, 0, 0], n, self.channels, self.height, self.width, self.pad_h,
-                       self.pad_w, self.stride_h, self.stride_w, self.hq, self.wq,
-                       self.img_stride, &buf[0], num_threads)
-            rc = sc_conv(&buf[0], self.img_stride, self.grp_stride, n, self.groups, self.ocg,
-                         self.nblocks, &self._blk[0], colp, valp, bp, self.out_h, self.out_w,
-                         self.wq, self.tile, self.ocb, relu, &out[0, 0, 0, 0], num_threads)
-        if rc:
+            if k:
+                prep.x, prep.N, prep.img_stride = xp, k, self.il_stride
+                rc = sc_conv_il(&prep, bufp, self.il_stride, self.grp_stride, k, self.groups,
+                                self.ocg, self.inblocks, &self._iblk[0], colp, valp, bp,
+                                self.out_h, self.out_w, self.wq, self.itile, self.iocb, relu, op,
+                                num_threads)
+            if n > k:
+                prep.x, prep.N, prep.img_stride = xp + k * x_img, n - k, self.img_stride
+                rc2 = sc_conv(&prep, bufp + il_floats, self.img_stride, self.grp_stride, n - k,
+                              self.groups, self.ocg, self.nblocks, &self._blk[0], colp, valp, bp,
+                              self.out_h, self.out_w, self.wq, self.tile, self.ocb, relu,
+                              op + k * out_img, num_threads)
+        if rc or rc2:
             raise MemoryError("sparse convolution: could not allocate the per-thread scratch")
         return out
 
@@ -202,7 +281,8 @@ cdef class FcPlan:
         if m < 1 or x.shape[1] != self.num_input:
             raise ValueError(f"x must have shape (M>=1, {self.num_input}), got {(x.shape[0], x.shape[1])}")
         if out.shape[0] != m or out.shape[1] != self.num_output:
-            raise ValueError(f"out must have shape ({m}, {self.num_output}), got {(out.shape[0], out.shape[1])}")
+            raise ValueError(f"out must have shape ({m}, {self.num_output}), "
+                             f"got {(out.shape[0], out.shape[1])}")
         cdef const float *bp = NULL
         if bias is not None:
             if bias.shape[0] != self.num_output:

@@ -83,23 +83,27 @@ def check_allocation(shape, what, itemsize=4, error=NetError):
     """Raise ``error`` naming ``what`` when an array of ``shape`` would exceed :data:`max_blob_bytes`."""
     nbytes = shape_count(shape) * itemsize
     if nbytes > max_blob_bytes:
-        raise error(f"{what} of shape {list(shape)} needs {_gib(nbytes)} GiB, over the limit of "
-                    f"{_gib(max_blob_bytes)} GiB (pyskim.set_max_blob_bytes / PYSKIM_MAX_BLOB_BYTES)")
+        raise error(f"{what} of shape {list(shape)} needs {_human(nbytes)}, over the limit of "
+                    f"{_human(max_blob_bytes)} (pyskim.set_max_blob_bytes / PYSKIM_MAX_BLOB_BYTES)")
     return nbytes
 
 
-def _gib(nbytes):
-    value = nbytes / 2**30
-    return f"{value:.1f}" if value >= 0.1 or nbytes == 0 else f"{value:.3g}"
+def _human(nbytes):
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes} bytes"
 
 
 class _Buffer:
-    """A flat float32 buffer that several blobs may share."""
+    """A flat float32 buffer that several blobs may share. ``version`` counts the times ``Blob.data``
+    handed it out (so possibly wrote it): sparse engines re-check their packed weights when it moved."""
 
-    __slots__ = ("array",)
+    __slots__ = ("array", "version")
 
     def __init__(self, size):
         self.array = np.zeros(size, dtype=np.float32)
+        self.version = 0
 
 
 class Blob:
@@ -112,6 +116,7 @@ class Blob:
     def __init__(self, *shape, name=""):
         self.name = name
         self._shape = ()
+        self._count = 1
         self._data = _Buffer(0)
         self._diff = _Buffer(0)
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -133,6 +138,7 @@ class Blob:
         count = shape_count(shape)
         check_allocation(shape, f"blob '{self.name}'")
         self._shape = shape
+        self._count = count
         if count > self._data.array.size:
             self._data = _Buffer(count)
             self._diff = _Buffer(count)
@@ -146,7 +152,7 @@ class Blob:
 
     @property
     def count(self):
-        return shape_count(self._shape)
+        return self._count        # shape_count(self._shape), kept by reshape (read on every access)
 
     def count_range(self, start, end=None):
         """Product of the dims in [start, end), like ``Blob::count(start, end)``."""
@@ -178,7 +184,9 @@ class Blob:
     # -- data ------------------------------------------------------------------------------------
     @property
     def data(self):
-        return self._data.array[: self.count].reshape(self._shape)
+        buffer = self._data
+        buffer.version += 1
+        return buffer.array[: self._count].reshape(self._shape)
 
     @data.setter
     def data(self, value):
@@ -186,7 +194,7 @@ class Blob:
 
     @property
     def diff(self):
-        return self._diff.array[: self.count].reshape(self._shape)
+        return self._diff.array[: self._count].reshape(self._shape)
 
     @diff.setter
     def diff(self, value):

@@ -4,15 +4,18 @@ Commands: ``train`` (``-solver``, ``-weights`` or ``-snapshot``, ``-level``/``-s
 ``-sigint_effect``/``-sighup_effect``), ``test`` (``-model -weights -iterations``), ``time``
 (``-model [-weights] -iterations [-phase] [-forward_only]``) and ``device_query``. Flags take gflags'
 spellings (``-x v``, ``-x=v``, ``--x=v``); logs go to stderr in glog's format, so Caffe's
-``parse_log.py`` reads them.
+``parse_log.py`` reads them. ``test`` and ``time`` also take pyskim's ``-mode dense|sparse|auto``
+(default auto: the performance model picks each layer's conv_mode / gemm_mode where the prototxt
+sets none), ``-threads T`` and ``-batch B``; ``time`` also ``-compare`` (see
+:mod:`pyskim.tools.time_net`).
 """
 import logging
 import signal
 import sys
-import time
 
 from .errors import PyskimError
 from .tools import flags
+from .tools import time_net as time_tool
 
 log = logging.getLogger("pyskim")
 
@@ -47,6 +50,7 @@ def build_parser():
     flags.define(parser, "sighup_effect", "snapshot", "Optional; action to take when a SIGHUP signal is "
                                                       "received: snapshot, stop or none.")
     flags.define(parser, "forward_only", False, "Optional; time the forward pass only (SkimCaffe).")
+    time_tool.define_flags(parser)   # -batch -threads -mode -compare (pyskim)
     return parser
 
 
@@ -128,7 +132,9 @@ def test(args):
     if not args.weights:
         raise PyskimError("Need model weights to score.")
     _use_cpu(args)
-    net = Net(args.model, 1, level=args.level, stages=_stages(args), weights=args.weights)
+    time_tool.apply_threads(args.threads)
+    param = time_tool.load_param(args.model, args.mode, args.batch)
+    net = Net(param, 1, level=args.level, stages=_stages(args), weights=args.weights)
     log.info("Running for %d iterations.", args.iterations)
     loss = np.float32(0)
     scores, owners = None, []
@@ -157,59 +163,8 @@ def test(args):
 
 
 def time_net(args):
-    from .proto import caffe_pb2
-    from .pycaffe import Net
-    if not args.model:
-        raise PyskimError("Need a model definition to time.")
-    phase = {"": caffe_pb2.TRAIN, "TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}.get(args.phase)
-    if phase is None:
-        raise PyskimError(f"phase must be \"TRAIN\" or \"TEST\", got \"{args.phase}\"")
-    _use_cpu(args)
-    net = Net(args.model, phase, level=args.level, stages=_stages(args),
-              weights=args.weights or None)
-    layers = net.layers
-    log.info("Performing Forward")
-    _, initial_loss = net.forward_prefilled()
-    log.info("Initial loss: %s", _fmt(initial_loss))
-    if not args.forward_only:
-        log.info("Performing Backward")
-        net.backward_from_to(len(layers) - 1, 0)
-    log.info("*** Benchmark begins ***")
-    log.info("Testing for %d iterations.", args.iterations)
-    forward_per_layer = [0.0] * len(layers)
-    backward_per_layer = [0.0] * len(layers)
-    forward_total = backward_total = 0.0
-    total_start = time.perf_counter()
-    for j in range(args.iterations):
-        iter_start = time.perf_counter()
-        for i, layer in enumerate(layers):
-            start = time.perf_counter()
-            layer.forward(net._bottom_vec(i), net._top_vec(i))
-            forward_per_layer[i] += time.perf_counter() - start
-        forward_total += time.perf_counter() - iter_start
-        if not args.forward_only:
-            backward_start = time.perf_counter()
-            for i in range(len(layers) - 1, -1, -1):
-                start = time.perf_counter()
-                layers[i].backward(net._top_vec(i), net._bottom_need_backward[i], net._bottom_vec(i))
-                backward_per_layer[i] += time.perf_counter() - start
-            backward_total += time.perf_counter() - backward_start
-        kind = "forward" if args.forward_only else "forward-backward"
-        log.info("Iteration: %d %s time: %d ms.", j + 1, kind, int((time.perf_counter() - iter_start) * 1e3))
-    n = max(args.iterations, 1)
-    log.info("Average time per layer: ")
-    for i, layer in enumerate(layers):
-        log.info("%10s\tforward: %s ms.", layer.name, _fmt(forward_per_layer[i] * 1e3 / n))
-        if not args.forward_only:
-            log.info("%10s\tbackward: %s ms.", layer.name, _fmt(backward_per_layer[i] * 1e3 / n))
-    total_ms = int((time.perf_counter() - total_start) * 1e3)
-    log.info("Average Forward pass: %s ms.", _fmt(forward_total * 1e3 / n))
-    if not args.forward_only:
-        log.info("Average Backward pass: %s ms.", _fmt(backward_total * 1e3 / n))
-        log.info("Average Forward-Backward: %s ms.", _fmt(total_ms / n))
-    log.info("Total Time: %s ms.", _fmt(total_ms))
-    log.info("*** Benchmark ends ***")
-    return 0
+    """``time``: Caffe's benchmark lines plus the per-layer sparse report (:mod:`pyskim.tools.time_net`)."""
+    return time_tool.run(args)
 
 
 def device_query(args):

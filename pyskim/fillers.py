@@ -15,7 +15,13 @@ def fill(blob, filler_param, owner=""):
     fn = _FILLERS.get(kind)
     if fn is None:
         raise NetError(f"layer '{owner}': unknown filler type '{kind}' (known: {', '.join(sorted(_FILLERS))})")
-    values = fn(blob, filler_param)
+    if blob.count == 0:
+        return
+    try:
+        values = fn(blob, filler_param)
+    except (ValueError, OverflowError, ZeroDivisionError) as e:     # e.g. std < 0, infinite bounds
+        raise NetError(f"layer '{owner}': cannot fill blob of shape {list(blob.shape)} with the "
+                       f"'{kind}' filler: {e}") from None
     blob.data[...] = np.asarray(values, dtype=np.float32).reshape(blob.shape)
 
 

@@ -11,6 +11,7 @@ Geometry arguments (``kernel``, ``pad``, ``stride``, ``dilation``) take an int o
 (a length-D sequence for the ``_nd`` functions).
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from ._kernels import im2col as _im2col
 from ._kernels import lrn as _lrn
 from ._kernels import pooling as _pool
+from .blob import check_allocation
 from .errors import KernelArgumentError
 
 __all__ = [
@@ -104,12 +106,13 @@ def _input(fn, name, x, ndim):
     if a.dtype.kind not in "fiu":
         raise KernelArgumentError(f"{fn}: {name} must be a real numeric array (float32 preferred), "
                                   f"got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
     if ndim is not None and a.ndim != ndim:
         raise KernelArgumentError(f"{fn}: {name} must be {ndim}-D, got shape {a.shape}")
-    if a.size > _INT_MAX:
+    if a.size > _INT_MAX:       # checked before a converted copy is made
         raise KernelArgumentError(f"{fn}: {name} has too many elements ({a.size})")
-    return a
+    if not (a.dtype == np.float32 and a.flags.c_contiguous):
+        check_allocation(a.shape, f"{fn}: float32 copy of {name}", error=KernelArgumentError)
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _output(fn, name, out, shape, inputs, dtype=np.float32):
@@ -121,6 +124,7 @@ def _output(fn, name, out, shape, inputs, dtype=np.float32):
     if size > _INT_MAX:
         raise KernelArgumentError(f"{fn}: {name} would have too many elements ({size})")
     if out is None:
+        check_allocation(shape, f"{fn}: {name}", itemsize=np.dtype(dtype).itemsize, error=KernelArgumentError)
         return np.empty(shape, dtype=dtype)
     if not isinstance(out, np.ndarray):
         raise KernelArgumentError(f"{fn}: {name} must be a numpy array, got {type(out).__name__}")
@@ -145,12 +149,20 @@ def _check_span(fn, sizes, kernel, pad, stride, dilation):
 
 def conv_output_size(in_size, kernel, pad, stride, dilation):
     """Caffe's convolution output extent: ``(in + 2*pad - (dil*(k-1)+1)) // stride + 1``."""
+    fn = "conv_output_size"
+    (in_size,), (kernel,), (pad,) = _ints(fn, "in_size", in_size, 1, 0), _ints(fn, "kernel", kernel, 1, 1), \
+        _ints(fn, "pad", pad, 1, 0)
+    (stride,), (dilation,) = _ints(fn, "stride", stride, 1, 1), _ints(fn, "dilation", dilation, 1, 1)
     return (in_size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
 
 
 def pooled_output_size(in_size, kernel, stride, pad):
     """Caffe's pooled extent: ``ceil((in + 2*pad - k) / stride) + 1``, then, when padded, one less
     if the last window would start in the padding (``PoolingLayer::Reshape``)."""
+    fn = "pooled_output_size"
+    (in_size,), (kernel,), (pad,) = _ints(fn, "in_size", in_size, 1, 0), _ints(fn, "kernel", kernel, 1, 1), \
+        _ints(fn, "pad", pad, 1, 0)
+    (stride,) = _ints(fn, "stride", stride, 1, 1)
     out = -(-(in_size + 2 * pad - kernel) // stride) + 1
     if pad and (out - 1) * stride >= in_size + pad:
         out -= 1
@@ -228,10 +240,21 @@ def im2col_nd(img, kernel, pad=0, stride=1, dilation=1):
         raise KernelArgumentError(f"{fn}: img must be (C, S1, ..., SD) with D >= 1, got {img.shape}")
     kernel, pad, stride, dilation, out_sz = _conv_geometry(
         fn, img.shape[1:], kernel, pad, stride, dilation)
+    rows = img.shape[0] * math.prod(kernel)
+    _check_nd_buffers(fn, img.shape, pad, (rows, math.prod(out_sz)))
     padded = np.pad(img, [(0, 0)] + [(p, p) for p in pad]) if any(pad) else img
     win = _strided_windows(padded, kernel, stride, dilation, out_sz)
-    rows = img.shape[0] * int(np.prod(kernel))
-    return np.ascontiguousarray(win).reshape(rows, int(np.prod(out_sz)))
+    return np.ascontiguousarray(win).reshape(rows, math.prod(out_sz))
+
+
+def _check_nd_buffers(fn, img_shape, pad, col_shape):
+    """The N-d functions allocate the padded image and the column matrix with NumPy: refuse sizes
+    over the blob limit (or 32-bit indexing) before allocating."""
+    padded = (img_shape[0],) + tuple(s + 2 * p for s, p in zip(img_shape[1:], pad))
+    for what, shape in (("padded image", padded), ("column matrix", col_shape)):
+        if math.prod(shape) > _INT_MAX:
+            raise KernelArgumentError(f"{fn}: {what} would have too many elements {list(shape)}")
+        check_allocation(shape, f"{fn}: {what}", error=KernelArgumentError)
 
 
 def col2im_nd(col, img_shape, kernel, pad=0, stride=1, dilation=1):
@@ -248,11 +271,12 @@ def col2im_nd(col, img_shape, kernel, pad=0, stride=1, dilation=1):
     img_shape = _ints(fn, "img_shape", img_shape, n_dims, 1)
     kernel, pad, stride, dilation, out_sz = _conv_geometry(
         fn, img_shape[1:], kernel, pad, stride, dilation)
-    n_taps = int(np.prod(kernel))
-    expect = (img_shape[0] * n_taps, int(np.prod(out_sz)))
+    n_taps = math.prod(kernel)
+    expect = (img_shape[0] * n_taps, math.prod(out_sz))
     if col.shape != expect:
         raise KernelArgumentError(f"{fn}: col must have shape {expect} for image {img_shape}, "
                                   f"got {col.shape}")
+    _check_nd_buffers(fn, img_shape, pad, expect)
     c = img_shape[0]
     padded = np.zeros((c,) + tuple(s + 2 * p for s, p in zip(img_shape[1:], pad)), np.float32)
     taps = col.reshape((c, n_taps) + tuple(out_sz))

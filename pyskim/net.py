@@ -96,6 +96,8 @@ class Net:
         self._decide_backward(param.force_backward)
         self._outputs = [name_to_blob[name] for name in available]
         self._share_weights()
+        from .layers.sparse_modes import fuse_relus
+        self.fused_relus = fuse_relus(self)   # sparse conv/IP kernels apply the next in-place ReLU
 
     def _append_top(self, lp, j, name_to_blob, available):
         blob_name = lp.top[j] if j < len(lp.top) else "(automatic)"

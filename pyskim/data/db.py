@@ -91,7 +91,8 @@ class LMDBReader:
     def __init__(self, source):
         self.source = os.fspath(source)
         self.env = open_env(self.source)
-        weakref.finalize(self, release_env, self.source)
+        # Released by absolute path: the working directory may change before the reader is collected.
+        weakref.finalize(self, release_env, os.path.realpath(self.source))
         log.info("Opened lmdb %s", self.source)
         self._txn = None
         self._cursor = None
@@ -132,6 +133,7 @@ class LMDBReader:
 
 def iterate(source):
     """Yield every ``(key, Datum)`` of an LMDB once, in key order (``compute_image_mean``)."""
+    env_key = os.path.realpath(os.fspath(source))   # released by absolute path (the cwd may change)
     env = open_env(source)
     log.info("Opened lmdb %s", os.fspath(source))
     try:
@@ -141,7 +143,7 @@ def iterate(source):
     except lmdb.Error as e:
         raise DataError(f"LMDB '{os.fspath(source)}' is corrupt: {e}") from None
     finally:
-        release_env(source)
+        release_env(env_key)
 
 
 class LMDBWriter:

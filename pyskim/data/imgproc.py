@@ -18,6 +18,7 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..blob import check_allocation
 from ..errors import DataError
 
 # OpenCV's INTER_LINEAR for 8-bit images: 11-bit fixed-point weights (INTER_RESIZE_COEF_BITS).
@@ -26,15 +27,20 @@ _COEF_SCALE = 2048
 
 def _open(source, where):
     try:
-        return Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+        image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{where}: could not decode image ({e})") from None
+    # Refuse an image whose declared size is over the blob limit before decoding it (as float32, the
+    # form it takes in a batch), rather than letting a forged header exhaust memory.
+    width, height = image.size
+    check_allocation((height, width, len(image.getbands())), f"{where}: image", error=DataError)
+    return image
 
 
 def _load(image, where):
     try:
         image.load()
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{where}: could not decode image ({e})") from None
     return image
 

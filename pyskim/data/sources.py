@@ -2,6 +2,7 @@
 prefetch thread and must not reference its layer)."""
 import numpy as np
 
+from ..blob import check_allocation
 from ..errors import DataError
 from .db import LMDBReader
 
@@ -28,19 +29,47 @@ class DatumBatches:
         return (self.batch_size,) + shape[1:]
 
     def load_batch(self):
-        data = labels = None
+        records = [self.reader.next() for _ in range(self.batch_size)]
+        labels = None
         if self.output_labels:
-            labels = np.empty(self.batch_size, dtype=np.float32)
-        for item in range(self.batch_size):
-            key, datum = self.reader.next()
+            labels = np.fromiter((datum.label for _, datum in records), np.float32, self.batch_size)
+        if self.transformer.elementwise:
+            data = self._plain_batch(records)
+            if data is not None:
+                return data, labels
+        data = None
+        for item, (key, datum) in enumerate(records):
             where = self._where(key)
             chw = self.transformer.datum_to_chw(datum, where)
             if data is None:
-                data = np.empty((self.batch_size,) + self.transformer.infer_shape(chw, where)[1:], np.float32)
+                data = _batch_array(self.batch_size, self.transformer.infer_shape(chw, where), where)
             self.transformer.transform(chw, data[item], where)
-            if labels is not None:
-                labels[item] = datum.label
         return data, labels
+
+    def _plain_batch(self, records):
+        """The whole batch in one vectorised transform when every record is a raw uint8 Datum of the
+        first one's shape (the common case: convert_mnist, convert_imageset without -encoded); else
+        None, and the records go through the per-item path (which also reports bad records)."""
+        first = records[0][1]
+        c, h, w = first.channels, first.height, first.width
+        count = c * h * w
+        if min(c, h, w) <= 0:
+            return None
+        for _, datum in records:
+            if (datum.encoded or len(datum.data) != count or datum.channels != c or datum.height != h
+                    or datum.width != w):
+                return None
+        pixels = np.frombuffer(b"".join([datum.data for _, datum in records]), np.uint8)
+        data = _batch_array(self.batch_size, (1, c, h, w), self._where(records[0][0]))
+        self.transformer.transform_batch(pixels.reshape(data.shape), data)
+        return data
+
+
+def _batch_array(batch_size, item_shape, where):
+    """The float32 batch array, refused (DataError) before allocating when over the blob limit."""
+    shape = (batch_size,) + tuple(item_shape[1:])
+    check_allocation(shape, f"{where}: data batch", error=DataError)
+    return np.empty(shape, np.float32)
 
 
 def check_batch_size(batch_size, owner, field):
@@ -55,7 +84,7 @@ def read_image_list(path, context):
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-    except OSError as e:
+    except (OSError, ValueError) as e:       # ValueError: a NUL byte in the path
         raise DataError(f"{context}: cannot open image list '{path}': {e}") from None
     lines = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -121,7 +150,7 @@ class ImageListBatches:
         for item in range(self.batch_size):
             chw, where = self.read(self.position)
             if data is None:
-                data = np.empty((self.batch_size,) + self.transformer.infer_shape(chw, where)[1:], np.float32)
+                data = _batch_array(self.batch_size, self.transformer.infer_shape(chw, where), where)
             self.transformer.transform(chw, data[item], where)
             labels[item] = self.lines[self.position][1]
             self.position += 1
@@ -148,7 +177,7 @@ class HDF5Rows:
         try:
             with open(source, encoding="utf-8") as f:
                 self.files = f.read().split()
-        except OSError as e:
+        except (OSError, ValueError) as e:   # ValueError: a NUL byte in the path
             raise DataError(f"layer '{owner}': failed to open source file '{source}': {e}") from None
         if not self.files:
             raise DataError(f"layer '{owner}': must have at least 1 HDF5 filename listed in '{source}'")
@@ -161,13 +190,17 @@ class HDF5Rows:
     def _load(self, path):
         import h5py
         arrays = []
+        from ..io.hdf5 import read_float_dataset
+        where = f"layer '{self.owner}': HDF5 file"
         try:
             with h5py.File(path, "r") as f:
                 for name in self.tops:
-                    if name not in f:
+                    if not name or name not in f:
                         raise DataError(f"layer '{self.owner}': HDF5 file '{path}' has no dataset '{name}'")
-                    arrays.append(np.asarray(f[name], dtype=np.float32))
-        except OSError as e:
+                    arrays.append(read_float_dataset(f[name], f"{where} '{path}'", name, error=DataError))
+        except DataError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
             raise DataError(f"layer '{self.owner}': failed opening HDF5 file '{path}': {e}") from None
         for name, array in zip(self.tops, arrays):
             if array.ndim < 1 or array.shape[0] != arrays[0].shape[0]:

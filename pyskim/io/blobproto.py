@@ -1,4 +1,6 @@
 """BlobProto and Datum <-> numpy conversions, with pycaffe's ``caffe.io`` names and semantics."""
+import math
+
 import numpy as np
 
 from ..errors import BlobProtoError
@@ -32,7 +34,7 @@ def blobproto_to_array(blob, return_diff=False):
         name = "diff" if len(blob.diff) else "double_diff"
     else:
         name = "data" if len(blob.data) else "double_data"
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     length = len(getattr(blob, name))
     if any(d < 0 for d in shape) or length != count:
         raise BlobProtoError(f"blob of shape {list(shape)} holds {length} values, expected {count}")
@@ -90,12 +92,14 @@ def array_to_datum(arr, label=None):
 def datum_to_array(datum):
     """A (non-encoded) Datum to a C x H x W array: uint8 from ``data``, float from ``float_data``."""
     shape = (datum.channels, datum.height, datum.width)
+    if min(shape) < 0:
+        raise BlobProtoError(f"Datum has a negative dimension: {shape}")
     if len(datum.data):
         raw = np.frombuffer(datum.data, dtype=np.uint8)
-        if raw.size != int(np.prod(shape)):
+        if raw.size != math.prod(shape):
             raise BlobProtoError(f"Datum holds {raw.size} bytes, expected {shape}")
         return raw.reshape(shape)
     values = np.array(datum.float_data).astype(float)
-    if values.size != int(np.prod(shape)):
+    if values.size != math.prod(shape):
         raise BlobProtoError(f"Datum holds {values.size} floats, expected {shape}")
     return values.reshape(shape)

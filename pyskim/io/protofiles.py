@@ -18,8 +18,8 @@ def _read_bytes(path):
     try:
         with open(path, "rb") as f:
             return f.read()
-    except OSError as e:
-        raise ModelFileError(f"Could not open file {path}: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:      # ValueError: a NUL byte in the path
+        raise ModelFileError(f"Could not open file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def parse_text(text, message, source="<string>"):
@@ -61,7 +61,7 @@ def is_hdf5(path):
     try:
         with open(path, "rb") as f:
             return f.read(8) == HDF5_SIGNATURE
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 

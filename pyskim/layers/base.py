@@ -94,6 +94,12 @@ class Layer:
     def forward(self, bottom, top):
         """Reshape, compute, and return the weighted loss of the tops (``Layer::Forward``)."""
         self.reshape(bottom, top)
+        if top and all(blob.count == 0 for blob in top):
+            return 0.0          # nothing to compute (Caffe's loops run over zero items)
+        if any(self.loss_weights) and any(blob.count == 0 for blob in bottom):
+            for blob in top:    # a loss over an empty batch: zero, as Caffe's sums over no items
+                blob.data[...] = 0
+            return 0.0
         self.forward_cpu(bottom, top)
         loss = 0.0
         for top_blob, weight in zip(top, self.loss_weights):
@@ -102,6 +108,8 @@ class Layer:
         return loss
 
     def backward(self, top, propagate_down, bottom):
+        if bottom and all(blob.count == 0 for blob in bottom):
+            return              # no bottom diff to write and no item to add to the param diffs
         self.backward_cpu(top, propagate_down, bottom)
 
     def loss(self, top_index):

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import NetError
 from ..proto import caffe_pb2
+from . import sparse_modes
 from .base import Layer, register
 
 _ELTWISE = caffe_pb2.EltwiseParameter
@@ -98,7 +99,9 @@ class InnerProductLayer(Layer):
         self.weights_changed()
 
     def weights_changed(self):
-        """Hook called when ``blobs[0]`` got new values; the dense product needs no preparation."""
+        """Hook called when ``blobs[0]`` got new values; the gemm_mode engine (:mod:`.sparse_modes`)
+        repacks its sparse weights, the dense product needs no preparation."""
+        sparse_modes.ip_weights_changed(self)
 
     def reshape(self, bottom, top):
         axis = _axis(self, bottom[0], self.param.inner_product_param.axis, "inner_product_param.axis")
@@ -114,6 +117,8 @@ class InnerProductLayer(Layer):
         return x @ (weight if self.transpose else weight.T)
 
     def forward_cpu(self, bottom, top):
+        if sparse_modes.ip_forward(self, bottom, top):   # gemm_mode SPMDM / AUTO
+            return
         out = top[0].data.reshape(self.M, self.num_output)
         out[...] = self._forward_product(bottom[0].data.reshape(self.M, self.K))
         if self.bias_term:

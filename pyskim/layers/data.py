@@ -110,6 +110,8 @@ class PrefetchingDataLayer(Layer):
     prefetcher = None
 
     def start_prefetch(self, count):
+        if count < 1:       # Caffe would wait forever for a batch that no slot can hold
+            raise NetError(f"layer '{self.name}': data_param.prefetch must be at least 1, got {count}")
         self.prefetcher = Prefetcher(self.loader.load_batch, int(count), self.name)
 
     def reshape(self, bottom, top):

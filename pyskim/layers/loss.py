@@ -283,6 +283,12 @@ class ContrastiveLossLayer(LossLayer):
         self._margin = np.float32(param.margin)
         self._legacy = param.legacy_version
 
+    def reshape(self, bottom, top):
+        super().reshape(bottom, top)
+        if bottom[2].count != bottom[0].num:
+            raise NetError(f"layer '{self.name}': bottom 2 must hold one similarity label per pair "
+                           f"({list(bottom[2].shape)} for {bottom[0].num} pairs)")
+
     def forward_cpu(self, bottom, top):
         num, channels = bottom[0].num, bottom[0].channels
         self._diff = (bottom[0].data - bottom[1].data).reshape(num, channels)

@@ -28,6 +28,8 @@ class BatchNormLayer(Layer):
         self.moving_average_fraction = F32(p.moving_average_fraction)
         self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") \
             else self.phase == caffe_pb2.TEST
+        if bottom[0].num_axes == 0:
+            raise NetError(f"layer '{self.name}': BatchNorm needs a bottom with at least one axis")
         self.channels = 1 if bottom[0].num_axes == 1 else bottom[0].shape[1]
         self.eps = F32(p.eps)
         c = self.channels

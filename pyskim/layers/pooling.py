@@ -3,6 +3,7 @@ pooling and LRN kernels of :mod:`pyskim.kernels`. Imported (and so registered) b
 import numpy as np
 
 from .. import kernels
+from .._kernels import pooling as _pool
 from ..blob import Blob
 from ..errors import NetError
 from ..proto import caffe_pb2
@@ -107,8 +108,14 @@ class PoolingLayer(Layer):
         if len(top) > 1:
             _, mask = kernels.max_pool_forward(*args, out=top[0].data)
             top[1].data[...] = mask
+        elif top[0].shares_data_with(bottom[0]):
+            kernels.max_pool_forward(*args, out=top[0].data, mask_out=self._mask)   # refuses in-place
         else:
-            kernels.max_pool_forward(*args, out=top[0].data, mask_out=self._mask)
+            # The layer's own shapes: the compiled kernel directly (it re-checks N, C and the mask's
+            # shape and clips every window to the image), without the wrapper's argument checks.
+            x = bottom[0].data
+            _pool.max_forward(x, *self._kernel, *self._pad, *self._stride, top[0].data, self._mask,
+                              kernels._threads_for(x.size))
 
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -118,6 +125,10 @@ class PoolingLayer(Layer):
         if self._method == _POOL.AVE:
             kernels.ave_pool_backward(top[0].diff, self._kernel, self._stride, self._pad, in_hw,
                                       out=bottom[0].diff)
+            return
+        if len(top) == 1 and not top[0].shares_data_with(bottom[0]):
+            diff = bottom[0].diff
+            _pool.max_backward(top[0].diff, self._mask, diff, kernels._threads_for(diff.size))
             return
         mask = top[1].data.astype(np.int32) if len(top) > 1 else self._mask
         kernels.max_pool_backward(top[0].diff, mask, in_hw, out=bottom[0].diff)

@@ -9,17 +9,37 @@ GEMM. Several images are lowered at once (bounded by :data:`COL_BUFFER_BYTES`) s
 call runs the GEMMs of a whole chunk; every image's product is the same GEMM Caffe runs. The column
 buffers are per-thread scratch arrays shared by all convolution layers (where Caffe keeps one
 ``col_buffer_`` per layer), so no pages are faulted in again on every call.
+
+Convolution's 2-D (and 1x1) dense path goes further (``pyskim._kernels.batch_kernels``): the columns
+of a chunk of images (bounded by :data:`BATCH_COL_BUFFER_BYTES`) sit side by side in one
+(group * K) x (n * P) matrix, so forward, the weight gradient and the bottom gradient are each one
+GEMM per group for the whole chunk instead of one per image. Every output is the same dot product
+over K as Caffe's (the weight gradient sums over all positions of the chunk at once, where Caffe
+accumulates image by image). In a TRAIN net, forward keeps its columns for backward when the whole
+batch is one chunk; backward reuses them only if the bottom is still bit for bit the one forward
+lowered.
 """
 import threading
 
 import numpy as np
 
 from .. import kernels
+from ..blob import check_allocation
 from ..errors import NetError
+from ..proto import caffe_pb2
+from . import sparse_modes
 from .base import Layer, register
+
+try:
+    from .._kernels import batch_kernels as _conv_batch
+except ImportError:  # built before the batched kernels existed: per-image lowering only
+    _conv_batch = None
 
 #: Upper bound on the column buffer of one chunk of images (the chunk holds at least one image).
 COL_BUFFER_BYTES = 64 << 20
+#: Bound for the whole-chunk GEMM path (columns of all images side by side): small enough to stay in
+#: the last-level cache between im2col and the GEMM that reads it.
+BATCH_COL_BUFFER_BYTES = 8 << 20
 
 _scratch = threading.local()
 
@@ -168,8 +188,9 @@ class BaseConvolutionLayer(Layer):
         self.weights_changed()
 
     def weights_changed(self):
-        """Hook called after the weights were replaced (e.g. loaded from a caffemodel); a sparse
-        engine rebuilds its weight structures here. The dense path keeps nothing."""
+        """Hook called after the weights were replaced (e.g. loaded from a caffemodel); the
+        conv_mode engine (:mod:`.sparse_modes`) repacks its sparse weights. The dense path keeps nothing."""
+        sparse_modes.conv_weights_changed(self)
 
     def reshape(self, bottom, top):
         b0 = bottom[0]
@@ -195,8 +216,11 @@ class BaseConvolutionLayer(Layer):
         else:
             self._col_image = (self._channels,) + in_spatial
             self._positions = _prod(out_spatial)
+        if not self._lowering.identity:
+            check_allocation((self._group * self._kdim, self._positions), f"layer '{self.name}': im2col buffer")
         per_image = self._group * self._kdim * self._positions * 4
         self._chunk = max(1, min(self._num, COL_BUFFER_BYTES // max(per_image, 1)))
+        self._batch_chunk = max(1, min(self._num, BATCH_COL_BUFFER_BYTES // max(per_image, 1)))
 
     def _output_spatial(self, in_spatial):
         return self._lowering.output_spatial(in_spatial)
@@ -209,8 +233,9 @@ class BaseConvolutionLayer(Layer):
     def _weights(self, array):
         return array.reshape(self._group, self._conv_out // self._group, self._kdim)
 
-    def _chunks(self):
-        return [(s, min(s + self._chunk, self._num)) for s in range(0, self._num, self._chunk)]
+    def _chunks(self, size=None):
+        size = size or self._chunk
+        return [(s, min(s + size, self._num)) for s in range(0, self._num, size)]
 
     def _lower(self, images):
         """im2col of ``images`` (n, C, P_img) on the im2col side -> columns (n, group, K, P)."""
@@ -272,27 +297,124 @@ class ConvolutionLayer(BaseConvolutionLayer):
         A sparse engine overrides this (with :meth:`_lower` for columns, or directly on the images)."""
         self._dense_product(self._lower(images), out)
 
+    def _batched(self):
+        """Whether the whole-chunk GEMM path applies: 2-D (or 1x1) lowering and the dense forward
+        product (a sparse engine overriding :meth:`_forward_gemm` keeps the per-image path)."""
+        low = self._lowering
+        return (_conv_batch is not None and (low.use_2d or low.identity)
+                and type(self)._forward_gemm is ConvolutionLayer._forward_gemm)
+
     def forward_cpu(self, bottom, top):
+        if sparse_modes.conv_forward(self, bottom, top):   # conv_mode DIRECT_SCONV / LOWERED_CCNMM / AUTO
+            return
+        batched = self._batched()
         for b, t in zip(bottom, top):
             x, y = self._images(b.data), self._images(t.data)
-            for s, e in self._chunks():
+            for s, e in self._chunks(self._batch_chunk if batched else None):
+                if batched:
+                    self._forward_batched(x[s:e], y[s:e], self._keeps_columns(s, e))
+                    continue
                 self._forward_gemm(x[s:e], self._grouped(y[s:e]))
                 self._add_bias(y[s:e])
 
     def backward_cpu(self, top, propagate_down, bottom):
         weight_grad = self.param_propagate_down[0]
+        batched = self._batched()
         for i, (t, b) in enumerate(zip(top, bottom)):
             top_diff = self._images(t.diff)
             self._accumulate_bias_diff(top_diff)
             if not (weight_grad or propagate_down[i]):
                 continue
             x, bottom_diff = self._images(b.data), self._images(b.diff)
-            for s, e in self._chunks():
+            for s, e in self._chunks(self._batch_chunk if batched else None):
+                if batched:
+                    self._backward_batched(top_diff[s:e], x[s:e], bottom_diff[s:e], weight_grad,
+                                           propagate_down[i])
+                    continue
                 td = self._grouped(top_diff[s:e])
                 if weight_grad:
                     self._accumulate_weight_diff(td, self._lower(x[s:e]))
                 if propagate_down[i]:
                     self._fold(self._transposed_product(td), bottom_diff[s:e])
+
+    # -- whole-chunk GEMMs: columns of all images side by side, (group, K, n * P) -------------------
+    # The batched im2col/col2im run on one thread: a chunk is at most BATCH_COL_BUFFER_BYTES, which
+    # one core lowers in about a millisecond, and a second OpenMP thread waiting for a busy core
+    # would stall the whole region.
+    def _keeps_columns(self, start, end):
+        """Whether forward keeps the columns of images ``start:end`` for backward: a TRAIN net's layer
+        that learns its weights and lowers the whole batch in one chunk."""
+        return (self.phase == caffe_pb2.TRAIN and self.param_propagate_down[0] and start == 0
+                and end == self._num)
+
+    def _kept_columns(self, images):
+        """The columns forward kept, if they were lowered from exactly ``images`` (bit for bit: a
+        bottom changed between forward and backward is lowered again, as Caffe always does)."""
+        kept = getattr(self, "_kept", None)
+        if kept is None or kept[0].shape != images.shape or not np.array_equal(kept[0], images):
+            return None
+        return kept[1].reshape(self._group, self._kdim, -1)
+
+    def _lower_batch(self, images, keep=False):
+        """im2col of ``images`` (n, C, P_in) into columns (group, K, n * P), image-major columns;
+        ``keep``: into this layer's own buffer, remembered (with a copy of ``images``) for backward."""
+        n, p = images.shape[0], self._positions
+        if keep:
+            kept = getattr(self, "_kept", None)
+            if kept is None or kept[0].shape != images.shape:
+                kept = self._kept = (np.empty_like(images), np.empty((self._group * self._kdim, n * p), np.float32))
+            np.copyto(kept[0], images)
+            cols = kept[1]
+        else:
+            cols = _workspace("batch_cols", (self._group * self._kdim, n * p))
+        if self._lowering.identity:
+            cols.reshape(-1, n, p)[...] = images.transpose(1, 0, 2)
+        else:
+            low = self._lowering
+            _conv_batch.im2col_batch(images.reshape((n,) + self._col_image), *low.kernel, *low.pad,
+                                     *low.stride, *low.dilation, cols, 1)
+        return cols.reshape(self._group, self._kdim, n * p)
+
+    def _fold_batch(self, cols, images):
+        """col2im of columns (group, K, n * P) into ``images`` (n, C, P_in), overwriting them."""
+        n, p = images.shape[0], self._positions
+        if self._lowering.identity:
+            images[...] = cols.reshape(-1, n, p).transpose(1, 0, 2)
+            return
+        low = self._lowering
+        flat = cols.reshape(self._group * self._kdim, n * p)
+        _conv_batch.col2im_batch(flat, *low.kernel, *low.pad, *low.stride, *low.dilation,
+                                 images.reshape((n,) + self._col_image), 1)
+
+    def _forward_batched(self, x, y, keep=False):
+        """y (n, num_output, P) = W_g . cols_g + bias: one GEMM per group for the whole chunk."""
+        n, p, g = x.shape[0], self._positions, self._group
+        mg = self._num_output // g
+        product = _workspace("batch_product", (g, mg, n * p))
+        np.matmul(self._weights(self.blobs[0].data), self._lower_batch(x, keep), out=product)
+        images = product.reshape(g, mg, n, p).transpose(2, 0, 1, 3)
+        out = y.reshape(n, g, mg, p)
+        if self._bias_term:
+            np.add(images, self.blobs[1].data.reshape(1, g, mg, 1), out=out)
+        else:
+            out[...] = images
+
+    def _backward_batched(self, top_diff, x, bottom_diff, weight_grad, propagate_down):
+        """Weight diff += td_g . cols_g^T and bottom diff = col2im(W_g^T . td_g), whole chunk at once."""
+        n, p, g = x.shape[0], self._positions, self._group
+        mg = self._num_output // g
+        td = _workspace("batch_top_diff", (g, mg, n * p))
+        td.reshape(g, mg, n, p)[...] = top_diff.reshape(n, g, mg, p).transpose(1, 2, 0, 3)
+        if weight_grad:
+            cols = self._kept_columns(x)
+            if cols is None:
+                cols = self._lower_batch(x)
+            weight_diff = self._weights(self.blobs[0].diff)
+            weight_diff += np.matmul(td, cols.transpose(0, 2, 1))
+        if propagate_down:
+            col_diff = _workspace("batch_cols", (g, self._kdim, n * p))
+            np.matmul(self._weights(self.blobs[0].data).transpose(0, 2, 1), td, out=col_diff)
+            self._fold_batch(col_diff, bottom_diff)
 
 
 @register("Deconvolution", "DECONVOLUTION")

@@ -117,7 +117,7 @@ class Solver:
             with open(probe, "w"):
                 pass
             os.remove(probe)
-        except OSError:
+        except (OSError, ValueError):       # ValueError: a NUL byte in the prefix
             raise SolverError(f"Cannot write to snapshot prefix '{p.snapshot_prefix}'.  Make sure that the "
                               "directory exists and is writeable.") from None
 

@@ -23,8 +23,9 @@ import h5py
 import numpy as np
 
 from ..common import log
-from ..errors import ModelFileError, SolverError
+from ..errors import SolverError
 from ..io.blobproto import array_to_blobproto, blobproto_to_array
+from ..io.hdf5 import read_solver_state_hdf5
 from ..io.protofiles import read_binary, write_binary
 from ..proto import caffe_pb2
 from ..sparsity import connectivity_mask, display_lines, regularization_line
@@ -311,20 +312,7 @@ class SGDSolver(Solver):
         self._set_state(state_file, state.iter, learned_net, state.current_step, history)
 
     def restore_solver_state_from_hdf5(self, state_file):
-        try:
-            f = h5py.File(state_file, "r")
-        except OSError as e:
-            raise ModelFileError(f"Could not open HDF5 solver state {state_file}: {e}") from None
-        with f:
-            try:
-                learned_net = f["learned_net"][()] if "learned_net" in f else None
-                if isinstance(learned_net, bytes):
-                    learned_net = learned_net.rstrip(b"\0").decode()
-                group = f["history"]
-                history = [np.asarray(group[str(i)], dtype=F32) for i in range(len(group))]
-                iteration, current_step = int(f["iter"][()]), int(f["current_step"][()])
-            except KeyError as e:
-                raise ModelFileError(f"{state_file}: not a solver state ({e})") from None
+        iteration, learned_net, current_step, history = read_solver_state_hdf5(state_file)
         self._set_state(state_file, iteration, learned_net, current_step, history)
 
     def _set_state(self, state_file, iteration, learned_net, current_step, history):

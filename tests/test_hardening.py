@@ -1,0 +1,199 @@
+"""Regression tests for the bad inputs the fuzzer (``test_fuzz.py``) found raising raw exceptions;
+each must now raise a documented :class:`pyskim.errors.PyskimError` (or work, as Caffe does)."""
+import io
+
+import h5py
+import numpy as np
+import pytest
+
+import pyskim
+from pyskim.errors import BlobProtoError, DataError, ModelFileError, NetError, PyskimError
+from pyskim.proto import caffe_pb2
+
+
+def _net(tmp_path, text, phase=pyskim.TEST, name="net.prototxt"):
+    path = tmp_path / name
+    path.write_text(text)
+    return pyskim.Net(str(path), phase)
+
+
+def _input(shape, name="data"):
+    dims = " ".join(f"dim: {d}" for d in shape)
+    return f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {dims} }} }} }}\n'
+
+
+def test_prefetch_zero_is_refused(tmp_path, shared_dir):
+    db = shared_dir / "conformance/solvers/sgd_fixed/data_lmdb"
+    if not db.is_dir():
+        pytest.skip("conformance LMDB not available")
+    with pytest.raises(NetError, match="layer 'd': data_param.prefetch must be at least 1"):
+        _net(tmp_path, f'layer {{ name: "d" type: "Data" top: "d" data_param {{ source: "{db}" batch_size: 2 '
+                       f'backend: LMDB prefetch: 0 }} }}')
+
+
+@pytest.mark.parametrize("filler", ['type: "gaussian" std: -1', 'type: "uniform" min: -inf max: inf'])
+def test_bad_filler_parameters(tmp_path, filler):
+    with pytest.raises(NetError, match="layer 'ip'.*filler"):
+        _net(tmp_path, _input([2, 3]) + 'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                                        f'inner_product_param {{ num_output: 4 weight_filler {{ {filler} }} }} }}')
+
+
+@pytest.mark.parametrize("filler", ['type: "xavier"', 'type: "msra"', 'type: "positive_unitball"',
+                                    'type: "gaussian" sparse: 2'])
+def test_fillers_on_empty_blobs(tmp_path, filler):
+    """An empty bottom axis gives an empty weight blob (Caffe allows it): nothing to fill, no division
+    by a zero fan-in."""
+    net = _net(tmp_path, _input([2, 0]) + 'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                                          f'inner_product_param {{ num_output: 4 weight_filler {{ {filler} }} }} }}')
+    assert net.params["ip"][0].shape == (4, 0)
+    np.testing.assert_array_equal(net.forward()["ip"], 0)
+
+
+def test_empty_blobs_flow_through_layers(tmp_path):
+    """A zero-sized batch (Input dim 0) runs forward and backward without raw numpy errors."""
+    text = ('force_backward: true\n' + _input([0, 3, 4, 5]) + _input([0, 1, 1, 1], "label") +
+            'layer { name: "prelu" type: "PReLU" bottom: "data" top: "prelu" }\n'
+            'layer { name: "am" type: "ArgMax" bottom: "prelu" top: "am" }\n'
+            'layer { name: "ip" type: "InnerProduct" bottom: "prelu" top: "ip" inner_product_param { num_output: 2 } }\n'
+            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
+    net = _net(tmp_path, text)
+    out = net.forward()
+    assert float(out["loss"]) == 0.0 and out["am"].size == 0
+    net.backward()
+
+
+def test_batchnorm_on_a_scalar_blob(tmp_path):
+    with pytest.raises(NetError, match="layer 'bn'"):
+        _net(tmp_path, _input([]) + 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }')
+
+
+def test_contrastive_loss_label_count(tmp_path):
+    text = (_input([6, 4, 1, 1], "a") + _input([6, 4, 1, 1], "b") + _input([7, 1, 1, 1], "y") +
+            'layer { name: "loss" type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "y" top: "loss" }')
+    with pytest.raises(NetError, match="layer 'loss'.*similarity label"):
+        _net(tmp_path, text)
+
+
+def test_learning_rate_overflow_is_inf(tmp_path, shared_dir):
+    case = shared_dir / "conformance/solvers/sgd_fixed"
+    if not case.is_dir():
+        pytest.skip("conformance solver data not available")
+    param = caffe_pb2.SolverParameter()
+    from google.protobuf import text_format
+    text_format.Merge((case / "solver.prototxt").read_text(), param)
+    param.net = str(case / "net.prototxt")
+    param.lr_policy, param.gamma = "exp", 1e30
+    import os
+    cwd = os.getcwd()
+    os.chdir(case)
+    try:
+        solver = pyskim.get_solver(param)
+        solver.iter = 1000
+        assert solver.get_learning_rate() == np.inf
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("path", ["a\0b.prototxt", "\0"])
+def test_nul_byte_in_paths(tmp_path, path):
+    from pyskim.io.upgrade import read_net_text
+    with pytest.raises(ModelFileError):
+        read_net_text(path)
+    with pytest.raises(ModelFileError):
+        pyskim.Net(path, pyskim.TEST)
+    net = _net(tmp_path, _input([1, 2]))
+    with pytest.raises(ModelFileError):
+        net.copy_from(path)
+    with pytest.raises(DataError):
+        _net(tmp_path, 'layer { name: "d" type: "ImageData" top: "d" top: "l" '
+                       f'image_data_param {{ source: "{path}" batch_size: 1 }} }}'.replace("\0", "\\000"))
+
+
+@pytest.mark.parametrize("shape", [(1, -2, -2), (-1, 2, -2), (-3, -1, 1)])
+def test_datum_with_negative_dimensions(shape):
+    datum = caffe_pb2.Datum(channels=shape[0], height=shape[1], width=shape[2], data=bytes(4))
+    with pytest.raises(BlobProtoError):
+        pyskim.io.datum_to_array(datum)
+    from pyskim.data.transformer import DataTransformer
+    transformer = DataTransformer(caffe_pb2.TransformationParameter(), pyskim.TEST, "d")
+    with pytest.raises(DataError, match="invalid shape"):
+        transformer.datum_to_chw(datum, "record")
+
+
+def test_blobproto_shape_overflowing_int64():
+    blob = caffe_pb2.BlobProto()
+    blob.shape.dim.extend([2**62, 4, 0, 2**62])
+    blob.data.extend([1.0])
+    with pytest.raises(BlobProtoError):
+        pyskim.io.blobproto_to_array(blob)
+
+
+# -- HDF5 caffemodels and solver states --------------------------------------------------------------
+
+LENET_LIKE = _input([1, 1, 6, 6]) + ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+                                     'convolution_param { num_output: 2 kernel_size: 3 } }')
+
+
+def _h5(tmp_path, build, name="w.caffemodel.h5"):
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        build(f)
+    path = tmp_path / name
+    path.write_bytes(buffer.getvalue())
+    return str(path)
+
+
+BAD_WEIGHTS = {
+    "scalar_layer": lambda f: f.create_dataset("data/conv", data=1.0),
+    "group_blob": lambda f: f.create_group("data/conv/0"),
+    "string_blob": lambda f: f.create_dataset("data/conv/0", data=np.array([b"x"] * 18).reshape(2, 1, 3, 3)),
+    "complex_blob": lambda f: f.create_dataset("data/conv/0", data=np.zeros((2, 1, 3, 3), np.complex64)),
+    "huge_blob": lambda f: f.create_dataset("data/conv/0", shape=(10**9, 10**9), dtype="f4"),
+    "data_is_dataset": lambda f: f.create_dataset("data", data=np.zeros(3)),
+    "too_many_blobs": lambda f: [f.create_dataset(f"data/conv/{i}", data=np.zeros(2)) for i in range(3)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_WEIGHTS))
+def test_malformed_hdf5_weights(tmp_path, case):
+    path = _h5(tmp_path, BAD_WEIGHTS[case])
+    net = _net(tmp_path, LENET_LIKE)
+    with pytest.raises(PyskimError, match="w.caffemodel.h5"):
+        net.copy_from(path)
+
+
+def _state(**overrides):
+    def build(f):
+        values = {"iter": np.int32(3), "current_step": np.int32(0), "learned_net": np.bytes_(b"")}
+        values.update(overrides)
+        for key, value in values.items():
+            if value is not None:
+                f.create_dataset(key, data=value)
+        group = f.create_group("history")
+        for i, shape in enumerate(overrides.get("_history", [(2, 1, 3, 3), (2,)])):
+            group.create_dataset(str(i), data=np.zeros(shape, np.float32))
+    return build
+
+
+BAD_STATES = {
+    "iter_string": {"iter": np.bytes_(b"x")},
+    "iter_array": {"iter": np.zeros(3)},
+    "iter_missing": {"iter": None},
+    "learned_net_number": {"learned_net": np.float32(1.5)},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STATES))
+def test_malformed_hdf5_solver_state(tmp_path, case):
+    from pyskim.io.hdf5 import read_solver_state_hdf5
+    path = _h5(tmp_path, _state(**{k: v for k, v in BAD_STATES[case].items()}), "s.solverstate.h5")
+    with pytest.raises(ModelFileError, match="s.solverstate.h5"):
+        read_solver_state_hdf5(path)
+
+
+def test_hdf5_solver_state_round_trip_fields(tmp_path):
+    from pyskim.io.hdf5 import read_solver_state_hdf5
+    path = _h5(tmp_path, _state(learned_net=np.bytes_(b"model.caffemodel")), "s.solverstate.h5")
+    iteration, learned_net, current_step, history = read_solver_state_hdf5(path)
+    assert (iteration, learned_net, current_step) == (3, "model.caffemodel", 0)
+    assert [h.shape for h in history] == [(2, 1, 3, 3), (2,)]

@@ -1,0 +1,377 @@
+"""The sparse kernels (pyskim.sparse) against dense NumPy references, and their argument checking."""
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pyskim.kernels as K
+from pyskim._kernels import sparse_conv as _sc
+from pyskim.sparse import (
+    ConvCSR,
+    FcCSR,
+    conv_out_hw,
+    conv_out_size,
+    pack_conv_weights,
+    pack_fc_weights,
+    sparse_conv_forward,
+    sparse_fc_forward,
+)
+from pyskim.sparse import reference as R
+
+RNG = np.random.default_rng(2024)
+DENSITIES = [1.0, 0.5, 0.1, 0.01, 0.0]
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def pruned(shape, density, rng=RNG):
+    w = rng.standard_normal(shape).astype(np.float32)
+    return w * (rng.random(shape) < density)
+
+
+def assert_close(y, ref):
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    scale = max(1.0, float(np.abs(ref).max()))
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * scale)
+
+
+def run_conv(n, c, hw, oc, kernel, stride, pad, dil, groups, density, relu=False, bias=True, rng=RNG,
+             blocking=None):
+    kh, kw = (kernel, kernel) if np.isscalar(kernel) else kernel
+    x = rng.standard_normal((n, c) + hw).astype(np.float32)
+    w = pruned((oc, c // groups, kh, kw), density, rng)
+    b = rng.standard_normal(oc).astype(np.float32) if bias else None
+    csr = pack_conv_weights(w, groups, hw, pad, dil)
+    ohw = conv_out_hw(hw, (kh, kw), pad, stride, dil)
+    y = sparse_conv_forward(x, csr, b, stride, pad, dil, ohw, relu=relu, blocking=blocking)
+    ref = R.conv_forward_dense_ref(x, w, b, stride, pad, dil, groups, relu=relu)
+    return x, w, b, csr, y, ref
+
+
+# (N, C, (H, W), OC, kernel, stride, pad, dilation, groups)
+GEOMETRIES = [
+    (2, 8, (7, 7), 16, 1, 1, 0, 1, 1),                  # 1x1
+    (1, 16, (13, 13), 24, 3, 1, 1, 1, 1),               # 3x3, AlexNet conv3-like
+    (3, 12, (15, 15), 20, 5, 1, 2, 1, 2),               # 5x5, pad 2, groups 2, batch 3
+    (1, 3, (39, 39), 8, 11, 4, 0, 1, 1),                # 11x11 stride 4 (conv1-like)
+    (2, 6, (9, 11), 8, (1, 3), 1, (0, 1), 1, 1),        # rectangular 1x3
+    (1, 5, (10, 7), 6, (3, 1), 1, (1, 0), 1, 1),        # rectangular 3x1
+    (1, 8, (16, 17), 12, 3, 2, 1, 1, 1),                # stride 2
+    (2, 4, (19, 14), 6, 4, 3, 2, 1, 2),                 # stride 3, even kernel
+    (1, 6, (15, 13), 8, 3, 1, 2, 2, 1),                 # dilation 2
+    (2, 8, (11, 11), 8, 3, 1, 1, 1, 8),                 # depthwise
+    (1, 6, (9, 9), 12, 3, 2, 1, 1, 6),                  # depthwise, multiplier 2, stride 2
+    (1, 3, (61, 47), 4, 3, 1, 1, 1, 1),                 # many register tiles, odd sizes
+    (3, 4, (17, 23), 6, (2, 5), (2, 3), (1, 2), (2, 1), 2),  # everything asymmetric
+    (1, 4, (5, 6), 3, (5, 6), 1, 0, 1, 1),              # kernel = whole image -> 1x1 output
+    (2, 2, (3, 4), 3, 4, 1, 2, 1, 1),                   # kernel larger than the image
+    (1, 3, (1, 1), 5, 1, 1, 0, 1, 1),                   # 1x1 image
+    (1, 24, (27, 27), 32, 5, 1, 2, 1, 2),               # conv2-like
+]
+
+
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("geom", GEOMETRIES)
+def test_sparse_conv_matches_dense(geom, density):
+    *_, csr, y, ref = run_conv(*geom, density)
+    assert_close(y, ref)
+    if density == 0.0:      # all-zero layer: bias only
+        assert csr.nnz == 0
+        np.testing.assert_array_equal(y, np.broadcast_to(ref, y.shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES[:4] + GEOMETRIES[7:9])
+def test_fused_relu_and_no_bias(geom):
+    *_, y, ref = run_conv(*geom, 0.3, relu=True)
+    assert_close(y, ref)
+    assert (y >= 0).all()
+    *_, y, ref = run_conv(*geom, 0.3, bias=False)
+    assert_close(y, ref)
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES[:2] + GEOMETRIES[6:9] + GEOMETRIES[12:13])
+def test_reference_of_the_packed_format(geom):
+    x, w, b, csr, _y, ref = run_conv(*geom, 0.4)
+    stride = geom[5]
+    np.testing.assert_allclose(R.sparse_conv_forward_ref(x, csr, b, stride), ref, rtol=1e-10, atol=1e-9)
+    np.testing.assert_array_equal(R.unpack_conv_weights(csr), w)
+
+
+def test_pack_conv_weights_format():
+    w = np.zeros((4, 3, 3, 2), np.float32)
+    w[0, 1, 2, 1] = 1.5
+    w[0, 0, 0, 0] = -2.0
+    w[3, 2, 1, 0] = 0.25
+    w[2, 0, 0, 1] = -0.0                         # negative zero is dropped
+    csr = pack_conv_weights(w, 2, (5, 6), (1, 2), (2, 3))
+    hp, wp = 5 + 2, 6 + 4
+    assert csr.padded_hw == (hp, wp) and csr.nnz == 3
+    assert csr.density == pytest.approx(3 / w.size)
+    np.testing.assert_array_equal(csr.rowptr, [0, 2, 2, 2, 3])
+    np.testing.assert_array_equal(csr.colidx, [0, (1 * hp + 2 * 2) * wp + 1 * 3, (2 * hp + 1 * 2) * wp])
+    np.testing.assert_array_equal(csr.values, [-2.0, 1.5, 0.25])
+    assert csr.rowptr.dtype == np.int32 and csr.colidx.dtype == np.int32 and csr.values.dtype == np.float32
+    with pytest.raises(ValueError):
+        csr.values[0] = 1.0                       # read-only
+    rp, col, val = csr.group(1)
+    np.testing.assert_array_equal(rp, [0, 0, 1])
+    np.testing.assert_array_equal(col, [(2 * hp + 1 * 2) * wp])
+    np.testing.assert_array_equal(val, [0.25])
+    assert "nnz=3" in repr(csr)
+    assert isinstance(csr, ConvCSR)
+
+
+def test_geometry_helpers():
+    assert conv_out_size(227, 11, 0, 4, 1) == 55
+    assert conv_out_size(13, 3, 1, 1, 1) == 13
+    assert conv_out_hw((27, 27), 5, 2) == (27, 27)
+    assert conv_out_hw((10, 9), (3, 2), (1, 0), (2, 3), (2, 1)) == (4, 3)
+    with pytest.raises(ValueError):
+        conv_out_hw((3, 3), 5)
+    for bad in [((0, 3), 1), ((3, 3), 0), ((3, 3), (1, 2, 3)), ((3, 3), True), ((3, 3), 1.5)]:
+        with pytest.raises(ValueError):
+            conv_out_hw(*bad)
+
+
+@pytest.mark.parametrize("blocking", [
+    {"tile": 1, "icb": 1, "ocb": 1, "itile": 1, "iicb": 1, "iocb": 1},
+    {"tile": 2, "icb": 3, "ocb": 5, "itile": 3, "iicb": 2, "iocb": 4, "interleave_min": 1},
+    {"tile": None, "icb": 1, "interleave_min": 17},
+    {"tile": 1000, "icb": 1000, "ocb": 1000, "itile": 1000, "iicb": 1000, "iocb": 1000},
+])
+def test_blocking_does_not_change_results(blocking):
+    x = rand(19, 10, 14, 13)
+    w = pruned((12, 5, 3, 3), 0.3)
+    b = rand(12)
+    csr = pack_conv_weights(w, 2, (14, 13), 1, 1)
+    for stride in (1, 2):
+        ohw = conv_out_hw((14, 13), 3, 1, stride, 1)
+        ref = R.conv_forward_dense_ref(x, w, b, stride, 1, 1, 2, relu=True)
+        for n in (1, 3, 16, 19):
+            y = sparse_conv_forward(x[:n], csr, b, stride, 1, 1, ohw, relu=True, blocking=blocking)
+            assert_close(y, ref[:n])
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES)
+def test_batch_interleaved_variant(geom):
+    """Batches of 16 and more run 16 images per vector; a remainder of >= 12 too, else one by one."""
+    _, *rest = geom
+    for batch, density in ((16, 0.3), (27, 1.0), (30, 0.6)):
+        # the interleaved variant is the default from density 0.5 on (in the aligned variant's place)
+        blocking = None if density == 1.0 else {"interleave_min": 12}
+        *_, csr, y, ref = run_conv(batch, *rest, density, relu=batch == 27, blocking=blocking)
+        assert_close(y, ref)
+        plan = next(iter(csr._plans.values()))
+        assert plan.split(batch) == ((16, batch - 16) if batch == 27 else (batch, 0))
+
+
+def test_threads_buffers_and_out():
+    x = rand(3, 16, 12, 12)
+    w = pruned((32, 16, 3, 3), 0.2)
+    b = rand(32)
+    csr = pack_conv_weights(w, 1, (12, 12), 1, 1)
+    before = K.get_num_threads()
+    try:
+        K.set_num_threads(1)
+        y1 = sparse_conv_forward(x, csr, b, 1, 1, 1, (12, 12))
+        K.set_num_threads(2)
+        y2 = sparse_conv_forward(x, csr, b, 1, 1, 1, (12, 12))
+    finally:
+        K.set_num_threads(before)
+    np.testing.assert_array_equal(y1, y2)           # each output is summed by one thread
+    out = np.full_like(y1, np.nan)
+    assert sparse_conv_forward(x, csr, b, 1, 1, 1, (12, 12), out=out) is out
+    np.testing.assert_array_equal(out, y1)
+    # the cached input buffer follows the batch size; a float64 input is converted
+    np.testing.assert_array_equal(sparse_conv_forward(x[:1].astype(np.float64), csr, b, 1, 1, 1, (12, 12)),
+                                  y1[:1])
+    csr.clear_cache()
+    assert csr._buffer is None and not csr._plans
+    np.testing.assert_array_equal(sparse_conv_forward(x, csr, b, 1, 1, 1, (12, 12)), y1)
+    # concurrent calls on one ConvCSR (one of them gets a private buffer)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = sparse_conv_forward(x, csr, b, 1 + i % 2, 1, 1, conv_out_hw((12, 12), 3, 1, 1 + i % 2))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, r in enumerate(results):
+        assert_close(r, R.conv_forward_dense_ref(x, w, b, 1 + i % 2, 1, 1, 1))
+
+
+# -- fully connected ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m", [1, 3, 16, 37, 200])
+@pytest.mark.parametrize("density", [1.0, 0.1, 0.0])
+def test_sparse_fc_matches_dense(m, density):
+    x = rand(m, 301)
+    w = pruned((45, 301), density)
+    b = rand(45)
+    fc = pack_fc_weights(w)
+    assert isinstance(fc, FcCSR) and fc.nnz == np.count_nonzero(w)
+    np.testing.assert_array_equal(R.unpack_fc_weights(fc), w)
+    for relu in (False, True):
+        assert_close(sparse_fc_forward(x, fc, b, relu=relu), R.fc_forward_ref(x, w, b, relu))
+    assert_close(sparse_fc_forward(x, fc, None), R.fc_forward_ref(x, w, None))
+    out = np.empty((m, 45), np.float32)
+    assert sparse_fc_forward(x, fc, b, out=out) is out
+
+
+# -- argument checking --------------------------------------------------------------------------------
+
+def _conv_setup():
+    x = rand(2, 4, 9, 8)
+    w = pruned((6, 2, 3, 3), 0.5)
+    return x, w, rand(6), pack_conv_weights(w, 2, (9, 8), 1, 1)
+
+
+@pytest.mark.parametrize("change", [
+    {"x": np.zeros((2, 4, 9, 8), np.complex64)},
+    {"x": np.array([["a"]])},
+    {"x": np.zeros((4, 9, 8), np.float32)},
+    {"x": np.zeros((2, 5, 9, 8), np.float32)},
+    {"x": np.zeros((2, 4, 9, 9), np.float32)},
+    {"x": np.zeros((0, 4, 9, 8), np.float32)},
+    {"csr": "not packed"},
+    {"bias": np.zeros(5, np.float32)},
+    {"bias": np.zeros((6, 1), np.float32)},
+    {"stride": 0}, {"stride": -1}, {"stride": (1, 2, 3)}, {"stride": 1.0},
+    {"pad": 0}, {"pad": -1}, {"dilation": 2}, {"dilation": 0},
+    {"out_hw": (9, 7)}, {"out_hw": (0, 8)},
+    {"relu": 1}, {"out": np.empty((2, 6, 9, 8), np.float64)},
+    {"out": np.empty((2, 6, 8, 9), np.float32)},
+    {"out": np.empty((2, 6, 9, 16), np.float32)[..., ::2]},
+    {"out": [[0.0]]},
+    {"blocking": {"tile": 0}}, {"blocking": {"tyle": 1}}, {"blocking": (1, 1, 1)},
+    {"blocking": {"icb": 1.5}},
+])
+def test_conv_argument_errors(change):
+    x, _, b, csr = _conv_setup()
+    args = {"x": x, "csr": csr, "bias": b, "stride": 1, "pad": 1, "dilation": 1, "out_hw": (9, 8)}
+    args.update(change)
+    extra = {k: args.pop(k) for k in ("relu", "out", "blocking") if k in args}
+    with pytest.raises(ValueError):
+        sparse_conv_forward(args["x"], args["csr"], args["bias"], args["stride"], args["pad"],
+                            args["dilation"], args["out_hw"], **extra)
+
+
+def test_conv_out_must_not_overlap_input():
+    x, _, b, csr = _conv_setup()
+    big = np.zeros((2, 6, 9, 8), np.float32)
+    x = big.reshape(-1)[:x.size].reshape(x.shape)          # a contiguous view into out
+    with pytest.raises(ValueError):
+        sparse_conv_forward(x, csr, b, 1, 1, 1, (9, 8), out=big)
+
+
+@pytest.mark.parametrize("args", [
+    (np.zeros((4, 2, 3), np.float32), 1, (5, 5)),        # not 4-D
+    (np.zeros((4, 2, 3, 3), np.complex64), 1, (5, 5)),
+    (np.zeros((5, 2, 3, 3), np.float32), 2, (5, 5)),     # OC not divisible by groups
+    (np.zeros((4, 2, 3, 3), np.float32), 0, (5, 5)),
+    (np.zeros((4, 2, 3, 3), np.float32), 1.5, (5, 5)),
+    (np.zeros((4, 2, 3, 3), np.float32), 1, (0, 5)),
+    (np.zeros((4, 2, 7, 3), np.float32), 1, (5, 5)),     # kernel taller than the padded input
+    (np.zeros((0, 2, 3, 3), np.float32), 1, (5, 5)),
+])
+def test_pack_conv_errors(args):
+    with pytest.raises(ValueError):
+        pack_conv_weights(*args)
+    with pytest.raises(ValueError):
+        pack_conv_weights(np.zeros((4, 2, 3, 3), np.float32), 1, (5, 5), pad=-1)
+    with pytest.raises(ValueError):
+        pack_conv_weights(np.zeros((4, 2, 3, 3), np.float32), 1, (5, 5), dilation=(1, 9))
+
+
+def test_fc_argument_errors():
+    fc = pack_fc_weights(pruned((7, 10), 0.5))
+    x = rand(3, 10)
+    for bad in [{"x": rand(3, 11)}, {"x": rand(10)}, {"x": np.zeros((0, 10), np.float32)},
+                {"x": np.zeros((3, 10), np.complex64)}, {"fc": "no"}, {"bias": rand(6)},
+                {"relu": "yes"}, {"out": np.empty((3, 7), np.float64)},
+                {"out": np.empty((7, 3), np.float32)}]:
+        args = {"x": x, "fc": fc, "bias": rand(7)}
+        args.update(bad)
+        extra = {k: args.pop(k) for k in ("relu", "out") if k in args}
+        with pytest.raises(ValueError):
+            sparse_fc_forward(args["x"], args["fc"], args["bias"], **extra)
+    for bad in [np.zeros((3,), np.float32), np.zeros((3, 4), np.complex64), np.zeros((0, 4), np.float32)]:
+        with pytest.raises(ValueError):
+            pack_fc_weights(bad)
+
+
+def test_compiled_plans_validate_their_arrays():
+    def plan(rowptr, col, val, **kw):
+        geo = {"groups": 1, "ocg": 2, "channels": 2, "height": 4, "width": 4, "pad_h": 1, "pad_w": 1,
+               "stride_h": 1, "stride_w": 1, "out_h": 4, "out_w": 4, "icb": 1, "tile": 4, "ocb": 2}
+        geo.update(kw)
+        return _sc.ConvPlan(np.asarray(rowptr, np.int32), np.asarray(col, np.int32),
+                            np.asarray(val, np.float32), **geo)
+
+    p = plan([0, 1, 2], [0, 40], [1.0, 2.0])
+    assert p.nnz == 2 and p.nblocks == 2
+    for bad in [{"rowptr": [0, 2, 1]}, {"rowptr": [1, 1, 2]}, {"rowptr": [0, 1]},
+                {"col": [0, 72]}, {"col": [-1, 3]}, {"val": [1.0]},
+                {"rowptr": [0, 2, 2], "col": [40, 3]}, {"out_h": 7}, {"stride_h": 0}, {"tile": 0}]:
+        args = {"rowptr": [0, 1, 2], "col": [0, 40], "val": [1.0, 2.0]}
+        geo = {k: bad.pop(k) for k in list(bad) if k not in args}
+        args.update(bad)
+        with pytest.raises(ValueError):
+            plan(args["rowptr"], args["col"], args["val"], **geo)
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    out = np.zeros((1, 2, 4, 4), np.float32)
+    with pytest.raises(ValueError):      # buffer too small
+        p.forward(x, np.zeros(p.buffer_size(1) - 1, np.float32), None, out, False, 1)
+    with pytest.raises(ValueError):
+        p.forward(np.zeros((1, 2, 4, 5), np.float32), np.zeros(p.buffer_size(1), np.float32), None,
+                  out, False, 1)
+    with pytest.raises(ValueError):
+        p.forward(x, np.zeros(p.buffer_size(1), np.float32), np.zeros(3, np.float32), out, False, 1)
+    with pytest.raises(ValueError):
+        _sc.FcPlan(np.array([0, 1], np.int32), np.array([5], np.int32), np.ones(1, np.float32), 1, 5)
+
+
+# -- property tests -----------------------------------------------------------------------------------
+
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.integers(1, 3))
+    icg, ocg = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 20))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 40))
+    n = draw(st.integers(1, 2))
+    density = draw(st.sampled_from([0.0, 0.15, 0.5, 1.0]))
+    relu = draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    return (n, icg * groups, (h, w), ocg * groups, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups,
+            density, relu, seed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_cases())
+def test_property_sparse_conv_matches_dense(case):
+    *geom, density, relu, seed = case
+    *_, y, ref = run_conv(*geom, density, relu=relu, rng=np.random.default_rng(seed))
+    assert_close(y, ref)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 70), st.integers(1, 30), st.sampled_from([0.0, 0.2, 1.0]),
+       st.booleans(), st.integers(0, 2**31 - 1))
+def test_property_sparse_fc_matches_dense(m, k, n, density, relu, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = pruned((n, k), density, rng)
+    b = rng.standard_normal(n).astype(np.float32)
+    assert_close(sparse_fc_forward(x, pack_fc_weights(w), b, relu=relu), R.fc_forward_ref(x, w, b, relu))

@@ -1,0 +1,391 @@
+"""conv_mode / gemm_mode (pyskim.layers.sparse_modes): every mode equals the dense path (within 1e-4
+relative) on the conformance convolution / inner-product cases at densities 1 .. 0, on random conv
+geometries (hypothesis) and on whole nets with pruned random weights; weight changes are noticed;
+unusable modes fall back with one log line; backward equals dense backward; ReLU fusion is exact."""
+import logging
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pyskim
+from pyskim import perfmodel
+from pyskim.io.upgrade import read_net_text
+from pyskim.proto import caffe_pb2
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+LAYERS = SHARED / "conformance" / "layers"
+CONV = caffe_pb2.ConvolutionParameter
+IP = caffe_pb2.InnerProductParameter
+CONV_MODES = [CONV.LOWERED_CCNMM, CONV.DIRECT_SCONV, CONV.DIRECT_DCONV, CONV.AUTO]
+IP_MODES = [IP.SPMDM, IP.SPGEMM, IP.AUTO]
+DENSITIES = [1.0, 0.5, 0.1, 0.01, 0.0]
+CASES = sorted(p.name for p in LAYERS.iterdir() if p.name.startswith(("conv_", "ip_")))
+PUBLISHED = {"conv2": 0.144, "conv3": 0.069, "conv4": 0.082, "conv5": 0.115, "fc6": 0.097, "fc7": 0.156,
+             "fc8": 0.262}
+# AUTO decisions must not depend on this machine: a profile where sparse wins below ~30%.
+PROFILE = perfmodel.MachineProfile(threads=1, dense_eff=0.5, sparse_eff=0.2, cpu="test", source="test")
+
+
+@pytest.fixture(autouse=True)
+def fixed_profile():
+    with perfmodel.use_profile(PROFILE):
+        yield
+
+
+def _close(got, ref, what=""):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, what
+    scale = np.abs(ref).max() if ref.size else 0.0
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * scale + 1e-6, err_msg=what)
+
+
+def _set_mode(param, conv_mode=None, gemm_mode=None):
+    for lp in param.layer:
+        if conv_mode is not None and lp.type in ("Convolution", "ConvolutionReLU", "ConvolutionReLUPool",
+                                                  "ConvolutionReLUPoolLRN"):
+            lp.convolution_param.conv_mode = conv_mode
+        if gemm_mode is not None and lp.type in ("InnerProduct", "InnerProductReLUDropout"):
+            lp.inner_product_param.gemm_mode = gemm_mode
+    return param
+
+
+def _prune(net, density, seed=0, densities=None):
+    rng = np.random.default_rng(seed)
+    for name, blobs in net.params.items():
+        d = density if densities is None else densities.get(name, 1.0)
+        w = blobs[0].data
+        w[...] = w * (rng.random(w.shape) < d)
+
+
+def _case_net(case, mode, density, force_backward=False):
+    param = read_net_text(str(LAYERS / case / "net.prototxt"))
+    param.force_backward = force_backward
+    kind = "conv" if case.startswith("conv") else "ip"
+    _set_mode(param, conv_mode=mode if kind == "conv" else None, gemm_mode=mode if kind == "ip" else None)
+    net = pyskim.Net(param, pyskim.TRAIN, weights=str(LAYERS / case / "weights.caffemodel"))
+    inputs = np.load(LAYERS / case / "inputs.npz")
+    for name in inputs.files:
+        net.blobs[name].data[...] = inputs[name]
+    _prune(net, density)
+    return net
+
+
+def _layer(net, case):
+    return net.layer_dict["conv" if case.startswith("conv") else "ip"]
+
+
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("case", CASES)
+def test_conformance_cases_every_mode(case, density):
+    ref = _case_net(case, 0, density)
+    ref.forward()
+    modes = CONV_MODES if case.startswith("conv") else IP_MODES
+    for mode in modes:
+        net = _case_net(case, mode, density)
+        net.forward()
+        for name, blob in ref.blobs.items():
+            _close(net.blobs[name].data, blob.data, f"{case} mode {mode} density {density}: {name}")
+        engine = _layer(net, case)._sparse_modes
+        if mode == CONV.DIRECT_SCONV and case.startswith("conv") and case != "conv_3d":
+            assert engine.last_mode == "sparse"
+        if mode == IP.SPMDM and case.startswith("ip"):
+            assert engine.last_mode == "spmdm"
+        if mode == CONV.LOWERED_CCNMM and case.startswith("conv"):
+            assert engine.last_mode == "ccnmm"
+
+
+@pytest.mark.parametrize("case", ["conv_group", "conv_pad_stride", "conv_rect", "conv_3d", "ip_basic",
+                                  "ip_transpose", "ip_axis2"])
+def test_backward_in_sparse_modes_equals_dense(case):
+    modes = [CONV.DIRECT_SCONV, CONV.LOWERED_CCNMM, CONV.AUTO] if case.startswith("conv") else [IP.SPMDM, IP.AUTO]
+    ref = _case_net(case, 0, 0.3, force_backward=True)
+    ref.forward()
+    ref.clear_param_diffs()
+    ref.backward()
+    for mode in modes:
+        net = _case_net(case, mode, 0.3, force_backward=True)
+        net.forward()
+        net.clear_param_diffs()
+        net.backward()
+        for name, blob in ref.blobs.items():
+            _close(net.blobs[name].diff, blob.diff, f"{case} {mode}: diff of {name}")
+        for name, blobs in ref.params.items():
+            for i, blob in enumerate(blobs):
+                _close(net.params[name][i].diff, blob.diff, f"{case} {mode}: param diff {name}/{i}")
+
+
+def test_weight_changes_are_noticed():
+    ref = _case_net("conv_pad_stride", 0, 1.0)
+    net = _case_net("conv_pad_stride", CONV.DIRECT_SCONV, 1.0)
+    rng = np.random.default_rng(3)
+
+    def check():
+        ref.forward()
+        net.forward()
+        _close(net.blobs["y"].data, ref.blobs["y"].data)
+        assert net.layer_dict["conv"]._sparse_modes.last_mode == "sparse"
+    check()
+    new = rng.standard_normal(ref.params["conv"][0].data.shape) * (rng.random((4, 3, 3, 3)) < 0.3)
+    for n in (ref, net):
+        n.params["conv"][0].data[...] = new                 # through net.params
+    check()
+    held = net.params["conv"][0].data                         # a reference kept across a forward
+    check()
+    held *= 2.0
+    ref.params["conv"][0].data[...] *= 2.0
+    check()
+    single = net.params["conv"][0].data
+    single[1, 2, 0, 0] += 7.0                                 # one weight, through a fresh hand-out
+    ref.params["conv"][0].data[1, 2, 0, 0] += 7.0
+    check()
+    x = rng.standard_normal((2, 3, 11, 9))
+    for n in (ref, net):                                      # new input size: offsets repacked
+        n.blobs["x"].reshape(2, 3, 11, 9)
+        n.blobs["x"].data[...] = x
+        n.blobs["y_target"].reshape(2, 4, 6, 5)
+        n.reshape()
+    check()
+    weights = str(LAYERS / "conv_pad_stride" / "weights.caffemodel")
+    for n in (ref, net):                                      # loading weights (weights_changed)
+        n.copy_from(weights)
+    check()
+
+
+def test_geometry_fallback_logs_once(caplog):
+    net = _case_net("conv_3d", CONV.DIRECT_SCONV, 0.5)
+    ref = _case_net("conv_3d", 0, 0.5)
+    with caplog.at_level(logging.WARNING, logger="pyskim"):
+        for _ in range(3):
+            net.forward()
+    ref.forward()
+    _close(net.blobs["y"].data, ref.blobs["y"].data)
+    lines = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "'conv'" in lines[0] and "DIRECT_SCONV" in lines[0] and "LOWERED_GEMM" in lines[0]
+
+
+def test_spgemm_falls_back_with_one_line(caplog):
+    net = _case_net("ip_basic", IP.SPGEMM, 0.5)
+    with caplog.at_level(logging.WARNING, logger="pyskim"):
+        net.forward()
+        net.forward()
+    lines = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+    assert len(lines) == 1 and "SPGEMM" in lines[0] and "GEMM" in lines[0]
+
+
+def _conv_relu_net(mode, fused_type=False, slope=0.0):
+    param = caffe_pb2.NetParameter(force_backward=True)
+    param.layer.add(name="x", type="Input", top=["x"]).input_param.shape.add().dim.extend([2, 6, 9, 9])
+    lp = param.layer.add(name="conv", type="ConvolutionReLU" if fused_type else "Convolution", bottom=["x"],
+                         top=["y"])
+    cp = lp.convolution_param
+    cp.num_output, cp.conv_mode = 8, mode
+    cp.kernel_size.append(3)
+    cp.pad.append(1)
+    cp.weight_filler.type = cp.bias_filler.type = "gaussian"
+    lp.relu_param.negative_slope = slope
+    if not fused_type:
+        relu = param.layer.add(name="relu", type="ReLU", bottom=["y"], top=["y"])
+        relu.relu_param.negative_slope = slope
+    loss = param.layer.add(name="loss", type="EuclideanLoss", bottom=["y", "t"], top=["loss"])
+    param.layer.insert(1, caffe_pb2.LayerParameter(name="t", type="Input", top=["t"]))
+    param.layer[1].input_param.shape.add().dim.extend([2, 8, 9, 9])
+    del loss
+    pyskim.set_random_seed(5)
+    net = pyskim.Net(param, pyskim.TRAIN)
+    rng = np.random.default_rng(0)
+    net.blobs["x"].data[...] = rng.standard_normal((2, 6, 9, 9))
+    net.blobs["t"].data[...] = rng.standard_normal((2, 8, 9, 9))
+    _prune(net, 0.3)
+    return net
+
+
+@pytest.mark.parametrize("fused_type", [False, True])
+def test_relu_fusion_is_exact(fused_type):
+    ref = _conv_relu_net(CONV.LOWERED_GEMM, fused_type)
+    net = _conv_relu_net(CONV.DIRECT_SCONV, fused_type)
+    assert ref.fused_relus == [] and len(net.fused_relus) == 1
+    for n in (ref, net):
+        n.forward()
+        n.clear_param_diffs()
+        n.backward()
+    for name, blob in ref.blobs.items():
+        np.testing.assert_allclose(net.blobs[name].data, blob.data, rtol=1e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(net.blobs[name].diff, blob.diff, rtol=1e-5, atol=1e-6, err_msg=name)
+    for name, blobs in ref.params.items():
+        for i, blob in enumerate(blobs):
+            np.testing.assert_allclose(net.params[name][i].diff, blob.diff, rtol=1e-5, atol=1e-5)
+    # the same net switched to a dense mode at run time: the ReLU runs again
+    producer = net.layers[2] if not fused_type else net.layers[2]._layers[0]
+    producer.param.convolution_param.conv_mode = CONV.LOWERED_GEMM
+    net.forward()
+    np.testing.assert_allclose(net.blobs["y"].data, ref.blobs["y"].data, rtol=1e-6, atol=1e-6)
+
+
+def test_leaky_relu_is_not_fused():
+    net = _conv_relu_net(CONV.DIRECT_SCONV, slope=0.1)
+    ref = _conv_relu_net(CONV.LOWERED_GEMM, slope=0.1)
+    assert net.fused_relus == []
+    net.forward()
+    ref.forward()
+    _close(net.blobs["y"].data, ref.blobs["y"].data)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_random_geometries_sparse_modes_equal_dense(data):
+    group = data.draw(st.sampled_from([1, 1, 2, 3]))
+    cin = group * data.draw(st.integers(1, 4))
+    cout = group * data.draw(st.integers(1, 4))
+    kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    dh, dw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    ph, pw = data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3))
+    sh, sw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    h = data.draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 20))
+    w = data.draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 40))
+    batch = data.draw(st.integers(1, 3))
+    density = data.draw(st.sampled_from([1.0, 0.5, 0.2, 0.05, 0.0]))
+    bias = data.draw(st.booleans())
+    seed = data.draw(st.integers(0, 2**16))
+    outs = []
+    for mode in (CONV.LOWERED_GEMM, CONV.DIRECT_SCONV, CONV.LOWERED_CCNMM):
+        param = caffe_pb2.NetParameter()
+        param.layer.add(name="x", type="Input", top=["x"]).input_param.shape.add().dim.extend([batch, cin, h, w])
+        cp = param.layer.add(name="conv", type="Convolution", bottom=["x"], top=["y"]).convolution_param
+        cp.num_output, cp.group, cp.bias_term, cp.conv_mode = cout, group, bias, mode
+        cp.kernel_h, cp.kernel_w, cp.stride_h, cp.stride_w, cp.pad_h, cp.pad_w = kh, kw, sh, sw, ph, pw
+        cp.dilation.extend([dh, dw])
+        net = pyskim.Net(param, pyskim.TEST)
+        rng = np.random.default_rng(seed)
+        for blob in net.params["conv"]:
+            blob.data[...] = rng.standard_normal(blob.data.shape)
+        _prune(net, density, seed)
+        net.blobs["x"].data[...] = rng.standard_normal((batch, cin, h, w))
+        net.forward()
+        outs.append(net.blobs["y"].data.copy())
+        if mode != CONV.LOWERED_GEMM:
+            assert net.layer_dict["conv"]._sparse_modes.last_mode == ("sparse" if mode == CONV.DIRECT_SCONV else "ccnmm")
+    _close(outs[1], outs[0], "DIRECT_SCONV")
+    _close(outs[2], outs[0], "LOWERED_CCNMM")
+
+
+# -- whole nets --------------------------------------------------------------------------------------
+
+def data_to_input(param, batch=1):
+    """Replace the Data layers (TEST phase) by one Input layer with the same tops."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    for lp in param.layer:
+        if lp.type != "Data":
+            out.layer.add().CopyFrom(lp)
+            continue
+        if any(rule.phase == caffe_pb2.TRAIN for rule in lp.include):
+            continue
+        crop = lp.transform_param.crop_size or 227
+        new = out.layer.add(name=lp.name, type="Input", top=list(lp.top))
+        new.input_param.shape.add().dim.extend([batch, 3, crop, crop])
+        if len(lp.top) > 1:
+            new.input_param.shape.add().dim.extend([batch])
+    return out
+
+
+_WEIGHTS = {}
+
+
+def _random_weights(name, shape, index, density):
+    """He-scaled Gaussian weights pruned to ``density`` (biases: uniform [0, 0.1)), cached per
+    (layer, shape, blob, density) so the big nets are filled once per test session."""
+    key = (name, tuple(shape), index, density)
+    if key not in _WEIGHTS:
+        rng = np.random.default_rng(len(_WEIGHTS))
+        if index:
+            value = rng.uniform(0, 0.1, shape).astype(np.float32)
+        else:
+            fan_in = max(int(np.prod(shape[1:])), 1)
+            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in / max(density, 1e-3)))
+            value *= rng.random(shape, dtype=np.float32) < density
+        _WEIGHTS[key] = value
+    return _WEIGHTS[key]
+
+
+def _compare_nets(param, densities, outputs, seed=0, default_density=1.0):
+    """Build ``param`` sparse as written and all-dense, fill the same pruned weights, compare outputs."""
+    dense_param = caffe_pb2.NetParameter()
+    dense_param.CopyFrom(param)
+    from pyskim.layers.sparse_modes import apply_mode
+    apply_mode(dense_param, "dense")
+    nets = [pyskim.Net(p, pyskim.TEST) for p in (param, dense_param)]
+    rng = np.random.default_rng(seed)
+    for name, blobs in nets[0].params.items():
+        d = densities.get(name, default_density)
+        for i, blob in enumerate(blobs):
+            value = _random_weights(name, blob.data.shape, i, d)
+            for net in nets:
+                net.params[name][i].data[...] = value
+    for name in nets[0].inputs:
+        value = rng.uniform(-1, 1, nets[0].blobs[name].data.shape)
+        if name == "label":
+            value = np.zeros(value.shape)
+        for net in nets:
+            net.blobs[name].data[...] = value
+    for net in nets:
+        net.forward()
+    for name in outputs:
+        _close(nets[0].blobs[name].data, nets[1].blobs[name].data, name)
+    return nets
+
+
+def test_caffenet_deploy_sparse_batch_1():
+    param = read_net_text(str(ROOT / "prototxt" / "caffenet" / "deploy_sparse.prototxt"))
+    from pyskim.tools.time_net import set_batch
+    set_batch(param, 1)
+    sparse, _ = _compare_nets(param, PUBLISHED, ["fc8", "prob", "conv2", "conv5", "fc6"])
+    modes = {n: sparse.layer_dict[n]._layers[0]._sparse_modes.last_mode
+             for n in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7")}
+    assert set(modes.values()) <= {"sparse", "spmdm"}, modes
+    assert len(sparse.fused_relus) == 6
+
+
+def test_caffenet_deploy_auto_batch_1():
+    param = read_net_text(str(ROOT / "prototxt" / "caffenet" / "deploy.prototxt"))
+    from pyskim.layers.sparse_modes import apply_mode
+    from pyskim.tools.time_net import set_batch
+    set_batch(param, 1)
+    assert len(apply_mode(param, "auto")) == 8
+    sparse, _ = _compare_nets(param, PUBLISHED, ["fc8", "prob"])
+    assert sparse.layer_dict["conv3"]._sparse_modes.last_mode == "sparse"
+    assert sparse.layer_dict["conv1"]._sparse_modes.last_mode == "dense"
+    assert ("conv3", "relu3") in sparse.fused_relus
+
+
+SKIM = SHARED / "models" / "skimcaffe" / "models"
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(SKIM / "bvlc_reference_caffenet" / "test_direct_sconv.prototxt", marks=pytest.mark.slow),
+    pytest.param(SKIM / "bvlc_reference_caffenet" / "test_direct_sconv_mkl.prototxt", marks=pytest.mark.slow),
+    pytest.param(SKIM / "bvlc_reference_caffenet" / "test_direct_sconv_mkl_1.prototxt", marks=pytest.mark.slow),
+    pytest.param(SKIM / "bvlc_googlenet" / "test_direct_sconv.prototxt", marks=pytest.mark.slow),
+], ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_skimcaffe_direct_sconv_prototxts(path):
+    param = data_to_input(read_net_text(str(path)))
+    densities = PUBLISHED if "caffenet" in str(path) else {}
+    default = 1.0 if "caffenet" in str(path) else 0.15
+    outputs = [lp.top[0] for lp in param.layer if lp.type in ("InnerProduct", "Softmax")]
+    _compare_nets(param, densities, outputs, default_density=default)
+
+
+def test_googlenet_prototxt_in_repo():
+    param = read_net_text(str(ROOT / "prototxt" / "googlenet" / "deploy_sparse.prototxt"))
+    from pyskim.tools.time_net import set_batch
+    set_batch(param, 1)
+    outputs = [lp.top[0] for lp in param.layer if lp.type in ("InnerProduct", "Softmax")]
+    sparse, _ = _compare_nets(param, {}, outputs, default_density=0.15)
+    used = [layer._layers[0]._sparse_modes.last_mode for layer in sparse.layers if layer.type == "ConvolutionReLU"
+            and layer._layers[0].param.convolution_param.conv_mode == CONV.DIRECT_SCONV]
+    assert used and set(used) == {"sparse"}
