@@ -1,16 +1,23 @@
 """Dense forward time of AlexNet's conv layers: pyskim vs PyTorch CPU, measured in one run.
 
-    python benchmarks/dense_layers.py [--batches 1 16] [--repeats 5]
+    python benchmarks/dense_layers.py [--batches 1 16] [--repeats 5] [--threads N]
 
 Prints, per layer and batch, the best-of-N forward time of pyskim's Convolution layer (im2col + BLAS
 GEMM) and of ``torch.nn.functional.conv2d`` on the same weights and input, the useful GFLOP/s and the
 ratio torch_time / pyskim_time (> 1 means pyskim is faster). Both use their default thread counts
-(OMP/OpenBLAS: all cores), and the environment's OPENBLAS_* variables are reported.
+(OMP/OpenBLAS: all cores) unless ``--threads N`` limits both (OpenBLAS, OpenMP and torch) to N; the
+environment's OPENBLAS_* variables are reported.
 """
 import argparse
 import os
 import platform
+import sys
 import time
+
+# Thread counts of OpenBLAS and OpenMP are read when the libraries load: set them before numpy.
+if "--threads" in sys.argv[1:-1]:
+    _threads = sys.argv[sys.argv.index("--threads") + 1]
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _threads
 
 import numpy as np
 
@@ -54,11 +61,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="threads for both (default: all)")
     args = parser.parse_args()
     try:
         import torch
     except ImportError:
         torch = None
+    if args.threads and torch is not None:
+        torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
           f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}; "
