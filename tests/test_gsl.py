@@ -33,6 +33,17 @@ def _lmdb(images, labels, path):
     writer.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One kernel and BLAS thread: on a busy 2-core machine multithreaded OpenBLAS is ~10x slower on
+    LeNet-size GEMMs (docs/pruning.md)."""
+    from pyskim.kernels import get_num_threads
+    previous = get_num_threads()
+    perfmodel.set_threads(1)
+    yield
+    perfmodel.set_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, shared_dir):
     """LMDBs of the first 1280 train / 300 test images, LeNet's prototxts, and dense weights after
