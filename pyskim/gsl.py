@@ -24,6 +24,7 @@ and measured forward speedup (dense vs sparse, at batch ``batch``). Everything g
 ``solver.prototxt``, ``train.log`` (Caffe's log format), snapshots and ``result.json``.
 ``resume=True`` continues a stopped run from its last solverstate and skips finished stages.
 """
+import contextlib
 import dataclasses
 import json
 import logging
@@ -493,16 +494,8 @@ def run_gsl(solver, weights, out_dir, *, resume=False, threads=None, progress=Tr
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         set_threads(int(threads))
-    with use_profile(profile) if profile is not None else _nullcontext():
+    with use_profile(profile) if profile is not None else contextlib.nullcontext():
         return _run(cfg, out, progress, use_bar, on_iteration)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _run(cfg, out, progress, use_bar, on_iteration):
@@ -535,8 +528,9 @@ def _run(cfg, out, progress, use_bar, on_iteration):
         start = time.perf_counter()
         solver, scores = _evaluate_dense(user, net_param, cfg["weights"], dense_dir)
         stages["dense"] = _stage_result("dense", solver, scores, time.perf_counter() - start, names, shapes,
-                                        deploy_file, cfg["weights"], cfg, {"caffemodel": cfg["weights"]},
-                                        dense_dir)
+                                        deploy_file, cfg["weights"], cfg,
+                                        {"caffemodel": cfg["weights"], "log": str(dense_dir / "test.log"),
+                                         "deploy": str(deploy_file)}, dense_dir)
         (dense_dir / "result.json").write_text(json.dumps(dataclasses.asdict(stages["dense"]), default=float))
     _report_stage(stages["dense"], progress)
     weights = cfg["weights"]

@@ -40,12 +40,17 @@ class LayerPerf:
         return self.dense_ms / self.sparse_ms if self.sparse_ms > 0 else float("inf")
 
     @property
+    def auto_speedup(self):
+        """Dense time / time in the mode AUTO would run (1.0 where it stays dense)."""
+        return self.dense_ms / self.best_ms if self.best_ms > 0 else float("inf")
+
+    @property
     def best_ms(self):
         """The predicted time in the mode AUTO would run."""
         return self.sparse_ms if self.mode == "sparse" else self.dense_ms
 
     def to_dict(self):
-        return {**dataclasses.asdict(self), "speedup": self.speedup}
+        return {**dataclasses.asdict(self), "speedup": self.speedup, "auto_speedup": self.auto_speedup}
 
 
 def deploy_param(net_param, batch=64, phase=caffe_pb2.TEST, input_shape=None):

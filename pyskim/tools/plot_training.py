@@ -132,7 +132,8 @@ def plot_training(log_path, out_path=None, labels=None, title=None):
             ax.set_ylim(-2, 102)
             ax.legend(loc="lower right", fontsize=8, ncol=min(len(labels), 4))
         axes[-1].set_xlabel("iterations")
-        figure.suptitle(title or os.path.basename(log_path))
+        parent = os.path.basename(os.path.dirname(os.path.abspath(log_path)))
+        figure.suptitle(title or os.path.join(parent, os.path.basename(log_path)))
         figure.tight_layout()
         figure.savefig(out_path, dpi=100)
     finally:

@@ -5,8 +5,8 @@ predicted speedup of each conv / inner-product layer at that density.
 The table has one row per layer of ``M`` that has weights in ``W`` (its ``blobs[0]``; biases are not
 counted): shape, count, nonzeros, density, element sparsity %, and for 4-D weights the OC/IC/kernel
 fiber and slice sparsities (:mod:`pyskim.sparsity`; a weight counts as zero when ``|w| <= t``),
-then the break-even and saturation densities and the predicted speedup (dense / sparse time at batch
-``--batch``, :mod:`pyskim.gsl_perf`). The last row totals all weights. ``--plot`` writes a PNG of the
+then the break-even and saturation densities and the predicted speedup (dense time / time in the mode
+``AUTO`` picks, at batch ``--batch``; :mod:`pyskim.gsl_perf`). The last row totals all weights. ``--plot`` writes a PNG of the
 density per layer and the predicted speedup (needs matplotlib: ``pip install pyskim[plot]``).
 """
 import argparse
@@ -84,14 +84,14 @@ def format_table(rows, perfs=None):
         shape = "x".join(str(d) for d in r["shape"])
         fib = " ".join(f"{r[f]:7.2f}" if f in r else f"{'':>7}" for f in FIBERS)
         p = perfs.get(r["name"])
-        model = f"  {p.break_even:5.3f} {p.saturation:5.3f} {p.speedup:6.2f}" if p else ""
+        model = f"  {p.break_even:5.3f} {p.saturation:5.3f} {p.auto_speedup:6.2f}" if p else ""
         lines.append(f"{r['name']:<12} {r['type']:<14} {shape:<16} {r['count']:>9} {r['nnz']:>9} "
                      f"{r['density']:8.4f} {_pct(r['element'])}  {fib}{model}")
     lines.append("fibers/slices (4-D weights, %): OCf/ICf/kerf = OC-, IC-, kernel-fibers all zero; "
                  "OCs/ICs/kers = whole filters, input channels, kernel positions all zero")
     if perfs:
-        lines.append("d_be / d_sat: break-even and saturation densities of the performance model; "
-                     "pred.x: predicted dense/sparse forward time at this density")
+        lines.append("d_be / d_sat: break-even and saturation densities of the performance model; pred.x: "
+                     "predicted dense time / time in the mode conv_mode/gemm_mode AUTO picks at this density")
     return "\n".join(lines)
 
 
@@ -122,8 +122,8 @@ def plot_density(rows, perfs, out, title=None):
         if perfs:
             ax2 = ax.twinx()
             sx = [x for x, n in zip(xs, names) if n in perfs]
-            ax2.plot(sx, [perfs[n].speedup for n in names if n in perfs], "o-", color="tab:orange",
-                     label="predicted speedup")
+            ax2.plot(sx, [perfs[n].auto_speedup for n in names if n in perfs], "o-", color="tab:orange",
+                     label="predicted speedup (AUTO mode)")
             ax2.axhline(1.0, color="tab:orange", linewidth=0.5, linestyle=":")
             ax2.set_ylabel("predicted speedup (dense / sparse)")
             ax2.set_ylim(bottom=0)
