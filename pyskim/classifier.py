@@ -9,6 +9,7 @@ import numpy as np
 
 from . import io as caffe_io
 from .errors import NetError
+from .io.images import input_transformer
 from .proto import caffe_pb2
 from .pycaffe import Net
 
@@ -27,19 +28,9 @@ class Classifier(Net):
     def __init__(self, model_file, pretrained_file, image_dims=None, mean=None, input_scale=None,
                  raw_scale=None, channel_swap=None):
         super().__init__(model_file, caffe_pb2.TEST, weights=pretrained_file)
-        if not self.inputs:
-            raise NetError(f"{model_file}: a Classifier needs a net with an input blob")
+        self.transformer = input_transformer(self, "Classifier", model_file, mean, input_scale, raw_scale,
+                                             channel_swap)
         in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         if image_dims is None or len(image_dims) == 0:
             image_dims = self.crop_dims

@@ -215,3 +215,18 @@ class Transformer:
         """Set the factor applied last, after mean subtraction."""
         self._shape(in_)
         self.input_scale[in_] = scale
+
+
+def input_transformer(net, owner, model_file, mean=None, input_scale=None, raw_scale=None, channel_swap=None):
+    """A Transformer for ``net``'s first input as pycaffe's Classifier and Detector configure it:
+    HxWxK images transposed to KxHxW, then the optional mean, input scale, raw scale, channel swap."""
+    if not net.inputs:
+        raise NetError(f"{model_file}: a {owner} needs a net with an input blob")
+    in_ = net.inputs[0]
+    transformer = Transformer({in_: net.blobs[in_].data.shape})
+    transformer.set_transpose(in_, (2, 0, 1))
+    for setter, value in (("set_mean", mean), ("set_input_scale", input_scale),
+                          ("set_raw_scale", raw_scale), ("set_channel_swap", channel_swap)):
+        if value is not None:
+            getattr(transformer, setter)(in_, value)
+    return transformer
