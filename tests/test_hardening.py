@@ -74,6 +74,22 @@ def test_contrastive_loss_label_count(tmp_path):
         _net(tmp_path, text)
 
 
+@pytest.mark.parametrize("shapes", [([6, 3, 1, 1, 2], [6, 3, 1, 1, 2]), ([6, 3, 1, 1], [6, 3, 1, 1, 2]),
+                                    ([6, 3, 1, 1, 6, 3, 1, 1], [6, 3, 1, 1])])
+def test_contrastive_loss_bottoms_of_more_than_four_axes(tmp_path, shapes):
+    text = (_input(shapes[0], "a") + _input(shapes[1], "b") + _input([6, 1, 1, 1], "y") +
+            'layer { name: "loss" type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "y" top: "loss" }')
+    with pytest.raises(NetError, match="layer 'loss'"):
+        _net(tmp_path, text).forward()
+
+
+def test_multinomial_logistic_loss_label_of_more_than_four_axes(tmp_path):
+    text = (_input([6, 4], "p") + _input([6, 1, 1, 1, 2], "l") +
+            'layer { name: "loss" type: "MultinomialLogisticLoss" bottom: "p" bottom: "l" top: "loss" }')
+    with pytest.raises(NetError, match="layer 'loss'"):
+        _net(tmp_path, text).forward()
+
+
 def test_learning_rate_overflow_is_inf(tmp_path, shared_dir):
     case = shared_dir / "conformance/solvers/sgd_fixed"
     if not case.is_dir():
@@ -197,3 +213,50 @@ def test_hdf5_solver_state_round_trip_fields(tmp_path):
     iteration, learned_net, current_step, history = read_solver_state_hdf5(path)
     assert (iteration, learned_net, current_step) == (3, "model.caffemodel", 0)
     assert [h.shape for h in history] == [(2, 1, 3, 3), (2,)]
+
+
+# -- every layer on odd bottom shapes ----------------------------------------------------------------
+
+SWEEP_PARAMS = {
+    "Convolution": "convolution_param { num_output: 2 kernel_size: 1 }",
+    "Deconvolution": "convolution_param { num_output: 2 kernel_size: 1 }",
+    "Pooling": "pooling_param { kernel_size: 1 }", "InnerProduct": "inner_product_param { num_output: 2 }",
+    "LRN": "", "Im2col": "convolution_param { kernel_size: 1 }", "SPP": "spp_param { pyramid_height: 1 }",
+    "Embed": "embed_param { input_dim: 5 num_output: 2 }", "Tile": "tile_param { tiles: 2 }",
+    "Reshape": "reshape_param { shape { dim: -1 } }", "Slice": "", "Crop": "", "Filter": "", "BatchReindex": "",
+    "Reduction": "", "ArgMax": "", "Softmax": "", "Flatten": "", "Concat": "", "Eltwise": "", "Scale": "",
+    "Bias": "", "BatchNorm": "", "MVN": "", "PReLU": "", "Dropout": "", "Power": "", "Exp": "", "Log": "",
+    "ELU": "", "Threshold": "", "Sigmoid": "", "TanH": "", "ReLU": "", "AbsVal": "", "BNLL": "",
+    "Clip": "clip_param { min: 0 max: 1 }", "Swish": "", "Split": "", "Silence": "",
+    "SoftmaxWithLoss": "", "EuclideanLoss": "", "SigmoidCrossEntropyLoss": "", "HingeLoss": "",
+    "MultinomialLogisticLoss": "", "InfogainLoss": "", "Accuracy": "", "ContrastiveLoss": "",
+}
+SWEEP_BOTTOMS = {"Concat": 2, "Eltwise": 2, "Scale": 2, "Bias": 2, "Crop": 2, "Filter": 2, "BatchReindex": 2,
+                 "SoftmaxWithLoss": 2, "EuclideanLoss": 2, "SigmoidCrossEntropyLoss": 2, "HingeLoss": 2,
+                 "MultinomialLogisticLoss": 2, "Accuracy": 2, "InfogainLoss": 3, "ContrastiveLoss": 3}
+SWEEP_SHAPES = [(), (3,), (0,), (2, 0), (2, 3), (2, 3, 4), (2, 3, 4, 5), (1, 2, 3, 4, 5), (2, 0, 4, 5),
+                (2, 3, 0, 5), (1, 1, 1, 1), (2, 3, 1, 1, 1)]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")         # log(0) and the like on zero inputs
+@pytest.mark.parametrize("layer_type", sorted(SWEEP_PARAMS))
+def test_layers_on_odd_bottom_shapes(tmp_path, layer_type):
+    """Scalar, empty, 1-D and 5-D bottoms (and mismatched pairs): each layer works or raises a
+    PyskimError, in both phases, forward and backward."""
+    import itertools
+    n = SWEEP_BOTTOMS.get(layer_type, 1)
+    combos = (itertools.product(SWEEP_SHAPES, repeat=n) if n <= 2
+              else [(s, s, s) for s in SWEEP_SHAPES] + [((2, 3, 4), (2, 0), (3,))])
+    top = "" if layer_type == "Silence" else 'top: "x" '
+    for shapes in combos:
+        names = [f"b{i}" for i in range(n)]
+        text = "force_backward: true\n" + "".join(_input(s, name) for name, s in zip(names, shapes))
+        text += (f'layer {{ name: "x" type: "{layer_type}" ' + "".join(f'bottom: "{b}" ' for b in names) + top
+                 + SWEEP_PARAMS[layer_type] + " }\n")
+        for phase in (pyskim.TEST, pyskim.TRAIN):
+            try:
+                net = _net(tmp_path, text, phase)
+                net.forward()
+                net.backward()
+            except PyskimError:
+                pass

@@ -16,6 +16,12 @@ def _error(layer, message):
     return NetError(f"layer '{layer.name}' of type {layer.type}: {message}")
 
 
+def _need_axes(layer, blob, what="bottom"):
+    """Caffe's ``shape(0)`` CHECK: the layer indexes the first axis, a 0-axis (scalar) blob has none."""
+    if blob.num_axes < 1:
+        raise _error(layer, f"the {what} needs at least one axis, got a scalar blob")
+
+
 def _axis(layer, blob, axis, field):
     """``Blob::CanonicalAxisIndex`` with an error naming the layer and the field."""
     n = blob.num_axes
@@ -485,6 +491,7 @@ class ArgMaxLayer(Layer):
             raise _error(self, f"argmax_param.top_k ({self.top_k}) must be at most the size it ranks ({limit})")
 
     def reshape(self, bottom, top):
+        _need_axes(self, bottom[0])
         if self.axis is not None:
             shape = list(bottom[0].shape)
             shape[self.axis] = self.top_k
@@ -587,6 +594,8 @@ class FilterLayer(Layer):
 
     def reshape(self, bottom, top):
         selector = bottom[-1]
+        for blob in bottom:
+            _need_axes(self, blob)
         if any(d != 1 for d in selector.shape[1:]):
             raise _error(self, f"selector dims must be 1 except the first, got {list(selector.shape)}")
         for blob in bottom[:-1]:
@@ -639,6 +648,7 @@ class BatchReindexLayer(Layer):
     def reshape(self, bottom, top):
         if bottom[1].num_axes != 1:
             raise _error(self, f"the index bottom must be 1-D, got shape {list(bottom[1].shape)}")
+        _need_axes(self, bottom[0])
         top[0].reshape((bottom[1].shape[0],) + tuple(bottom[0].shape[1:]))
 
     def _indices(self, bottom):

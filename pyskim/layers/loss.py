@@ -228,6 +228,8 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
+        if bottom[0].num_axes < 1:
+            raise NetError(f"layer '{self.name}': the prediction bottom needs at least one axis")
         self.outer_num = bottom[0].shape[0]
         self.inner_num = bottom[0].count_range(1)
         if bottom[0].count != bottom[1].count:
@@ -285,6 +287,10 @@ class ContrastiveLossLayer(LossLayer):
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
+        a, b = bottom[0], bottom[1]
+        if a.shape != b.shape or a.num_axes > 4 or a.count != a.num * a.channels:
+            raise NetError(f"layer '{self.name}': bottoms 0 and 1 must both be N x C x 1 x 1 (shapes "
+                           f"{list(a.shape)}, {list(b.shape)})")
         if bottom[2].count != bottom[0].num:
             raise NetError(f"layer '{self.name}': bottom 2 must hold one similarity label per pair "
                            f"({list(bottom[2].shape)} for {bottom[0].num} pairs)")
@@ -458,7 +464,7 @@ class MultinomialLogisticLossLayer(LossLayer):
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         label = bottom[1]
-        if not (label.channels == 1 and label.height == 1 and label.width == 1):
+        if not (label.channels == 1 and label.height == 1 and label.width == 1) or label.count != label.num:
             raise NetError(f"layer '{self.name}': the label bottom must be N x 1 x 1 x 1, got {list(label.shape)}")
 
     def _picked(self, bottom):
