@@ -90,24 +90,42 @@ def test_multinomial_logistic_loss_label_of_more_than_four_axes(tmp_path):
         _net(tmp_path, text).forward()
 
 
-def test_learning_rate_overflow_is_inf(tmp_path, shared_dir):
-    case = shared_dir / "conformance/solvers/sgd_fixed"
+def test_kernel_errors_name_the_layer(tmp_path):
+    from pyskim.errors import KernelArgumentError
+    with pytest.raises(KernelArgumentError, match=r"layer 'norm' \(LRN\): lrn_across_forward: k must be a finite number"):
+        _net(tmp_path, _input([1, 3, 4, 4]) + 'layer { name: "norm" type: "LRN" bottom: "data" top: "norm" '
+                                              'lrn_param { k: -inf } }').forward()
+
+
+def _conformance_solver(shared_dir, tmp_path, monkeypatch, name, **fields):
+    """A solver on a conformance case's net and LMDB, run from ``tmp_path`` (nothing written to ../shared)."""
+    case = shared_dir / "conformance/solvers" / name
     if not case.is_dir():
         pytest.skip("conformance solver data not available")
-    param = caffe_pb2.SolverParameter()
     from google.protobuf import text_format
-    text_format.Merge((case / "solver.prototxt").read_text(), param)
+    param = text_format.Merge((case / "solver.prototxt").read_text(), caffe_pb2.SolverParameter())
     param.net = str(case / "net.prototxt")
-    param.lr_policy, param.gamma = "exp", 1e30
-    import os
-    cwd = os.getcwd()
-    os.chdir(case)
-    try:
-        solver = pyskim.get_solver(param)
-        solver.iter = 1000
-        assert solver.get_learning_rate() == np.inf
-    finally:
-        os.chdir(cwd)
+    for key, value in fields.items():
+        setattr(param, key, value)
+    (tmp_path / "data_lmdb").symlink_to(case / "data_lmdb")
+    monkeypatch.chdir(tmp_path)
+    return pyskim.get_solver(param)
+
+
+def test_learning_rate_overflow_is_inf(shared_dir, tmp_path, monkeypatch):
+    solver = _conformance_solver(shared_dir, tmp_path, monkeypatch, "sgd_fixed", lr_policy="exp", gamma=1e30)
+    solver.iter = 1000
+    assert solver.get_learning_rate() == np.inf
+
+
+@pytest.mark.parametrize("momenta", [(0.9, 4294967296.0), (1.0, 0.999), (2.0, 1e30), (0.9, -3.0)])
+def test_adam_with_out_of_range_momenta(shared_dir, tmp_path, monkeypatch, momenta):
+    """Caffe computes the bias correction in C (NaN / inf); it must not raise a math error."""
+    momentum, momentum2 = momenta
+    solver = _conformance_solver(shared_dir, tmp_path, monkeypatch, "adam", momentum=momentum,
+                                 momentum2=momentum2)
+    with np.errstate(all="ignore"):
+        solver.step(2)
 
 
 @pytest.mark.parametrize("path", ["a\0b.prototxt", "\0"])
@@ -260,3 +278,15 @@ def test_layers_on_odd_bottom_shapes(tmp_path, layer_type):
                 net.backward()
             except PyskimError:
                 pass
+
+
+@pytest.mark.parametrize("layer", [
+    'type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 4294967295 }',
+    'type: "Pooling" pooling_param { pool: AVE kernel_size: 1073741825 pad: 1073741824 stride: 2147483647 }',
+    'type: "Convolution" convolution_param { num_output: 1 kernel_size: 2 stride: 4294967295 }',
+    'type: "Deconvolution" convolution_param { num_output: 1 kernel_size: 2 stride: 2147483647 }',
+])
+def test_geometry_beyond_32_bits_is_refused_before_the_kernels(tmp_path, layer):
+    """Layers that call the compiled kernels directly check the geometry as the wrappers do."""
+    with pytest.raises(PyskimError, match="layer 'x'.*32-bit"):
+        _net(tmp_path, _input([1, 1, 28, 28]) + f'layer {{ name: "x" bottom: "data" top: "x" {layer} }}').forward()

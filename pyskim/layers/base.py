@@ -10,7 +10,7 @@ import difflib
 import numpy as np
 
 from ..blob import Blob
-from ..errors import NetError, UnknownLayerTypeError
+from ..errors import KernelArgumentError, NetError, UnknownLayerTypeError
 from ..fillers import fill
 
 LAYER_REGISTRY = {}
@@ -100,7 +100,10 @@ class Layer:
             for blob in top:    # a loss over an empty batch: zero, as Caffe's sums over no items
                 blob.data[...] = 0
             return 0.0
-        self.forward_cpu(bottom, top)
+        try:
+            self.forward_cpu(bottom, top)
+        except KernelArgumentError as e:        # name the layer whose parameters the kernel refused
+            raise KernelArgumentError(f"layer '{self.name}' ({self.type}): {e}") from None
         loss = 0.0
         for top_blob, weight in zip(top, self.loss_weights):
             if weight:
@@ -110,7 +113,10 @@ class Layer:
     def backward(self, top, propagate_down, bottom):
         if bottom and all(blob.count == 0 for blob in bottom):
             return              # no bottom diff to write and no item to add to the param diffs
-        self.backward_cpu(top, propagate_down, bottom)
+        try:
+            self.backward_cpu(top, propagate_down, bottom)
+        except KernelArgumentError as e:
+            raise KernelArgumentError(f"layer '{self.name}' ({self.type}): {e}") from None
 
     def loss(self, top_index):
         return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0

@@ -85,6 +85,9 @@ class PoolingLayer(Layer):
         n, c, h, w = b.shape
         if self._global:
             self._kernel = (h, w)
+        # the compiled kernels index in 32 bits: refuse wider geometry before calling them directly
+        kernels._check_span(f"layer '{self.name}' (Pooling)", (h, w), self._kernel, self._pad, self._stride,
+                            (1, 1))
         round_mode = self.param.pooling_param.round_mode
         self._out = tuple(pooled_extent(self.name, size, k, s, p, round_mode)
                           for size, k, s, p in zip((h, w), self._kernel, self._stride, self._pad))

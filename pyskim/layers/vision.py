@@ -207,6 +207,9 @@ class BaseConvolutionLayer(Layer):
         self._num = b0.count_range(0, axis)
         in_spatial = tuple(b0.shape[axis + 1:])
         out_spatial = self._output_spatial(in_spatial)
+        low = self._lowering      # the compiled kernels index in 32 bits: refuse wider geometry here
+        for spatial in (in_spatial, out_spatial):
+            kernels._check_span(f"layer '{self.name}'", spatial, low.kernel, low.pad, low.stride, low.dilation)
         for blob in top:
             blob.reshape(tuple(b0.shape[:axis]) + (self._num_output,) + out_spatial)
         # The image side of im2col is the bottom for Convolution and the top for Deconvolution.

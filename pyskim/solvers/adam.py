@@ -1,6 +1,4 @@
 """AdamSolver: Kingma and Ba's Adam as Caffe's ``adam_solver.cpp``."""
-import math
-
 import numpy as np
 
 from .base import F32
@@ -23,8 +21,11 @@ class AdamSolver(SGDSolver):
         p = self._param
         beta1, beta2 = F32(p.momentum), F32(p.momentum2)
         t = self.iter + 1
-        # Computed in double as Caffe's pow(float, int), then rounded to the float Dtype.
-        correction = F32(math.sqrt(1.0 - math.pow(beta2, t)) / (1.0 - math.pow(beta1, t)))
+        # Computed in double as Caffe's pow(float, int), then rounded to the float Dtype; with C's
+        # semantics for out-of-range momenta (sqrt of a negative: NaN, overflow: inf, x/0: inf).
+        with np.errstate(all="ignore"):
+            correction = F32(np.sqrt(1.0 - np.power(np.float64(beta2), t))
+                             / (1.0 - np.power(np.float64(beta1), t)))
         diff = self.net.learnable_params[param_id].diff
         m = self.history[param_id]
         v = self.history[len(self.net.learnable_params) + param_id]
