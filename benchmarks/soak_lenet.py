@@ -159,7 +159,7 @@ def main():
     parser.add_argument("--json", type=pathlib.Path, help="write the report here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pyskim_soak_") as tmp:
-        work = args.work or pathlib.Path(tmp)
+        work = (args.work or pathlib.Path(tmp)).resolve()   # soak() runs from inside it
         work.mkdir(parents=True, exist_ok=True)
         if args.net == "small":
             result = soak(work, args.iters, args.sample_every, test_iter=2, net=link_small_lmdb(work))

@@ -1,5 +1,5 @@
 """AlexNet conv1-5: pyskim direct sparse conv vs pyskim dense (Net Convolution: im2col + BLAS GEMM)
-vs PyTorch CPU (oneDNN), all measured in the same process.
+vs PyTorch CPU (oneDNN) vs onnxruntime (CPU provider, MLAS), all measured in the same process.
 
     python benchmarks/sparse_conv.py [--threads 1 2] [--batches 1 16] [--openblas env unset]
                                      [--densities 1.0 0.3 0.2 0.1 0.05] [--layers conv1 ...]
@@ -16,7 +16,7 @@ Times are medians of ``--repeats`` calls after a warm-up; all methods of a layer
 round-robin for ``--rounds`` rounds and each keeps its fastest median, so that they all see the same
 background load. "useful GF/s" counts only the nonzero MACs (2 * nnz * output positions); "dense GF/s"
 counts all of them. Speedups are relative to the
-pyskim dense layer, to torch, and to the faster of the two ("best"). Before each measurement the
+pyskim dense layer, to torch, to onnxruntime ("ort") and to the fastest of the three ("best"). Before each measurement the
 script waits (up to --quiet-wait s) for the machine to be idle and reports, per row, the CPU time
 other processes used while it was timing ("others", in CPUs; anything above ~0.05 means the row
 was measured on a shared machine).
@@ -122,8 +122,26 @@ def conv_net(batch, channels, size, num_output, kernel, stride, pad, group):
     return pyskim.Net(param, pyskim.TEST)
 
 
+def ort_conv(x, w, bias, stride, pad, group, threads):
+    """An onnxruntime session running one Conv node (opset 17) on ``x``; returns the call to time."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride] * 2, pads=[pad] * 4, group=group,
+                            kernel_shape=list(w.shape[2:]))
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"x": x})[0]
+
+
 def run_child(args):
     import numpy as np
+    import onnxruntime
     import torch
 
     import pyskim.kernels as pk
@@ -134,10 +152,11 @@ def run_child(args):
     torch.set_num_threads(nt)
     blas = os.environ.get("OPENBLAS_CORETYPE", "(unset)"), os.environ.get("OPENBLAS_L2_SIZE", "(unset)")
     print(f"\n=== threads={nt}  OPENBLAS_CORETYPE={blas[0]} OPENBLAS_L2_SIZE={blas[1]}  "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)  numpy {np.__version__}")
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)  onnxruntime {onnxruntime.__version__}  "
+          f"numpy {np.__version__}")
     print(f"{'layer':6s} {'batch':>5s} {'dens':>5s} {'sparse ms':>9s} {'useful':>7s} {'dense':>7s} "
-          f"{'pysk-dense ms':>13s} {'torch ms':>9s} {'vs pysk':>7s} {'vs torch':>8s} {'vs best':>7s} "
-          f"{'others':>6s} {'err':>8s}")
+          f"{'pysk-dense ms':>13s} {'torch ms':>9s} {'ort ms':>8s} {'vs pysk':>7s} {'vs torch':>8s} "
+          f"{'vs ort':>6s} {'vs best':>7s} {'others':>6s} {'err':>8s}")
     rng = np.random.default_rng(0)
     layers = [c for c in ALEXNET_CONVS if c[0] in args.layers]
     load = Load()
@@ -163,7 +182,7 @@ def run_child(args):
                 with torch.inference_mode():
                     return torch.nn.functional.conv2d(tx, tw, tb, s, p, 1, g)
 
-            methods = {"dense": net.forward, "torch": torch_conv}
+            methods = {"dense": net.forward, "torch": torch_conv, "ort": ort_conv(x, w, bias, s, p, g, nt)}
             pruned = {}
             for d in args.densities:
                 wd = w * (rng.random(w.shape) < d) if d < 1.0 else w
@@ -175,8 +194,8 @@ def run_child(args):
 
                 methods[d] = sparse
             res = race(methods, reps, args.rounds, args.quiet_wait, load)
-            (td, o_dense), (tt, o_torch) = res["dense"], res["torch"]
-            best = min(td, tt)
+            (td, o_dense), (tt, o_torch), (to, o_ort) = res["dense"], res["torch"], res["ort"]
+            best = min(td, tt, to)
             for d in args.densities:
                 wd, csr = pruned[d]
                 ts, others = res[d]
@@ -189,20 +208,20 @@ def run_child(args):
                 err = max(err, float(np.abs(net.blobs["conv"].data - ref).max() / np.abs(ref).max()))
                 useful = dense_flops * csr.density
                 print(f"{name:6s} {batch:5d} {d:5.2f} {ts * 1e3:9.3f} {useful / ts / 1e9:7.1f} "
-                      f"{dense_flops / ts / 1e9:7.1f} {td * 1e3:13.3f} {tt * 1e3:9.3f} {td / ts:7.2f} "
-                      f"{tt / ts:8.2f} {best / ts:7.2f} {max(others, o_dense, o_torch):6.2f} "
-                      f"{err:8.1e}", flush=True)
-                totals[name, d] = (ts, td, tt, best)
+                      f"{dense_flops / ts / 1e9:7.1f} {td * 1e3:13.3f} {tt * 1e3:9.3f} {to * 1e3:8.3f} "
+                      f"{td / ts:7.2f} {tt / ts:8.2f} {to / ts:6.2f} {best / ts:7.2f} "
+                      f"{max(others, o_dense, o_torch, o_ort):6.2f} {err:8.1e}", flush=True)
+                totals[name, d] = (ts, td, tt, to, best)
         names = [c[0] for c in layers]
         for i, subset in enumerate((names, [n for n in names if n != "conv1"])):
             if len(subset) < 2 or (i and len(subset) == len(names)):
                 continue
             for d in args.densities:
-                ts, td, tt, best = (sum(totals[n, d][i] for n in subset) for i in range(4))
+                ts, td, tt, to, best = (sum(totals[n, d][i] for n in subset) for i in range(5))
                 print(f"sum {'+'.join(subset)} batch {batch} d={d:.2f}: sparse {ts * 1e3:.2f} ms, "
-                      f"pyskim dense {td * 1e3:.2f}, torch {tt * 1e3:.2f}, per-layer best dense "
-                      f"{best * 1e3:.2f}; speedup vs pyskim {td / ts:.2f}x, vs torch {tt / ts:.2f}x, "
-                      f"vs best {best / ts:.2f}x")
+                      f"pyskim dense {td * 1e3:.2f}, torch {tt * 1e3:.2f}, ort {to * 1e3:.2f}, per-layer best "
+                      f"dense {best * 1e3:.2f}; speedup vs pyskim {td / ts:.2f}x, vs torch {tt / ts:.2f}x, "
+                      f"vs ort {to / ts:.2f}x, vs best {best / ts:.2f}x")
 
 
 # -- driver -----------------------------------------------------------------------------------------
@@ -234,6 +253,7 @@ def main():
             env = dict(os.environ)
             for v in THREAD_VARS:
                 env[v] = str(nt)
+            env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")     # as pyskim sets it (pyskim/__init__.py)
             if blas == "unset":
                 for v in OPENBLAS_VARS:
                     env.pop(v, None)

@@ -1,10 +1,15 @@
 #!/usr/bin/env python
 """Train Caffe's LeNet (``prototxt/lenet``) on Fashion-MNIST with ``pyskim train``, as ``caffe train``
-would: convert the idx files to LMDBs with ``tools/convert_mnist.py``, then run the solver in a work
-folder and write its log there.
+would: convert the idx files to LMDBs, then run the solver in a work folder and write its log there.
 
     python examples/train_fashion_mnist.py                      # work/fashion_mnist, 10,000 iterations
     python examples/train_fashion_mnist.py --max-iter 500       # a short try
+    python examples/train_fashion_mnist.py --data pyskim/datasets/fashion_mnist --max-iter 1000
+
+``--data`` names a folder of idx files: ``train-*`` and ``t10k-*`` (all of Fashion-MNIST, or MNIST) are
+converted with ``tools/convert_mnist.py``; a folder with only the ``t10k-*`` pair (such as the test split
+embedded in pyskim for ``pyskim demo``) is split as the demo does, 8,000 images for training and 2,000
+held out (and the solver's ``test_iter`` is cut to cover those 2,000 once).
 
 The work folder gets ``fashion_mnist_{train,test}_lmdb`` (made once, reused later), copies of the
 prototxts, ``train.log`` (Caffe's log format, so Caffe's ``parse_log.py`` reads it) and the
@@ -25,24 +30,44 @@ SPLITS = (("train", "train"), ("test", "t10k"))
 
 
 def idx_file(data, prefix, kind):
-    """``<prefix>-<kind>-idx?-ubyte`` in ``data``, gzipped or not."""
+    """``<prefix>-<kind>-idx?-ubyte`` in ``data``, gzipped or not (None if absent)."""
     for name in (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz",
                  f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"):
         if (data / name).exists():
             return data / name
-    sys.exit(f"error: no {prefix} {kind} idx file in {data} (download Fashion-MNIST there, or pass --data)")
+    return None
 
 
 def convert(data, work):
-    for split, prefix in SPLITS:
-        db = work / f"fashion_mnist_{split}_lmdb"
-        if (db / "data.mdb").exists():
-            print(f"Using the existing {db}")
-            continue
+    """Make the two LMDBs in ``work`` unless they exist; returns the number of held-out images."""
+    dbs = {split: work / f"fashion_mnist_{split}_lmdb" for split, _ in SPLITS}
+    if all((db / "data.mdb").exists() for db in dbs.values()):
+        print(f"Using the existing {dbs['train']} and {dbs['test']}")
+        return _count(dbs["test"])
+    for db in dbs.values():
         shutil.rmtree(db, ignore_errors=True)
-        print(f"Converting Fashion-MNIST {split} to {db}")
-        subprocess.run([sys.executable, str(REPO / "tools" / "convert_mnist.py"), str(idx_file(data, prefix, "images")),
-                        str(idx_file(data, prefix, "labels")), str(db)], check=True)
+    if all(idx_file(data, prefix, kind) for _, prefix in SPLITS for kind in ("images", "labels")):
+        for split, prefix in SPLITS:
+            print(f"Converting {data} {prefix} to {dbs[split]}")
+            subprocess.run([sys.executable, str(REPO / "tools" / "convert_mnist.py"),
+                            str(idx_file(data, prefix, "images")), str(idx_file(data, prefix, "labels")),
+                            str(dbs[split])], check=True)
+        return _count(dbs["test"])
+    if not (idx_file(data, "t10k", "images") and idx_file(data, "t10k", "labels")):
+        sys.exit(f"error: no train-*/t10k-* idx files in {data} (download Fashion-MNIST there, or pass --data)")
+    from pyskim.demo import load_dataset
+    from pyskim.tools.convert_mnist_data import convert_arrays
+    _, train_x, train_y, test_x, test_y = load_dataset(data)
+    print(f"Splitting {data} t10k: {len(train_x)} images to {dbs['train']}, {len(test_x)} to {dbs['test']}")
+    convert_arrays(train_x, train_y, dbs["train"])
+    convert_arrays(test_x, test_y, dbs["test"])
+    return len(test_x)
+
+
+def _count(db):
+    import lmdb
+    with lmdb.open(str(db), readonly=True, lock=False) as env:
+        return env.stat()["entries"]
 
 
 def main(argv=None):
@@ -54,17 +79,23 @@ def main(argv=None):
                         help="folder for the LMDBs, the log and the snapshots (default: %(default)s)")
     parser.add_argument("--max-iter", type=int, default=None,
                         help="stop after this many iterations instead of the solver's 10,000")
+    parser.add_argument("--snapshot", type=int, default=None,
+                        help="snapshot every this many iterations instead of the solver's 5,000")
     parser.add_argument("--blas-threads", type=int, default=None,
                         help="OpenBLAS threads for the run (default: the environment's OPENBLAS_NUM_THREADS; "
                              "if unset, 1 when the machine is busy, else OpenBLAS's own default)")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    convert(args.data.resolve(), work)
+    held_out = convert(args.data.resolve(), work)
     shutil.copy(REPO / "prototxt" / "lenet" / "lenet_train_test.prototxt", work)
     solver_text = (REPO / "prototxt" / "lenet" / "lenet_solver.prototxt").read_text()
     if args.max_iter is not None:
         solver_text = re.sub(r"(?m)^max_iter: \d+", f"max_iter: {args.max_iter}", solver_text)
+    if args.snapshot is not None:
+        solver_text = re.sub(r"(?m)^snapshot: \d+", f"snapshot: {args.snapshot}", solver_text)
+    if held_out < 10000:    # the solver's test_iter covers 10,000 test images at batch 100
+        solver_text = re.sub(r"(?m)^test_iter: \d+", f"test_iter: {-(-held_out // 100)}", solver_text)
     (work / "lenet_solver.prototxt").write_text(solver_text)
     env = dict(os.environ)
     if args.blas_threads is not None:

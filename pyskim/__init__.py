@@ -5,9 +5,14 @@
 """
 import os
 
-# OpenMP workers that spin after a kernel compete with OpenBLAS's GEMM threads for the same cores;
-# sleeping workers keep the two thread pools from stalling each other. Set before the kernels load.
+# Worker threads that spin after a parallel region compete with the other pool's threads for the same
+# cores: OpenBLAS's GEMM workers spin for about 0.1 s after each call, and a multi-threaded sparse
+# kernel that starts meanwhile runs at the speed of its slowest thread (a 2-thread DIRECT_SCONV right
+# after a GEMM measured 1.8x slower). Both pools sleep right away instead. Each variable takes effect
+# only if set before its library loads: OpenMP's with the kernels, OpenBLAS's with numpy (so only when
+# pyskim is imported before numpy, as the ``pyskim`` command and tools do).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from . import io
 from .blob import get_max_blob_bytes, set_max_blob_bytes

@@ -26,7 +26,8 @@ commands:
   train           train or finetune a model
   test            score a model
   device_query    show GPU diagnostic information
-  time            benchmark model execution time"""
+  time            benchmark model execution time
+  demo            train, prune (GSL) and time LeNet on embedded data (pyskim demo --help)"""
 
 ACTIONS = ("stop", "snapshot", "none")
 
@@ -176,6 +177,10 @@ COMMANDS = {"train": train, "test": test, "time": time_net, "device_query": devi
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+        return demo_main(argv[1:])
     parser = build_parser()
     args = flags.parse(parser, argv)
     flags.init_logging()

@@ -27,11 +27,9 @@ and measured forward speedup (dense vs sparse, at batch ``batch``). Everything g
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import pathlib
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -42,6 +40,7 @@ from .errors import PyskimError
 from .io.protofiles import write_text
 from .io.upgrade import read_net_text, read_solver_text
 from .proto import caffe_pb2
+from .runlog import LogToFile, progress_bar
 
 __all__ = ["DEFAULTS", "GSLError", "GSLResult", "LayerPlan", "StageResult", "plan_layers", "run_gsl"]
 
@@ -278,44 +277,6 @@ def stage_solver(user, stage, net_file, stage_dir, cfg):
 
 # -- running -----------------------------------------------------------------------------------------
 
-class _StageLog:
-    """Send the ``pyskim`` logger to ``path`` (Caffe's format, appended) while the stage runs; with a
-    progress bar, keep INFO lines off the terminal."""
-
-    def __init__(self, path, quiet_console):
-        from .tools.flags import GlogFormatter
-        self.handler = logging.FileHandler(path, mode="a")
-        self.handler.setFormatter(GlogFormatter())
-        self.quiet = quiet_console
-
-    def __enter__(self):
-        self.level = log.level
-        log.setLevel(logging.INFO)
-        log.addHandler(self.handler)
-        self.console = [(h, h.level) for h in log.handlers + logging.getLogger().handlers
-                        if h is not self.handler and self.quiet]
-        for h, _ in self.console:
-            h.setLevel(logging.WARNING)
-        return self
-
-    def __exit__(self, *exc):
-        for h, level in self.console:
-            h.setLevel(level)
-        log.removeHandler(self.handler)
-        self.handler.close()
-        log.setLevel(self.level)
-
-
-def _progress_bar(total, desc, initial):
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc=desc, unit="it", leave=True)
-
-
 def _weight_index(net):
     """``{layer name: learnable param index of its weights}``."""
     out = {}
@@ -346,9 +307,9 @@ def _run_stage(stage, solver_param, weights, stage_dir, plan, show_progress, use
     from .cli import SignalHandler
     from .solvers import get_solver
     floors = {p.name: p.floor for p in plan if p.prune} if stage == "prune" else {}
-    bar = _progress_bar(solver_param.max_iter, f"GSL {stage}", 0) if use_bar else None
+    bar = progress_bar(solver_param.max_iter, f"GSL {stage}", 0) if use_bar else None
     start = time.perf_counter()
-    with _StageLog(stage_dir / "train.log", quiet_console=bar is not None):
+    with LogToFile(stage_dir / "train.log", quiet_console=bar is not None):
         solver = get_solver(solver_param)
         state = _latest_state(stage_dir, stage)
         if state is not None:
@@ -391,6 +352,7 @@ def _run_stage(stage, solver_param, weights, stage_dir, plan, show_progress, use
             if handler is not None:
                 handler.restore()
             if bar is not None:
+                bar.update(solver.iter - bar.n)
                 bar.close()
     if solver.requested_early_exit:
         raise GSLError(f"the {stage} stage was stopped at iteration {solver.iter} (snapshot in {stage_dir}); "
@@ -426,7 +388,7 @@ def _evaluate_dense(user, net_param, weights, stage_dir):
         s.ClearField(field)
     s.net_param.CopyFrom(net_param)
     s.snapshot = 0
-    with _StageLog(stage_dir / "test.log", quiet_console=False):
+    with LogToFile(stage_dir / "test.log", quiet_console=True):
         solver = get_solver(s)
         solver.load_weights(str(weights))
         return solver, _test_scores(solver)
@@ -439,7 +401,7 @@ def _stage_result(stage, solver, scores, seconds, names, shapes, deploy_file, we
     perfs = gsl_perf.predict_layers(shapes, densities)
     measured = None
     if cfg["measure_iters"]:
-        with _StageLog(stage_dir / "time.log", quiet_console=True):
+        with LogToFile(stage_dir / "time.log", quiet_console=True):
             measured = gsl_perf.measure_compare(deploy_file, weights, iterations=cfg["measure_iters"])
         files = {**files, "time_log": str(stage_dir / "time.log")}
     return StageResult(stage, _accuracy(scores), _loss(scores), int(solver.iter), seconds, densities,
@@ -471,8 +433,8 @@ def run_gsl(solver, weights, out_dir, *, resume=False, threads=None, progress=Tr
     ``l1_decay``, ``prune_threshold``, ``max_threshold_factor``, ``finetune_lr``, ``weight_decay``
     (fine-tuning's L2), ``min_density``, ``target_speedup``, ``batch``, ``measure_iters`` (0: no
     timing), ``snapshots``, ``tests``). ``threads``: kernel and BLAS threads (default: as set).
-    ``progress``: log GSL's progress lines; ``use_bar``: a tqdm bar per stage when tqdm is installed
-    and stderr is a terminal; ``on_iteration(stage, iteration, max_iter)``: called before every
+    ``progress``: log GSL's progress lines; ``use_bar``: a progress bar per stage (tqdm on a terminal, else a
+    line at every tenth), Caffe's log lines then going to the stage's log file only; ``on_iteration(stage, iteration, max_iter)``: called before every
     training iteration (e.g. a caller's own progress bar). ``profile``: a
     :class:`pyskim.perfmodel.MachineProfile` to use instead of the calibrated one.
     ``resume``: continue the run in ``out_dir`` with its stored settings."""
@@ -550,7 +512,7 @@ def _run(cfg, out, progress, use_bar, on_iteration):
                                          on_iteration)
             caffemodel = stage_dir / f"gsl_{stage}_iter_{solver.iter}.caffemodel"
             tested = param.test_interval and solver.iter % param.test_interval == 0
-            with _StageLog(stage_dir / "train.log", quiet_console=True):
+            with LogToFile(stage_dir / "train.log", quiet_console=True):
                 scores = _test_scores(solver, reuse=tested)
             files = {"caffemodel": str(caffemodel), "log": str(stage_dir / "train.log"), "net": str(net_file),
                      "solver": str(stage_dir / "solver.prototxt"), "deploy": str(deploy_file)}

@@ -113,6 +113,13 @@ def _conv_layer(channels, num_output, size, kernel, pad, stride=1):
     return layer, bottom, top
 
 
+def _net(seconds, overhead):
+    """A measured time less the per-call overhead, never below half of it: with several threads the
+    tiny layer that measures the overhead also pays the workers' wake-up, which can exceed a whole
+    batch-1 call."""
+    return max(seconds - overhead, 0.5 * seconds, 1e-7)
+
+
 def calibrate(threads=None):
     """Measure BW, e_d, e_s0, σ, e_fc, o_d and o_s on this machine (about a second)."""
     import numpy as np
@@ -133,7 +140,7 @@ def calibrate(threads=None):
         t_dense = _best(lambda: layer.forward([bottom], [top]), 20)
         tiny, tb, tt = _conv_layer(1, 1, 4, 1, 0)
         o_d = _best(lambda: tiny.forward([tb], [tt]), 50)
-        dense_eff = s.flops / (compute * max(t_dense - o_d, 1e-7))
+        dense_eff = s.flops / (compute * _net(t_dense, o_d))
         # sparse conv: stride 1 and stride 2, density 0.1; overhead from a tiny layer
         x = rng.standard_normal((1, s.channels, s.height, s.width)).astype(np.float32)
         w = rng.standard_normal((s.num_output, s.channels, 3, 3)).astype(np.float32)
@@ -146,12 +153,12 @@ def calibrate(threads=None):
         tx, ty = np.ones((1, 1, 4, 4), np.float32), np.empty((1, 1, 4, 4), np.float32)
         o_s = _best(lambda: sparse_conv_forward(tx, tiny_csr, None, 1, 0, 1, (4, 4), out=ty), 50)
         u = lane_utilization(s)
-        sparse_eff = density * s.flops / (compute * u * max(t_sparse - o_s, 1e-7))
+        sparse_eff = density * s.flops / (compute * u * _net(t_sparse, o_s))
         s2 = dataclasses.replace(s, stride=(2, 2))
         out2 = np.empty((1, s.num_output) + s2.out_hw, np.float32)
         t_stride = _best(lambda: sparse_conv_forward(x, csr, None, 2, 1, 1, s2.out_hw, out=out2), 20)
         stride_eff = density * s2.flops / (compute * lane_utilization(s2) * sparse_eff
-                                            * max(t_stride - o_s, 1e-7))
+                                            * _net(t_stride, o_s))
         # sparse inner product at batch 16
         f = CALIBRATION_FC
         wf = rng.standard_normal((f.num_output, f.num_input)).astype(np.float32)
@@ -160,9 +167,9 @@ def calibrate(threads=None):
         xf = rng.standard_normal((f.batch, f.num_input)).astype(np.float32)
         yf = np.empty((f.batch, f.num_output), np.float32)
         t_fc = _best(lambda: sparse_fc_forward(xf, fc, None, out=yf), 20)
-        fc_eff = fc.density * f.flops / (compute * lane_utilization(f) * max(t_fc - o_s, 1e-7))
+        fc_eff = fc.density * f.flops / (compute * lane_utilization(f) * _net(t_fc, o_s))
         t_mv = _best(lambda: sparse_fc_forward(xf[:1], fc, None, out=yf[:1]), 20)
-        spmv_eff = fc.density * f.flops / f.batch / (compute * max(t_mv - o_s, 1e-7))
+        spmv_eff = fc.density * f.flops / f.batch / (compute * _net(t_mv, o_s))
     finally:
         set_threads(previous)
 

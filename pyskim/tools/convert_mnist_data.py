@@ -29,6 +29,7 @@ COMMIT_EVERY = 1000
 
 
 def convert(image_file, label_file, db_path):
+    """Convert an idx image file and its idx label file into the LMDB ``db_path``; returns the item count."""
     images, labels = read_idx(image_file), read_idx(label_file)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{image_file}: Incorrect image file magic (expected 3-d unsigned bytes, got "
@@ -38,6 +39,12 @@ def convert(image_file, label_file, db_path):
                         f"{labels.ndim}-d {labels.dtype})")
     if len(images) != len(labels):
         raise DataError(f"{image_file} holds {len(images)} items but {label_file} {len(labels)} labels")
+    return convert_arrays(images, labels, db_path)
+
+
+def convert_arrays(images, labels, db_path):
+    """Write N x rows x cols uint8 ``images`` with their uint8 ``labels`` into the LMDB ``db_path`` as
+    Caffe's tool does (keys ``%08d``, 1 x rows x cols Datums, a commit every 1000 items)."""
     num, rows, cols = images.shape
     writer = LMDBWriter(db_path, commit_every=COMMIT_EVERY)
     log.info("A total of %d items.", num)
