@@ -375,7 +375,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         else:
             low = self._lowering
             _conv_batch.im2col_batch(images.reshape((n,) + self._col_image), *low.kernel, *low.pad,
-                                     *low.stride, *low.dilation, cols, 1)
+                                     *low.stride, *low.dilation, cols, kernels._threads_for(cols.size))
         return cols.reshape(self._group, self._kdim, n * p)
 
     def _fold_batch(self, cols, images):
@@ -387,16 +387,22 @@ class ConvolutionLayer(BaseConvolutionLayer):
         low = self._lowering
         flat = cols.reshape(self._group * self._kdim, n * p)
         _conv_batch.col2im_batch(flat, *low.kernel, *low.pad, *low.stride, *low.dilation,
-                                 images.reshape((n,) + self._col_image), 1)
+                                 images.reshape((n,) + self._col_image), kernels._threads_for(flat.size))
 
     def _forward_batched(self, x, y, keep=False):
         """y (n, num_output, P) = W_g . cols_g + bias: one GEMM per group for the whole chunk."""
         n, p, g = x.shape[0], self._positions, self._group
         mg = self._num_output // g
-        product = _workspace("batch_product", (g, mg, n * p))
-        np.matmul(self._weights(self.blobs[0].data), self._lower_batch(x, keep), out=product)
-        images = product.reshape(g, mg, n, p).transpose(2, 0, 1, 3)
+        cols = self._lower_batch(x, keep)
         out = y.reshape(n, g, mg, p)
+        if n == 1:              # one image: the product's layout is the top's, no reordering copy
+            np.matmul(self._weights(self.blobs[0].data), cols, out=out[0])
+            if self._bias_term:
+                out += self.blobs[1].data.reshape(1, g, mg, 1)
+            return
+        product = _workspace("batch_product", (g, mg, n * p))
+        np.matmul(self._weights(self.blobs[0].data), cols, out=product)
+        images = product.reshape(g, mg, n, p).transpose(2, 0, 1, 3)
         if self._bias_term:
             np.add(images, self.blobs[1].data.reshape(1, g, mg, 1), out=out)
         else:
