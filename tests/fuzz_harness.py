@@ -862,7 +862,10 @@ def mutate_hdf5_tree(tree, program):
                 import warnings
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")           # complex -> real drops the imaginary part
-                    parent[key] = value.astype(kind)
+                    try:
+                        parent[key] = value.astype(kind)
+                    except (TypeError, ValueError):           # e.g. bytes "abc" to a number: keep the value
+                        pass
         elif name == "to_group":
             parent[key] = {}
         elif name == "to_dataset":
