@@ -253,7 +253,6 @@ def main():
             env = dict(os.environ)
             for v in THREAD_VARS:
                 env[v] = str(nt)
-            env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")     # as pyskim sets it (pyskim/__init__.py)
             if blas == "unset":
                 for v in OPENBLAS_VARS:
                     env.pop(v, None)

@@ -357,3 +357,30 @@ def test_resnet_style_in_place_chain_in_a_net(phase):
     np.testing.assert_allclose(dx_a, dx_b, rtol=1e-5, atol=1e-6)
     for a, b in zip(bn_a + pd_a, bn_b + pd_b):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_relu_special_values_follow_caffes_formula(slope, in_place):
+    """Caffe computes max(x, 0) + slope * min(x, 0), so a plain ReLU maps -inf to NaN (0 * -inf), and
+    backward multiplies by (x > 0) + slope * (x <= 0)."""
+    x = np.array([[-np.inf, -1.5, 0.0, 2.0, np.nan, np.inf, -0.0, 3.0]], np.float32)
+    layer = make_layer(f'type: "ReLU" relu_param {{ negative_slope: {slope} }}')
+    bottom = blob_of(x)
+    top = bottom if in_place else Blob()
+    layer.setup([bottom], [top])
+    layer.reshape([bottom], [top])
+    s = np.float32(slope)
+    with np.errstate(invalid="ignore"):
+        expected = np.maximum(x, np.float32(0)) + s * np.minimum(x, np.float32(0))
+        layer.forward([bottom], [top])
+        np.testing.assert_array_equal(top.data, expected)
+        finite = np.nan_to_num(x, nan=1.0, posinf=5.0, neginf=-5.0)   # backward on finite inputs
+        bottom.data[...] = finite
+        if not in_place:
+            top.data[...] = np.maximum(finite, 0) + s * np.minimum(finite, 0)
+        top.diff[...] = np.arange(1, 9, dtype=np.float32)
+        gate = top.data if in_place else finite
+        want = np.arange(1, 9, dtype=np.float32) * ((gate > 0) + s * (gate <= 0))
+        layer.backward([top], [True], [bottom])
+    np.testing.assert_array_equal(bottom.diff, want)

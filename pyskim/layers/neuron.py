@@ -41,12 +41,20 @@ class ReLULayer(NeuronLayer):
 
     def forward_cpu(self, bottom, top):
         x = bottom[0].data
-        top[0].data[...] = np.maximum(x, F32(0)) + self.negative_slope * np.minimum(x, F32(0))
+        # Plain ReLU in one pass; Caffe's formula otherwise, and also where it differs from max(x, 0):
+        # 0 * min(-inf, 0) is NaN (any NaN or -inf makes the minimum fail the test).
+        if self.negative_slope == 0 and x.size and x.min() > -np.inf:
+            np.maximum(x, F32(0), out=top[0].data)
+        else:
+            top[0].data[...] = np.maximum(x, F32(0)) + self.negative_slope * np.minimum(x, F32(0))
 
     def backward_cpu(self, top, propagate_down, bottom):
         if propagate_down[0]:
             x = bottom[0].data
-            bottom[0].diff[...] = top[0].diff * ((x > 0) + self.negative_slope * (x <= 0))
+            if self.negative_slope == 0:
+                np.multiply(top[0].diff, x > 0, out=bottom[0].diff)
+            else:
+                bottom[0].diff[...] = top[0].diff * ((x > 0) + self.negative_slope * (x <= 0))
 
 
 @register("PReLU")
