@@ -341,9 +341,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     self._fold(self._transposed_product(td), bottom_diff[s:e])
 
     # -- whole-chunk GEMMs: columns of all images side by side, (group, K, n * P) -------------------
-    # The batched im2col/col2im run on one thread: a chunk is at most BATCH_COL_BUFFER_BYTES, which
-    # one core lowers in about a millisecond, and a second OpenMP thread waiting for a busy core
-    # would stall the whole region.
+    # The batched im2col/col2im run on the kernels' threads once the columns reach
+    # kernels.PARALLEL_MIN_ELEMENTS (one task per image and channel); smaller ones stay on one thread.
     def _keeps_columns(self, start, end):
         """Whether forward keeps the columns of images ``start:end`` for backward: a TRAIN net's layer
         that learns its weights and lowers the whole batch in one chunk."""
