@@ -29,15 +29,6 @@ DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "fashion-mnist"
 SPLITS = (("train", "train"), ("test", "t10k"))
 
 
-def idx_file(data, prefix, kind):
-    """``<prefix>-<kind>-idx?-ubyte`` in ``data``, gzipped or not (None if absent)."""
-    for name in (f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz",
-                 f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"):
-        if (data / name).exists():
-            return data / name
-    return None
-
-
 def convert(data, work):
     """Make the two LMDBs in ``work`` unless they exist; returns the number of held-out images."""
     dbs = {split: work / f"fashion_mnist_{split}_lmdb" for split, _ in SPLITS}
@@ -46,17 +37,17 @@ def convert(data, work):
         return _count(dbs["test"])
     for db in dbs.values():
         shutil.rmtree(db, ignore_errors=True)
-    if all(idx_file(data, prefix, kind) for _, prefix in SPLITS for kind in ("images", "labels")):
-        for split, prefix in SPLITS:
-            print(f"Converting {data} {prefix} to {dbs[split]}")
-            subprocess.run([sys.executable, str(REPO / "tools" / "convert_mnist.py"),
-                            str(idx_file(data, prefix, "images")), str(idx_file(data, prefix, "labels")),
+    from pyskim.demo import idx_pair, load_dataset
+    from pyskim.tools.convert_mnist_data import convert_arrays
+    pairs = {split: idx_pair(data, prefix) for split, prefix in SPLITS}
+    if all(pairs.values()):
+        for split, (images, labels) in pairs.items():
+            print(f"Converting {images} and {labels} to {dbs[split]}")
+            subprocess.run([sys.executable, str(REPO / "tools" / "convert_mnist.py"), str(images), str(labels),
                             str(dbs[split])], check=True)
         return _count(dbs["test"])
-    if not (idx_file(data, "t10k", "images") and idx_file(data, "t10k", "labels")):
+    if not pairs["test"]:
         sys.exit(f"error: no train-*/t10k-* idx files in {data} (download Fashion-MNIST there, or pass --data)")
-    from pyskim.demo import load_dataset
-    from pyskim.tools.convert_mnist_data import convert_arrays
     _, train_x, train_y, test_x, test_y = load_dataset(data)
     print(f"Splitting {data} t10k: {len(train_x)} images to {dbs['train']}, {len(test_x)} to {dbs['test']}")
     convert_arrays(train_x, train_y, dbs["train"])

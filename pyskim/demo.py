@@ -37,7 +37,7 @@ from .io.upgrade import read_net_text, read_solver_text
 from .proto import caffe_pb2
 from .runlog import LogToFile, progress_bar
 
-__all__ = ["SCHEDULES", "DemoResult", "load_dataset", "main", "run_demo"]
+__all__ = ["SCHEDULES", "DemoResult", "idx_pair", "load_dataset", "main", "run_demo"]
 
 EMBEDDED = pathlib.Path(__file__).resolve().parent / "datasets" / "fashion_mnist"
 LENET = pathlib.Path(__file__).resolve().parents[1] / "prototxt" / "lenet"
@@ -79,7 +79,7 @@ class DemoResult(dict):
 
 # -- data --------------------------------------------------------------------------------------------
 
-def _idx_pair(folder, split):
+def idx_pair(folder, split):
     """The (images, labels) idx files of ``split`` ("train" or "t10k") in ``folder``, or None."""
     found = []
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
@@ -105,7 +105,7 @@ def load_dataset(data_dir=None):
     folder = pathlib.Path(data_dir) if data_dir else EMBEDDED
     if not folder.is_dir():
         raise DataError(f"--data {folder}: not a folder")
-    train, test = _idx_pair(folder, "train"), _idx_pair(folder, "t10k")
+    train, test = idx_pair(folder, "train"), idx_pair(folder, "t10k")
     name = "Fashion-MNIST t10k (embedded)" if data_dir is None else str(folder)
     if train and test:
         return (name, *_read_pair(train), *_read_pair(test))
@@ -244,15 +244,15 @@ def run_demo(out_dir=None, quick=False, data_dir=None, threads=1, prototxt_dir=N
     out = pathlib.Path(out_dir) if out_dir else _default_out()
     if out.exists() and any(out.iterdir()):
         raise PyskimError(f"output folder {out} is not empty; name another with --out")
+    files = _lenet_files(prototxt_dir)             # bad inputs fail before anything is written
+    data_name, train_x, train_y, test_x, test_y = load_dataset(data_dir)
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
-    files = _lenet_files(prototxt_dir)
     if threads:
         set_threads(int(threads))
     started = time.perf_counter()
     log.info("pyskim demo (%s): writing to %s", "quick" if quick else "full", out)
 
-    data_name, train_x, train_y, test_x, test_y = load_dataset(data_dir)
     log.info("Step 1/4: data: %s; %d training and %d held-out images to LMDB", data_name, len(train_x),
              len(test_x))
     with tempfile.TemporaryDirectory(prefix="pyskim-demo-") as tmp:
@@ -271,6 +271,8 @@ def run_demo(out_dir=None, quick=False, data_dir=None, threads=1, prototxt_dir=N
                              batch=TIMING_BATCH, prune_iters=schedule["prune_iters"],
                              finetune_iters=schedule["finetune_iters"], base_lr=schedule["base_lr"],
                              l1_decay=schedule["l1_decay"])
+    training_logs = {"dense": dense_dir / "train.log", "prune": out / "gsl" / "prune" / "train.log",
+                     "finetune": out / "gsl" / "finetune" / "train.log"}
     pruned_model = out / "gsl" / "gsl_final.caffemodel"
     deploy = out / "gsl" / "deploy.prototxt"
     log.info("Step 4/4: time the pruned net dense vs sparse, batch %d, %d iterations (same as: pyskim time "
@@ -287,11 +289,8 @@ def run_demo(out_dir=None, quick=False, data_dir=None, threads=1, prototxt_dir=N
                   "test_images": len(test_x), "threads": threads or "default"},
         files={"dense_caffemodel": str(dense_model), "pruned_caffemodel": str(pruned_model),
                "deploy": str(deploy), "gsl_report": str(out / "gsl" / "gsl.json"),
-               "logs": [str(p) for p in (dense_dir / "train.log", out / "gsl" / "prune" / "train.log",
-                                         out / "gsl" / "finetune" / "train.log", out / "time.log")]})
-    logs = {"dense": dense_dir / "train.log", "prune": out / "gsl" / "prune" / "train.log",
-            "finetune": out / "gsl" / "finetune" / "train.log"}
-    summary["files"]["plots"] = _plots(out, logs, summary)
+               "logs": [str(p) for p in (*training_logs.values(), out / "time.log")]})
+    summary["files"]["plots"] = _plots(out, training_logs, summary)
     summary["seconds"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     (out / "summary.txt").write_text(summary.table() + "\n")

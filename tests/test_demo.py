@@ -116,3 +116,10 @@ def test_non_empty_output_folder_is_refused(tmp_path):
     with pytest.raises(PyskimError, match="not empty"):
         demo.run_demo(tmp_path, quick=True)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_bad_data_folder_fails_before_writing_anything(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="no idx files"):
+        demo.run_demo(out, quick=True, data_dir=tmp_path)
+    assert not out.exists()
