@@ -32,7 +32,7 @@ MODEL = ROOT / "prototxt" / "caffenet" / "deploy.prototxt"
 
 def pyskim_nets(batch, seed=0):
     import pyskim
-    from pyskim.tools.time_net import load_param
+    from pyskim.apps.time_net import load_param
     dense = pyskim.Net(load_param(str(MODEL), "dense", batch), pyskim.TEST)
     fill_pruned(dense, seed=seed)
     auto = pyskim.Net(load_param(str(MODEL), "auto", batch), pyskim.TEST)
@@ -105,8 +105,8 @@ def per_layer(net, reps):
 def run_config(batch, threads, rounds, reps):
     import torch
 
-    from pyskim.layers.sparse_modes import describe
-    from pyskim.perfmodel import get_profile, set_threads
+    from pyskim.perf.model import get_profile, set_threads
+    from pyskim.sparse.engine import describe
     set_threads(threads)
     torch.set_num_threads(threads)
     dense, auto = pyskim_nets(batch)
@@ -182,7 +182,7 @@ def report(batch, threads, best, errors, rows, profile):
 def machine():
     import numpy
 
-    from pyskim.perfmodel import cpu_model
+    from pyskim.perf.model import cpu_model
     try:
         import torch
         tv = torch.__version__

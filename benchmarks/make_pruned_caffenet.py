@@ -59,7 +59,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     import pyskim
-    from pyskim.tools.time_net import load_param
+    from pyskim.apps.time_net import load_param
     start = time.perf_counter()
     net = pyskim.Net(load_param(args.model, "dense", batch=1), pyskim.TEST)
     got = fill_pruned(net, seed=args.seed)

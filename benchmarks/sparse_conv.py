@@ -8,7 +8,7 @@ Each (OpenBLAS environment, thread count) runs in its own subprocess, because Op
 ``OPENBLAS_*`` only when numpy loads: ``env`` keeps ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` as
 they are in the environment, ``unset`` removes both, ``haswell`` sets ``OPENBLAS_CORETYPE=Haswell``
 and ``OPENBLAS_L2_SIZE=512`` (what research/peers.md found set). OMP/OpenBLAS/MKL thread counts are
-set in the child's environment, and pyskim.kernels.set_num_threads / torch.set_num_threads are
+set in the child's environment, and pyskim.kernels.dense.set_num_threads / torch.set_num_threads are
 called too.
 
 Weights: Gaussian, pruned by a uniform random element-wise mask (density d = kept fraction).
@@ -144,8 +144,9 @@ def run_child(args):
     import onnxruntime
     import torch
 
-    import pyskim.kernels as pk
-    from pyskim.sparse import conv_out_hw, pack_conv_weights, sparse_conv_forward
+    import pyskim.kernels.dense as pk
+    from pyskim.kernels.csr import conv_out_hw, pack_conv_weights
+    from pyskim.kernels.sparse import sparse_conv_forward
 
     nt = args.child_threads
     pk.set_num_threads(nt)

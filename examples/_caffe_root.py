@@ -72,7 +72,7 @@ def _labels(root):
 
 
 def _mnist_lmdbs(root):
-    from pyskim.tools import convert_mnist_data
+    from pyskim.apps import convert_mnist_data
 
     fashion = os.path.join(shared_dir(), "datasets", "fashion-mnist")
     for split, prefix in (("train", "train"), ("test", "t10k")):

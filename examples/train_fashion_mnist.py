@@ -37,8 +37,8 @@ def convert(data, work):
         return _count(dbs["test"])
     for db in dbs.values():
         shutil.rmtree(db, ignore_errors=True)
-    from pyskim.demo import idx_pair, load_dataset
-    from pyskim.tools.convert_mnist_data import convert_arrays
+    from pyskim.apps.convert_mnist_data import convert_arrays
+    from pyskim.apps.demo import idx_pair, load_dataset
     pairs = {split: idx_pair(data, prefix) for split, prefix in SPLITS}
     if all(pairs.values()):
         for split, (images, labels) in pairs.items():

@@ -14,46 +14,57 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import io
-from .blob import get_max_blob_bytes, set_max_blob_bytes
-from .classifier import Classifier
-from .common import (
-                     has_nccl,
-                     init_log,
-                     set_device,
-                     set_mode_cpu,
-                     set_mode_gpu,
-                     set_multiprocess,
-                     set_random_seed,
-                     set_solver_count,
-                     set_solver_rank,
-                     solver_count,
-                     solver_rank,
+from . import io, sparse  # noqa: F401  (sparse attaches its engines to every Net built)
+from .core.blob import get_max_blob_bytes, set_max_blob_bytes
+from .core.state import (
+    has_nccl,
+    init_log,
+    set_device,
+    set_mode_cpu,
+    set_mode_gpu,
+    set_multiprocess,
+    set_random_seed,
+    set_solver_count,
+    set_solver_rank,
+    solver_count,
+    solver_rank,
 )
-from .common import log_info as log
-from .compat import install_caffe_alias
-from .detector import Detector
+from .core.state import log_info as log
 from .errors import PyskimError
 from .layers import layer_type_list
 from .layers.python_layer import Layer
-from .net_spec import NetSpec, layers, params, to_proto
 from .proto import caffe_pb2
-from .pycaffe import Net
+from .pycaffe.classifier import Classifier
+from .pycaffe.compat import install_caffe_alias
+from .pycaffe.detector import Detector
+from .pycaffe.net import Net
+from .pycaffe.net_spec import NetSpec, layers, params, to_proto
+from .pycaffe.timer import Timer
 from .solvers import (
-                     AdaDeltaSolver,
-                     AdaGradSolver,
-                     AdamSolver,
-                     NesterovSolver,
-                     RMSPropSolver,
-                     SGDSolver,
-                     get_solver,
+    AdaDeltaSolver,
+    AdaGradSolver,
+    AdamSolver,
+    NesterovSolver,
+    RMSPropSolver,
+    SGDSolver,
+    get_solver,
 )
-from .timer import Timer
 
 __version__ = "0.1.0"
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
+
+#: pycaffe's submodules that live in :mod:`pyskim.pycaffe`, reachable as ``caffe.draw`` etc. (imported
+#: on first use: ``draw`` needs the optional pydot).
+_PYCAFFE_MODULES = ("classifier", "coord_map", "detector", "draw", "net_spec")
+
+
+def __getattr__(name):
+    if name in _PYCAFFE_MODULES:
+        import importlib
+        return importlib.import_module(f"{__name__}.pycaffe.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
                      "TEST",

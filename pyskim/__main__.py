@@ -1,6 +1,6 @@
 """``python -m pyskim``: the ``pyskim`` command line."""
 import sys
 
-from .cli import main
+from .apps.cli import main
 
 sys.exit(main())

@@ -698,7 +698,7 @@ def worker_main(conn, root, max_blob_bytes, data_limit):
     import warnings
 
     import pyskim
-    from pyskim import kernels
+    from pyskim.kernels import dense as kernels
     warnings.simplefilter("ignore")
     pyskim.set_max_blob_bytes(max_blob_bytes)
     kernels.set_num_threads(1)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pyskim
-from pyskim.blob import DEFAULT_MAX_BLOB_BYTES, Blob, check_allocation
+from pyskim.core.blob import DEFAULT_MAX_BLOB_BYTES, Blob, check_allocation
 from pyskim.errors import DataError, ModelFileError, NetError, PyskimError
 
 HUGE = 100000000
@@ -53,7 +53,7 @@ def test_default_and_configuration(limit):
 @pytest.mark.parametrize("value,expected", [("1048576", 1 << 20), ("512M", 512 << 20), ("2GiB", 2 << 30),
                                             ("bogus", 8 << 30), ("0", 8 << 30), ("", 8 << 30)])
 def test_environment_variable_parsing(monkeypatch, caplog, value, expected):
-    from pyskim.blob import _limit_from_env
+    from pyskim.core.blob import _limit_from_env
     monkeypatch.setenv("PYSKIM_MAX_BLOB_BYTES", value)
     with caplog.at_level("WARNING", logger="pyskim"):
         assert _limit_from_env() == expected

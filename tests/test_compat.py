@@ -59,13 +59,13 @@ def test_alias_gives_pyskim_under_pycaffe_module_names(tmp_path):
         from caffe.coord_map import crop
         from caffe.proto import caffe_pb2
         assert caffe is pyskim
-        assert caffe.io is pyskim.io and caffe.draw is pyskim.draw and crop is pyskim.coord_map.crop
+        assert caffe.io is pyskim.io and caffe.draw is pyskim.pycaffe.draw and crop is pyskim.pycaffe.coord_map.crop
         assert caffe_pb2 is pyskim.proto.caffe_pb2
         assert caffe.TRAIN == caffe_pb2.TRAIN and P.Pooling.MAX == caffe_pb2.PoolingParameter.MAX
         n = caffe.NetSpec()
         n.data = L.Input(shape={"dim": [1, 2]})
         assert "Input" in str(n.to_proto())
-        removed = pyskim.compat.uninstall_caffe_alias()
+        removed = pyskim.pycaffe.compat.uninstall_caffe_alias()
         assert "caffe" in removed and "caffe" not in sys.modules
     """, tmp_path)
     assert "Registered pyskim as 'caffe'" in result.stderr

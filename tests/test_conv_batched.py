@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import pyskim as caffe
-from pyskim import kernels
 from pyskim.io.protofiles import parse_text
-from pyskim.layers import vision
+from pyskim.kernels import dense as kernels
+from pyskim.layers import convolution as vision
 from pyskim.proto import caffe_pb2
 
 batch_kernels = pytest.importorskip("pyskim._kernels.batch_kernels")

@@ -9,7 +9,7 @@ import pytest
 import pyskim as caffe
 from pyskim import layers as L
 from pyskim import params as P
-from pyskim.coord_map import coord_map_from_to, crop
+from pyskim.pycaffe.coord_map import coord_map_from_to, crop
 
 
 def coord_net_spec(ks=3, stride=1, pad=0, pool=2, dstride=2, dpad=0):

@@ -10,10 +10,10 @@ import struct
 import numpy as np
 import pytest
 
+from pyskim.apps import compute_image_mean, convert_imageset, convert_mnist_data, flags
 from pyskim.data import imgproc
 from pyskim.data.db import iterate, open_env, release_env
 from pyskim.proto import caffe_pb2
-from pyskim.tools import compute_image_mean, convert_imageset, convert_mnist_data, flags
 
 CASES = ["lmdb_plain", "lmdb_resize", "lmdb_gray", "lmdb_encoded", "lmdb_encoded_png_resize"]
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from pyskim import demo
+from pyskim.apps import demo
 from pyskim.errors import DataError, PyskimError
 
 

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import text_format
 
 import pyskim as caffe
-import pyskim.draw
+import pyskim.pycaffe.draw as caffe_draw
 from pyskim.errors import PyskimError
 from pyskim.proto import caffe_pb2
 
@@ -76,7 +76,7 @@ def test_draw_net_renders(shared_dir, tmp_path):
 
 def test_missing_dot_is_a_clear_error(shared_dir, tmp_path, monkeypatch):
     net = read_net(shared_dir / "models/bvlc/examples/mnist/lenet.prototxt")
-    monkeypatch.setattr(pyskim.draw.shutil, "which", lambda name: None)
+    monkeypatch.setattr(caffe_draw.shutil, "which", lambda name: None)
     with pytest.raises(PyskimError, match="Graphviz's 'dot'.*'.raw'"):
         caffe.draw.draw_net_to_file(net, str(tmp_path / "lenet.png"))
 

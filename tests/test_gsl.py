@@ -7,15 +7,17 @@ import shutil
 import numpy as np
 import pytest
 
-from pyskim import gsl, gsl_perf, perfmodel
+from pyskim.apps import plot_training, sparsity_report
 from pyskim.data.db import LMDBWriter
 from pyskim.io.blobproto import blobproto_to_array
 from pyskim.io.idx import read_idx
 from pyskim.io.protofiles import read_text, write_text
 from pyskim.io.upgrade import read_net_binary, read_net_text
+from pyskim.perf import model as perfmodel
 from pyskim.proto import caffe_pb2
+from pyskim.prune import gsl
+from pyskim.prune import plan as gsl_perf
 from pyskim.solvers import get_solver
-from pyskim.tools import plot_training, sparsity_report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LENET = REPO / "prototxt" / "lenet"
@@ -37,7 +39,7 @@ def _lmdb(images, labels, path):
 def one_thread():
     """One kernel and BLAS thread: on a busy 2-core machine multithreaded OpenBLAS is ~10x slower on
     LeNet-size GEMMs (docs/pruning.md)."""
-    from pyskim.kernels import get_num_threads
+    from pyskim.kernels.dense import get_num_threads
     previous = get_num_threads()
     perfmodel.set_threads(1)
     yield
@@ -230,7 +232,7 @@ def test_deploy_param_drops_the_label_path():
 
 
 def test_command_lines(run, work, capsys):
-    from pyskim.tools import gsl as gsl_tool
+    from pyskim.apps import gsl as gsl_tool
     out = work / "out"
     with perfmodel.use_profile(perfmodel.default_profile(1)):
         assert gsl_tool.main(["--solver", str(work / "lenet_solver.prototxt"), "--weights",

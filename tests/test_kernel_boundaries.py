@@ -1,4 +1,4 @@
-"""Bounds checking at the Python boundary of every public wrapper in :mod:`pyskim.kernels`.
+"""Bounds checking at the Python boundary of every public wrapper in :mod:`pyskim.kernels.dense`.
 
 A table describes each wrapper (a valid call, its array arguments with their ranks, its geometry
 arguments with their minimum, its ``out=`` arguments); the tests derive the bad calls from it: wrong
@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyskim
-from pyskim import kernels as K
 from pyskim.errors import KernelArgumentError, PyskimError
+from pyskim.kernels import dense as K
 
 RNG = np.random.default_rng(7)
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pyskim import kernels as K
-from pyskim import kernels_ref as R
+from pyskim.kernels import dense as K
+from pyskim.kernels import reference as R
 
 RNG = np.random.default_rng(1234)
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 import pyskim
-from pyskim.blob import Blob
+from pyskim.core.blob import Blob
 from pyskim.errors import NetError
 from pyskim.io.protofiles import parse_text
 from pyskim.layers import create_layer
-from pyskim.layers.common import InnerProductLayer
+from pyskim.layers.inner_product import InnerProductLayer
 from pyskim.proto import caffe_pb2
 
 

@@ -3,7 +3,7 @@ parameter settings, normalization modes, ties, the prob top, the infogain source
 import numpy as np
 import pytest
 
-from pyskim.blob import Blob
+from pyskim.core.blob import Blob
 from pyskim.errors import NetError
 from pyskim.io.blobproto import array_to_blobproto
 from pyskim.io.protofiles import parse_text

@@ -5,7 +5,7 @@ import pytest
 from google.protobuf import text_format
 
 import pyskim
-from pyskim.blob import Blob
+from pyskim.core.blob import Blob
 from pyskim.errors import NetError
 from pyskim.layers import create_layer
 from pyskim.proto import caffe_pb2

@@ -6,7 +6,7 @@ from google.protobuf import text_format
 
 import pyskim
 from pyskim.errors import NetError
-from pyskim.layers import vision
+from pyskim.layers import convolution as vision
 from pyskim.proto import caffe_pb2
 
 

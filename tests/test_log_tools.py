@@ -9,7 +9,7 @@ import sys
 import pytest
 from conformance import CONFORMANCE
 
-from pyskim.tools import parse_log, plot_training_log
+from pyskim.apps import parse_log, plot_training_log
 
 CAFFE_LOG = CONFORMANCE / "io" / "caffe_cli" / "train_test" / "caffe_train.log"
 CLI_CASE = CONFORMANCE / "io" / "caffe_cli" / "train_test"

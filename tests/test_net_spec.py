@@ -213,10 +213,11 @@ def test_netspec_item_access_and_round_trip(tmp_path):
 
 def test_layers_package_still_importable():
     """``pyskim.layers`` is L, as pycaffe's ``caffe.layers``; the layer package stays reachable."""
-    import pyskim.layers.base
+    import pyskim.layers.convolution
+    from pyskim.core import layer as base
 
-    base = sys.modules["pyskim.layers.base"]
-    assert pyskim.layers.base is base                     # attribute chain through L
+    convolution = sys.modules["pyskim.layers.convolution"]
+    assert pyskim.layers.convolution is convolution       # attribute chain through L
     assert caffe.layers is L and callable(L.Convolution)
     assert caffe.layers.create_layer is base.create_layer
     assert "Convolution" in caffe.layers.LAYER_REGISTRY

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import pyskim as caffe
+from pyskim.apps.convert_mnist_data import convert
 from pyskim.io.idx import read_idx
 from pyskim.io.protofiles import read_text, write_text
 from pyskim.proto import caffe_pb2
-from pyskim.tools.convert_mnist_data import convert
 
 cv2 = pytest.importorskip("cv2")
 if int(cv2.__version__.split(".")[0]) >= 5:     # 5.x dropped the Caffe importer

@@ -1,4 +1,4 @@
-"""The roofline model (pyskim.perfmodel): monotone curves, break-even and saturation densities as
+"""The roofline model (pyskim.perf.model): monotone curves, break-even and saturation densities as
 defined on the model's own time curves, the calibration cache, and AUTO's choices (with a fixed,
 injected machine profile, so the tests are deterministic)."""
 import dataclasses
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import pyskim
-from pyskim import perfmodel
-from pyskim.perfmodel import ConvShape, FcShape, MachineProfile
+from pyskim.perf import model as perfmodel
+from pyskim.perf.model import ConvShape, FcShape, MachineProfile
 
 FIXED = MachineProfile(threads=1, peak_flops=267e9, bandwidth=42e9, dense_eff=0.8, sparse_eff=0.2, stride_eff=0.8,
                        fc_sparse_eff=0.1, spmv_eff=0.01, dense_overhead=20e-6, sparse_overhead=10e-6, cpu="test CPU",

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import pyskim
+from pyskim.core.netgraph import filter_net
 from pyskim.io.upgrade import read_net_text, read_solver_text
-from pyskim.netgraph import filter_net
 from pyskim.proto import caffe_pb2
 from pyskim.solvers import get_solver
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import pyskim as caffe
+from pyskim.apps import classify, detect, draw_net, extract_features
 from pyskim.proto import caffe_pb2
-from pyskim.tools import classify, detect, draw_net, extract_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")

@@ -11,12 +11,12 @@ import pytest
 from google.protobuf import text_format
 
 import pyskim
-from pyskim import sparsity
 from pyskim.errors import SolverError
 from pyskim.io.upgrade import read_net_text, read_solver_text
 from pyskim.proto import caffe_pb2
 from pyskim.solvers import get_solver
 from pyskim.solvers.skim import WINOGRAD_TYPES
+from pyskim.sparse import sparsity
 
 SKIM = pathlib.Path(__file__).resolve().parents[2] / "shared" / "models" / "skimcaffe" / "models"
 SOLVER_TYPES = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"]

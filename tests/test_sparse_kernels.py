@@ -6,19 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pyskim.kernels as K
+import pyskim.kernels.dense as K
 from pyskim._kernels import sparse_conv as _sc
-from pyskim.sparse import (
-    ConvCSR,
-    FcCSR,
-    conv_out_hw,
-    conv_out_size,
-    pack_conv_weights,
-    pack_fc_weights,
-    sparse_conv_forward,
-    sparse_fc_forward,
-)
-from pyskim.sparse import reference as R
+from pyskim.kernels import sparse_reference as R
+from pyskim.kernels.csr import ConvCSR, FcCSR, conv_out_hw, conv_out_size, pack_conv_weights, pack_fc_weights
+from pyskim.kernels.sparse import sparse_conv_forward, sparse_fc_forward
 
 RNG = np.random.default_rng(2024)
 DENSITIES = [1.0, 0.5, 0.1, 0.01, 0.0]

@@ -1,4 +1,4 @@
-"""conv_mode / gemm_mode (pyskim.layers.sparse_modes): every mode equals the dense path (within 1e-4
+"""conv_mode / gemm_mode (pyskim.sparse.engine): every mode equals the dense path (within 1e-4
 relative) on the conformance convolution / inner-product cases at densities 1 .. 0, on random conv
 geometries (hypothesis) and on whole nets with pruned random weights; weight changes are noticed;
 unusable modes fall back with one log line; backward equals dense backward; ReLU fusion is exact."""
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyskim
-from pyskim import perfmodel
 from pyskim.io.upgrade import read_net_text
+from pyskim.perf import model as perfmodel
 from pyskim.proto import caffe_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -317,7 +317,7 @@ def _compare_nets(param, densities, outputs, seed=0, default_density=1.0):
     """Build ``param`` sparse as written and all-dense, fill the same pruned weights, compare outputs."""
     dense_param = caffe_pb2.NetParameter()
     dense_param.CopyFrom(param)
-    from pyskim.layers.sparse_modes import apply_mode
+    from pyskim.sparse.engine import apply_mode
     apply_mode(dense_param, "dense")
     nets = [pyskim.Net(p, pyskim.TEST) for p in (param, dense_param)]
     rng = np.random.default_rng(seed)
@@ -342,7 +342,7 @@ def _compare_nets(param, densities, outputs, seed=0, default_density=1.0):
 
 def test_caffenet_deploy_sparse_batch_1():
     param = read_net_text(str(ROOT / "prototxt" / "caffenet" / "deploy_sparse.prototxt"))
-    from pyskim.tools.time_net import set_batch
+    from pyskim.apps.time_net import set_batch
     set_batch(param, 1)
     sparse, _ = _compare_nets(param, PUBLISHED, ["fc8", "prob", "conv2", "conv5", "fc6"])
     modes = {n: sparse.layer_dict[n]._layers[0]._sparse_modes.last_mode
@@ -353,8 +353,8 @@ def test_caffenet_deploy_sparse_batch_1():
 
 def test_caffenet_deploy_auto_batch_1():
     param = read_net_text(str(ROOT / "prototxt" / "caffenet" / "deploy.prototxt"))
-    from pyskim.layers.sparse_modes import apply_mode
-    from pyskim.tools.time_net import set_batch
+    from pyskim.apps.time_net import set_batch
+    from pyskim.sparse.engine import apply_mode
     set_batch(param, 1)
     assert len(apply_mode(param, "auto")) == 8
     sparse, _ = _compare_nets(param, PUBLISHED, ["fc8", "prob"])
@@ -382,7 +382,7 @@ def test_skimcaffe_direct_sconv_prototxts(path):
 
 def test_googlenet_prototxt_in_repo():
     param = read_net_text(str(ROOT / "prototxt" / "googlenet" / "deploy_sparse.prototxt"))
-    from pyskim.tools.time_net import set_batch
+    from pyskim.apps.time_net import set_batch
     set_batch(param, 1)
     outputs = [lp.top[0] for lp in param.layer if lp.type in ("InnerProduct", "Softmax")]
     sparse, _ = _compare_nets(param, {}, outputs, default_density=0.15)

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
+from pyskim.apps.time_net import load_param, set_batch
 from pyskim.io.upgrade import read_net_text
-from pyskim.layers.sparse_modes import apply_mode
 from pyskim.proto import caffe_pb2
-from pyskim.tools.time_net import load_param, set_batch
+from pyskim.sparse.engine import apply_mode
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LENET = ROOT / "prototxt" / "lenet" / "lenet_deploy.prototxt"

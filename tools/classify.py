@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""pycaffe's `python/classify.py`; see :mod:`pyskim.tools.classify`."""
+"""pycaffe's `python/classify.py`; see :mod:`pyskim.apps.classify`."""
 import sys
 
-from pyskim.tools.classify import main
+from pyskim.apps.classify import main
 
 if __name__ == "__main__":
     sys.exit(main())

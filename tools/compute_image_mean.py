@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Caffe's `compute_image_mean` tool; see :mod:`pyskim.tools.compute_image_mean`."""
+"""Caffe's `compute_image_mean` tool; see :mod:`pyskim.apps.compute_image_mean`."""
 import sys
 
-from pyskim.tools.compute_image_mean import main
+from pyskim.apps.compute_image_mean import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pyskim.convert.cli import main
+from pyskim.apps.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 ``convert_mnist_data`` (same tool as ``tools/convert_mnist_data.py``)."""
 import sys
 
-from pyskim.tools.convert_mnist_data import main
+from pyskim.apps.convert_mnist_data import main
 
 if __name__ == "__main__":
     sys.exit(main())

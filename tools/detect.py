@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""pycaffe's `python/detect.py`; see :mod:`pyskim.tools.detect`."""
+"""pycaffe's `python/detect.py`; see :mod:`pyskim.apps.detect`."""
 import sys
 
-from pyskim.tools.detect import main
+from pyskim.apps.detect import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""pycaffe's `python/draw_net.py`; see :mod:`pyskim.tools.draw_net`."""
+"""pycaffe's `python/draw_net.py`; see :mod:`pyskim.apps.draw_net`."""
 import sys
 
-from pyskim.tools.draw_net import main
+from pyskim.apps.draw_net import main
 
 if __name__ == "__main__":
     sys.exit(main())

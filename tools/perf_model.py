@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Per-layer roofline predictions (dense vs sparse time, break-even and saturation densities) for a
-net, and a speedup-vs-density plot; see :mod:`pyskim.tools.perf_model`."""
+net, and a speedup-vs-density plot; see :mod:`pyskim.apps.perf_model`."""
 import sys
 
-from pyskim.tools.perf_model import main
+from pyskim.apps.perf_model import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Caffe's `caffe time` with pyskim's sparse report (`--mode`, `--compare`, ...); see
-:mod:`pyskim.tools.time_net`."""
+:mod:`pyskim.apps.time_net`."""
 import sys
 
-from pyskim.tools.time_net import main
+from pyskim.apps.time_net import main
 
 if __name__ == "__main__":
     sys.exit(main())

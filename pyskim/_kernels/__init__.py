@@ -1,1 +1,1 @@
-"""Compiled Cython kernels (built from ``cython_kernels/*.pyx``); use them through :mod:`pyskim.kernels`."""
+"""Compiled Cython kernels (built from ``cython_kernels/*.pyx``); use them through :mod:`pyskim.kernels.dense`."""

@@ -12,9 +12,9 @@ naming the layer, its type and the reason, before anything is built.
 """
 import numpy as np
 
+from ..core.netgraph import filter_net
 from ..errors import ConversionError, NetError
 from ..layers import LAYER_REGISTRY
-from ..netgraph import filter_net
 from ..proto import caffe_pb2
 from . import onnx_layers
 
@@ -151,30 +151,31 @@ def net_to_onnx(net, model_name=None, opset=OPSET, check=True, doc="", outputs=N
     onnx = _onnx()
     if opset < 13:
         raise ConversionError(f"opset {opset} is too old; the exporter emits opset 13+ operators (use {OPSET})")
-    blob_names, blobs = net._blob_names, net._blobs
-    for name, layer in zip(net._layer_names, net.layers):
+    blob_names, blobs, layer_names = net.blob_names(), net.blob_list(), net.layer_names()
+    inputs = net.input_blob_indices()
+    for name, layer in zip(layer_names, net.layers):
         reason = unsupported_reason(layer.type)
         if reason:
             raise ConversionError(f"layer '{name}' (type {layer.type}): cannot convert to ONNX: {reason}")
     g = GraphBuilder(onnx, reserved=set(blob_names))
     make_info = onnx.helper.make_tensor_value_info
     current, graph_inputs = {}, []
-    for blob_id in net._inputs:
+    for blob_id in inputs:
         current[blob_id] = blob_names[blob_id]
         graph_inputs.append(make_info(blob_names[blob_id], onnx.TensorProto.FLOAT, list(blobs[blob_id].shape)))
     last_writer = {}
-    for li, tops in enumerate(net._top_ids):
-        for t in tops:
+    for li in range(len(net.layers)):
+        for t in net.top_ids(li):
             last_writer[t] = li
     final_owner = {}
-    for li, (name, layer) in enumerate(zip(net._layer_names, net.layers)):
-        bottoms, tops = net._bottom_ids[li], net._top_ids[li]
+    for li, (name, layer) in enumerate(zip(layer_names, net.layers)):
+        bottoms, tops = net.bottom_ids(li), net.top_ids(li)
         if canonical_type(layer.type) == "Input":
             continue
         out_names = []
         for t in tops:
             blob = blob_names[t]
-            if last_writer[t] == li and t not in net._inputs and final_owner.setdefault(blob, t) == t:
+            if last_writer[t] == li and t not in inputs and final_owner.setdefault(blob, t) == t:
                 out_names.append(blob)
             else:
                 out_names.append(g.unique(f"{blob}/{name}"))
@@ -184,7 +185,7 @@ def net_to_onnx(net, model_name=None, opset=OPSET, check=True, doc="", outputs=N
         for t, out in zip(tops, out_names):
             current[t] = out
     if outputs is None:
-        output_ids = list(net._outputs)
+        output_ids = list(net.output_blob_indices())
     else:
         index = {name: i for i, name in enumerate(blob_names)}
         missing = [name for name in outputs if name not in index]
@@ -240,7 +241,7 @@ def caffe_to_onnx(model, weights=None, input_shapes=None, opset=OPSET, check=Tru
     """Build the TEST-phase net of ``model`` (prototxt path or NetParameter) with ``weights``
     (caffemodel path, or None for the fillers) and convert it; returns an ``onnx.ModelProto``."""
     from ..io.upgrade import read_net_text, upgrade_net
-    from ..pycaffe import Net
+    from ..pycaffe.net import Net
 
     _onnx()
     if isinstance(model, caffe_pb2.NetParameter):

@@ -28,7 +28,7 @@ Caffe semantics kept:
 """
 import numpy as np
 
-from ..layers.vision import conv_geometry
+from ..layers.convolution import conv_geometry
 from ..proto import caffe_pb2
 
 _POOL = caffe_pb2.PoolingParameter

@@ -10,7 +10,7 @@ import weakref
 import lmdb
 from google.protobuf.message import DecodeError
 
-from ..common import log
+from ..core.state import log
 from ..errors import DataError
 from ..proto import caffe_pb2
 

@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..blob import check_allocation
+from ..core.blob import check_allocation
 from ..errors import DataError
 
 # OpenCV's INTER_LINEAR for 8-bit images: 11-bit fixed-point weights (INTER_RESIZE_COEF_BITS).

@@ -2,7 +2,7 @@
 prefetch thread and must not reference its layer)."""
 import numpy as np
 
-from ..blob import check_allocation
+from ..core.blob import check_allocation
 from ..errors import DataError
 from .db import LMDBReader
 

@@ -8,7 +8,7 @@ coin flip, in both phases), draw the crop offsets (random in TRAIN, centred in T
 """
 import numpy as np
 
-from ..common import rng
+from ..core.state import rng
 from ..errors import DataError, NetError
 from ..io.blobproto import blobproto_to_array
 from ..io.protofiles import read_binary
@@ -34,7 +34,7 @@ class DataTransformer:
     """Apply a TransformationParameter as Caffe's ``DataTransformer<float>`` (one per data layer).
 
     Random draws (mirror, TRAIN crop) come from the transformer's own generator, seeded from
-    :func:`pyskim.common.rng` when the layer is set up (as Caffe's ``InitRand``), so that a prefetch
+    :func:`pyskim.core.state.rng` when the layer is set up (as Caffe's ``InitRand``), so that a prefetch
     thread draws reproducibly.
     """
 

@@ -10,8 +10,8 @@ import tempfile
 import h5py
 import numpy as np
 
-from ..blob import check_allocation
-from ..common import log
+from ..core.blob import check_allocation
+from ..core.state import log
 from ..errors import ModelFileError, PyskimError, WeightsMismatchError
 
 
@@ -150,4 +150,4 @@ def read_solver_state_hdf5(path):
 
 def _owner_table(net):
     """(layer index, blob index) -> owner net-param id, or -1 for owners."""
-    return {loc: owner for loc, owner in zip(net._param_layer_indices, net._param_owners)}
+    return {loc: owner for loc, owner in zip(net.param_layer_indices(), net.param_owners())}

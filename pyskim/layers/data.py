@@ -4,15 +4,15 @@ and memory (Data, ImageData, HDF5Data, MemoryData). The reading, decoding and tr
 """
 import numpy as np
 
-from ..common import log, rng
+from ..core.fillers import fill
+from ..core.layer import Layer, register
+from ..core.state import log, rng
 from ..data.db import check_backend
 from ..data.prefetch import Prefetcher
 from ..data.sources import DatumBatches, HDF5Rows, ImageListBatches, check_batch_size, read_image_list
 from ..data.transformer import DataTransformer
 from ..errors import DataError, NetError
-from ..fillers import fill
 from ..proto import caffe_pb2
-from .base import Layer, register
 
 
 @register("Input")

@@ -6,9 +6,9 @@ NetError naming the layer for a non-ignored label outside ``[0, classes)``.
 """
 import numpy as np
 
+from ..core.layer import Layer, register
 from ..errors import NetError
 from ..proto import caffe_pb2
-from .base import Layer, register
 
 FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 #: Caffe's ``kLOG_THRESHOLD`` (loss_layer.hpp): probabilities are clamped to it before the log.
@@ -96,7 +96,7 @@ def _axis_split(layer, blob, axis):
 def _internal_softmax(layer, bottom, axis):
     """Caffe's internal Softmax of SoftmaxWithLoss/InfogainLoss: a copy of the layer's param, typed
     Softmax, without loss weights, writing into a private ``prob`` blob."""
-    from ..blob import Blob
+    from ..core.blob import Blob
     param = caffe_pb2.LayerParameter()
     param.CopyFrom(layer.param)
     param.type = "Softmax"

@@ -7,10 +7,10 @@ layer (top == bottom, diffs aliased) gives what Caffe gives.
 """
 import numpy as np
 
-from .. import common
+from ..core import state as common
+from ..core.layer import Layer, register
 from ..errors import NetError
 from ..proto import caffe_pb2
-from .base import Layer, register
 
 F32 = np.float32
 F64 = np.float64

@@ -6,9 +6,9 @@ the place where eps enters and which gradients overwrite or accumulate follow Ca
 """
 import numpy as np
 
+from ..core.layer import Layer, register
 from ..errors import NetError
 from ..proto import caffe_pb2
-from .base import Layer, register
 
 F32 = np.float32
 

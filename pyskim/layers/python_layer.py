@@ -10,7 +10,7 @@ subclasses :class:`Layer` (``caffe.Layer`` for scripts, i.e. ``pyskim.Layer``)::
         def forward(self, bottom, top): top[0].data[...] = 10 * bottom[0].data
         def backward(self, top, propagate_down, bottom): bottom[0].diff[...] = 10 * top[0].diff
 
-``bottom``/``top`` are lists of :class:`~pyskim.blob.Blob`. ``self.blobs.add_blob(*shape)`` (in
+``bottom``/``top`` are lists of :class:`~pyskim.core.blob.Blob`. ``self.blobs.add_blob(*shape)`` (in
 ``setup``) adds a zero-filled learnable blob: the net lists it in ``net.params``, solvers update it,
 ``net.save``/``copy_from``/``share_with`` include it. Like any Caffe layer a Python layer has no
 loss weight by default; a Python loss layer sets ``loss_weight: 1`` in the prototxt, and its top's
@@ -32,10 +32,10 @@ shares the user object's ``blobs`` and passes other attribute reads on to it, so
 import importlib
 import re
 
-from ..blob import Blob
-from ..common import log
+from ..core import layer as base
+from ..core.blob import Blob
+from ..core.state import log
 from ..errors import NetError
-from . import base
 
 __all__ = ["BlobVec", "Layer", "PythonLayer"]
 

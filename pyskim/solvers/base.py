@@ -12,14 +12,14 @@ import time
 import numpy as np
 from google.protobuf import text_format
 
-from ..common import log, set_random_seed
+from ..core.state import log, set_random_seed
 from ..errors import SolverError
 from ..io import hdf5
 from ..io.protofiles import write_binary
 from ..io.upgrade import read_net_text, read_solver_text, upgrade_solver
 from ..proto import caffe_pb2
-from ..pycaffe import Net
-from ..sparsity import build_connectivity_masks
+from ..pycaffe.net import Net
+from ..sparse.sparsity import build_connectivity_masks
 
 F32 = np.float32
 TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
@@ -401,9 +401,10 @@ def _make_net(net_param, state):
 def _output_values(net):
     """(output blob name, value, loss weight) for every element of every net output, in order."""
     values = []
-    for blob_id in net._outputs:
-        name, weight = net._blob_names[blob_id], net._loss_weight_of_blob[blob_id]
-        values.extend((name, value, weight) for value in net._blobs[blob_id].data.ravel())
+    names, blobs = net.blob_names(), net.blob_list()
+    for blob_id in net.output_blob_indices():
+        name, weight = names[blob_id], net.blob_loss_weight(blob_id)
+        values.extend((name, value, weight) for value in blobs[blob_id].data.ravel())
     return values
 
 

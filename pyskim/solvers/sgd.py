@@ -22,13 +22,13 @@ import tempfile
 import h5py
 import numpy as np
 
-from ..common import log
+from ..core.state import log
 from ..errors import SolverError
 from ..io.blobproto import array_to_blobproto, blobproto_to_array
 from ..io.hdf5 import read_solver_state_hdf5
 from ..io.protofiles import read_binary, write_binary
 from ..proto import caffe_pb2
-from ..sparsity import connectivity_mask, display_lines, regularization_line
+from ..sparse.sparsity import connectivity_mask, display_lines, regularization_line
 from .base import F32, Solver, fmt
 
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")

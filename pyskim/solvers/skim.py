@@ -37,7 +37,7 @@ weights stay zero whatever the type).
 """
 import numpy as np
 
-from ..common import log
+from ..core.state import log
 from ..errors import SolverError
 from .base import F32
 from .sgd import L1Regularizer as CaffeL1Regularizer

@@ -1,22 +1,12 @@
-"""Sparse inference kernels (SkimCaffe's direct sparse convolution and sparse fully-connected).
+"""The sparse engine: SkimCaffe's ``conv_mode`` / ``gemm_mode`` dispatch attached to a built Net,
+AUTO's decision, ReLU fusion (:mod:`.engine`) and SkimCaffe's sparsity measures and connectivity
+masks (:mod:`.sparsity`)."""
+from ..core.net import add_post_build_hook
+from .engine import fuse_relus
 
-* :func:`pack_conv_weights` / :func:`pack_fc_weights`: pruned dense weights -> CSR with
-  padded-input offsets (:class:`ConvCSR`) or plain CSR (:class:`FcCSR`).
-* :func:`sparse_conv_forward` / :func:`sparse_fc_forward`: the compiled forward kernels (OpenMP,
-  bias and ReLU fused).
-* :mod:`pyskim.sparse.reference`: NumPy references used by the tests.
-"""
-from .csr import ConvCSR, FcCSR, conv_out_hw, conv_out_size, pack_conv_weights, pack_fc_weights
-from .ops import choose_conv_blocking, sparse_conv_forward, sparse_fc_forward
 
-__all__ = [
-    "ConvCSR",
-    "FcCSR",
-    "choose_conv_blocking",
-    "conv_out_hw",
-    "conv_out_size",
-    "pack_conv_weights",
-    "pack_fc_weights",
-    "sparse_conv_forward",
-    "sparse_fc_forward",
-]
+def _link_relus(net):
+    net.fused_relus = fuse_relus(net)   # sparse conv/IP kernels apply the next in-place ReLU
+
+
+add_post_build_hook(_link_relus)

@@ -1,0 +1,114 @@
+"""``tools/convert.py``: model conversion from the command line.
+
+Subcommands::
+
+    to-sparse MODEL.caffemodel OUT.npz          caffemodel -> compact sparse file (docs/sparse_format.md)
+    from-sparse IN.npz OUT.caffemodel           sparse file -> caffemodel (bit-exact round trip)
+    to-onnx --model deploy.prototxt [--weights W.caffemodel] OUT.onnx [--input-shape 1,3,227,227]
+    upgrade IN.caffemodel OUT.caffemodel        old-format (V0/V1) caffemodel -> current format
+
+Exit status: 0 on success, 1 when the conversion failed (the message names the layer or file and the
+reason), 2 on bad arguments.
+"""
+import argparse
+import logging
+import sys
+
+from ..errors import PyskimError
+
+log = logging.getLogger("pyskim")
+
+
+def _shape(text):
+    """``1,3,227,227`` or ``data:1,3,227,227`` -> (name or None, [dims])."""
+    name, _, dims = text.rpartition(":") if ":" in text else (None, None, text)
+    try:
+        values = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: expected comma-separated integers, "
+                                         f"optionally prefixed by 'blob:'") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: dims must be positive integers")
+    return (name or None), values
+
+
+def _to_sparse(args):
+    from ..convert.sparse import caffemodel_to_sparse
+
+    stats = caffemodel_to_sparse(args.model, args.output)
+    print(f"Wrote {args.output}: {stats['bytes']} bytes ({stats['ratio']:.4f} of the {stats['dense_bytes']}-byte "
+          f"caffemodel); density {stats['density']:.4f} ({stats['nonzero']} of {stats['values']} values), "
+          f"{stats['csr_fields']} of {stats['fields']} blob fields stored as CSR")
+
+
+def _from_sparse(args):
+    from ..convert.sparse import sparse_to_caffemodel
+
+    net = sparse_to_caffemodel(args.input, args.output)
+    print(f"Wrote {args.output}: {net.ByteSize()} bytes")
+
+
+def _to_onnx(args):
+    from ..convert.onnx_export import export_onnx
+
+    shapes = None
+    if args.input_shape:
+        named = [name for name, _ in args.input_shape]
+        if all(named):
+            shapes = {name: dims for name, dims in args.input_shape}
+        elif not any(named):
+            shapes = [dims for _, dims in args.input_shape]
+        else:
+            raise PyskimError("--input-shape: name all the shapes (blob:dims) or none of them")
+    model = export_onnx(args.model, args.weights, args.output, input_shapes=shapes, opset=args.opset)
+    graph = model.graph
+    print(f"Wrote {args.output}: opset {args.opset}, {len(graph.node)} nodes, inputs "
+          f"{[i.name for i in graph.input]}, outputs {[o.name for o in graph.output]}")
+
+
+def _upgrade(args):
+    from ..convert.upgrade import upgrade_caffemodel
+
+    changed = upgrade_caffemodel(args.input, args.output)
+    print(f"Wrote {args.output}" + ("" if changed else f" ({args.input} was already in the current format)"))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="convert.py", description="Convert Caffe models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("to-sparse", help="caffemodel -> compact sparse .npz (CSR per weight blob)")
+    p.add_argument("model", help="input .caffemodel")
+    p.add_argument("output", help="output sparse file (.npz)")
+    p.set_defaults(run=_to_sparse)
+    p = sub.add_parser("from-sparse", help="sparse .npz -> caffemodel (bit-exact)")
+    p.add_argument("input", help="input sparse file (.npz)")
+    p.add_argument("output", help="output .caffemodel")
+    p.set_defaults(run=_from_sparse)
+    p = sub.add_parser("to-onnx", help="prototxt + caffemodel -> ONNX")
+    p.add_argument("--model", required=True, help="deploy prototxt (inputs given by Input layers)")
+    p.add_argument("--weights", help="caffemodel (default: the prototxt's fillers)")
+    p.add_argument("--input-shape", action="append", type=_shape, metavar="[BLOB:]N,C,H,W",
+                   help="override an input shape (repeat for several inputs)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("output", help="output .onnx file")
+    p.set_defaults(run=_to_onnx)
+    p = sub.add_parser("upgrade", help="V0/V1 caffemodel -> current format")
+    p.add_argument("input", help="input .caffemodel")
+    p.add_argument("output", help="output .caffemodel")
+    p.set_defaults(run=_upgrade)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(module)s] %(message)s")
+    try:
+        args.run(args)
+    except PyskimError as e:
+        print(f"convert.py {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""``gsl.py --solver S --weights W [--target-speedup X] [--prune-iters N] [--finetune-iters M] [--out DIR]
+[--resume]``: Guided Sparsity Learning (:mod:`pyskim.prune.gsl`): prune the layers the performance model says
+pruning makes faster, fine-tune with masks, and report accuracy, density and speedup per stage."""
+import argparse
+import json
+import sys
+
+from ..core.glog import init_logging
+from ..errors import PyskimError
+from ..prune.gsl import DEFAULTS, run_gsl
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="gsl.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--solver", required=True, help="the training solver prototxt (its net: a train/test net)")
+    p.add_argument("--weights", required=True, help="the dense caffemodel to prune")
+    p.add_argument("--out", default="gsl_out", help="output folder (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--target-speedup", type=float, default=None,
+                   help="prune only the layers needed for this predicted net speedup (default: all that gain)")
+    p.add_argument("--prune-iters", type=int, default=DEFAULTS["prune_iters"], help="default: %(default)s")
+    p.add_argument("--finetune-iters", type=int, default=DEFAULTS["finetune_iters"], help="default: %(default)s")
+    p.add_argument("--base-lr", type=float, default=None,
+                   help=f"prune-stage base_lr (default: {DEFAULTS['lr_scale']:g} x the solver's)")
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS["l1_decay"], dest="l1_decay",
+                   help="prune-stage weight_decay, the L1 strength on pruned layers (default: %(default)g)")
+    p.add_argument("--prune-threshold", type=float, default=DEFAULTS["prune_threshold"],
+                   help="default: %(default)g")
+    p.add_argument("--max-threshold-factor", type=float, default=DEFAULTS["max_threshold_factor"],
+                   help="default: %(default)g")
+    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tune base_lr (default: the solver's)")
+    p.add_argument("--finetune-weight-decay", type=float, default=None, dest="weight_decay",
+                   help="fine-tune L2 weight_decay (default: the solver's)")
+    p.add_argument("--min-density", type=float, default=DEFAULTS["min_density"],
+                   help="lowest density a layer is expected to reach (default: %(default)g)")
+    p.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="batch of the speedup model and timing")
+    p.add_argument("--measure-iters", type=int, default=DEFAULTS["measure_iters"],
+                   help="timed forward passes per layer and stage (0: no timing; default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="kernel and BLAS threads (default: as set)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    init_logging()
+    settings = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
+    try:
+        result = run_gsl(args.solver, args.weights, args.out, resume=args.resume, threads=args.threads or None,
+                         **settings)
+    except (PyskimError, OSError) as e:
+        print(f"gsl.py: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"gsl.py: interrupted; rerun with --resume --out {args.out} to continue", file=sys.stderr)
+        return 130
+    print(json.dumps(result.to_dict(), indent=1, default=float) if args.json else result.table())
+    print(f"Pruned model: {result.out_dir}/gsl_final.caffemodel (report: {result.out_dir}/gsl.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

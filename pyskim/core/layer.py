@@ -1,0 +1,187 @@
+"""The Layer contract and the layer registry (Caffe's ``layer.hpp`` and ``layer_factory``).
+
+A layer subclass implements ``layer_setup`` (read params, create learnable blobs), ``reshape`` (size
+the tops from the bottoms), ``forward_cpu`` and ``backward_cpu``; it declares its arity with class
+attributes that ``setup`` checks. Subclasses register under their type string and V1 enum name with
+:func:`register`.
+"""
+import difflib
+
+import numpy as np
+
+from ..errors import KernelArgumentError, NetError, UnknownLayerTypeError
+from .blob import Blob
+from .fillers import fill
+
+LAYER_REGISTRY = {}
+
+
+def register(*type_names):
+    """Class decorator: register a Layer subclass under each given type name."""
+    def decorate(cls):
+        for name in type_names:
+            LAYER_REGISTRY[name] = cls
+        if cls.__dict__.get("type") is None:
+            cls.type = type_names[0]
+        return cls
+    return decorate
+
+
+def layer_type_list():
+    """Registered type strings, sorted (``caffe.layer_type_list``)."""
+    return sorted(LAYER_REGISTRY)
+
+
+def create_layer(param):
+    """Instantiate the layer a LayerParameter names; unknown types list the closest known ones."""
+    cls = LAYER_REGISTRY.get(param.type)
+    if cls is None:
+        close = difflib.get_close_matches(param.type, LAYER_REGISTRY, n=3, cutoff=0.5)
+        hint = f"; closest known types: {', '.join(close)}" if close else ""
+        raise UnknownLayerTypeError(f"layer '{param.name}': unknown layer type '{param.type}'{hint}")
+    return cls(param)
+
+
+class Layer:
+    """Base of every layer. Mirrors Caffe's Layer: SetUp, Reshape, Forward, Backward, loss weights."""
+
+    type = None
+    exact_num_bottom = None
+    min_bottom = None
+    max_bottom = None
+    exact_num_top = None
+    min_top = None
+    max_top = None
+    equal_num_bottom_top = False
+    auto_top_blobs = False
+    #: loss weight given to top 0 when the prototxt sets none (1 for loss layers, as LossLayer).
+    default_loss_weight = 0.0
+
+    def __init__(self, param):
+        self.param = param
+        self.name = param.name
+        self.phase = param.phase
+        self.blobs = [_blob_from_proto(b, f"{param.name}/{i}") for i, b in enumerate(param.blobs)]
+        self.param_propagate_down = [True] * len(self.blobs)
+        self.loss_weights = []
+
+    # -- the contract ------------------------------------------------------------------------------
+    def layer_setup(self, bottom, top):
+        """Read parameters and create learnable blobs (``LayerSetUp``)."""
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__}.reshape")
+
+    def forward_cpu(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__}.forward_cpu")
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        """Default for layers Caffe gives no backward: refuse to propagate anything."""
+        if any(propagate_down):
+            raise NetError(f"layer '{self.name}' of type {self.type} cannot back-propagate to its bottoms")
+
+    def allow_force_backward(self, bottom_index):
+        return True
+
+    # -- driver ----------------------------------------------------------------------------------
+    def setup(self, bottom, top):
+        """Check arity, run ``layer_setup`` and ``reshape``, set loss weights (``Layer::SetUp``)."""
+        self.check_blob_counts(bottom, top)
+        self.layer_setup(bottom, top)
+        self.reshape(bottom, top)
+        self.set_loss_weights(top)
+
+    def forward(self, bottom, top):
+        """Reshape, compute, and return the weighted loss of the tops (``Layer::Forward``)."""
+        self.reshape(bottom, top)
+        if top and all(blob.count == 0 for blob in top):
+            return 0.0          # nothing to compute (Caffe's loops run over zero items)
+        if any(self.loss_weights) and any(blob.count == 0 for blob in bottom):
+            for blob in top:    # a loss over an empty batch: zero, as Caffe's sums over no items
+                blob.data[...] = 0
+            return 0.0
+        try:
+            self.forward_cpu(bottom, top)
+        except KernelArgumentError as e:        # name the layer whose parameters the kernel refused
+            raise KernelArgumentError(f"layer '{self.name}' ({self.type}): {e}") from None
+        loss = 0.0
+        for top_blob, weight in zip(top, self.loss_weights):
+            if weight:
+                loss += float(np.dot(top_blob.data.ravel(), top_blob.diff.ravel()))
+        return loss
+
+    def backward(self, top, propagate_down, bottom):
+        if bottom and all(blob.count == 0 for blob in bottom):
+            return              # no bottom diff to write and no item to add to the param diffs
+        try:
+            self.backward_cpu(top, propagate_down, bottom)
+        except KernelArgumentError as e:
+            raise KernelArgumentError(f"layer '{self.name}' ({self.type}): {e}") from None
+
+    def loss(self, top_index):
+        return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
+
+    def set_loss_weights(self, top):
+        """Store per-top loss weights and preset each weighted top's diff to its weight."""
+        weights = list(self.param.loss_weight)
+        if not weights and self.default_loss_weight and top:
+            weights = [self.default_loss_weight]
+        if weights and len(weights) != len(top):
+            if len(weights) < len(top) and len(self.param.loss_weight) == 0:
+                weights += [0.0] * (len(top) - len(weights))
+            else:
+                raise NetError(f"layer '{self.name}': loss_weight must be unspecified or given once per "
+                               f"top ({len(top)} tops, {len(weights)} weights)")
+        self.loss_weights = weights or [0.0] * len(top)
+        for top_blob, weight in zip(top, self.loss_weights):
+            if weight:
+                top_blob.diff[...] = weight
+
+    def check_blob_counts(self, bottom, top):
+        nb, nt = len(bottom), len(top)
+        checks = [
+            (self.exact_num_bottom is not None and nb != self.exact_num_bottom,
+             f"takes {self.exact_num_bottom} bottom blob(s) as input, got {nb}"),
+            (self.min_bottom is not None and nb < self.min_bottom,
+             f"takes at least {self.min_bottom} bottom blob(s) as input, got {nb}"),
+            (self.max_bottom is not None and nb > self.max_bottom,
+             f"takes at most {self.max_bottom} bottom blob(s) as input, got {nb}"),
+            (self.exact_num_top is not None and nt != self.exact_num_top,
+             f"produces {self.exact_num_top} top blob(s) as output, got {nt}"),
+            (self.min_top is not None and nt < self.min_top,
+             f"produces at least {self.min_top} top blob(s) as output, got {nt}"),
+            (self.max_top is not None and nt > self.max_top,
+             f"produces at most {self.max_top} top blob(s) as output, got {nt}"),
+            (self.equal_num_bottom_top and nb != nt, "needs as many top blobs as bottom blobs"),
+        ]
+        for failed, message in checks:
+            if failed:
+                raise NetError(f"layer '{self.name}' of type {self.type} {message}")
+
+    # -- helpers for subclasses --------------------------------------------------------------------
+    def make_param_blobs(self, specs):
+        """Create learnable blobs from ``[(shape, filler_param or None), ...]`` unless the prototxt
+        carried them already (Caffe logs "Skipping parameter initialization" then). Checks shapes of
+        pre-existing blobs."""
+        if self.blobs:
+            if len(self.blobs) != len(specs):
+                raise NetError(f"layer '{self.name}': {len(self.blobs)} parameter blobs given, "
+                               f"{len(specs)} expected")
+            return
+        for i, (shape, filler) in enumerate(specs):
+            blob = Blob(shape, name=f"{self.name}/{i}")
+            if filler is not None:
+                fill(blob, filler, owner=self.name)
+            self.blobs.append(blob)
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} '{self.name}' ({self.type})>"
+
+
+def _blob_from_proto(proto, name):
+    from ..io.blobproto import blobproto_to_array
+    array = blobproto_to_array(proto)
+    blob = Blob(array.shape, name=name)
+    blob.data[...] = array
+    return blob

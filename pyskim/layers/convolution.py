@@ -1,0 +1,509 @@
+"""Convolution-family layers: Convolution, Deconvolution and Im2col (Caffe's ``base_conv_layer``,
+``conv_layer``, ``deconv_layer``, ``im2col_layer``). Pooling, SPP and LRN live in :mod:`.pooling`,
+imported at the end of this module so that importing ``vision`` registers the whole family.
+
+Lowering follows Caffe: each image is unfolded by im2col (the 2-D Cython kernel when there are two
+spatial axes and ``force_nd_im2col`` is off, the N-d one otherwise) into a (group * K) x P column
+matrix, K = in_channels/group * prod(kernel), P = output positions; each group is then one float32
+GEMM. Several images are lowered at once (bounded by :data:`COL_BUFFER_BYTES`) so that one NumPy
+call runs the GEMMs of a whole chunk; every image's product is the same GEMM Caffe runs. The column
+buffers are per-thread scratch arrays shared by all convolution layers (where Caffe keeps one
+``col_buffer_`` per layer), so no pages are faulted in again on every call.
+
+Convolution's 2-D (and 1x1) dense path goes further (``pyskim._kernels.batch_kernels``): the columns
+of a chunk of images (bounded by :data:`BATCH_COL_BUFFER_BYTES`) sit side by side in one
+(group * K) x (n * P) matrix, so forward, the weight gradient and the bottom gradient are each one
+GEMM per group for the whole chunk instead of one per image. Every output is the same dot product
+over K as Caffe's (the weight gradient sums over all positions of the chunk at once, where Caffe
+accumulates image by image). In a TRAIN net, forward keeps its columns for backward when the whole
+batch is one chunk; backward reuses them only if the bottom is still bit for bit the one forward
+lowered.
+"""
+import threading
+
+import numpy as np
+
+from ..core.blob import check_allocation
+from ..core.layer import Layer, register
+from ..errors import NetError
+from ..kernels import dense as kernels
+from ..proto import caffe_pb2
+from ..sparse import engine as sparse_modes
+
+try:
+    from .._kernels import batch_kernels as _conv_batch
+except ImportError:  # built before the batched kernels existed: per-image lowering only
+    _conv_batch = None
+
+#: Upper bound on the column buffer of one chunk of images (the chunk holds at least one image).
+COL_BUFFER_BYTES = 64 << 20
+#: Bound for the whole-chunk GEMM path (columns of all images side by side): small enough to stay in
+#: the last-level cache between im2col and the GEMM that reads it.
+BATCH_COL_BUFFER_BYTES = 8 << 20
+
+_scratch = threading.local()
+
+
+def _workspace(slot, shape):
+    """A float32 array of ``shape`` backed by this thread's reusable buffer named ``slot``."""
+    size = _prod(shape)
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    if slot not in buffers or buffers[slot].size < size:
+        buffers[slot] = np.empty(size, np.float32)
+    return buffers[slot][:size].reshape(shape)
+
+
+def _prod(values):
+    return int(np.prod(values, dtype=np.int64)) if len(values) else 1
+
+
+def _axis_values(name, cp, field, n, default, minimum):
+    """One geometry field of a ConvolutionParameter as a tuple of ``n`` ints: the ``<field>_h`` /
+    ``<field>_w`` pair (2-D only), or the repeated field given once or once per spatial axis."""
+    has_hw = field != "dilation" and (cp.HasField(f"{field}_h") or cp.HasField(f"{field}_w"))
+    repeated = getattr(cp, "kernel_size" if field == "kernel" else field)
+    label = "kernel_size" if field == "kernel" else field
+    if has_hw:
+        if n != 2:
+            raise NetError(f"layer '{name}': {field}_h & {field}_w can only be used for 2D convolution")
+        if len(repeated):
+            raise NetError(f"layer '{name}': either {label} or {field}_h/w should be specified; not both")
+        values = (getattr(cp, f"{field}_h"), getattr(cp, f"{field}_w"))
+    else:
+        allowed = (1, n) if default is None else (0, 1, n)
+        if len(repeated) not in allowed:
+            raise NetError(f"layer '{name}': {label} must be specified once, or once per spatial dimension "
+                           f"({label} specified {len(repeated)} times; {n} spatial dims)")
+        if not len(repeated):
+            values = (default,) * n
+        else:
+            values = tuple(repeated[0 if len(repeated) == 1 else i] for i in range(n))
+    if any(v < minimum for v in values):
+        raise NetError(f"layer '{name}': {label} must be {'positive' if minimum else 'non-negative'} "
+                       f"in every spatial dimension, got {list(values)}")
+    return tuple(int(v) for v in values)
+
+
+def conv_geometry(name, cp, num_spatial):
+    """(kernel, stride, pad, dilation) tuples from a ConvolutionParameter (``LayerSetUp``)."""
+    kernel = _axis_values(name, cp, "kernel", num_spatial, None, 1)
+    stride = _axis_values(name, cp, "stride", num_spatial, 1, 1)
+    pad = _axis_values(name, cp, "pad", num_spatial, 0, 0)
+    dilation = _axis_values(name, cp, "dilation", num_spatial, 1, 1)
+    return kernel, stride, pad, dilation
+
+
+class _Lowering:
+    """im2col / col2im for one geometry: images (C, *S) <-> columns (C * prod(kernel), P)."""
+
+    def __init__(self, name, kernel, stride, pad, dilation, force_nd):
+        self.name = name
+        self.kernel, self.stride, self.pad, self.dilation = kernel, stride, pad, dilation
+        self.use_2d = len(kernel) == 2 and not force_nd
+        #: Caffe's ``is_1x1_``: the column matrix is the image itself.
+        self.identity = all(k == 1 and s == 1 and p == 0 for k, s, p in zip(kernel, stride, pad))
+
+    def output_spatial(self, spatial):
+        """Caffe's convolution output extent, floor((S + 2p - (d(k-1)+1)) / s) + 1 per axis."""
+        out = []
+        for size, k, s, p, d in zip(spatial, self.kernel, self.stride, self.pad, self.dilation):
+            extent = d * (k - 1) + 1
+            if size + 2 * p < extent:
+                raise NetError(f"layer '{self.name}': kernel extent {extent} exceeds the padded input "
+                               f"size {size + 2 * p}")
+            out.append((size + 2 * p - extent) // s + 1)
+        return tuple(out)
+
+    def lower(self, images, out):
+        """Unfold ``images`` (n, C, *S) into ``out`` (n, C * prod(kernel), P)."""
+        if self.identity:
+            out[...] = images.reshape(out.shape)
+            return
+        for i in range(images.shape[0]):
+            if self.use_2d:
+                kernels.im2col(images[i], self.kernel, self.pad, self.stride, self.dilation, out=out[i])
+            else:
+                out[i] = kernels.im2col_nd(images[i], self.kernel, self.pad, self.stride, self.dilation)
+
+    def fold(self, cols, out):
+        """Sum columns ``cols`` (n, C * prod(kernel), P) back into ``out`` (n, C, *S), overwriting it."""
+        if self.identity:
+            out[...] = cols.reshape(out.shape)
+            return
+        for i in range(cols.shape[0]):
+            if self.use_2d:
+                kernels.col2im(cols[i], out.shape[1:], self.kernel, self.pad, self.stride, self.dilation,
+                               out=out[i])
+            else:
+                out[i] = kernels.col2im_nd(cols[i], out.shape[1:], self.kernel, self.pad, self.stride,
+                                           self.dilation)
+
+
+class BaseConvolutionLayer(Layer):
+    """Shared setup of Convolution and Deconvolution (``BaseConvolutionLayer``).
+
+    Any number of bottoms of one shape, one top each, one set of weights. ``reverse`` (Deconvolution)
+    swaps the roles of bottom and top in the lowered GEMMs. The weights are viewed as
+    (group, conv_out_channels/group, K) and the columns as (n, group, K, P).
+    """
+
+    min_bottom = 1
+    min_top = 1
+    equal_num_bottom_top = True
+    reverse = False
+
+    def layer_setup(self, bottom, top):
+        cp = self.param.convolution_param
+        self._axis = bottom[0].canonical_axis(cp.axis)
+        num_spatial = bottom[0].num_axes - self._axis - 1
+        geometry = conv_geometry(self.name, cp, num_spatial)
+        self._lowering = _Lowering(self.name, *geometry, cp.force_nd_im2col)
+        self._channels = bottom[0].shape[self._axis]
+        self._num_output = cp.num_output
+        self._group = cp.group
+        if self._num_output <= 0:
+            raise NetError(f"layer '{self.name}': convolution_param.num_output must be positive")
+        if self._group <= 0 or self._channels % self._group or self._num_output % self._group:
+            raise NetError(f"layer '{self.name}': convolution_param.group {self._group} must divide both "
+                           f"the input channels ({self._channels}) and num_output ({self._num_output})")
+        if self.reverse:
+            self._conv_out, self._conv_in = self._channels, self._num_output
+        else:
+            self._conv_out, self._conv_in = self._num_output, self._channels
+        weight_shape = (self._conv_out, self._conv_in // self._group) + geometry[0]
+        self._bias_term = cp.bias_term
+        specs = [(weight_shape, cp.weight_filler)]
+        if self._bias_term:
+            specs.append(((self._num_output,), cp.bias_filler))
+        if self.blobs:
+            if len(self.blobs) != len(specs):
+                raise NetError(f"layer '{self.name}': incorrect number of weight blobs ({len(self.blobs)}, "
+                               f"expected {len(specs)})")
+            for blob, (shape, _), what in zip(self.blobs, specs, ("weight", "bias")):
+                if tuple(blob.shape) != tuple(shape):
+                    raise NetError(f"layer '{self.name}': incorrect {what} shape: expected {list(shape)}; "
+                                   f"instead, shape was {list(blob.shape)}")
+        self.make_param_blobs(specs)
+        self._kdim = self._conv_in // self._group * _prod(geometry[0])
+        self.weights_changed()
+
+    def weights_changed(self):
+        """Hook called after the weights were replaced (e.g. loaded from a caffemodel); the
+        conv_mode engine (:mod:`.sparse_modes`) repacks its sparse weights. The dense path keeps nothing."""
+        sparse_modes.conv_weights_changed(self)
+
+    def reshape(self, bottom, top):
+        b0 = bottom[0]
+        axis = self._axis
+        if b0.num_axes != axis + 1 + len(self._lowering.kernel):
+            raise NetError(f"layer '{self.name}': bottom num_axes may not change ({list(b0.shape)})")
+        if b0.shape[axis] != self._channels:
+            raise NetError(f"layer '{self.name}': input size incompatible with convolution kernel "
+                           f"({b0.shape[axis]} channels, expected {self._channels})")
+        for blob in bottom[1:]:
+            if blob.shape != b0.shape:
+                raise NetError(f"layer '{self.name}': all inputs must have the same shape "
+                               f"({list(blob.shape)} vs {list(b0.shape)})")
+        self._num = b0.count_range(0, axis)
+        in_spatial = tuple(b0.shape[axis + 1:])
+        out_spatial = self._output_spatial(in_spatial)
+        low = self._lowering      # the compiled kernels index in 32 bits: refuse wider geometry here
+        for spatial in (in_spatial, out_spatial):
+            kernels._check_span(f"layer '{self.name}'", spatial, low.kernel, low.pad, low.stride, low.dilation)
+        for blob in top:
+            blob.reshape(tuple(b0.shape[:axis]) + (self._num_output,) + out_spatial)
+        # The image side of im2col is the bottom for Convolution and the top for Deconvolution.
+        if self.reverse:
+            self._col_image = (self._num_output,) + out_spatial
+            self._positions = _prod(in_spatial)
+        else:
+            self._col_image = (self._channels,) + in_spatial
+            self._positions = _prod(out_spatial)
+        if not self._lowering.identity:
+            check_allocation((self._group * self._kdim, self._positions), f"layer '{self.name}': im2col buffer")
+        per_image = self._group * self._kdim * self._positions * 4
+        self._chunk = max(1, min(self._num, COL_BUFFER_BYTES // max(per_image, 1)))
+        self._batch_chunk = max(1, min(self._num, BATCH_COL_BUFFER_BYTES // max(per_image, 1)))
+
+    def _output_spatial(self, in_spatial):
+        return self._lowering.output_spatial(in_spatial)
+
+    # -- views and GEMMs -------------------------------------------------------------------------
+    def _images(self, array):
+        """``array`` of a bottom or top as (num, channels, P) (a view)."""
+        return array.reshape(self._num, array.shape[self._axis], _prod(array.shape[self._axis + 1:]))
+
+    def _weights(self, array):
+        return array.reshape(self._group, self._conv_out // self._group, self._kdim)
+
+    def _chunks(self, size=None):
+        size = size or self._chunk
+        return [(s, min(s + size, self._num)) for s in range(0, self._num, size)]
+
+    def _lower(self, images):
+        """im2col of ``images`` (n, C, P_img) on the im2col side -> columns (n, group, K, P)."""
+        n = images.shape[0]
+        if self._lowering.identity:
+            return images.reshape(n, self._group, self._kdim, self._positions)
+        cols = _workspace("cols", (n, self._group * self._kdim, self._positions))
+        self._lowering.lower(images.reshape((n,) + self._col_image), cols)
+        return cols.reshape(n, self._group, self._kdim, self._positions)
+
+    def _fold(self, cols, images):
+        """col2im of ``cols`` (n, group, K, P) into ``images`` (n, C, P_img), overwriting them."""
+        n = cols.shape[0]
+        self._lowering.fold(cols.reshape(n, self._group * self._kdim, self._positions),
+                            images.reshape((n,) + self._col_image))
+
+    def _dense_product(self, cols, out):
+        """``out`` (n, group, conv_out/group, P) = W_g . col_g for every image and group."""
+        np.matmul(self._weights(self.blobs[0].data), cols, out=out)
+
+    def _transposed_product(self, values):
+        """W_g^T . values_g for ``values`` (n, group, conv_out/group, P) -> (n, group, K, P)."""
+        out = _workspace("product", (values.shape[0], self._group, self._kdim, self._positions))
+        return np.matmul(self._weights(self.blobs[0].data).transpose(0, 2, 1), values, out=out)
+
+    def _accumulate_weight_diff(self, values, cols):
+        """weight diff += sum over images of values_g . col_g^T (one GEMM per group; Caffe's beta=1)."""
+        g, m, k = self._weights(self.blobs[0].diff).shape
+        flat_values = values.transpose(1, 2, 0, 3).reshape(g, m, -1)
+        flat_cols = cols.transpose(1, 2, 0, 3).reshape(g, k, -1)
+        self._weights(self.blobs[0].diff)[...] += np.matmul(flat_values, flat_cols.transpose(0, 2, 1))
+
+    def _add_bias(self, top_images):
+        if self._bias_term:
+            top_images += self.blobs[1].data[:, None]
+
+    def _accumulate_bias_diff(self, top_diff_images):
+        """bias diff += sum of the top diff over positions (per image), then over images."""
+        if self._bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff[...] += top_diff_images.sum(axis=2).sum(axis=0)
+
+    def _grouped(self, images):
+        """(n, C, P) -> (n, group, C/group, P) view."""
+        return images.reshape(images.shape[0], self._group, -1, images.shape[2])
+
+
+@register("Convolution", "CONVOLUTION")
+class ConvolutionLayer(BaseConvolutionLayer):
+    """Caffe's ``ConvolutionLayer``: per image, im2col then top_g = W_g . col_g, then + bias.
+
+    Weights are (num_output, channels/group, *kernel). Backward: bias diff += sum of the top diff
+    over positions; weight diff += top_diff_g . col_g^T (accumulated); bottom diff =
+    col2im(W_g^T . top_diff_g). A sparse engine replaces :meth:`_forward_gemm`.
+    """
+
+    def _forward_gemm(self, images, out):
+        """The forward product of a chunk of images, without bias: ``images`` (n, channels, P_in)
+        -> ``out`` (n, group, num_output/group, P). Dense here: im2col, then W_g . col_g per group.
+        A sparse engine overrides this (with :meth:`_lower` for columns, or directly on the images)."""
+        self._dense_product(self._lower(images), out)
+
+    def _batched(self):
+        """Whether the whole-chunk GEMM path applies: 2-D (or 1x1) lowering and the dense forward
+        product (a sparse engine overriding :meth:`_forward_gemm` keeps the per-image path)."""
+        low = self._lowering
+        return (_conv_batch is not None and (low.use_2d or low.identity)
+                and type(self)._forward_gemm is ConvolutionLayer._forward_gemm)
+
+    def forward_cpu(self, bottom, top):
+        if sparse_modes.conv_forward(self, bottom, top):   # conv_mode DIRECT_SCONV / LOWERED_CCNMM / AUTO
+            return
+        batched = self._batched()
+        for b, t in zip(bottom, top):
+            x, y = self._images(b.data), self._images(t.data)
+            for s, e in self._chunks(self._batch_chunk if batched else None):
+                if batched:
+                    self._forward_batched(x[s:e], y[s:e], self._keeps_columns(s, e))
+                    continue
+                self._forward_gemm(x[s:e], self._grouped(y[s:e]))
+                self._add_bias(y[s:e])
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        weight_grad = self.param_propagate_down[0]
+        batched = self._batched()
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            top_diff = self._images(t.diff)
+            self._accumulate_bias_diff(top_diff)
+            if not (weight_grad or propagate_down[i]):
+                continue
+            x, bottom_diff = self._images(b.data), self._images(b.diff)
+            for s, e in self._chunks(self._batch_chunk if batched else None):
+                if batched:
+                    self._backward_batched(top_diff[s:e], x[s:e], bottom_diff[s:e], weight_grad,
+                                           propagate_down[i])
+                    continue
+                td = self._grouped(top_diff[s:e])
+                if weight_grad:
+                    self._accumulate_weight_diff(td, self._lower(x[s:e]))
+                if propagate_down[i]:
+                    self._fold(self._transposed_product(td), bottom_diff[s:e])
+
+    # -- whole-chunk GEMMs: columns of all images side by side, (group, K, n * P) -------------------
+    # The batched im2col/col2im run on the kernels' threads once the columns reach
+    # kernels.PARALLEL_MIN_ELEMENTS (one task per image and channel); smaller ones stay on one thread.
+    def _keeps_columns(self, start, end):
+        """Whether forward keeps the columns of images ``start:end`` for backward: a TRAIN net's layer
+        that learns its weights and lowers the whole batch in one chunk."""
+        return (self.phase == caffe_pb2.TRAIN and self.param_propagate_down[0] and start == 0
+                and end == self._num)
+
+    def _kept_columns(self, images):
+        """The columns forward kept, if they were lowered from exactly ``images`` (bit for bit: a
+        bottom changed between forward and backward is lowered again, as Caffe always does)."""
+        kept = getattr(self, "_kept", None)
+        if kept is None or kept[0].shape != images.shape or not np.array_equal(kept[0], images):
+            return None
+        return kept[1].reshape(self._group, self._kdim, -1)
+
+    def _lower_batch(self, images, keep=False):
+        """im2col of ``images`` (n, C, P_in) into columns (group, K, n * P), image-major columns;
+        ``keep``: into this layer's own buffer, remembered (with a copy of ``images``) for backward."""
+        n, p = images.shape[0], self._positions
+        if keep:
+            kept = getattr(self, "_kept", None)
+            if kept is None or kept[0].shape != images.shape:
+                kept = self._kept = (np.empty_like(images), np.empty((self._group * self._kdim, n * p), np.float32))
+            np.copyto(kept[0], images)
+            cols = kept[1]
+        else:
+            cols = _workspace("batch_cols", (self._group * self._kdim, n * p))
+        if self._lowering.identity:
+            cols.reshape(-1, n, p)[...] = images.transpose(1, 0, 2)
+        else:
+            low = self._lowering
+            _conv_batch.im2col_batch(images.reshape((n,) + self._col_image), *low.kernel, *low.pad,
+                                     *low.stride, *low.dilation, cols, kernels._threads_for(cols.size))
+        return cols.reshape(self._group, self._kdim, n * p)
+
+    def _fold_batch(self, cols, images):
+        """col2im of columns (group, K, n * P) into ``images`` (n, C, P_in), overwriting them."""
+        n, p = images.shape[0], self._positions
+        if self._lowering.identity:
+            images[...] = cols.reshape(-1, n, p).transpose(1, 0, 2)
+            return
+        low = self._lowering
+        flat = cols.reshape(self._group * self._kdim, n * p)
+        _conv_batch.col2im_batch(flat, *low.kernel, *low.pad, *low.stride, *low.dilation,
+                                 images.reshape((n,) + self._col_image), kernels._threads_for(flat.size))
+
+    def _forward_batched(self, x, y, keep=False):
+        """y (n, num_output, P) = W_g . cols_g + bias: one GEMM per group for the whole chunk."""
+        n, p, g = x.shape[0], self._positions, self._group
+        mg = self._num_output // g
+        cols = self._lower_batch(x, keep)
+        out = y.reshape(n, g, mg, p)
+        if n == 1:              # one image: the product's layout is the top's, no reordering copy
+            np.matmul(self._weights(self.blobs[0].data), cols, out=out[0])
+            if self._bias_term:
+                out += self.blobs[1].data.reshape(1, g, mg, 1)
+            return
+        product = _workspace("batch_product", (g, mg, n * p))
+        np.matmul(self._weights(self.blobs[0].data), cols, out=product)
+        images = product.reshape(g, mg, n, p).transpose(2, 0, 1, 3)
+        if self._bias_term:
+            np.add(images, self.blobs[1].data.reshape(1, g, mg, 1), out=out)
+        else:
+            out[...] = images
+
+    def _backward_batched(self, top_diff, x, bottom_diff, weight_grad, propagate_down):
+        """Weight diff += td_g . cols_g^T and bottom diff = col2im(W_g^T . td_g), whole chunk at once."""
+        n, p, g = x.shape[0], self._positions, self._group
+        mg = self._num_output // g
+        td = _workspace("batch_top_diff", (g, mg, n * p))
+        td.reshape(g, mg, n, p)[...] = top_diff.reshape(n, g, mg, p).transpose(1, 2, 0, 3)
+        if weight_grad:
+            cols = self._kept_columns(x)
+            if cols is None:
+                cols = self._lower_batch(x)
+            weight_diff = self._weights(self.blobs[0].diff)
+            weight_diff += np.matmul(td, cols.transpose(0, 2, 1))
+        if propagate_down:
+            col_diff = _workspace("batch_cols", (g, self._kdim, n * p))
+            np.matmul(self._weights(self.blobs[0].data).transpose(0, 2, 1), td, out=col_diff)
+            self._fold_batch(col_diff, bottom_diff)
+
+
+@register("Deconvolution", "DECONVOLUTION")
+class DeconvolutionLayer(BaseConvolutionLayer):
+    """Caffe's ``DeconvolutionLayer``, the transpose of Convolution.
+
+    Weights are (channels, num_output/group, *kernel); output extent is
+    ``s(S - 1) + d(k - 1) + 1 - 2p``. Forward: top = col2im(W_g^T . x_g) + bias. Backward: bias diff
+    += sum of the top diff; weight diff += x_g . im2col(top_diff)_g^T; bottom diff =
+    W_g . im2col(top_diff)_g.
+    """
+
+    reverse = True
+
+    def _output_spatial(self, in_spatial):
+        low = self._lowering
+        out = tuple(s * (size - 1) + d * (k - 1) + 1 - 2 * p
+                    for size, k, s, p, d in zip(in_spatial, low.kernel, low.stride, low.pad, low.dilation))
+        if any(o <= 0 for o in out):
+            raise NetError(f"layer '{self.name}': deconvolution output size {list(out)} is not positive")
+        return out
+
+    def forward_cpu(self, bottom, top):
+        for b, t in zip(bottom, top):
+            x, y = self._images(b.data), self._images(t.data)
+            for s, e in self._chunks():
+                self._fold(self._transposed_product(self._grouped(x[s:e])), y[s:e])
+                self._add_bias(y[s:e])
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        weight_grad = self.param_propagate_down[0]
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            top_diff = self._images(t.diff)
+            self._accumulate_bias_diff(top_diff)
+            if not (weight_grad or propagate_down[i]):
+                continue
+            x, bottom_diff = self._images(b.data), self._images(b.diff)
+            for s, e in self._chunks():
+                cols = self._lower(top_diff[s:e])
+                if weight_grad:
+                    self._accumulate_weight_diff(self._grouped(x[s:e]), cols)
+                if propagate_down[i]:
+                    self._dense_product(cols, self._grouped(bottom_diff[s:e]))
+
+
+@register("Im2col", "IM2COL")
+class Im2colLayer(Layer):
+    """Caffe's ``Im2colLayer``: the top holds each image's im2col columns,
+    (..., C * prod(kernel), *output spatial); backward is col2im of the top diff."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        cp = self.param.convolution_param
+        self._axis = bottom[0].canonical_axis(cp.axis)
+        num_spatial = bottom[0].num_axes - self._axis - 1
+        if num_spatial < 1:
+            raise NetError(f"layer '{self.name}': Im2col needs at least one spatial axis after axis "
+                           f"{self._axis} (bottom shape {list(bottom[0].shape)})")
+        self._lowering = _Lowering(self.name, *conv_geometry(self.name, cp, num_spatial),
+                                   cp.force_nd_im2col)
+
+    def reshape(self, bottom, top):
+        b0, axis = bottom[0], self._axis
+        if b0.num_axes != axis + 1 + len(self._lowering.kernel):
+            raise NetError(f"layer '{self.name}': bottom num_axes may not change ({list(b0.shape)})")
+        out_spatial = self._lowering.output_spatial(tuple(b0.shape[axis + 1:]))
+        channels = b0.shape[axis] * _prod(self._lowering.kernel)
+        top[0].reshape(tuple(b0.shape[:axis]) + (channels,) + out_spatial)
+        self._num = b0.count_range(0, axis)
+
+    def forward_cpu(self, bottom, top):
+        b, t = bottom[0], top[0]
+        images = b.data.reshape((self._num,) + tuple(b.shape[self._axis:]))
+        self._lowering.lower(images, t.data.reshape(self._num, t.shape[self._axis], -1))
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            b, t = bottom[0], top[0]
+            images = b.diff.reshape((self._num,) + tuple(b.shape[self._axis:]))
+            self._lowering.fold(t.diff.reshape(self._num, t.shape[self._axis], -1), images)
+
+

@@ -1,0 +1,174 @@
+"""SkimCaffe's extra layer types, built from the plain layers.
+
+Fused types (SkimCaffe runs them as one sparse kernel, inference only) reuse the plain layers'
+parameter messages and are composed here from the plain layers, forward and backward:
+
+* ``ConvolutionReLU``: Convolution -> ReLU (``relu_param``).
+* ``ConvolutionReLUPool``: Convolution -> ReLU -> Pooling (``pooling_param``); one top.
+* ``ConvolutionReLUPoolLRN``: Convolution -> ReLU -> Pooling -> LRN (``lrn_param``); one top.
+* ``ReLUPooling``: ReLU -> Pooling; the bottom is left unchanged.
+* ``InnerProductReLUDropout``: InnerProduct -> ReLU. SkimCaffe's dropout in this layer is a no-op
+  in every phase, so ``dropout_param`` is ignored in TRAIN as well as TEST.
+
+The first stage (Convolution / InnerProduct) is named like the fused layer and its parameter blobs
+are the fused layer's, so a caffemodel trained with separate Convolution + ReLU + Pooling layers
+loads into the fused layer by name. Unlike SkimCaffe (which accepts only ``negative_slope: 0`` in
+the fused convolutions and has no backward), any ReLU slope is accepted and backward works.
+
+Aliases: ``Winograd`` and ``MKLConvolution`` run as Convolution, ``MKLReLU`` as ReLU,
+``MKLPooling`` as Pooling, ``MKLLRN`` as LRN.
+"""
+from ..core.blob import Blob
+from ..core.layer import LAYER_REGISTRY, Layer, create_layer, register
+from ..proto import caffe_pb2
+
+
+class FusedLayer(Layer):
+    """A chain of internal plain layers: bottom -> stage 0 -> ... -> top.
+
+    ``stages`` lists ``(layer type, LayerParameter field copied into it)``. A ReLU after the first
+    stage runs in place on its input; the other stages write internal blobs, the last one the top.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+    stages = ()
+
+    def layer_setup(self, bottom, top):
+        count = len(self.stages)
+        in_place = [type_name == "ReLU" and i > 0 for i, (type_name, _) in enumerate(self.stages)]
+        last_writer = max(i for i in range(count) if not in_place[i])
+        self._layers, self._vectors = [], []
+        current = bottom[0]
+        for i, (type_name, field) in enumerate(self.stages):
+            lp = caffe_pb2.LayerParameter(name=self.name if i == 0 else f"{self.name}/{type_name.lower()}",
+                                          type=type_name, phase=self.phase)
+            getattr(lp, field).CopyFrom(getattr(self.param, field))
+            layer = create_layer(lp)
+            if i == 0:
+                layer.blobs = self.blobs  # the first stage owns the fused layer's parameters
+            if in_place[i]:
+                out = current
+            elif i == last_writer:
+                out = top[0]
+            else:
+                out = Blob(name=f"{self.name}/{type_name.lower()}")
+            self._layers.append(layer)
+            self._vectors.append(([current], [out]))
+            layer.setup([current], [out])
+            current = out
+        self.blobs = self._layers[0].blobs
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def weights_changed(self):
+        """Pass the hook on to the stage that owns the weights (a sparse engine may use it)."""
+        hook = getattr(self._layers[0], "weights_changed", None)
+        if hook is not None:
+            hook()
+
+    def reshape(self, bottom, top):
+        for layer, (layer_bottom, layer_top) in zip(self._layers, self._vectors):
+            layer.reshape(layer_bottom, layer_top)
+
+    def forward_cpu(self, bottom, top):
+        for layer, (layer_bottom, layer_top) in zip(self._layers, self._vectors):
+            layer.forward_cpu(layer_bottom, layer_top)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        first = self._layers[0]
+        first.param_propagate_down = list(self.param_propagate_down)
+        if not (propagate_down[0] or any(first.param_propagate_down)):
+            return
+        for i in range(len(self._layers) - 1, -1, -1):
+            layer_bottom, layer_top = self._vectors[i]
+            self._layers[i].backward_cpu(layer_top, [propagate_down[0]] if i == 0 else [True], layer_bottom)
+
+
+@register("ConvolutionReLU")
+class ConvolutionReLULayer(FusedLayer):
+    """SkimCaffe's ``ConvolutionReLU``: Convolution then ReLU (``relu_param.negative_slope``)."""
+
+    stages = (("Convolution", "convolution_param"), ("ReLU", "relu_param"))
+
+
+@register("ConvolutionReLUPool")
+class ConvolutionReLUPoolLayer(FusedLayer):
+    """SkimCaffe's ``ConvolutionReLUPool``: Convolution, ReLU, then ``pooling_param`` pooling."""
+
+    stages = (("Convolution", "convolution_param"), ("ReLU", "relu_param"), ("Pooling", "pooling_param"))
+
+
+@register("ConvolutionReLUPoolLRN")
+class ConvolutionReLUPoolLRNLayer(FusedLayer):
+    """SkimCaffe's ``ConvolutionReLUPoolLRN``: Convolution, ReLU, Pooling, then LRN (``lrn_param``).
+    SkimCaffe's fused kernel exists only for AlexNet's conv2 geometry; any geometry works here."""
+
+    stages = (("Convolution", "convolution_param"), ("ReLU", "relu_param"), ("Pooling", "pooling_param"),
+              ("LRN", "lrn_param"))
+
+
+@register("ReLUPooling")
+class ReLUPoolingLayer(FusedLayer):
+    """SkimCaffe's ``ReLUPooling``: ReLU into an internal blob, then ``pooling_param`` pooling."""
+
+    stages = (("ReLU", "relu_param"), ("Pooling", "pooling_param"))
+
+
+@register("InnerProductReLUDropout")
+class InnerProductReLUDropoutLayer(FusedLayer):
+    """SkimCaffe's ``InnerProductReLUDropout``: InnerProduct then ReLU; its dropout is a no-op (as in
+    SkimCaffe, in TRAIN too), so the top is the ReLU output."""
+
+    stages = (("InnerProduct", "inner_product_param"), ("ReLU", "relu_param"))
+
+
+class AliasLayer(Layer):
+    """A type name that runs another registered type: instantiating it gives a subclass of the
+    target class whose ``type`` is the alias (so ``isinstance`` and type reporting both work)."""
+
+    target = None
+
+    def __new__(cls, param):
+        resolved = cls.__dict__.get("_resolved")
+        if resolved is None:
+            base = LAYER_REGISTRY[cls.target]
+            resolved = type(cls.__name__, (base,), {"type": cls.type, "__doc__": cls.__doc__,
+                                                    "__module__": __name__})
+            cls._resolved = resolved
+        return resolved(param)
+
+
+@register("Winograd")
+class WinogradLayer(AliasLayer):
+    """SkimCaffe's ``Winograd`` convolution, computed as a plain Convolution (same parameters and
+    blob shapes as Convolution)."""
+
+    target = "Convolution"
+
+
+@register("MKLConvolution")
+class MKLConvolutionLayer(AliasLayer):
+    """Intel Caffe's ``MKLConvolution``: a Convolution."""
+
+    target = "Convolution"
+
+
+@register("MKLReLU")
+class MKLReLULayer(AliasLayer):
+    """Intel Caffe's ``MKLReLU``: a ReLU."""
+
+    target = "ReLU"
+
+
+@register("MKLPooling")
+class MKLPoolingLayer(AliasLayer):
+    """Intel Caffe's ``MKLPooling``: a Pooling."""
+
+    target = "Pooling"
+
+
+@register("MKLLRN")
+class MKLLRNLayer(AliasLayer):
+    """Intel Caffe's ``MKLLRN``: an LRN."""
+
+    target = "LRN"

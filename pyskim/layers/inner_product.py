@@ -1,0 +1,71 @@
+"""InnerProduct (Caffe's ``inner_product_layer``): ``top = bottom . W^T + bias`` as one float32 GEMM."""
+import numpy as np
+
+from ..core.layer import Layer, register
+from ..sparse import engine as sparse_modes
+from .plumbing import _axis, _error
+
+
+@register("InnerProduct", "INNER_PRODUCT")
+class InnerProductLayer(Layer):
+    """``top = bottom(M x K) . W^T + bias`` with W of shape (N, K), or (K, N) when ``transpose``
+    (``InnerProductLayer``). The axes from ``axis`` on are flattened into K.
+
+    A sparse engine replaces :meth:`_forward_product` and rebuilds its weight format in
+    :meth:`weights_changed`, which runs after setup and whenever the net loads new weights."""
+
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.inner_product_param
+        if p.num_output <= 0:
+            raise _error(self, "inner_product_param.num_output must be positive")
+        self.num_output, self.bias_term, self.transpose = p.num_output, p.bias_term, p.transpose
+        axis = _axis(self, bottom[0], p.axis, "inner_product_param.axis")
+        self.K = bottom[0].count_range(axis)
+        weight_shape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
+        specs = [(weight_shape, p.weight_filler)]
+        if self.bias_term:
+            specs.append(((self.num_output,), p.bias_filler))
+        self.make_param_blobs(specs)
+        if tuple(self.blobs[0].shape) != weight_shape:
+            raise _error(self, f"weight blob has shape {list(self.blobs[0].shape)}, expected {list(weight_shape)}")
+        self.weights_changed()
+
+    def weights_changed(self):
+        """Hook called when ``blobs[0]`` got new values; the gemm_mode engine (:mod:`.sparse_modes`)
+        repacks its sparse weights, the dense product needs no preparation."""
+        sparse_modes.ip_weights_changed(self)
+
+    def reshape(self, bottom, top):
+        axis = _axis(self, bottom[0], self.param.inner_product_param.axis, "inner_product_param.axis")
+        if bottom[0].count_range(axis) != self.K:
+            raise _error(self, f"input size incompatible with inner product parameters: bottom "
+                               f"{list(bottom[0].shape)} from axis {axis} is not K = {self.K}")
+        self.M = bottom[0].count_range(0, axis)
+        top[0].reshape(tuple(bottom[0].shape[:axis]) + (self.num_output,))
+
+    def _forward_product(self, x):
+        """The M x N product ``x . W^T`` (one float32 GEMM, as Caffe's ``caffe_cpu_gemm``)."""
+        weight = self.blobs[0].data
+        return x @ (weight if self.transpose else weight.T)
+
+    def forward_cpu(self, bottom, top):
+        if sparse_modes.ip_forward(self, bottom, top):   # gemm_mode SPMDM / AUTO
+            return
+        out = top[0].data.reshape(self.M, self.num_output)
+        out[...] = self._forward_product(bottom[0].data.reshape(self.M, self.K))
+        if self.bias_term:
+            out += self.blobs[1].data
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        top_diff = top[0].diff.reshape(self.M, self.num_output)
+        x = bottom[0].data.reshape(self.M, self.K)
+        if self.param_propagate_down[0]:
+            weight_diff = self.blobs[0].diff
+            weight_diff += x.T @ top_diff if self.transpose else top_diff.T @ x
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff[...] += top_diff.sum(axis=0, dtype=np.float32)
+        if propagate_down[0]:
+            weight = self.blobs[0].data
+            bottom[0].diff.reshape(self.M, self.K)[...] = top_diff @ (weight.T if self.transpose else weight)

@@ -1,0 +1,185 @@
+"""Calibration of :mod:`pyskim.perf.model`'s machine profile, and thread control.
+
+:func:`calibrate` measures, on this machine and thread count, the copy bandwidth and the
+efficiencies and per-call overheads of pyskim's own kernels on a mid-size layer (about a second):
+pyskim's dense Convolution layer (im2col + BLAS) and a 1x1 one for the overhead, the direct sparse
+convolution at density 0.1 with stride 1 and 2, and the sparse inner product at batch 16 and 1.
+Each time is the best of several calls; a busy machine still slows them (the profile's ``source``
+records the load average per CPU at calibration time). :func:`set_threads` sets the threads of
+pyskim's OpenMP kernels and of the BLAS.
+"""
+import dataclasses
+import math
+import time
+
+from .model import (
+    CALIBRATION_CONV,
+    CALIBRATION_DENSITY,
+    CALIBRATION_FC,
+    _threads,
+    current_load,
+    default_profile,
+    lane_utilization,
+)
+
+# -- threads ---------------------------------------------------------------------------------------
+
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                 "openblas_set_num_threads64_", "openblas_set_num_threads", "MKL_Set_Num_Threads")
+
+
+def set_blas_threads(n):
+    """Set the thread count of the BLAS numpy loaded (OpenBLAS or MKL, found in this process's
+    mapped libraries); returns True when a BLAS took it."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if ".so" in line and ("blas" in line or "mkl" in line)}
+    except OSError:
+        return False
+    done = False
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _BLAS_SETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(ctypes.c_int(int(n)))
+                done = True
+                break
+    return done
+
+
+def set_threads(n):
+    """Use ``n`` threads in pyskim's OpenMP kernels and in the BLAS (dense GEMMs)."""
+    from ..kernels.dense import set_num_threads
+    set_num_threads(int(n))
+    set_blas_threads(int(n))
+
+
+# -- calibration -----------------------------------------------------------------------------------
+
+def _best(fn, repeats, min_time=0.0):
+    fn()
+    best = math.inf
+    start = time.perf_counter()
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        if i >= 2 and time.perf_counter() - start > max(min_time, 0.4):
+            break
+    return best
+
+
+def measure_bandwidth(threads=1, megabytes=64):
+    """Copy bandwidth in bytes/s (2 × bytes per copied element, no write-allocate), ``threads``
+    threads each copying its share (numpy releases the GIL while copying)."""
+    import concurrent.futures
+
+    import numpy as np
+    n = megabytes * (1 << 20) // 4
+    src = np.ones(n, np.float32)
+    dst = np.empty_like(src)
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    parts = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    if threads == 1:
+        def run():
+            np.copyto(dst, src)
+        return 8.0 * n / _best(run, 5)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        def run():
+            list(pool.map(lambda p: np.copyto(*p), parts))
+        return 8.0 * n / _best(run, 5)
+
+
+def _conv_layer(channels, num_output, size, kernel, pad, stride=1):
+    from ..core.blob import Blob
+    from ..layers import create_layer
+    from ..proto import caffe_pb2
+    lp = caffe_pb2.LayerParameter(name="calibration", type="Convolution")
+    cp = lp.convolution_param
+    cp.num_output = num_output
+    cp.kernel_size.append(kernel)
+    cp.pad.append(pad)
+    cp.stride.append(stride)
+    cp.weight_filler.type = "gaussian"
+    layer = create_layer(lp)
+    bottom, top = Blob(1, channels, size, size), Blob()
+    layer.setup([bottom], [top])
+    bottom.data[...] = 1.0
+    return layer, bottom, top
+
+
+def _net(seconds, overhead):
+    """A measured time less the per-call overhead, never below half of it: with several threads the
+    tiny layer that measures the overhead also pays the workers' wake-up, which can exceed a whole
+    batch-1 call."""
+    return max(seconds - overhead, 0.5 * seconds, 1e-7)
+
+
+def calibrate(threads=None):
+    """Measure BW, e_d, e_s0, σ, e_fc, o_d and o_s on this machine (about a second)."""
+    import numpy as np
+
+    from ..kernels.csr import pack_conv_weights, pack_fc_weights
+    from ..kernels.dense import get_num_threads
+    from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
+    threads = _threads(threads)
+    previous = get_num_threads()
+    set_threads(threads)
+    try:
+        base = default_profile(threads)
+        bandwidth = measure_bandwidth(threads)
+        compute = base.peak_flops * threads
+        rng = np.random.default_rng(0)
+        s = CALIBRATION_CONV
+        # dense: pyskim's Convolution layer (im2col + BLAS), and its per-call overhead on a tiny layer
+        layer, bottom, top = _conv_layer(s.channels, s.num_output, s.height, 3, 1)
+        t_dense = _best(lambda: layer.forward([bottom], [top]), 20)
+        tiny, tb, tt = _conv_layer(1, 1, 4, 1, 0)
+        o_d = _best(lambda: tiny.forward([tb], [tt]), 50)
+        dense_eff = s.flops / (compute * _net(t_dense, o_d))
+        # sparse conv: stride 1 and stride 2, density 0.1; overhead from a tiny layer
+        x = rng.standard_normal((1, s.channels, s.height, s.width)).astype(np.float32)
+        w = rng.standard_normal((s.num_output, s.channels, 3, 3)).astype(np.float32)
+        w *= rng.random(w.shape) < CALIBRATION_DENSITY
+        density = np.count_nonzero(w) / w.size
+        csr = pack_conv_weights(w, 1, (s.height, s.width), 1, 1)
+        out = np.empty((1, s.num_output) + s.out_hw, np.float32)
+        t_sparse = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out), 20)
+        tiny_csr = pack_conv_weights(np.ones((1, 1, 1, 1), np.float32), 1, (4, 4), 0, 1)
+        tx, ty = np.ones((1, 1, 4, 4), np.float32), np.empty((1, 1, 4, 4), np.float32)
+        o_s = _best(lambda: sparse_conv_forward(tx, tiny_csr, None, 1, 0, 1, (4, 4), out=ty), 50)
+        u = lane_utilization(s)
+        sparse_eff = density * s.flops / (compute * u * _net(t_sparse, o_s))
+        s2 = dataclasses.replace(s, stride=(2, 2))
+        out2 = np.empty((1, s.num_output) + s2.out_hw, np.float32)
+        t_stride = _best(lambda: sparse_conv_forward(x, csr, None, 2, 1, 1, s2.out_hw, out=out2), 20)
+        stride_eff = density * s2.flops / (compute * lane_utilization(s2) * sparse_eff
+                                            * _net(t_stride, o_s))
+        # sparse inner product at batch 16
+        f = CALIBRATION_FC
+        wf = rng.standard_normal((f.num_output, f.num_input)).astype(np.float32)
+        wf *= rng.random(wf.shape) < CALIBRATION_DENSITY
+        fc = pack_fc_weights(wf)
+        xf = rng.standard_normal((f.batch, f.num_input)).astype(np.float32)
+        yf = np.empty((f.batch, f.num_output), np.float32)
+        t_fc = _best(lambda: sparse_fc_forward(xf, fc, None, out=yf), 20)
+        fc_eff = fc.density * f.flops / (compute * lane_utilization(f) * _net(t_fc, o_s))
+        t_mv = _best(lambda: sparse_fc_forward(xf[:1], fc, None, out=yf[:1]), 20)
+        spmv_eff = fc.density * f.flops / f.batch / (compute * _net(t_mv, o_s))
+    finally:
+        set_threads(previous)
+
+    def clip(v, lo, hi):
+        return float(min(max(v, lo), hi))
+    load = current_load()
+    return dataclasses.replace(
+        base, bandwidth=float(bandwidth), dense_eff=clip(dense_eff, 0.05, 1.0),
+        sparse_eff=clip(sparse_eff, 0.005, 1.0), stride_eff=clip(stride_eff, 0.1, 1.5),
+        fc_sparse_eff=clip(fc_eff, 0.002, 1.0), spmv_eff=clip(spmv_eff, 0.0005, 1.0), dense_overhead=clip(o_d, 0.0, 1e-2),
+        sparse_overhead=clip(o_s, 0.0, 1e-2),
+        source=f"calibrated {time.strftime('%Y-%m-%d %H:%M:%S')}, load {load:.1f}/CPU", load=float(load))

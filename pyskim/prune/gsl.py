@@ -1,0 +1,540 @@
+"""Guided Sparsity Learning (SkimCaffe's GSL/GESL): prune where the performance model says it pays.
+
+:func:`run_gsl` takes a Caffe solver (its ``net`` a train/test net) and dense weights, and:
+
+1. **plan**: builds the deploy net (batch ``batch``) and asks :mod:`pyskim.perf.model` (through
+   :mod:`pyskim.prune.plan`) for each conv / inner-product layer's break-even density ``d_be`` (below it
+   the sparse kernel beats dense) and saturation density ``d_sat`` (below it the layer is bandwidth /
+   overhead bound: more pruning buys no speed). A layer is pruned when the predicted speedup at
+   ``d* = max(d_sat, min_density)`` is at least ``MIN_LAYER_SPEEDUP`` and the time it saves there is
+   at least ``MIN_TIME_SHARE`` of the modelled net's dense time; with ``target_speedup`` only
+   the layers that save the most time at ``d*`` are taken, until the predicted net speedup reaches it.
+2. **prune** stage: the net with ``regularization_type: "L1"`` on the weight ParamSpec of the pruned
+   layers and the solver's L2 elsewhere (as SkimCaffe's hand-made ``train_val_gesl`` files), the
+   user's solver with ``base_lr``/``weight_decay``/``prune_threshold``/``max_threshold_factor``
+   overridden. A pruned layer whose density falls to its ``d*`` stops being pulled to zero (its weight
+   decay multiplier is set to 0; the threshold still holds its zeros), so layers are not pruned past
+   their useful range.
+3. **finetune** stage: the pruned layers get ``connectivity_mode: DISCONNECTED_ELTWISE`` (masks
+   w ≠ 0, so pruned weights stay exactly zero), plain L2 everywhere.
+
+Each stage (and the dense start) is reported: test accuracy, per-layer density, predicted speedup
+and measured forward speedup (dense vs sparse, at batch ``batch``). Everything goes to ``out_dir``:
+``gsl.json`` (settings, plan, results), ``deploy.prototxt``, and per stage ``net.prototxt``,
+``solver.prototxt``, ``train.log`` (Caffe's log format), snapshots and ``result.json``.
+``resume=True`` continues a stopped run from its last solverstate and skips finished stages.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import time
+
+import numpy as np
+
+from ..core.glog import LogToFile, progress_bar
+from ..core.state import log
+from ..errors import PyskimError
+from ..io.protofiles import write_text
+from ..io.upgrade import read_net_text, read_solver_text
+from ..proto import caffe_pb2
+from ..solvers.signals import SignalHandler
+from . import plan as gsl_perf
+
+__all__ = ["DEFAULTS", "GSLError", "GSLResult", "LayerPlan", "StageResult", "plan_layers", "run_gsl"]
+
+MIN_LAYER_SPEEDUP = 1.2
+#: ... and when the time it saves there is at least this share of the modelled net's dense time.
+MIN_TIME_SHARE = 0.05
+STAGES = ("prune", "finetune")
+#: Settings found by experiment on LeNet / Fashion-MNIST (docs/pruning.md); ``None``: from the user's
+#: solver (``base_lr``: ``lr_scale`` x its base_lr; ``finetune_lr``: its base_lr; ``weight_decay``: its
+#: weight_decay, fine-tuning's L2).
+DEFAULTS = {"prune_iters": 4000, "finetune_iters": 4000, "base_lr": None, "lr_scale": 0.1,
+            "l1_decay": 2e-3, "prune_threshold": 1e-4, "max_threshold_factor": 10.0, "finetune_lr": None,
+            "weight_decay": None, "min_density": 0.02, "target_speedup": None, "batch": 64,
+            "measure_iters": 50, "snapshots": 4, "tests": 4}
+SOURCE_FIELDS = (("data_param", "source"), ("image_data_param", "source"), ("hdf5_data_param", "source"),
+                 ("window_data_param", "source"), ("transform_param", "mean_file"))
+
+
+class GSLError(PyskimError):
+    """A solver, net or output folder GSL cannot work with."""
+
+
+@dataclasses.dataclass
+class LayerPlan:
+    """The model's verdict on one layer, before pruning."""
+
+    name: str
+    type: str
+    count: int
+    prune: bool
+    break_even: float
+    saturation: float
+    floor: float            # the density pruning stops at (d*)
+    dense_ms: float
+    speedup_at_floor: float
+    reason: str
+
+
+@dataclasses.dataclass
+class StageResult:
+    """One stage's outcome (``dense`` is the starting model)."""
+
+    stage: str
+    accuracy: float
+    loss: float
+    iterations: int
+    seconds: float
+    densities: dict
+    sparsity: float                       # fraction of all weights (conv + FC) that are zero
+    predicted: dict                       # layer -> LayerPerf.to_dict()
+    predicted_speedup: float
+    measured: dict = None                 # gsl_perf.measure_compare result
+    files: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def measured_speedup(self):
+        return self.measured["speedup"] if self.measured else None
+
+
+@dataclasses.dataclass
+class GSLResult:
+    """What :func:`run_gsl` returns (also written to ``<out>/gsl.json``)."""
+
+    out_dir: str
+    config: dict
+    plan: list
+    stages: dict                          # "dense", "prune", "finetune" -> StageResult
+
+    @property
+    def final(self):
+        return self.stages.get("finetune") or self.stages.get("prune") or self.stages["dense"]
+
+    def to_dict(self):
+        return {"out_dir": self.out_dir, "config": self.config,
+                "plan": [dataclasses.asdict(p) for p in self.plan],
+                "stages": {k: {**dataclasses.asdict(s), "measured_speedup": s.measured_speedup}
+                           for k, s in self.stages.items()}}
+
+    def table(self):
+        """The report as text: one column per stage."""
+        names = [p.name for p in self.plan]
+        stages = list(self.stages.values())
+        width = 12
+        lines = [f"{'':<22}" + "".join(f"{s.stage:>{width}}" for s in stages)]
+
+        def row(label, fn):
+            lines.append(f"{label:<22}" + "".join(f"{fn(s):>{width}}" for s in stages))
+        row("test accuracy", lambda s: f"{s.accuracy:.4f}")
+        row("weights zero", lambda s: f"{100 * s.sparsity:.2f}%")
+        for n in names:
+            row(f"density {n}", lambda s, n=n: f"{s.densities.get(n, 1.0):.4f}")
+        row("predicted speedup", lambda s: f"{s.predicted_speedup:.2f}x")
+        row("measured dense ms", lambda s: f"{s.measured['dense_ms']:.2f}" if s.measured else "-")
+        row("measured sparse ms", lambda s: f"{s.measured['sparse_ms']:.2f}" if s.measured else "-")
+        row("measured speedup", lambda s: f"{s.measured_speedup:.2f}x" if s.measured else "-")
+        row("iterations", lambda s: str(s.iterations))
+        row("seconds", lambda s: f"{s.seconds:.0f}")
+        return "\n".join(lines)
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+
+def plan_layers(shapes, counts, min_density=0.02, target_speedup=None, profile=None):
+    """:class:`LayerPlan` per modelled layer (see the module docstring for the rule)."""
+    from ..perf.model import predict
+    perfs = gsl_perf.predict_layers(shapes, None, profile)
+    total_dense = sum(p.dense_ms for p in perfs.values())
+    plans = []
+    for name, (kind, shape) in shapes.items():
+        p = perfs[name]
+        floor = max(p.saturation, min_density)
+        at_floor = predict(shape, floor, profile or gsl_perf.model_profile())
+        gain = at_floor.dense / at_floor.sparse
+        share = (p.dense_ms - p.dense_ms / gain) / total_dense if total_dense else 0.0
+        ok = gain >= MIN_LAYER_SPEEDUP and p.break_even > floor and share >= MIN_TIME_SHARE
+        reason = (f"sparse wins below density {p.break_even:.3f}, saturates at {p.saturation:.3f}: "
+                  f"{gain:.2f}x at {floor:.3f}, saving {100 * share:.0f}% of the net's time")
+        if gain < MIN_LAYER_SPEEDUP or p.break_even <= floor:
+            reason = f"too little gain: {reason}"
+        elif share < MIN_TIME_SHARE:
+            reason = f"too small a share of the time: {reason}"
+        plans.append(LayerPlan(name, kind, int(counts.get(name, 0)), ok, p.break_even, p.saturation, floor,
+                               p.dense_ms, gain, reason))
+    if target_speedup:
+        chosen = set()
+        best = {p.name: p.dense_ms for p in plans}
+        for p in sorted((p for p in plans if p.prune), key=lambda p: p.dense_ms / p.speedup_at_floor - p.dense_ms):
+            if total_dense / sum(best.values()) >= target_speedup:
+                break
+            chosen.add(p.name)
+            best[p.name] = p.dense_ms / p.speedup_at_floor
+        if total_dense / sum(best.values()) < target_speedup:
+            log.warning("GSL: the model predicts at most %.2fx for this net; target %.2fx is out of reach",
+                        total_dense / sum(best.values()), target_speedup)
+        for p in plans:
+            if p.prune and p.name not in chosen:
+                p.prune, p.reason = False, f"not needed for the {target_speedup:g}x target ({p.reason})"
+    return plans
+
+
+# -- prototxt writing --------------------------------------------------------------------------------
+
+def _resolve(path, bases):
+    if not path or os.path.isabs(path):
+        return path
+    for base in bases:
+        candidate = os.path.join(base, path)
+        if os.path.exists(candidate):
+            return os.path.abspath(candidate)
+    return path
+
+
+def _absolute_sources(net_param, bases):
+    for lp in net_param.layer:
+        for message, field in SOURCE_FIELDS:
+            if lp.HasField(message) and getattr(getattr(lp, message), field):
+                sub = getattr(lp, message)
+                setattr(sub, field, _resolve(getattr(sub, field), bases))
+
+
+def stage_net(net_param, pruned, stage):
+    """The ``stage`` ("prune" or "finetune") train/test net: per-ParamSpec L1 on the weights of the
+    ``pruned`` layers (prune), or DISCONNECTED_ELTWISE on them (finetune); other weights follow the
+    solver's type (L2)."""
+    net = caffe_pb2.NetParameter()
+    net.CopyFrom(net_param)
+    for lp in net.layer:
+        if lp.type not in gsl_perf.CONV_TYPES + gsl_perf.FC_TYPES:
+            continue
+        if not len(lp.param):
+            lp.param.add()
+        for spec in lp.param:
+            spec.ClearField("regularization_type")
+        if lp.name in pruned:
+            if stage == "prune":
+                lp.param[0].regularization_type = "L1"
+            else:
+                lp.connectivity_mode = caffe_pb2.LayerParameter.DISCONNECTED_ELTWISE
+    return net
+
+
+def _read_user_solver(solver_path):
+    param = read_solver_text(solver_path)
+    bases = [os.getcwd(), os.path.dirname(os.path.abspath(solver_path))]
+    if param.HasField("net_param"):
+        net = caffe_pb2.NetParameter()
+        net.CopyFrom(param.net_param)
+    elif param.HasField("net"):
+        net_path = _resolve(param.net, bases)
+        if not os.path.exists(net_path):
+            raise GSLError(f"net file '{param.net}' of {solver_path} not found (looked in {', '.join(bases)})")
+        net = read_net_text(net_path)
+        bases.append(os.path.dirname(net_path))
+    else:
+        raise GSLError(f"{solver_path}: GSL needs a solver with one train/test net ('net' or 'net_param'), "
+                       "not train_net/test_net")
+    _absolute_sources(net, bases)
+    if not len(param.test_iter):
+        raise GSLError(f"{solver_path}: GSL needs a test net (test_iter) to report accuracy")
+    return param, net
+
+
+def stage_solver(user, stage, net_file, stage_dir, cfg):
+    """The stage's SolverParameter: the user's, with GSL's net, iterations, learning settings,
+    snapshots in ``stage_dir`` and regularization (L2; L1 comes per ParamSpec)."""
+    s = caffe_pb2.SolverParameter()
+    s.CopyFrom(user)
+    for field in ("net_param", "train_net", "test_net", "train_net_param", "test_net_param", "weights"):
+        s.ClearField(field)
+    s.net = str(net_file)
+    iters = int(cfg[f"{stage}_iters"])
+    s.max_iter = iters
+    s.regularization_type = "L2"
+    lr = cfg["base_lr"] if cfg["base_lr"] is not None else user.base_lr * cfg["lr_scale"]
+    if stage == "prune":
+        s.base_lr = lr
+        s.weight_decay = cfg["l1_decay"]
+        s.prune_threshold = cfg["prune_threshold"]
+        s.max_threshold_factor = cfg["max_threshold_factor"]
+    else:
+        s.base_lr = cfg["finetune_lr"] if cfg["finetune_lr"] is not None else user.base_lr
+        s.weight_decay = cfg["weight_decay"] if cfg["weight_decay"] is not None else user.weight_decay
+        s.prune_threshold = 0.0           # masks: w != 0
+        s.max_threshold_factor = 1.0
+    s.test_interval = max(1, iters // max(1, cfg["tests"]))
+    s.test_initialization = False
+    s.display = min(user.display or 100, max(1, iters // 10))
+    s.snapshot = max(1, iters // max(1, cfg["snapshots"]))
+    s.snapshot_prefix = str(stage_dir / f"gsl_{stage}")
+    s.snapshot_format = caffe_pb2.SolverParameter.BINARYPROTO
+    s.snapshot_after_train = True
+    return s
+
+
+# -- running -----------------------------------------------------------------------------------------
+
+def _weight_index(net):
+    """``{layer name: learnable param index of its weights}``."""
+    out = {}
+    names, learnable_ids = net.layer_names(), net.learnable_param_ids()
+    for k, (layer_index, blob_index) in enumerate(net.param_layer_indices()):
+        if blob_index == 0:
+            out.setdefault(names[layer_index], learnable_ids[k])
+    return out
+
+
+def _densities(net, names):
+    """``{name: fraction of nonzero weights}`` of the named layers of ``net``."""
+    out = {}
+    for n in names:
+        w = net.layer_by_name(n).blobs[0].data
+        out[n] = float(np.count_nonzero(w)) / w.size if w.size else 1.0
+    return out
+
+
+def _latest_state(stage_dir, stage):
+    states = sorted(stage_dir.glob(f"gsl_{stage}_iter_*.solverstate"),
+                    key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    return states[-1] if states else None
+
+
+def _run_stage(stage, solver_param, weights, stage_dir, plan, show_progress, use_bar, on_iteration):
+    """Train one stage; returns (solver, seconds). ``weights`` are loaded unless a solverstate of an
+    earlier try is there (then it is restored)."""
+    from ..solvers import get_solver
+    floors = {p.name: p.floor for p in plan if p.prune} if stage == "prune" else {}
+    bar = progress_bar(solver_param.max_iter, f"GSL {stage}", 0) if use_bar else None
+    start = time.perf_counter()
+    with LogToFile(stage_dir / "train.log", quiet_console=bar is not None):
+        solver = get_solver(solver_param)
+        state = _latest_state(stage_dir, stage)
+        if state is not None:
+            log.info("GSL: resuming the %s stage from %s", stage, state)
+            solver.restore(str(state))
+        else:
+            solver.load_weights(str(weights))
+        index = _weight_index(solver.net)
+        frozen = set()
+        total = solver_param.max_iter
+        every = max(1, min(solver_param.display, total // 10 or 1))
+
+        def on_start():
+            it = solver.iter
+            if bar is not None:
+                bar.update(it - bar.n)
+            if on_iteration is not None:
+                on_iteration(stage, it, total)
+            if it % every:
+                return
+            dens = _densities(solver.net, floors)
+            for name, floor in floors.items():
+                if name not in frozen and dens[name] <= floor:
+                    solver.net.params_weight_decay[index[name]] = 0.0
+                    frozen.add(name)
+                    log.info("GSL: %s reached density %.4f <= %.4f (its useful floor): L1 pull off", name,
+                             dens[name], floor)
+            if show_progress and bar is None and it:
+                log.info("GSL %s: iteration %d/%d, %.0f s%s", stage, it, total, time.perf_counter() - start,
+                         "".join(f", {n} {d:.3f}" for n, d in dens.items()))
+        solver.add_callback(on_start, lambda: None)
+        try:     # Ctrl-C: snapshot and stop (Caffe's -sigint_effect stop); main thread only
+            handler = SignalHandler("stop", "snapshot")
+            solver.action_function = handler.action
+        except ValueError:
+            handler = None
+        try:
+            solver.solve()
+        finally:
+            if handler is not None:
+                handler.restore()
+            if bar is not None:
+                bar.update(solver.iter - bar.n)
+                bar.close()
+    if solver.requested_early_exit:
+        raise GSLError(f"the {stage} stage was stopped at iteration {solver.iter} (snapshot in {stage_dir}); "
+                       "rerun with --resume to continue")
+    return solver, time.perf_counter() - start
+
+
+def _test_scores(solver, reuse=False):
+    """``{output name: mean}`` of test net 0: its last test when ``reuse``, else a new test pass."""
+    scores = solver.mean_scores[0] if reuse and solver.mean_scores[0] else solver.test(0)
+    net = solver.test_nets[0]
+    blob_names, blobs = net.blob_names(), net.blob_list()
+    names = [blob_names[b] for b in net.output_blob_indices() for _ in range(blobs[b].count)]
+    return dict(zip(names, scores))
+
+
+def _accuracy(scores):
+    for key in ("accuracy", *[k for k in scores if "acc" in k.lower()]):
+        if key in scores:
+            return float(scores[key])
+    return float("nan")
+
+
+def _loss(scores):
+    return float(next((v for k, v in scores.items() if "loss" in k.lower()), float("nan")))
+
+
+def _evaluate_dense(user, net_param, weights, stage_dir):
+    """Test accuracy of the starting weights with the user's test settings (no training)."""
+    from ..solvers import get_solver
+    s = caffe_pb2.SolverParameter()
+    s.CopyFrom(user)
+    for field in ("net", "train_net", "test_net", "train_net_param", "test_net_param", "weights"):
+        s.ClearField(field)
+    s.net_param.CopyFrom(net_param)
+    s.snapshot = 0
+    with LogToFile(stage_dir / "test.log", quiet_console=True):
+        solver = get_solver(s)
+        solver.load_weights(str(weights))
+        return solver, _test_scores(solver)
+
+
+def _stage_result(stage, solver, scores, seconds, names, shapes, deploy_file, weights, cfg, files, stage_dir):
+    densities = _densities(solver.net, names)
+    counts = {n: solver.net.layer_by_name(n).blobs[0].count for n in names}
+    zeros = sum(counts[n] * (1 - densities[n]) for n in names)
+    perfs = gsl_perf.predict_layers(shapes, densities)
+    measured = None
+    if cfg["measure_iters"]:
+        with LogToFile(stage_dir / "time.log", quiet_console=True):
+            measured = gsl_perf.measure_compare(deploy_file, weights, iterations=cfg["measure_iters"])
+        files = {**files, "time_log": str(stage_dir / "time.log")}
+    return StageResult(stage, _accuracy(scores), _loss(scores), int(solver.iter), seconds, densities,
+                       zeros / max(1, sum(counts.values())), {k: v.to_dict() for k, v in perfs.items()},
+                       gsl_perf.predicted_net_speedup(perfs), measured, files)
+
+
+def _load_stage(path):
+    data = json.loads(path.read_text())
+    data.pop("measured_speedup", None)
+    return StageResult(**data)
+
+
+def _save(out, config, plan, stages):
+    result = GSLResult(str(out), config, plan, stages)
+    tmp = out / ".gsl.json.tmp"
+    tmp.write_text(json.dumps(result.to_dict(), indent=1, default=float))
+    os.replace(tmp, out / "gsl.json")
+    return result
+
+
+def run_gsl(solver, weights, out_dir, *, resume=False, threads=None, progress=True, use_bar=True,
+            on_iteration=None, profile=None, **settings):
+    """Run GSL (see the module docstring) and return a :class:`GSLResult`.
+
+    ``solver``: the user's solver prototxt (relative net and data paths: from the current folder, else
+    the solver's folder); ``weights``: the dense caffemodel; ``settings``: any of :data:`DEFAULTS`
+    (``prune_iters``, ``finetune_iters``, ``base_lr`` (default ``lr_scale`` × the solver's),
+    ``l1_decay``, ``prune_threshold``, ``max_threshold_factor``, ``finetune_lr``, ``weight_decay``
+    (fine-tuning's L2), ``min_density``, ``target_speedup``, ``batch``, ``measure_iters`` (0: no
+    timing), ``snapshots``, ``tests``). ``threads``: kernel and BLAS threads (default: as set).
+    ``progress``: log GSL's progress lines; ``use_bar``: a progress bar per stage (tqdm on a terminal, else a
+    line at every tenth), Caffe's log lines then going to the stage's log file only; ``on_iteration(stage, iteration, max_iter)``: called before every
+    training iteration (e.g. a caller's own progress bar). ``profile``: a
+    :class:`pyskim.perf.model.MachineProfile` to use instead of the calibrated one.
+    ``resume``: continue the run in ``out_dir`` with its stored settings."""
+    from ..perf.model import set_threads, use_profile
+    unknown = set(settings) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"run_gsl: unknown settings {', '.join(sorted(unknown))}")
+    out = pathlib.Path(out_dir).resolve()
+    state_file = out / "gsl.json"
+    if resume and state_file.exists():
+        stored = json.loads(state_file.read_text())
+        cfg = stored["config"]
+        log.info("GSL: resuming the run in %s with its stored settings", out)
+    else:
+        if state_file.exists() and not resume:
+            raise GSLError(f"{out} already holds a GSL run: pass resume=True (--resume) or another folder")
+        cfg = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None},
+               "solver": os.path.abspath(solver), "weights": os.path.abspath(weights)}
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        set_threads(int(threads))
+    with use_profile(profile) if profile is not None else contextlib.nullcontext():
+        return _run(cfg, out, progress, use_bar, on_iteration)
+
+
+def _run(cfg, out, progress, use_bar, on_iteration):
+    from ..core.net import Net
+    user, net_param = _read_user_solver(cfg["solver"])
+    deploy = gsl_perf.deploy_param(net_param, cfg["batch"])
+    deploy_file = out / "deploy.prototxt"
+    write_text(deploy_file, deploy)
+    deploy_net = Net(deploy)
+    shapes = gsl_perf.layer_shapes(deploy_net)
+    names = list(shapes)
+    counts = {n: deploy_net.layer_by_name(n).blobs[0].count for n in names}
+    stored = json.loads((out / "gsl.json").read_text()) if (out / "gsl.json").exists() else None
+    if stored:
+        plan = [LayerPlan(**p) for p in stored["plan"]]
+    else:
+        plan = plan_layers(shapes, counts, cfg["min_density"], cfg["target_speedup"])
+    for p in plan:
+        log.info("GSL plan: %-8s %s (%s)", p.name, "prune" if p.prune else "keep dense", p.reason)
+    pruned = [p.name for p in plan if p.prune]
+    if not pruned:
+        log.warning("GSL: the performance model finds no layer that pruning makes faster on this machine")
+    stages = {}
+    _save(out, cfg, plan, stages)
+    dense_dir = out / "dense"
+    dense_dir.mkdir(exist_ok=True)
+    if (dense_dir / "result.json").exists():
+        stages["dense"] = _load_stage(dense_dir / "result.json")
+    else:
+        start = time.perf_counter()
+        solver, scores = _evaluate_dense(user, net_param, cfg["weights"], dense_dir)
+        stages["dense"] = _stage_result("dense", solver, scores, time.perf_counter() - start, names, shapes,
+                                        deploy_file, cfg["weights"], cfg,
+                                        {"caffemodel": cfg["weights"], "log": str(dense_dir / "test.log"),
+                                         "deploy": str(deploy_file)}, dense_dir)
+        (dense_dir / "result.json").write_text(json.dumps(dataclasses.asdict(stages["dense"]), default=float))
+    _report_stage(stages["dense"], progress)
+    weights = cfg["weights"]
+    for stage in STAGES:
+        stage_dir = out / stage
+        stage_dir.mkdir(exist_ok=True)
+        if (stage_dir / "result.json").exists():
+            stages[stage] = _load_stage(stage_dir / "result.json")
+        else:
+            net_file = stage_dir / "net.prototxt"
+            write_text(net_file, stage_net(net_param, pruned, stage))
+            param = stage_solver(user, stage, net_file, stage_dir, cfg)
+            write_text(stage_dir / "solver.prototxt", param)
+            if progress:
+                log.info("GSL: %s stage, %d iterations (log: %s)", stage, param.max_iter, stage_dir / "train.log")
+            solver, seconds = _run_stage(stage, param, weights, stage_dir, plan, progress, use_bar,
+                                         on_iteration)
+            caffemodel = stage_dir / f"gsl_{stage}_iter_{solver.iter}.caffemodel"
+            tested = param.test_interval and solver.iter % param.test_interval == 0
+            with LogToFile(stage_dir / "train.log", quiet_console=True):
+                scores = _test_scores(solver, reuse=tested)
+            files = {"caffemodel": str(caffemodel), "log": str(stage_dir / "train.log"), "net": str(net_file),
+                     "solver": str(stage_dir / "solver.prototxt"), "deploy": str(deploy_file)}
+            stages[stage] = _stage_result(stage, solver, scores, seconds, names, shapes, deploy_file, caffemodel,
+                                          cfg, files, stage_dir)
+            (stage_dir / "result.json").write_text(json.dumps(dataclasses.asdict(stages[stage]), default=float))
+        weights = stages[stage].files["caffemodel"]
+        _report_stage(stages[stage], progress)
+        _save(out, cfg, plan, stages)
+    final = out / "gsl_final.caffemodel"
+    shutil.copyfile(weights, final)
+    result = _save(out, cfg, plan, stages)
+    (out / "report.txt").write_text(result.table() + "\n")
+    return result
+
+
+def _report_stage(s, progress):
+    if not progress:
+        return
+    measured = f", measured {s.measured_speedup:.2f}x" if s.measured else ""
+    log.info("GSL %s: accuracy %.4f, %.2f%% of weights zero, predicted %.2fx%s; densities %s", s.stage,
+             s.accuracy, 100 * s.sparsity, s.predicted_speedup, measured,
+             ", ".join(f"{n} {d:.4f}" for n, d in s.densities.items()))
