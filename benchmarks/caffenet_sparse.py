@@ -97,7 +97,7 @@ def per_layer(net, reps):
     for _ in range(reps):
         for i, layer in enumerate(net.layers):
             t0 = time.perf_counter()
-            layer.forward(net._bottom_vec(i), net._top_vec(i))
+            layer.forward(net.bottom_vec(i), net.top_vec(i))
             best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
@@ -105,8 +105,9 @@ def per_layer(net, reps):
 def run_config(batch, threads, rounds, reps):
     import torch
 
-    from pyskim.perf.model import get_profile, set_threads
-    from pyskim.sparse.engine import describe
+    from pyskim.perf.calibrate import set_threads
+    from pyskim.perf.profile import get_profile
+    from pyskim.sparse import describe
     set_threads(threads)
     torch.set_num_threads(threads)
     dense, auto = pyskim_nets(batch)
@@ -137,7 +138,7 @@ def run_config(batch, threads, rounds, reps):
     layers_dense = per_layer(dense, reps * rounds)
     modes = {}
     for i, layer in enumerate(auto.layers):
-        info = describe(layer, auto._bottom_vec(i))
+        info = describe(layer, auto.bottom_vec(i))
         if info:
             modes[layer.name] = (info["used"], info["density"])
     rows = [(layer.name, modes.get(layer.name, ("-", None)), d, s)
@@ -182,7 +183,7 @@ def report(batch, threads, best, errors, rows, profile):
 def machine():
     import numpy
 
-    from pyskim.perf.model import cpu_model
+    from pyskim.perf.profile import cpu_model
     try:
         import torch
         tv = torch.__version__

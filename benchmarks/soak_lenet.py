@@ -8,7 +8,7 @@ transactions or the kernels' scratch buffers).
 ``--net lenet`` (default): Caffe's LeNet solver (``prototxt/lenet``: batch 64, SGD momentum 0.9,
 ``inv`` lr policy, a TEST pass every 500 iterations, here of ``--test-images`` images) on a
 Fashion-MNIST subset (the first ``--train-images`` / ``--test-images`` images of
-``../shared/datasets/fashion-mnist``) converted with ``tools/convert_mnist.py`` into LMDBs in a
+``../shared/datasets/fashion-mnist``) converted with ``tools/convert_mnist_data.py`` into LMDBs in a
 temporary folder. ``--net small``: the same solver settings on the conformance suite's small LeNet
 (``../shared/conformance/solvers/test_interval``: conv 4 and 8 maps, fc 32, batch 16/32) and its
 512-record LMDB, about 20 times cheaper per iteration. Either way data comes through the Data
@@ -65,7 +65,7 @@ def _idx_subset(source, target, count):
 
 
 def make_lmdbs(work, train_images, test_images):
-    """Fashion-MNIST subsets as LMDBs (``tools/convert_mnist.py``) named as the LeNet prototxt expects."""
+    """Fashion-MNIST subsets as LMDBs (``tools/convert_mnist_data.py``) named as the LeNet prototxt expects."""
     for split, prefix, count in (("train", "train", train_images), ("test", "t10k", test_images)):
         db = work / f"fashion_mnist_{split}_lmdb"
         if (db / "data.mdb").exists():
@@ -73,7 +73,7 @@ def make_lmdbs(work, train_images, test_images):
         images, labels = work / f"{split}-images.gz", work / f"{split}-labels.gz"
         _idx_subset(DATA / f"{prefix}-images-idx3-ubyte.gz", images, count)
         _idx_subset(DATA / f"{prefix}-labels-idx1-ubyte.gz", labels, count)
-        subprocess.run([sys.executable, str(REPO / "tools" / "convert_mnist.py"), str(images), str(labels),
+        subprocess.run([sys.executable, str(REPO / "tools" / "convert_mnist_data.py"), str(images), str(labels),
                         str(db)], check=True, capture_output=True)
 
 

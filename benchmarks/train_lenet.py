@@ -7,7 +7,7 @@ decay 5e-4, ``inv`` lr policy, bias lr x2, Xavier init, a test pass of 100 x 100
 iterations and at the start, here cut to ``--iters`` iterations (default 2000: 5 test passes, the
 same share of test work as the full 10,000-iteration job's 21).
 
-* pyskim reads Fashion-MNIST from LMDBs made by ``tools/convert_mnist.py`` through its Data layer
+* pyskim reads Fashion-MNIST from LMDBs made by ``tools/convert_mnist_data.py`` through its Data layer
   (prefetch thread), exactly as ``pyskim train`` does; the timed part is ``Solver.solve()``.
 * PyTorch runs the same net (conv 20 5x5, max pool, conv 50 5x5, max pool, fc 500, ReLU, fc 10),
   optimizer and schedule on batches cut from the same uint8 arrays (scaled by 1/256 per batch).
@@ -39,7 +39,7 @@ def make_lmdbs(work):
     for split, prefix in (("train", "train"), ("test", "t10k")):
         db = work / f"fashion_mnist_{split}_lmdb"
         if not (db / "data.mdb").exists():
-            subprocess.run([sys.executable, str(REPO / "tools" / "convert_mnist.py"),
+            subprocess.run([sys.executable, str(REPO / "tools" / "convert_mnist_data.py"),
                             str(DATA / f"{prefix}-images-idx3-ubyte.gz"), str(DATA / f"{prefix}-labels-idx1-ubyte.gz"),
                             str(db)], check=True, capture_output=True)
 

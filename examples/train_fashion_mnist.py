@@ -7,7 +7,7 @@ would: convert the idx files to LMDBs, then run the solver in a work folder and 
     python examples/train_fashion_mnist.py --data pyskim/datasets/fashion_mnist --max-iter 1000
 
 ``--data`` names a folder of idx files: ``train-*`` and ``t10k-*`` (all of Fashion-MNIST, or MNIST) are
-converted with ``tools/convert_mnist.py``; a folder with only the ``t10k-*`` pair (such as the test split
+converted with ``tools/convert_mnist_data.py``; a folder with only the ``t10k-*`` pair (such as the test split
 embedded in pyskim for ``pyskim demo``) is split as the demo does, 8,000 images for training and 2,000
 held out (and the solver's ``test_iter`` is cut to cover those 2,000 once).
 
@@ -43,7 +43,7 @@ def convert(data, work):
     if all(pairs.values()):
         for split, (images, labels) in pairs.items():
             print(f"Converting {images} and {labels} to {dbs[split]}")
-            subprocess.run([sys.executable, str(REPO / "tools" / "convert_mnist.py"), str(images), str(labels),
+            subprocess.run([sys.executable, str(REPO / "tools" / "convert_mnist_data.py"), str(images), str(labels),
                             str(dbs[split])], check=True)
         return _count(dbs["test"])
     if not pairs["test"]:

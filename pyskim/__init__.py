@@ -3,6 +3,7 @@
 ``import pyskim as caffe`` gives pycaffe's API: ``caffe.Net``, ``caffe.TRAIN``/``caffe.TEST``,
 ``caffe.io``, ``caffe.layer_type_list()`` and the mode/seed functions.
 """
+import importlib
 import os
 
 # Worker threads that spin after a parallel region compete with the other pool's threads for the same
@@ -62,7 +63,6 @@ _PYCAFFE_MODULES = ("classifier", "coord_map", "detector", "draw", "net_spec")
 
 def __getattr__(name):
     if name in _PYCAFFE_MODULES:
-        import importlib
         return importlib.import_module(f"{__name__}.pycaffe.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -21,6 +21,11 @@ class BlobProtoError(ModelFileError, ValueError):
     """A BlobProto or Datum whose values do not fit its declared shape."""
 
 
+class FileWriteError(PyskimError, OSError):
+    """A file could not be written (disk full, file size limit, permissions): names the file and why.
+    The previous file of that name, if any, is left as it was."""
+
+
 class NetError(PyskimError, ValueError):
     """A net definition is inconsistent: missing bottom, bad arity, bad shape, unknown layer type."""
 
@@ -34,6 +39,11 @@ class UnknownLayerTypeError(NetError, KeyError):
 
 class WeightsMismatchError(NetError):
     """Weights loaded from a file do not fit the net (blob count or shape)."""
+
+
+class OutOfMemoryError(PyskimError, MemoryError):
+    """An allocation failed below pyskim's blob-size cap: names the layer, the blob (where known) and
+    the bytes asked for."""
 
 
 class SolverError(PyskimError, ValueError):

@@ -2,8 +2,24 @@ import pathlib
 
 import pytest
 
+#: Read-only ground truth made by the real BVLC Caffe, checked out next to the repository.
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+NO_SHARED_REASON = (f"needs ../shared (BVLC Caffe's ground truth next to the repository), "
+                    f"not found at {SHARED}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without ``../shared`` (a plain clone), skip with one reason every test that reads it: those
+    asking for the ``shared_dir`` fixture and those in modules that declare ``NEEDS_SHARED = True``."""
+    if SHARED.is_dir():
+        return
+    skip = pytest.mark.skip(reason=NO_SHARED_REASON)
+    for item in items:
+        if "shared_dir" in getattr(item, "fixturenames", ()) or getattr(item.module, "NEEDS_SHARED", False):
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> pathlib.Path:
     """Read-only ground-truth data, checked out next to the repository (``../shared``)."""
-    return pathlib.Path(__file__).resolve().parents[2] / "shared"
+    return SHARED

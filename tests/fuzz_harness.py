@@ -19,6 +19,11 @@ Mutations are small programs of tuples (drawn by hypothesis, so failures shrink 
 * binary protobuf (caffemodel, solverstate, binaryproto, Datum): ``("pfield", k, action, value)`` on
   the k-th field set anywhere in the parsed message, ``("pdims", k, dims)`` on the k-th BlobShape
   or legacy blob, ``("pnest", depth)`` (a deeply nested unknown group appended);
+* V1 caffemodels (``layers`` of V1LayerParameter, upgraded on read): ``("v1text", k, how, payload)``
+  rewrites the bytes of the k-th layer or blob name (name, bottom, top, param) with bytes that may
+  not be UTF-8, ``("v1type", k, number)`` sets a layer's type enum to any number (unknown ones too),
+  ``("v1lists", k, field, values)`` sets a layer's blobs_lr / weight_decay / loss_weight /
+  blob_share_mode lists, ``("v1drop", k, field)`` clears one of its fields;
   positions and indices wrap modulo the input's size.
 """
 import gc
@@ -75,6 +80,18 @@ def _weights_pairs():
     return [(a, b) for a, b in pairs if a.is_file() and b.is_file()]
 
 
+def _v1_weights_pairs():
+    """(deploy prototxt, caffemodel) pairs whose caffemodel has V1 layers (``layers``)."""
+    trained = SHARED / "models/trained/everpeace_caffe"
+    pairs = [
+        (trained / "mnist/lenet.prototxt", trained / "mnist/lenet_iter_10000.caffemodel"),
+        (trained / "cifar10/cifar10_quick.prototxt", trained / "cifar10/cifar10_quick_iter_5000.caffemodel"),
+        (trained / "cifar10/cifar10_full.prototxt", trained / "cifar10/cifar10_full_iter_60000.caffemodel"),
+        (CONF / "io/upgrade_v1_caffemodel/v1_deploy.prototxt", CONF / "io/upgrade_v1_caffemodel/v1.caffemodel"),
+    ]
+    return [(a, b) for a, b in pairs if a.is_file() and b.is_file()]
+
+
 def _solverstates():
     paths = sorted(CONF.glob("solvers/*/final.solverstate")) + sorted(CONF.glob("solvers/resume/snap_*.solverstate"))
     return [p for p in paths if p.is_file()]
@@ -107,6 +124,7 @@ class Corpus:
     nets = property(lambda self: self._get("nets", _net_prototxts))
     solvers = property(lambda self: self._get("solvers", _solver_prototxts))
     weights = property(lambda self: self._get("weights", _weights_pairs))
+    v1_weights = property(lambda self: self._get("v1_weights", _v1_weights_pairs))
     states = property(lambda self: self._get("states", _solverstates))
     binaryprotos = property(lambda self: self._get("binaryprotos", _binaryprotos))
     lmdbs = property(lambda self: self._get("lmdbs", _lmdbs))
@@ -479,6 +497,97 @@ def mutate_message_bytes(data, message_cls, proto_program, byte_program):
     return mutate_bytes(data, byte_program)
 
 
+# -- V1 caffemodel mutations ---------------------------------------------------------------------------
+
+#: The text fields of a V1LayerParameter (a layer name, blob names, shared param names).
+V1_TEXT_FIELDS = ("name", "bottom", "top", "param")
+V1_LIST_FIELDS = ("blobs_lr", "weight_decay", "loss_weight", "blob_share_mode")
+
+
+def _v1_texts(net):
+    """(layer, field, index or None) for every text value set in the V1 layers of ``net``."""
+    spots = []
+    for layer in net.layers:
+        for field in V1_TEXT_FIELDS:
+            if field == "name":
+                if layer.HasField("name"):
+                    spots.append((layer, field, None))
+            else:
+                spots += [(layer, field, i) for i in range(len(getattr(layer, field)))]
+    return spots
+
+
+def _raw_string_field(number, payload):
+    """The wire bytes of a length-delimited field ``number`` holding ``payload`` (any bytes)."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _set_raw_text(layer, field, index, payload):
+    """Store ``payload`` bytes (UTF-8 or not) as text field ``field`` (element ``index`` of a repeated
+    one) of ``layer``, through the wire format: the Python API refuses bytes that are not UTF-8."""
+    number = layer.DESCRIPTOR.fields_by_name[field].number
+    if index is None:
+        layer.ClearField(field)
+        layer.MergeFromString(_raw_string_field(number, payload))
+        return
+    values = [v if isinstance(v, bytes) else v.encode("utf-8") for v in getattr(layer, field)]
+    values[index] = payload
+    layer.ClearField(field)
+    layer.MergeFromString(b"".join(_raw_string_field(number, v) for v in values))
+
+
+def _edit_text(value, how, payload):
+    if how == "first":
+        return payload + value[1:]
+    if how == "last":
+        return value[:-1] + payload
+    if how == "insert":
+        return value[:len(value) // 2] + payload + value[len(value) // 2:]
+    if how == "replace":
+        return payload
+    return value + payload                                   # "append"
+
+
+def mutate_v1(data, program):
+    """Apply V1-layer mutations (module docstring) to a V1 caffemodel's bytes; an input that does
+    not parse or has no V1 layers is returned unchanged."""
+    from google.protobuf.message import DecodeError
+
+    from pyskim.proto import caffe_pb2
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(data)
+    except DecodeError:
+        return data
+    if not len(net.layers):
+        return data
+    for op in program:
+        name, k, args = op[0], op[1], op[2:]
+        layer = net.layers[k % len(net.layers)]
+        if name == "v1text":
+            spots = _v1_texts(net)
+            if spots:
+                target, field, index = spots[k % len(spots)]
+                current = getattr(target, field) if index is None else getattr(target, field)[index]
+                current = current if isinstance(current, bytes) else current.encode("utf-8")
+                _set_raw_text(target, field, index, _edit_text(current, *args))
+        elif name == "v1type":
+            layer.ClearField("type")
+            layer.MergeFromString(_varint(5 << 3) + _varint(args[0] & 0xFFFFFFFFFFFFFFFF))
+        elif name == "v1lists":
+            field, values = args
+            layer.ClearField(field)
+            number = layer.DESCRIPTOR.fields_by_name[field].number
+            for value in values:
+                if field == "blob_share_mode":               # enum values, unknown ones too: on the wire
+                    layer.MergeFromString(_varint(number << 3) + _varint(int(value) & 0xFFFFFFFFFFFFFFFF))
+                else:
+                    getattr(layer, field).append(float(value))
+        elif name == "v1drop":
+            layer.ClearField(args[0])
+    return net.SerializePartialToString()
+
+
 # -- worker side -------------------------------------------------------------------------------------
 
 class _LogErrors(logging.Handler):
@@ -523,14 +632,16 @@ class _Session:
 
 def _small(net, max_elements=4_000_000, max_work=3e8):
     """True when one forward of ``net`` is cheap enough for a fuzz example."""
-    elements = sum(b.count for b in net._blobs) + sum(b.count for b in net.learnable_params)
+    blobs = net.blob_list()
+    elements = sum(b.count for b in blobs) + sum(b.count for b in net.learnable_params)
     work = 0
-    for layer, tops in zip(net.layers, net._top_ids):
+    for index, layer in enumerate(net.layers):
+        tops = net.top_ids(index)
         if layer.blobs and tops:
-            top = net._blobs[tops[0]]
+            top = blobs[tops[0]]
             work += layer.blobs[0].count * max(1, top.count // max(1, top.shape[1] if top.num_axes > 1 else 1))
         elif tops:
-            work += 8 * net._blobs[tops[0]].count
+            work += 8 * blobs[tops[0]].count
     return elements <= max_elements and work <= max_work
 
 
@@ -559,7 +670,7 @@ def _scenario_weights(session, params):
 
 
 def _sane_solver(solver):
-    p = solver._param
+    p = solver.param
     return (all(t <= 8 for t in p.test_iter) and p.iter_size <= 4 and _small(solver.net)
             and all(_small(n) for n in solver.test_nets))
 

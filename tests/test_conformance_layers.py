@@ -2,6 +2,7 @@
 import pytest
 from conformance import manifest_cases, run_layer_case
 
+NEEDS_SHARED = True
 LAYER_CASES = manifest_cases("layer")
 
 

@@ -194,6 +194,38 @@ def test_tool_sparse_round_trip_and_upgrade(lenet, shared_dir, tmp_path):
     assert result.returncode == 1 and "missing.npz" in result.stderr
 
 
+def test_tool_from_sparse_refuses_a_text_file_clearly(lenet, tmp_path):
+    """A prototxt given to from-sparse: 'not a pyskim-sparse file', not numpy's 'pickled data'."""
+    result = _run_tool("from-sparse", lenet[0], "out.caffemodel", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{lenet[0]}: not a pyskim-sparse file" in result.stderr and "pickle" not in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out.caffemodel").exists()
+
+
+def test_tool_to_sparse_reads_hdf5_caffemodels(lenet, tmp_path):
+    """An HDF5 caffemodel in Caffe's layout (written here with h5py) -> sparse -> binary caffemodel:
+    the net loads the same weights as from the HDF5 file."""
+    h5py = pytest.importorskip("h5py")
+    pruned = _prune(_read(lenet[1]), 0.1)
+    arrays = {layer.name: [np.asarray(b.data, np.float32).reshape(b.shape.dim) for b in layer.blobs]
+              for layer in pruned.layer}
+    with h5py.File(tmp_path / "pruned.caffemodel.h5", "w") as f:
+        for name, blobs in arrays.items():
+            group = f.create_group(f"data/{name}")
+            for j, array in enumerate(blobs):
+                group.create_dataset(str(j), data=array)
+    result = _run_tool("to-sparse", "pruned.caffemodel.h5", "p.npz", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "density 0.10" in result.stdout
+    result = _run_tool("from-sparse", "p.npz", "back.caffemodel", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    net = caffe.Net(str(lenet[0]), caffe.TEST, weights=str(tmp_path / "back.caffemodel"))
+    assert sorted(net.params) == sorted(name for name, blobs in arrays.items() if blobs)
+    for name, blobs in net.params.items():
+        for blob, expected in zip(blobs, arrays[name]):
+            np.testing.assert_array_equal(blob.data, expected)
+
+
 def test_upgrade_v1_caffemodel_loads_like_the_original(shared_dir, tmp_path):
     folder = shared_dir / "models" / "trained" / "everpeace_caffe" / "mnist"
     out = tmp_path / "upgraded.caffemodel"
@@ -285,6 +317,39 @@ def test_onnx_open_nsfw_resnet(shared_dir):
     net = caffe.Net(str(folder / "deploy.prototxt"), caffe.TEST, weights=str(folder / "resnet_50_1by2_nsfw.caffemodel"))
     model = _check_onnx(net, np.random.default_rng(6))
     assert {"BatchNormalization", "Sum", "Mul", "Add"} <= {node.op_type for node in model.graph.node}
+
+
+def test_onnx_sparse_initializers_for_a_pruned_lenet(lenet, tmp_path):
+    """--sparse-initializers on a 90%-zero LeNet: every weight is an ONNX sparse_initializer holding
+    exactly the pruned weights, the file is far smaller than the dense export, and onnxruntime loads
+    it as it is and computes what it computes from the dense export."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pruned = _prune(_read(lenet[1]), 0.1)
+    weights = tmp_path / "pruned.caffemodel"
+    weights.write_bytes(pruned.SerializeToString())
+    for name, flags in (("dense.onnx", []), ("sparse.onnx", ["--sparse-initializers"])):
+        result = _run_tool("to-onnx", "--model", lenet[0], "--weights", weights, *flags, name, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    dense, sparse_model = (onnx.load(str(tmp_path / name)) for name in ("dense.onnx", "sparse.onnx"))
+    onnx.checker.check_model(sparse_model)
+    stored = {t.values.name: t for t in sparse_model.graph.sparse_initializer}
+    assert sorted(stored) == ["conv1/weight", "conv2/weight", "ip1/weight", "ip2/weight"]
+    blobs = {layer.name: np.asarray(layer.blobs[0].data, np.float32) for layer in pruned.layer if len(layer.blobs)}
+    for name, tensor in stored.items():
+        expected = blobs[name.split("/")[0]]
+        values = onnx.numpy_helper.to_array(tensor.values)
+        indices = onnx.numpy_helper.to_array(tensor.indices)
+        assert indices.dtype == np.int64 and np.all(np.diff(indices) > 0)
+        rebuilt = np.zeros(int(np.prod(tensor.dims)), np.float32)
+        rebuilt[indices] = values
+        np.testing.assert_array_equal(rebuilt, expected)
+    dense_size, sparse_size = ((tmp_path / name).stat().st_size for name in ("dense.onnx", "sparse.onnx"))
+    assert sparse_size < 0.4 * dense_size, (sparse_size, dense_size)
+    x = np.random.default_rng(11).normal(size=(64, 1, 28, 28)).astype(np.float32)
+    outputs = [ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"data": x})
+               for model in (dense, sparse_model)]
+    np.testing.assert_allclose(outputs[1][0], outputs[0][0], rtol=1e-6, atol=1e-7)
 
 
 _HEAD = 'name: "zoo" layer { name: "data" type: "Input" top: "data" input_param { shape { %s } } }\n'

@@ -10,7 +10,8 @@ import struct
 import numpy as np
 import pytest
 
-from pyskim.apps import compute_image_mean, convert_imageset, convert_mnist_data, flags
+from pyskim.apps import convert_imageset, flags
+from pyskim.apps.cli import run_tool
 from pyskim.data import imgproc
 from pyskim.data.db import iterate, open_env, release_env
 from pyskim.proto import caffe_pb2
@@ -48,7 +49,7 @@ def test_convert_imageset_matches_caffe(name, case_dir, tmp_path, monkeypatch):
     assert args[-1] == name
     monkeypatch.chdir(case_dir)                          # the log's paths are relative; we only read here
     out = tmp_path / name
-    assert convert_imageset.main(args[:-1] + [str(out)]) == 0
+    assert run_tool("convert_imageset", args[:-1] + [str(out)]) == 0
     ours, theirs = raw_records(out), raw_records(case_dir / name)
     summary = json.loads((case_dir / "lmdb_contents.json").read_text())[name]["records"]
     assert [k for k, _ in ours] == [k for k, _ in theirs] == [r["key"].encode() for r in summary]
@@ -71,7 +72,7 @@ def test_compute_image_mean_matches_caffe(name, case_dir, tmp_path, caplog):
     args = caffe_args(log_path)
     out = tmp_path / "mean.binaryproto"
     with caplog.at_level(logging.INFO, logger="pyskim"):
-        assert compute_image_mean.main(args[:-2] + [str(case_dir / name), str(out)]) == 0
+        assert run_tool("compute_image_mean", args[:-2] + [str(case_dir / name), str(out)]) == 0
     # Sums and the division are float32 as in Caffe: the file is byte-identical.
     assert out.read_bytes() == (case_dir / f"mean_{name}.binaryproto").read_bytes()
     expected = re.findall(r"mean_value channel \[\d\]: [\d.]+", log_path.read_text())
@@ -80,16 +81,16 @@ def test_compute_image_mean_matches_caffe(name, case_dir, tmp_path, caplog):
 
 def test_mean_of_our_own_lmdb(case_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(case_dir)
-    assert convert_imageset.main(["-resize_height=8", "--resize_width", "10", "images/", "list.txt",
+    assert run_tool("convert_imageset", ["-resize_height=8", "--resize_width", "10", "images/", "list.txt",
                                   str(tmp_path / "db")]) == 0
-    assert compute_image_mean.main([str(tmp_path / "db"), str(tmp_path / "mean.binaryproto")]) == 0
+    assert run_tool("compute_image_mean", [str(tmp_path / "db"), str(tmp_path / "mean.binaryproto")]) == 0
     assert (tmp_path / "mean.binaryproto").read_bytes() == \
         (case_dir / "mean_lmdb_resize.binaryproto").read_bytes()
 
 
 def test_convert_imageset_shuffle_gray_and_check_size(case_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(case_dir)
-    assert convert_imageset.main(["images/", "list.txt", str(tmp_path / "db"), "--gray", "-shuffle",
+    assert run_tool("convert_imageset", ["images/", "list.txt", str(tmp_path / "db"), "--gray", "-shuffle",
                                   "-check_size"]) == 0
     records = list(iterate(tmp_path / "db"))
     reference = {k.decode().split("_", 1)[1]: d for k, d in iterate(case_dir / "lmdb_gray")}
@@ -104,29 +105,30 @@ def test_convert_imageset_shuffle_gray_and_check_size(case_dir, tmp_path, monkey
 def test_convert_imageset_errors(case_dir, tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(case_dir)
     with caplog.at_level(logging.ERROR, logger="pyskim"):
-        assert convert_imageset.main(["-backend", "leveldb", "images/", "list.txt", str(tmp_path / "a")]) == 1
+        assert run_tool("convert_imageset",
+                        ["-backend", "leveldb", "images/", "list.txt", str(tmp_path / "a")]) == 1
     assert "LevelDB is not supported" in caplog.text
     bad = tmp_path / "bad.txt"
     bad.write_text("img_00.png 0\nimg_01.jpg\n")
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="pyskim"):
-        assert convert_imageset.main(["images/", str(bad), str(tmp_path / "b")]) == 1
+        assert run_tool("convert_imageset", ["images/", str(bad), str(tmp_path / "b")]) == 1
     assert f"{bad}:2" in caplog.text
     missing = tmp_path / "missing.txt"
     missing.write_text("nothere.png 3\nimg_00.png 0\n")
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="pyskim"):
-        assert convert_imageset.main(["images/", str(missing), str(tmp_path / "c")]) == 0
+        assert run_tool("convert_imageset", ["images/", str(missing), str(tmp_path / "c")]) == 0
     assert "Could not open or find file images/nothere.png" in caplog.text
     assert [k for k, _ in iterate(tmp_path / "c")] == [b"00000001_img_00.png"]   # keys keep line numbers
     with caplog.at_level(logging.ERROR, logger="pyskim"):
-        assert convert_imageset.main(["images/", "list.txt", str(tmp_path / "c")]) == 1
+        assert run_tool("convert_imageset", ["images/", "list.txt", str(tmp_path / "c")]) == 1
     assert "already exists" in caplog.text
 
 
 def test_compute_image_mean_errors(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="pyskim"):
-        assert compute_image_mean.main([str(tmp_path / "nothing")]) == 1
+        assert run_tool("compute_image_mean", [str(tmp_path / "nothing")]) == 1
     assert str(tmp_path / "nothing") in caplog.text
 
 
@@ -145,7 +147,7 @@ def test_convert_mnist_matches_caffe_lmdb(shared_dir, tmp_path):
     labels = np.array([d.label for _, d in records], np.uint8)
     _write_idx(tmp_path / "images.idx", images, 2051)
     _write_idx(tmp_path / "labels.idx.gz", labels, 2049, compress=True)
-    assert convert_mnist_data.main([str(tmp_path / "images.idx"), str(tmp_path / "labels.idx.gz"),
+    assert run_tool("convert_mnist_data", [str(tmp_path / "images.idx"), str(tmp_path / "labels.idx.gz"),
                                     str(tmp_path / "db"), "--backend=lmdb"]) == 0
     assert raw_records(tmp_path / "db") == raw_records(source)
 
@@ -154,12 +156,12 @@ def test_convert_mnist_errors(tmp_path, caplog):
     _write_idx(tmp_path / "images.idx", np.zeros((3, 4, 4), np.uint8), 2051)
     _write_idx(tmp_path / "labels.idx", np.zeros(2, np.uint8), 2049)
     with caplog.at_level(logging.ERROR, logger="pyskim"):
-        assert convert_mnist_data.main([str(tmp_path / "images.idx"), str(tmp_path / "labels.idx"),
+        assert run_tool("convert_mnist_data", [str(tmp_path / "images.idx"), str(tmp_path / "labels.idx"),
                                         str(tmp_path / "db")]) == 1
     assert "3 items" in caplog.text and "2 labels" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="pyskim"):
-        assert convert_mnist_data.main([str(tmp_path / "labels.idx"), str(tmp_path / "labels.idx"),
+        assert run_tool("convert_mnist_data", [str(tmp_path / "labels.idx"), str(tmp_path / "labels.idx"),
                                         str(tmp_path / "db")]) == 1
     assert "magic" in caplog.text
 

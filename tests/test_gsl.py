@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from pyskim.apps import plot_training, sparsity_report
+from pyskim.apps.cli import run_tool
 from pyskim.data.db import LMDBWriter
 from pyskim.io.blobproto import blobproto_to_array
 from pyskim.io.idx import read_idx
 from pyskim.io.protofiles import read_text, write_text
 from pyskim.io.upgrade import read_net_binary, read_net_text
+from pyskim.perf import calibrate as perfcalib
 from pyskim.perf import model as perfmodel
+from pyskim.perf import profile as perfprofile
 from pyskim.proto import caffe_pb2
 from pyskim.prune import gsl
 from pyskim.prune import plan as gsl_perf
@@ -41,9 +44,9 @@ def one_thread():
     LeNet-size GEMMs (docs/pruning.md)."""
     from pyskim.kernels.dense import get_num_threads
     previous = get_num_threads()
-    perfmodel.set_threads(1)
+    perfcalib.set_threads(1)
     yield
-    perfmodel.set_threads(previous)
+    perfcalib.set_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,7 @@ def run(work):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         result = gsl.run_gsl("lenet_solver.prototxt", "dense.caffemodel", work / "out",
-                             profile=perfmodel.default_profile(1), use_bar=False, **SETTINGS)
+                             profile=perfprofile.default_profile(1), use_bar=False, **SETTINGS)
     return result
 
 
@@ -174,7 +177,7 @@ def test_resume(run, work):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         again = gsl.run_gsl("lenet_solver.prototxt", "dense.caffemodel", out, resume=True,
-                            profile=perfmodel.default_profile(1), use_bar=False)
+                            profile=perfprofile.default_profile(1), use_bar=False)
     assert "resuming the finetune stage from" in (ft / "train.log").read_text()
     assert again.stages["prune"].accuracy == run.stages["prune"].accuracy      # not rerun
     assert again.stages["finetune"].iterations == last
@@ -189,7 +192,7 @@ def test_target_speedup_prunes_fewer_layers():
               "ip1": ("InnerProduct", perfmodel.FcShape(64, 800, 500)),
               "ip2": ("InnerProduct", perfmodel.FcShape(64, 500, 10))}
     counts = {"conv1": 500, "conv2": 25000, "ip1": 400000, "ip2": 5000}
-    profile = perfmodel.default_profile(1)
+    profile = perfprofile.default_profile(1)
     everything = gsl.plan_layers(shapes, counts, profile=profile)
     few = gsl.plan_layers(shapes, counts, target_speedup=1.2, profile=profile)
     n_all, n_few = sum(p.prune for p in everything), sum(p.prune for p in few)
@@ -209,7 +212,7 @@ def test_sparsity_report_and_plots(run, work):
     total = sparsity_report.total_row(rows)
     assert 1 - total["density"] == pytest.approx(ft.sparsity)
     deploy = read_net_text(ft.files["deploy"])
-    with perfmodel.use_profile(perfmodel.default_profile(1)):
+    with perfprofile.use_profile(perfprofile.default_profile(1)):
         perfs = sparsity_report.predicted_speedups(deploy, rows)
     assert perfs["ip1"].density == pytest.approx(ft.densities["ip1"])
     text = sparsity_report.format_table(rows, perfs)
@@ -231,23 +234,24 @@ def test_deploy_param_drops_the_label_path():
     assert "Accuracy" not in types and "SoftmaxWithLoss" not in types and "Data" not in types
 
 
-def test_command_lines(run, work, capsys):
-    from pyskim.apps import gsl as gsl_tool
+def test_command_lines(run, work, capsys, caplog):
     out = work / "out"
-    with perfmodel.use_profile(perfmodel.default_profile(1)):
-        assert gsl_tool.main(["--solver", str(work / "lenet_solver.prototxt"), "--weights",
-                              str(work / "dense.caffemodel"), "--out", str(out), "--resume"]) == 0
+    with perfprofile.use_profile(perfprofile.default_profile(1)):
+        assert run_tool("gsl", ["--solver", str(work / "lenet_solver.prototxt"), "--weights",
+                                str(work / "dense.caffemodel"), "--out", str(out), "--resume"]) == 0
         text = capsys.readouterr().out
         assert "measured speedup" in text and "gsl_final.caffemodel" in text
-        assert gsl_tool.main(["--solver", str(work / "lenet_solver.prototxt"), "--weights",
-                              str(work / "dense.caffemodel"), "--out", str(out)]) == 1     # not --resume
-        assert "resume" in capsys.readouterr().err
+        caplog.clear()
+        assert run_tool("gsl", ["--solver", str(work / "lenet_solver.prototxt"), "--weights",
+                                str(work / "dense.caffemodel"), "--out", str(out)]) == 1     # not --resume
+        assert any("resume" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
         final = str(out / "gsl_final.caffemodel")
         png = work / "cli_density.png"
-        assert sparsity_report.main(["--model", str(work / "lenet_train_test.prototxt"), "--weights", final,
+        assert run_tool("sparsity", ["--model", str(work / "lenet_train_test.prototxt"), "--weights", final,
                                      "--measure-threshold", "1e-3", "--plot", str(png)]) == 0
     text = capsys.readouterr().out
     assert "conv2" in text and "total" in text and png.exists()
-    assert plot_training.main([str(out / "prune" / "train.log"), "--out", str(work / "cli_curves.png")]) == 0
+    assert run_tool("plot_training", [str(out / "prune" / "train.log"), "--out",
+                                      str(work / "cli_curves.png")]) == 0
     assert (work / "cli_curves.png").exists()
-    assert sparsity_report.main(["--model", str(work / "missing.prototxt"), "--weights", final]) == 1
+    assert run_tool("sparsity", ["--model", str(work / "missing.prototxt"), "--weights", final]) == 1

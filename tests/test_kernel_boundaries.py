@@ -35,6 +35,10 @@ X4 = rand(2, 3, 6, 5)
 TOP, MASK = K.max_pool_forward(X4, 2, 2, 0, (3, 3))
 ATOP = K.ave_pool_forward(X4, 3, 2, 1, (3, 3))
 LTOP, LSCALE = K.lrn_across_forward(X4, 3, 1e-4, 0.75, 1.0)
+BATCH_GEOMETRY = {"kh": 3, "kw": 2, "pad_h": 1, "pad_w": 0, "stride_h": 1, "stride_w": 2, "dil_h": 1, "dil_w": 1}
+BCOL = K.im2col_batch(X4, **BATCH_GEOMETRY)
+BATCH_LIMITS = {"kh": (1, 1), "kw": (1, 1), "pad_h": (0, 1), "pad_w": (0, 1), "stride_h": (1, 1),
+                "stride_w": (1, 1), "dil_h": (1, 1), "dil_w": (1, 1)}
 
 
 class Spec:
@@ -60,6 +64,10 @@ SPECS = {
     "col2im": Spec(K.col2im, args(col=COL, img_shape=IMG.shape, kernel=3, pad=1, stride=1, dilation=1),
                    {"col": 2}, {"img_shape": (1, 3), "kernel": (1, 2), "pad": (0, 2), "stride": (1, 2),
                                 "dilation": (1, 2)}, outs=["out"]),
+    "im2col_batch": Spec(K.im2col_batch, args(img=X4, **BATCH_GEOMETRY, col=np.empty_like(BCOL)), {"img": 4},
+                         BATCH_LIMITS, outs=["col"]),
+    "col2im_batch": Spec(K.col2im_batch, args(col=BCOL, **BATCH_GEOMETRY, img=np.empty_like(X4)), {"col": 2},
+                         BATCH_LIMITS, outs=["img"]),
     "im2col_nd": Spec(K.im2col_nd, args(img=IMG3, kernel=2, pad=1, stride=1, dilation=1), {"img": None},
                       {"kernel": (1, 3), "pad": (0, 3), "stride": (1, 3), "dilation": (1, 3)}),
     "col2im_nd": Spec(K.col2im_nd, args(col=COL3, img_shape=IMG3.shape, kernel=2, pad=1, stride=1, dilation=1),
@@ -198,6 +206,8 @@ def test_geometry_that_does_not_fit():
     _rejects(SPECS["lrn_across_forward"], beta=float("inf"))
     _rejects(SPECS["lrn_across_backward"], top=LTOP[:, :2])
     _rejects(SPECS["col2im"], accumulate=True)                            # accumulate needs out=
+    _rejects(SPECS["im2col_batch"], kh=9)                                 # kernel larger than padded image
+    _rejects(SPECS["col2im_batch"], img=np.empty((2, 3, 6, 6), np.float32))   # col does not match the images
 
 
 # -- out= arguments ----------------------------------------------------------------------------------

@@ -69,6 +69,35 @@ def test_col2im_is_adjoint_of_im2col():
     assert lhs == pytest.approx(rhs, rel=1e-5)
 
 
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_batched_im2col_col2im_match_reference(case, batch):
+    rng = np.random.default_rng(batch)          # own stream: the other tests' data stay as they were
+    c, h, w, kern, pad, stride, dil = case
+    images = rng.standard_normal((batch, c, h, w)).astype(np.float32)
+    geometry = (*kern, *pad, *stride, *dil)
+    expected = R.im2col_batch_ref(images, kern, pad, stride, dil)
+    col = np.full(expected.shape, np.nan, np.float32)
+    assert K.im2col_batch(images, *geometry, col) is col
+    np.testing.assert_array_equal(col, expected)
+    np.testing.assert_array_equal(K.im2col_batch(images, *geometry), expected)    # allocated
+    # the fold overwrites its output and sums in Caffe's order: bit-identical
+    cols = rng.standard_normal(col.shape).astype(np.float32)
+    back = np.full(images.shape, np.nan, np.float32)
+    assert K.col2im_batch(cols, *geometry, back) is back
+    np.testing.assert_array_equal(back, R.col2im_batch_ref(cols, images.shape, kern, pad, stride, dil))
+
+
+def test_batched_im2col_col2im_threads_do_not_change_results():
+    rng = np.random.default_rng(5)
+    images, geometry = rng.standard_normal((4, 3, 17, 15)).astype(np.float32), (3, 2, 1, 0, 2, 1, 1, 2)
+    one = K.im2col_batch(images, *geometry, num_threads=1)
+    np.testing.assert_array_equal(K.im2col_batch(images, *geometry, num_threads=3), one)
+    cols = rng.standard_normal(one.shape).astype(np.float32)
+    folded = [K.col2im_batch(cols, *geometry, np.empty_like(images), num_threads=n) for n in (1, 3)]
+    np.testing.assert_array_equal(folded[0], folded[1])
+
+
 @pytest.mark.parametrize("case", [
     ((2, 5, 6, 4), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
     ((1, 4, 7, 5), (2, 3, 1), (0, 1, 2), (2, 1, 3), (1, 2, 1)),
@@ -302,6 +331,16 @@ BAD_CALLS = {
     "col2im_out_noncontig": lambda: K.col2im(COL, IMG.shape, 3, 1,
                                              out=np.empty((2, 5, 10), np.float32)[:, :, ::2]),
     "col2im_accumulate_no_out": lambda: K.col2im(COL, IMG.shape, 3, 1, accumulate=True),
+    # the batched im2col/col2im: the column matrix must match the images and the geometry
+    "im2col_batch_col_shape": lambda: K.im2col_batch(X4, 3, 3, 1, 1, 1, 1, 1, 1, np.empty((18, 49), np.float32)),
+    "col2im_batch_col_shape": lambda: K.col2im_batch(np.empty((18, 49), np.float32), 3, 3, 1, 1, 1, 1, 1, 1,
+                                                     np.empty_like(X4)),
+    "col2im_batch_no_img": lambda: K.col2im_batch(np.empty((18, 25), np.float32), 3, 3, 1, 1, 1, 1, 1, 1, None),
+    "im2col_batch_neg_pad": lambda: K.im2col_batch(X4, 3, 3, -1, 1, 1, 1, 1, 1),
+    "im2col_batch_zero_threads": lambda: K.im2col_batch(X4, 3, 3, 1, 1, 1, 1, 1, 1, num_threads=0),
+    "im2col_batch_bool_threads": lambda: K.im2col_batch(X4, 3, 3, 1, 1, 1, 1, 1, 1, num_threads=True),
+    "col2im_batch_float_threads": lambda: K.col2im_batch(np.empty((18, 25), np.float32), 3, 3, 1, 1, 1, 1, 1, 1,
+                                                         np.empty_like(X4), num_threads=2.0),
 }
 
 

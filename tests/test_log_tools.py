@@ -10,6 +10,7 @@ import pytest
 from conformance import CONFORMANCE
 
 from pyskim.apps import parse_log, plot_training_log
+from pyskim.apps.cli import run_tool
 
 CAFFE_LOG = CONFORMANCE / "io" / "caffe_cli" / "train_test" / "caffe_train.log"
 CLI_CASE = CONFORMANCE / "io" / "caffe_cli" / "train_test"
@@ -93,7 +94,7 @@ def test_pyskim_log_with_caffes_weights_gives_caffes_numbers(tmp_path):
 def test_cli_writes_csv_files(pyskim_log, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    assert parse_log.main([str(pyskim_log), str(out), "--verbose"]) == 0
+    assert run_tool("parse_log", [str(pyskim_log), str(out), "--verbose"]) == 0
     printed = capsys.readouterr().out
     assert f"Wrote {out / 'pyskim_train.log.train'}" in printed
     train = _read_csv(out / "pyskim_train.log.train")
@@ -116,10 +117,10 @@ def test_cli_delimiter_and_script(tmp_path):
 def test_no_rows_no_files(tmp_path, capsys):
     log = tmp_path / "empty.log"
     log.write_text("I1127 20:54:38.651667 30994 cli.py:89] Use CPU.\n")
-    assert parse_log.main([str(log), str(tmp_path), "--verbose"]) == 0
+    assert run_tool("parse_log", [str(log), str(tmp_path), "--verbose"]) == 0
     assert "Not writing" in capsys.readouterr().out
     assert not (tmp_path / "empty.log.train").exists()
-    assert parse_log.main([str(tmp_path / "missing.log"), str(tmp_path)]) == 1
+    assert run_tool("parse_log", [str(tmp_path / "missing.log"), str(tmp_path)]) == 1
 
 
 def test_year_less_log_crossing_new_year(tmp_path):
@@ -167,7 +168,7 @@ def test_plot_every_chart_type(chart_type, pyskim_log, tmp_path):
     caffe_log = tmp_path / "caffe.log"
     shutil.copy(CAFFE_LOG, caffe_log)
     png = tmp_path / f"chart{chart_type}.png"
-    assert plot_training_log.main([str(chart_type), str(png), str(pyskim_log), str(caffe_log)]) == 0
+    assert run_tool("plot_training_log", [str(chart_type), str(png), str(pyskim_log), str(caffe_log)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     xs, ys = plot_training_log.load_data(str(caffe_log), chart_type)
     assert len(xs) == len(ys) == (4 if chart_type < 4 else 30)
@@ -180,13 +181,13 @@ def test_plot_script_and_errors(tmp_path, pyskim_log):
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert png.exists()
-    assert plot_training_log.main([]) == 1
-    assert plot_training_log.main(["8", str(png), str(pyskim_log)]) == 1
-    assert plot_training_log.main(["0", str(tmp_path / "x.jpg"), str(pyskim_log)]) == 1
-    assert plot_training_log.main(["0", str(png), str(tmp_path / "missing.log")]) == 1
+    assert run_tool("plot_training_log", []) == 1
+    assert run_tool("plot_training_log", ["8", str(png), str(pyskim_log)]) == 1
+    assert run_tool("plot_training_log", ["0", str(tmp_path / "x.jpg"), str(pyskim_log)]) == 1
+    assert run_tool("plot_training_log", ["0", str(png), str(tmp_path / "missing.log")]) == 1
     not_log = tmp_path / "train.txt"
     shutil.copy(pyskim_log, not_log)
-    assert plot_training_log.main(["0", str(png), str(not_log)]) == 1
+    assert run_tool("plot_training_log", ["0", str(png), str(not_log)]) == 1
     empty = tmp_path / "empty.log"
     empty.write_text("nothing here\n")
-    assert plot_training_log.main(["0", str(png), str(empty)]) == 1
+    assert run_tool("plot_training_log", ["0", str(png), str(empty)]) == 1

@@ -1,15 +1,22 @@
 """The roofline model (pyskim.perf.model): monotone curves, break-even and saturation densities as
-defined on the model's own time curves, the calibration cache, and AUTO's choices (with a fixed,
-injected machine profile, so the tests are deterministic)."""
+defined on the model's own time curves; the machine profile (pyskim.perf.profile: cache, default,
+injection; a forward never calibrates), the calibration (pyskim.perf.calibrate, ``pyskim calibrate``),
+and AUTO's choices (with a fixed, injected machine profile, so the tests are deterministic)."""
 import dataclasses
 import json
+import logging
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import pyskim
+from pyskim.perf import calibrate as perfcalib
 from pyskim.perf import model as perfmodel
+from pyskim.perf import profile as perfprofile
 from pyskim.perf.model import ConvShape, FcShape, MachineProfile
 
 FIXED = MachineProfile(threads=1, peak_flops=267e9, bandwidth=42e9, dense_eff=0.8, sparse_eff=0.2, stride_eff=0.8,
@@ -132,55 +139,87 @@ def test_profile_json_round_trip():
     assert MachineProfile.from_json(old).spmv_eff == MachineProfile().spmv_eff
 
 
+def test_default_machine_numbers():
+    assert perfmodel.peak_gflops_for_isa({"avx512f", "avx2", "fma"}) == 267.0
+    assert perfmodel.peak_gflops_for_isa({"avx2", "fma"}) == 134.0
+    assert perfmodel.peak_gflops_for_isa({"sse2"}) == 34.0
+    assert [perfmodel.default_bandwidth(t) / 1e9 for t in (1, 2, 4, 8)] == [42.0, 75.0, 150.0, 150.0]
+    profile = perfprofile.default_profile(3)
+    assert profile.threads == 3 and profile.source == "default" and profile.bandwidth == 112.5e9
+
+
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("PYSKIM_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("PYSKIM_PERFMODEL", raising=False)
-    perfmodel.clear_memory_cache()
+    perfprofile.clear_memory_cache()
     yield tmp_path
-    perfmodel.clear_memory_cache()
+    perfprofile.clear_memory_cache()
 
 
-def test_calibration_is_cached(cache_dir, monkeypatch):
-    calls = []
-
-    def fake_calibrate(threads=None):
-        calls.append(threads)
-        return dataclasses.replace(FIXED, threads=threads, source="fake")
-    monkeypatch.setattr(perfmodel, "calibrate", fake_calibrate)
-    first = perfmodel.get_profile(threads=1)
-    assert calls == [1] and first.source == "fake"
-    assert perfmodel.get_profile(threads=1) is first            # in-memory
-    perfmodel.clear_memory_cache()
-    assert perfmodel.get_profile(threads=1) == first and calls == [1]   # from the JSON file
-    data = json.loads((cache_dir / perfmodel.CACHE_FILE).read_text())
-    key = perfmodel.profile_key(1)
-    assert key in data and perfmodel.cpu_model() in key and "threads=1" in key and pyskim.__version__ in key
-    perfmodel.get_profile(threads=2)                              # another thread count: calibrated again
-    assert calls == [1, 2]
-    assert set(json.loads((cache_dir / perfmodel.CACHE_FILE).read_text())) == {key, perfmodel.profile_key(2)}
+@pytest.fixture
+def no_calibration(monkeypatch):
+    """Any calibration fails the test."""
+    def fail(*args, **kwargs):
+        pytest.fail("calibrated")
+    monkeypatch.setattr(perfcalib, "calibrate", fail)
+    monkeypatch.setattr(perfcalib, "calibrate_and_save", fail)
 
 
-def test_default_profile_env_skips_calibration(cache_dir, monkeypatch):
+def test_saved_profile_is_cached_per_thread_count(cache_dir, no_calibration):
+    assert perfprofile.get_profile(threads=1).source == "default"          # nothing cached yet
+    assert not (cache_dir / perfprofile.CACHE_FILE).exists()
+    perfprofile.clear_memory_cache()
+    saved = dataclasses.replace(FIXED, source="saved")
+    assert perfprofile.save_profile(saved)
+    assert perfprofile.get_profile(threads=1) is saved                     # in-memory
+    perfprofile.clear_memory_cache()
+    assert perfprofile.get_profile(threads=1) == saved                     # from the JSON file
+    data = json.loads((cache_dir / perfprofile.CACHE_FILE).read_text())
+    key = perfprofile.profile_key(1)
+    assert set(data) == {key}
+    assert perfprofile.cpu_model() in key and "threads=1" in key and pyskim.__version__ in key
+    assert perfprofile.get_profile(threads=2).source == "default"          # another thread count: not cached
+    perfprofile.save_profile(dataclasses.replace(saved, threads=2))
+    assert set(json.loads((cache_dir / perfprofile.CACHE_FILE).read_text())) == {key, perfprofile.profile_key(2)}
+
+
+def test_default_profile_env_ignores_the_cache(cache_dir, no_calibration, monkeypatch):
+    perfprofile.save_profile(dataclasses.replace(FIXED, source="saved"))
+    perfprofile.clear_memory_cache()
     monkeypatch.setenv("PYSKIM_PERFMODEL", "default")
-    monkeypatch.setattr(perfmodel, "calibrate", lambda threads=None: pytest.fail("calibrated"))
-    assert perfmodel.get_profile(threads=1).source == "default"
+    profile = perfprofile.get_profile(threads=1)
+    assert profile.source == "default" and profile.cpu == perfprofile.cpu_model()
 
 
 def test_injected_profile_wins(cache_dir):
-    with perfmodel.use_profile(FIXED):
-        assert perfmodel.get_profile() is FIXED
-        assert perfmodel.get_profile(threads=7) is FIXED
-    assert perfmodel.set_profile(None) is None
+    with perfprofile.use_profile(FIXED):
+        assert perfprofile.get_profile() is FIXED
+        assert perfprofile.get_profile(threads=7) is FIXED
+    assert perfprofile.set_profile(None) is None
 
 
 def test_real_calibration_is_plausible():
-    p = perfmodel.calibrate(1)
-    assert p.threads == 1 and p.source.startswith("calibrated")
-    for name in ("bandwidth", "dense_eff", "sparse_eff", "stride_eff", "fc_sparse_eff", "spmv_eff"):
-        value = getattr(p, name)
-        assert math.isfinite(value) and value > 0, name
-    assert 0 <= p.dense_overhead < 0.01 and 0 <= p.sparse_overhead < 0.01
+    for quick in (False, True):
+        p = perfcalib.calibrate(1, quick=quick)
+        assert p.threads == 1 and p.source.startswith("calibrated")
+        for name in ("bandwidth", "dense_eff", "sparse_eff", "stride_eff", "fc_sparse_eff", "spmv_eff"):
+            value = getattr(p, name)
+            assert math.isfinite(value) and value > 0, name
+        assert 0 <= p.dense_overhead < 0.01 and 0 <= p.sparse_overhead < 0.01
+
+
+def test_pyskim_calibrate_writes_the_cache(tmp_path):
+    env = dict(os.environ, PYSKIM_CACHE_DIR=str(tmp_path))
+    env.pop("PYSKIM_PERFMODEL", None)
+    result = subprocess.run([sys.executable, "-m", "pyskim", "calibrate", "-quick", "-threads", "1"],
+                            capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Calibrating the performance model for 1 thread(s):" in result.stderr
+    data = json.loads((tmp_path / perfprofile.CACHE_FILE).read_text())
+    assert list(data) == [perfprofile.profile_key(1)]
+    profile = MachineProfile.from_json(data[perfprofile.profile_key(1)])
+    assert profile.threads == 1 and profile.source.startswith("calibrated") and profile.bandwidth > 0
 
 
 def _one_layer_net(kind, density, batch=1, seed=0):
@@ -209,19 +248,33 @@ def _one_layer_net(kind, density, batch=1, seed=0):
 
 @pytest.mark.parametrize("kind, sparse_name", [("conv", "sparse"), ("fc", "spmdm")])
 def test_auto_picks_sparse_for_sparse_and_dense_for_dense(kind, sparse_name):
-    with perfmodel.use_profile(FIXED):
+    with perfprofile.use_profile(FIXED):
         for density, expected in ((0.01, sparse_name), (1.0, "dense")):
             net = _one_layer_net(kind, density)
             net.forward()
-            assert net.layers[1]._sparse_modes.last_mode == expected, density
+            assert net.layers[1].engine.last_mode == expected, density
 
 
 def test_busy_calibration_is_redone_when_quiet(cache_dir, monkeypatch):
-    perfmodel.save_profile(dataclasses.replace(FIXED, source="busy", load=3.0))
-    monkeypatch.setattr(perfmodel, "calibrate", lambda threads=None: dataclasses.replace(FIXED, source="quiet"))
-    monkeypatch.setattr(perfmodel, "current_load", lambda: 2.0)
-    assert perfmodel.get_profile(threads=1).source == "busy"          # still busy: keep it
-    perfmodel.clear_memory_cache()
-    monkeypatch.setattr(perfmodel, "current_load", lambda: 0.1)
-    assert perfmodel.get_profile(threads=1).source == "quiet"
-    assert perfmodel.load_cached_profile(1).source == "quiet"
+    assert perfprofile.needs_calibration(1)                                # nothing cached
+    perfprofile.save_profile(dataclasses.replace(FIXED, source="busy", load=3.0))
+    monkeypatch.setattr(perfprofile, "current_load", lambda: 2.0)
+    assert not perfprofile.needs_calibration(1)                            # still busy: keep it
+    monkeypatch.setattr(perfprofile, "current_load", lambda: 0.1)
+    assert perfprofile.needs_calibration(1)
+    perfprofile.save_profile(dataclasses.replace(FIXED, source="quiet", load=0.1))
+    assert not perfprofile.needs_calibration(1)
+    assert perfprofile.load_cached_profile(1).source == "quiet"
+
+
+def test_forward_in_auto_mode_never_calibrates(cache_dir, no_calibration, caplog):
+    with caplog.at_level(logging.INFO, logger="pyskim"):
+        for kind in ("conv", "fc"):
+            net = _one_layer_net(kind, 0.05)
+            net.forward()
+            net.forward()
+    threads = perfprofile.resolve_threads(None)
+    expected = (f"Performance model: default machine profile for {threads} thread(s) (no calibration cached in "
+                f"{cache_dir / perfprofile.CACHE_FILE}); `pyskim calibrate` measures this machine")
+    assert [r.getMessage() for r in caplog.records if "machine profile" in r.getMessage()] == [expected]
+    assert not (cache_dir / perfprofile.CACHE_FILE).exists()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import pyskim as caffe
-from pyskim.apps import classify, detect, draw_net, extract_features
+from pyskim.apps import classify, extract_features
+from pyskim.apps.cli import run_tool
 from pyskim.proto import caffe_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +64,7 @@ def _image_files():
 def test_classify_folder_matches_classifier(tiny_model, tmp_path, capsys):
     model_def, weights = tiny_model
     out = tmp_path / "out.npy"
-    assert classify.main([IMAGES, str(out), "--model_def", model_def, "--pretrained_model", weights,
+    assert run_tool("classify", [IMAGES, str(out), "--model_def", model_def, "--pretrained_model", weights,
                           "--images_dim", "40,40"]) == 0
     printed = capsys.readouterr().out
     assert "CPU mode" in printed and "Classifying 3 inputs." in printed
@@ -85,7 +86,7 @@ def test_classify_center_only_no_mean_and_npy_input(tiny_model, tmp_path):
     inputs = tmp_path / "images.npy"
     np.save(inputs, images)
     out = tmp_path / "out.npy"
-    assert classify.main([str(inputs), str(out), "--model_def", model_def, "--pretrained_model", weights,
+    assert run_tool("classify", [str(inputs), str(out), "--model_def", model_def, "--pretrained_model", weights,
                           "--center_only", "--mean_file", "", "--images_dim", "32,32", "--raw_scale", "1",
                           "--input_scale", "2", "--channel_swap", "0,1,2"]) == 0
     classifier = caffe.Classifier(model_def, weights, image_dims=[32, 32], raw_scale=1.0, input_scale=2.0,
@@ -105,12 +106,13 @@ def test_classify_script_single_image_and_refused_pickle(tiny_model, tmp_path):
     # A pickled .npy (it could run code when loaded) is refused, as input and as mean file.
     pickled = tmp_path / "evil.npy"
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    assert classify.main([str(pickled), str(out), "--model_def", model_def, "--pretrained_model", weights]) == 1
-    assert classify.main([os.path.join(IMAGES, "cat.jpg"), str(out), "--model_def", model_def,
+    assert run_tool("classify", [str(pickled), str(out), "--model_def", model_def,
+                                 "--pretrained_model", weights]) == 1
+    assert run_tool("classify", [os.path.join(IMAGES, "cat.jpg"), str(out), "--model_def", model_def,
                           "--pretrained_model", weights, "--mean_file", str(pickled)]) == 1
-    assert classify.main([os.path.join(IMAGES, "cat.jpg"), str(out), "--model_def",
+    assert run_tool("classify", [os.path.join(IMAGES, "cat.jpg"), str(out), "--model_def",
                           str(tmp_path / "missing.prototxt"), "--pretrained_model", weights]) == 1
-    assert classify.main([os.path.join(IMAGES, "cat.jpg"), str(out), "--model_def", model_def,
+    assert run_tool("classify", [os.path.join(IMAGES, "cat.jpg"), str(out), "--model_def", model_def,
                           "--pretrained_model", weights, "--images_dim", "a,b"]) == 1
 
 
@@ -120,7 +122,7 @@ def test_detect_csv_windows(tiny_model, tmp_path):
     cat, fish = os.path.join(IMAGES, "cat.jpg"), os.path.join(IMAGES, "fish-bike.jpg")
     windows.write_text(f"filename,xmin,ymin,xmax,ymax\n{cat},0,0,100,80\n{fish},10,20,60,90\n{cat},50,40,200,150\n")
     out = tmp_path / "dets.csv"
-    assert detect.main([str(windows), str(out), "--crop_mode", "list", "--model_def", model_def,
+    assert run_tool("detect", [str(windows), str(out), "--crop_mode", "list", "--model_def", model_def,
                         "--pretrained_model", weights, "--context_pad", "4"]) == 0
     rows = out.read_text().splitlines()
     assert rows[0] == "filename,ymin,xmin,ymax,xmax,class0,class1,class2,class3,class4"
@@ -132,7 +134,7 @@ def test_detect_csv_windows(tiny_model, tmp_path):
     got = np.array([[float(v) for v in row.split(",")[5:]] for row in rows[1:]])
     np.testing.assert_allclose(got, np.array([d["prediction"] for d in expected]), rtol=1e-5, atol=1e-7)
     h5 = tmp_path / "dets.h5"
-    assert detect.main([str(windows), str(h5), "--crop_mode", "list", "--model_def", model_def,
+    assert run_tool("detect", [str(windows), str(h5), "--crop_mode", "list", "--model_def", model_def,
                         "--pretrained_model", weights, "--context_pad", "0"]) == 0
     import h5py
     with h5py.File(h5, "r") as f:
@@ -140,14 +142,14 @@ def test_detect_csv_windows(tiny_model, tmp_path):
         assert [name.decode() for name in f["filename"][:]] == [cat, cat, fish]
 
 
-def test_detect_selective_search_needs_its_package(tiny_model, tmp_path, capsys):
+def test_detect_selective_search_needs_its_package(tiny_model, tmp_path, caplog):
     model_def, weights = tiny_model
     listing = tmp_path / "images.txt"
     listing.write_text(os.path.join(IMAGES, "cat.jpg") + "\n")
-    assert detect.main([str(listing), str(tmp_path / "o.csv"), "--model_def", model_def,
+    assert run_tool("detect", [str(listing), str(tmp_path / "o.csv"), "--model_def", model_def,
                         "--pretrained_model", weights]) == 1
-    assert "selective_search_ijcv_with_python" in capsys.readouterr().err
-    assert detect.main([str(tmp_path / "in.json"), str(tmp_path / "o.csv"), "--model_def", model_def,
+    assert "selective_search_ijcv_with_python" in caplog.text
+    assert run_tool("detect", [str(tmp_path / "in.json"), str(tmp_path / "o.csv"), "--model_def", model_def,
                         "--pretrained_model", weights]) == 1
 
 
@@ -155,15 +157,15 @@ def test_draw_net(tmp_path, capsys):
     pytest.importorskip("pydot")
     src = os.path.join(SHARED, "models", "bvlc", "examples", "mnist", "lenet_train_test.prototxt")
     raw = tmp_path / "lenet.raw"
-    assert draw_net.main([src, str(raw), "--rankdir", "TB", "--phase", "TEST", "--display_lrm"]) == 0
+    assert run_tool("draw_net", [src, str(raw), "--rankdir", "TB", "--phase", "TEST", "--display_lrm"]) == 0
     assert f"Drawing net to {raw}" in capsys.readouterr().out
     dot = raw.read_text()
     assert "rankdir=TB" in dot and "accuracy" in dot
-    assert draw_net.main([src, str(tmp_path / "train.raw"), "--phase", "TRAIN"]) == 0
+    assert run_tool("draw_net", [src, str(tmp_path / "train.raw"), "--phase", "TRAIN"]) == 0
     assert "accuracy" not in (tmp_path / "train.raw").read_text()
     with pytest.raises(SystemExit):
-        draw_net.main([src, str(raw), "--phase", "VAL"])
-    assert draw_net.main([str(tmp_path / "missing.prototxt"), str(raw)]) == 1
+        run_tool("draw_net", [src, str(raw), "--phase", "VAL"])
+    assert run_tool("draw_net", [str(tmp_path / "missing.prototxt"), str(raw)]) == 1
     if shutil.which("dot"):
         png = tmp_path / "lenet.png"
         result = subprocess.run([sys.executable, _tool("draw_net.py"), src, str(png)], capture_output=True,
@@ -228,13 +230,14 @@ def test_extract_features(feature_case):
 
 def test_extract_features_errors(feature_case, caplog):
     folder, _, proto, weights, _ = feature_case
-    assert extract_features.main([weights, proto, "ip"]) == 1
+    assert run_tool("extract_features", [weights, proto, "ip"]) == 1
     assert "Usage: extract_features" in caplog.text
-    assert extract_features.main([weights, proto, "ip,conv", str(folder / "one"), "1", "lmdb"]) == 1
-    assert extract_features.main([weights, proto, "nope", str(folder / "two"), "1", "lmdb"]) == 1
+    assert run_tool("extract_features", [weights, proto, "ip,conv", str(folder / "one"), "1", "lmdb"]) == 1
+    assert run_tool("extract_features", [weights, proto, "nope", str(folder / "two"), "1", "lmdb"]) == 1
     assert "Unknown feature blob name nope" in caplog.text
-    assert extract_features.main([weights, proto, "ip", str(folder / "three"), "1", "leveldb"]) == 1
-    assert extract_features.main([weights, proto, "ip", str(folder / "four"), "x", "lmdb"]) == 1
-    assert extract_features.main([weights, proto, "ip", str(folder / "five"), "1", "lmdb", "GPU", "0"]) == 0
-    assert extract_features.main([weights, proto, "ip", str(folder / "five"), "1", "lmdb"]) == 1  # exists
+    assert run_tool("extract_features", [weights, proto, "ip", str(folder / "three"), "1", "leveldb"]) == 1
+    assert run_tool("extract_features", [weights, proto, "ip", str(folder / "four"), "x", "lmdb"]) == 1
+    five = str(folder / "five")
+    assert run_tool("extract_features", [weights, proto, "ip", five, "1", "lmdb", "GPU", "0"]) == 0
+    assert run_tool("extract_features", [weights, proto, "ip", five, "1", "lmdb"]) == 1  # exists
     assert extract_features.legacy_shape((7, 3)) == (7, 3, 1, 1)

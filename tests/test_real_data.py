@@ -1,5 +1,5 @@
 """Real data, real runs: the real Caffe's results on ../shared/models/trained, reproduced through the
-same path a Caffe user takes (idx files -> ``tools/convert_mnist.py`` -> LMDB -> Data layer ->
+same path a Caffe user takes (idx files -> ``tools/convert_mnist_data.py`` -> LMDB -> Data layer ->
 ``pyskim test``), and LeNet trained from scratch on Fashion-MNIST.
 
 Reference numbers are read from ../shared/models/trained/README.md (never copied here) and compared at
@@ -21,7 +21,7 @@ from pyskim.io.protofiles import read_binary, read_text, write_text
 from pyskim.proto import caffe_pb2
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONVERT_MNIST = REPO / "tools" / "convert_mnist.py"
+CONVERT_MNIST = REPO / "tools" / "convert_mnist_data.py"
 LENET_DIR = REPO / "prototxt" / "lenet"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MNIST_SCALE = 0.00390625
@@ -68,7 +68,7 @@ def final_score(log, name):
 
 @pytest.fixture(scope="module")
 def mnist_test_lmdb(shared_dir, tmp_path_factory):
-    """The real MNIST test split converted by tools/convert_mnist.py, as Caffe's create_mnist.sh does."""
+    """The real MNIST test split converted by tools/convert_mnist_data.py, as Caffe's create_mnist.sh does."""
     folder = tmp_path_factory.mktemp("mnist")
     mnist = shared_dir / "datasets" / "mnist"
     return convert_mnist(mnist / "t10k-images-idx3-ubyte.gz", mnist / "t10k-labels-idx1-ubyte.gz",

@@ -302,8 +302,8 @@ def test_regularizer_hooks_plug_in(monkeypatch):
             blob.data[np.abs(blob.data) < 0.2] = 0
             calls.append(("after", param_id, float(rate)))
 
-    monkeypatch.setitem(REGULARIZERS, "PROBE", None)
-    register_regularizer("PROBE")(Probe)
+    monkeypatch.setitem(REGULARIZERS, "PROBE", None)          # removed again after the test
+    register_regularizer("PROBE", replaces="PROBE")(Probe)
     solver = tiny_solver(regularization_type="PROBE", ip_extra='param { } param { decay_mult: 0 }')
     solver.step(1)
     assert calls == [("regularize", 0, pytest.approx(0.01)), ("before", 0), ("after", 0, pytest.approx(0.1)),
@@ -469,9 +469,10 @@ def test_snapshot_is_atomic(tmp_path, monkeypatch, fmt):
     contents = [_read(f) for f in files]
     solver.net.learnable_params[0].data[...] += 1
     solver.history[0][...] = 7
+    entries = set(os.listdir(tmp_path))
 
     def crash(*args, **kwargs):
-        assert any(name.startswith(".tmp_") for name in os.listdir(tmp_path)), "no temp file was created"
+        assert set(os.listdir(tmp_path)) - entries, "no temp file was created"
         raise OSError("simulated crash while writing")
 
     with monkeypatch.context() as m:
@@ -479,14 +480,14 @@ def test_snapshot_is_atomic(tmp_path, monkeypatch, fmt):
         with pytest.raises(OSError, match="simulated crash"):
             solver.snapshot()
     assert [_read(f) for f in files] == contents
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp_")]
+    assert set(os.listdir(tmp_path)) == entries, "a temp file was left behind"
     # A crash while writing the state file alone leaves the previous state file intact too.
     with monkeypatch.context() as m:
         m.setattr(os, "replace", crash)
         with pytest.raises(OSError, match="simulated crash"):
             solver.snapshot_solver_state(files[0])
     assert _read(files[1]) == contents[1]
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp_")]
+    assert set(os.listdir(tmp_path)) == entries, "a temp file was left behind"
 
 
 # -- configuration errors ------------------------------------------------------------------------------

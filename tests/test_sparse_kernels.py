@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 import pyskim.kernels.dense as K
 from pyskim._kernels import sparse_conv as _sc
 from pyskim.kernels import sparse_reference as R
-from pyskim.kernels.csr import ConvCSR, FcCSR, conv_out_hw, conv_out_size, pack_conv_weights, pack_fc_weights
+from pyskim.kernels.csr import (
+    MAX_CACHED_PLANS,
+    ConvCSR,
+    FcCSR,
+    conv_out_hw,
+    conv_out_size,
+    pack_conv_weights,
+    pack_fc_weights,
+)
 from pyskim.kernels.sparse import sparse_conv_forward, sparse_fc_forward
 
 RNG = np.random.default_rng(2024)
@@ -157,8 +165,19 @@ def test_batch_interleaved_variant(geom):
         blocking = None if density == 1.0 else {"interleave_min": 12}
         *_, csr, y, ref = run_conv(batch, *rest, density, relu=batch == 27, blocking=blocking)
         assert_close(y, ref)
-        plan = next(iter(csr._plans.values()))
+        (plan,) = csr.cached_plans()
         assert plan.split(batch) == ((16, batch - 16) if batch == 27 else (batch, 0))
+
+
+def test_plan_cache_is_bounded():
+    csr = pack_conv_weights(pruned((4, 2, 3, 3), 0.5), 1, (6, 6), 1, 1)
+    built = []
+    for key in range(MAX_CACHED_PLANS):
+        csr.plan(key, lambda: built.append(object()) or built[-1])
+    assert csr.plan(0, lambda: pytest.fail("a cached plan is built again")) is built[0]
+    assert len(csr.cached_plans()) == MAX_CACHED_PLANS
+    csr.plan("one more", object)                     # a full cache is emptied first
+    assert len(csr.cached_plans()) == 1
 
 
 def test_threads_buffers_and_out():
@@ -182,7 +201,7 @@ def test_threads_buffers_and_out():
     np.testing.assert_array_equal(sparse_conv_forward(x[:1].astype(np.float64), csr, b, 1, 1, 1, (12, 12)),
                                   y1[:1])
     csr.clear_cache()
-    assert csr._buffer is None and not csr._plans
+    assert csr.buffer_size == 0 and not csr.cached_plans()
     np.testing.assert_array_equal(sparse_conv_forward(x, csr, b, 1, 1, 1, (12, 12)), y1)
     # concurrent calls on one ConvCSR (one of them gets a private buffer)
     results = [None] * 4

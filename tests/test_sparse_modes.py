@@ -1,4 +1,4 @@
-"""conv_mode / gemm_mode (pyskim.sparse.engine): every mode equals the dense path (within 1e-4
+"""conv_mode / gemm_mode (pyskim.sparse): every mode equals the dense path (within 1e-4
 relative) on the conformance convolution / inner-product cases at densities 1 .. 0, on random conv
 geometries (hypothesis) and on whole nets with pruned random weights; weight changes are noticed;
 unusable modes fall back with one log line; backward equals dense backward; ReLU fusion is exact."""
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import pyskim
 from pyskim.io.upgrade import read_net_text
 from pyskim.perf import model as perfmodel
+from pyskim.perf.profile import use_profile
 from pyskim.proto import caffe_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ PROFILE = perfmodel.MachineProfile(threads=1, dense_eff=0.5, sparse_eff=0.2, cpu
 
 @pytest.fixture(autouse=True)
 def fixed_profile():
-    with perfmodel.use_profile(PROFILE):
+    with use_profile(PROFILE):
         yield
 
 
@@ -89,7 +90,7 @@ def test_conformance_cases_every_mode(case, density):
         net.forward()
         for name, blob in ref.blobs.items():
             _close(net.blobs[name].data, blob.data, f"{case} mode {mode} density {density}: {name}")
-        engine = _layer(net, case)._sparse_modes
+        engine = _layer(net, case).engine
         if mode == CONV.DIRECT_SCONV and case.startswith("conv") and case != "conv_3d":
             assert engine.last_mode == "sparse"
         if mode == IP.SPMDM and case.startswith("ip"):
@@ -127,7 +128,7 @@ def test_weight_changes_are_noticed():
         ref.forward()
         net.forward()
         _close(net.blobs["y"].data, ref.blobs["y"].data)
-        assert net.layer_dict["conv"]._sparse_modes.last_mode == "sparse"
+        assert net.layer_dict["conv"].engine.last_mode == "sparse"
     check()
     new = rng.standard_normal(ref.params["conv"][0].data.shape) * (rng.random((4, 3, 3, 3)) < 0.3)
     for n in (ref, net):
@@ -220,7 +221,7 @@ def test_relu_fusion_is_exact(fused_type):
         for i, blob in enumerate(blobs):
             np.testing.assert_allclose(net.params[name][i].diff, blob.diff, rtol=1e-5, atol=1e-5)
     # the same net switched to a dense mode at run time: the ReLU runs again
-    producer = net.layers[2] if not fused_type else net.layers[2]._layers[0]
+    producer = net.layers[2] if not fused_type else net.layers[2].stages[0]
     producer.param.convolution_param.conv_mode = CONV.LOWERED_GEMM
     net.forward()
     np.testing.assert_allclose(net.blobs["y"].data, ref.blobs["y"].data, rtol=1e-6, atol=1e-6)
@@ -268,7 +269,7 @@ def test_random_geometries_sparse_modes_equal_dense(data):
         net.forward()
         outs.append(net.blobs["y"].data.copy())
         if mode != CONV.LOWERED_GEMM:
-            assert net.layer_dict["conv"]._sparse_modes.last_mode == ("sparse" if mode == CONV.DIRECT_SCONV else "ccnmm")
+            assert net.layer_dict["conv"].engine.last_mode == ("sparse" if mode == CONV.DIRECT_SCONV else "ccnmm")
     _close(outs[1], outs[0], "DIRECT_SCONV")
     _close(outs[2], outs[0], "LOWERED_CCNMM")
 
@@ -317,7 +318,7 @@ def _compare_nets(param, densities, outputs, seed=0, default_density=1.0):
     """Build ``param`` sparse as written and all-dense, fill the same pruned weights, compare outputs."""
     dense_param = caffe_pb2.NetParameter()
     dense_param.CopyFrom(param)
-    from pyskim.sparse.engine import apply_mode
+    from pyskim.sparse import apply_mode
     apply_mode(dense_param, "dense")
     nets = [pyskim.Net(p, pyskim.TEST) for p in (param, dense_param)]
     rng = np.random.default_rng(seed)
@@ -345,7 +346,7 @@ def test_caffenet_deploy_sparse_batch_1():
     from pyskim.apps.time_net import set_batch
     set_batch(param, 1)
     sparse, _ = _compare_nets(param, PUBLISHED, ["fc8", "prob", "conv2", "conv5", "fc6"])
-    modes = {n: sparse.layer_dict[n]._layers[0]._sparse_modes.last_mode
+    modes = {n: sparse.layer_dict[n].stages[0].engine.last_mode
              for n in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7")}
     assert set(modes.values()) <= {"sparse", "spmdm"}, modes
     assert len(sparse.fused_relus) == 6
@@ -354,12 +355,12 @@ def test_caffenet_deploy_sparse_batch_1():
 def test_caffenet_deploy_auto_batch_1():
     param = read_net_text(str(ROOT / "prototxt" / "caffenet" / "deploy.prototxt"))
     from pyskim.apps.time_net import set_batch
-    from pyskim.sparse.engine import apply_mode
+    from pyskim.sparse import apply_mode
     set_batch(param, 1)
     assert len(apply_mode(param, "auto")) == 8
     sparse, _ = _compare_nets(param, PUBLISHED, ["fc8", "prob"])
-    assert sparse.layer_dict["conv3"]._sparse_modes.last_mode == "sparse"
-    assert sparse.layer_dict["conv1"]._sparse_modes.last_mode == "dense"
+    assert sparse.layer_dict["conv3"].engine.last_mode == "sparse"
+    assert sparse.layer_dict["conv1"].engine.last_mode == "dense"
     assert ("conv3", "relu3") in sparse.fused_relus
 
 
@@ -386,6 +387,78 @@ def test_googlenet_prototxt_in_repo():
     set_batch(param, 1)
     outputs = [lp.top[0] for lp in param.layer if lp.type in ("InnerProduct", "Softmax")]
     sparse, _ = _compare_nets(param, {}, outputs, default_density=0.15)
-    used = [layer._layers[0]._sparse_modes.last_mode for layer in sparse.layers if layer.type == "ConvolutionReLU"
-            and layer._layers[0].param.convolution_param.conv_mode == CONV.DIRECT_SCONV]
+    used = [layer.stages[0].engine.last_mode for layer in sparse.layers if layer.type == "ConvolutionReLU"
+            and layer.stages[0].param.convolution_param.conv_mode == CONV.DIRECT_SCONV]
     assert used and set(used) == {"sparse"}
+
+
+# -- AUTO: one rule for the engine and the GSL planner ------------------------------------------------
+
+def _auto_net(kind, shape, density, dropped_columns, seed=0):
+    """One AUTO layer ``layer`` on an Input of ``shape``, weights pruned at random to ``density`` with
+    a fraction ``dropped_columns`` of the lowered weight columns (convolutions) all zero."""
+    param = caffe_pb2.NetParameter()
+    param.layer.add(name="x", type="Input", top=["x"]).input_param.shape.add().dim.extend(shape)
+    if kind == "conv":
+        cp = param.layer.add(name="layer", type="Convolution", bottom=["x"], top=["y"]).convolution_param
+        cp.num_output, cp.conv_mode, cp.group = 32, CONV.AUTO, 2 if shape[1] % 2 == 0 and shape[2] > 8 else 1
+        cp.kernel_size.append(3)
+        cp.pad.append(1)
+    else:
+        ip = param.layer.add(name="layer", type="InnerProduct", bottom=["x"], top=["y"]).inner_product_param
+        ip.num_output, ip.gemm_mode = 256, IP.AUTO
+    net = pyskim.Net(param, pyskim.TEST)
+    rng = np.random.default_rng(seed)
+    w = net.params["layer"][0].data
+    values = rng.standard_normal(w.shape) * (rng.random(w.shape) < density)
+    lowered = values.reshape(w.shape[0], -1)
+    lowered[:, rng.random(lowered.shape[1]) < dropped_columns] = 0
+    w[...] = values
+    net.blobs["x"].data[...] = rng.standard_normal(shape)
+    return net
+
+
+def test_planner_mode_is_the_engine_mode():
+    """GSL's plan (prune.plan.predict_layers) predicts the mode AUTO runs, from the same rule."""
+    from pyskim.prune.plan import layer_shapes, predict_layers
+    from pyskim.sparse import layer_workload
+    cases = [("conv", [1, 32, 14, 14], d, 0.0) for d in (0.02, 0.1, 0.3, 0.45, 0.6, 1.0)]
+    cases += [("conv", [4, 16, 15, 15], d, drop) for d in (0.05, 0.55, 0.8) for drop in (0.0, 0.5)]
+    cases += [("fc", [b, 512], d, 0.0) for b in (1, 16) for d in (0.01, 0.1, 0.4, 0.7)]
+    seen = set()
+    for kind, shape, density, drop in cases:
+        net = _auto_net(kind, shape, density, drop)
+        net.forward()
+        used = {"spmdm": "sparse"}.get(net.layer_dict["layer"].engine.last_mode,
+                                        net.layer_dict["layer"].engine.last_mode)
+        _, measured, columns = layer_workload(net.layer_dict["layer"], net.blobs["x"])
+        plan = predict_layers(layer_shapes(net), {"layer": measured}, PROFILE, {"layer": columns})["layer"]
+        assert plan.mode == used, (kind, shape, density, drop)
+        seen.add(used)
+    assert seen == {"dense", "sparse", "ccnmm"}, seen
+
+
+def test_deconvolution_stays_dense_with_one_warning(caplog):
+    """A Deconvolution has no sparse mode: asked for one it runs dense, warns once, gets no engine."""
+    def deconv_net(mode):
+        param = caffe_pb2.NetParameter()
+        param.layer.add(name="x", type="Input", top=["x"]).input_param.shape.add().dim.extend([2, 3, 5, 5])
+        cp = param.layer.add(name="up", type="Deconvolution", bottom=["x"], top=["y"]).convolution_param
+        cp.num_output, cp.conv_mode, cp.stride[:] = 4, mode, [2]
+        cp.kernel_size.append(3)
+        cp.weight_filler.type = "gaussian"
+        pyskim.set_random_seed(3)
+        net = pyskim.Net(param, pyskim.TEST)
+        net.blobs["x"].data[...] = np.random.default_rng(4).standard_normal((2, 3, 5, 5))
+        return net
+    with caplog.at_level(logging.WARNING, logger="pyskim"):
+        net = deconv_net(CONV.DIRECT_SCONV)
+        net.forward()
+        net.forward()
+    ref = deconv_net(CONV.LOWERED_GEMM)
+    ref.forward()
+    np.testing.assert_array_equal(net.blobs["y"].data, ref.blobs["y"].data)
+    assert net.layer_dict["up"].engine is None
+    lines = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+    expected = "layer 'up': conv_mode DIRECT_SCONV is not available for Deconvolution; falling back to LOWERED_GEMM"
+    assert lines == [expected]

@@ -1,16 +1,22 @@
 """tools/time.py / ``pyskim time`` with pyskim's flags (-mode, -batch, -threads, -compare), the
-per-layer sparse table, tools/perf_model.py (table and plot) and the NetParameter helpers."""
+per-layer sparse table, when it calibrates, tools/perf_model.py (table and plot), the NetParameter
+helpers, and the timing behind them (pyskim.perf.timing)."""
 import os
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import pyskim
+from pyskim.apps import time_net
 from pyskim.apps.time_net import load_param, set_batch
 from pyskim.io.upgrade import read_net_text
+from pyskim.perf import profile as perfprofile
+from pyskim.perf.timing import compare_nets, time_layers
 from pyskim.proto import caffe_pb2
-from pyskim.sparse.engine import apply_mode
+from pyskim.sparse import apply_mode
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LENET = ROOT / "prototxt" / "lenet" / "lenet_deploy.prototxt"
@@ -88,3 +94,75 @@ def test_apply_mode_and_batch():
     assert lenet.layer[1].convolution_param.conv_mode == conv.AUTO
     with pytest.raises(ValueError):
         apply_mode(param, "fast")
+
+
+def _tiny_net(mode):
+    """Input -> Convolution -> ReLU -> InnerProduct, half the weights zero, ``mode`` applied."""
+    param = caffe_pb2.NetParameter()
+    data = param.layer.add(name="data", type="Input", top=["data"])
+    data.input_param.shape.add().dim.extend([2, 3, 8, 8])
+    conv = param.layer.add(name="conv", type="Convolution", bottom=["data"], top=["conv"])
+    conv.convolution_param.num_output = 4
+    conv.convolution_param.kernel_size.append(3)
+    param.layer.add(name="relu", type="ReLU", bottom=["conv"], top=["conv"])
+    ip = param.layer.add(name="ip", type="InnerProduct", bottom=["conv"], top=["ip"])
+    ip.inner_product_param.num_output = 5
+    apply_mode(param, mode)
+    net = pyskim.Net(param, pyskim.TEST)
+    rng = np.random.default_rng(0)
+    for name in ("conv", "ip"):
+        w = net.params[name][0].data
+        w[...] = rng.standard_normal(w.shape) * (rng.random(w.shape) < 0.5)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].data.shape)
+    return net
+
+
+def test_compare_nets_has_one_row_per_layer():
+    dense, sparse = _tiny_net("dense"), _tiny_net("sparse")
+    result = compare_nets(dense, sparse, iterations=2)
+    assert [row.name for row in result.layers] == ["data", "conv", "relu", "ip"]
+    assert result.iterations == 2
+    assert all(row.dense >= 0 and row.sparse >= 0 for row in result.layers)
+    assert result.dense_total == pytest.approx(sum(row.dense for row in result.layers))
+    assert result.sparse_total == pytest.approx(sum(row.sparse for row in result.layers))
+    assert result.speedup == pytest.approx(result.dense_total / result.sparse_total)
+    lenet = pyskim.Net(read_net_text(str(LENET)), pyskim.TEST)
+    with pytest.raises(ValueError, match="layers"):
+        compare_nets(lenet, sparse, iterations=1)
+
+
+def test_time_layers_times_every_layer_and_iteration():
+    net = _tiny_net("auto")
+    net.forward()
+    seen = []
+    timing = time_layers(net, 3, forward_only=False, on_iteration=lambda i, s: seen.append((i, s >= 0)))
+    assert seen == [(0, True), (1, True), (2, True)]
+    assert timing.layer_names == ["data", "conv", "relu", "ip"] and timing.iterations == 3
+    assert len(timing.forward) == len(timing.backward) == 4
+    assert sum(timing.forward) <= timing.forward_pass * (1 + 1e-9)
+    assert timing.wall_seconds >= 3 * (timing.forward_pass + timing.backward_pass) * (1 - 1e-9)
+    forward_only = time_layers(net, 1, forward_only=True)
+    assert forward_only.backward == [] and forward_only.backward_pass == 0.0
+
+
+@pytest.mark.parametrize("forced, cached, recalibrate, calibrates", [
+    (False, False, False, True),        # no profile yet: pyskim time measures the machine first
+    (False, True, False, False),
+    (False, True, True, True),          # --recalibrate
+    (True, False, False, False),        # PYSKIM_PERFMODEL=default
+    (True, False, True, True),
+])
+def test_time_calibrates_only_without_a_cache_or_when_asked(tmp_path, monkeypatch, forced, cached, recalibrate,
+                                                             calibrates):
+    monkeypatch.setenv("PYSKIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PYSKIM_PERFMODEL", "default" if forced else "")
+    perfprofile.clear_memory_cache()
+    if cached:
+        perfprofile.save_profile(perfprofile.default_profile(perfprofile.resolve_threads(None)))
+    calls = []
+    monkeypatch.setattr(time_net, "calibrate_and_save", lambda: calls.append("calibrated"))
+    try:
+        time_net.ensure_profile(recalibrate)
+    finally:
+        perfprofile.clear_memory_cache()
+    assert calls == (["calibrated"] if calibrates else [])

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""pycaffe's `python/classify.py`; see :mod:`pyskim.apps.classify`."""
+"""pycaffe's python/classify.py: ``pyskim classify`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.classify import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("classify"))

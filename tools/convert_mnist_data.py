@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Caffe's `convert_mnist_data` tool; see :mod:`pyskim.apps.convert_mnist_data`."""
+"""Caffe's convert_mnist_data tool: ``pyskim convert_mnist_data`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.convert_mnist_data import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("convert_mnist_data"))

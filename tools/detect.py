@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""pycaffe's `python/detect.py`; see :mod:`pyskim.apps.detect`."""
+"""pycaffe's python/detect.py: ``pyskim detect`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.detect import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("detect"))

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""pycaffe's `python/draw_net.py`; see :mod:`pyskim.apps.draw_net`."""
+"""pycaffe's python/draw_net.py: ``pyskim draw_net`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.draw_net import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("draw_net"))

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Caffe's `extract_features` tool; see :mod:`pyskim.apps.extract_features`."""
+"""Caffe's extract_features tool: ``pyskim extract_features`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.extract_features import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("extract_features"))

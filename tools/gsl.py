@@ -1,9 +1,8 @@
 #!/usr/bin/env python
-"""``gsl.py --solver S --weights W [--target-speedup X] [--prune-iters N] [--finetune-iters M] [--out DIR]
-[--resume]``: Guided Sparsity Learning (see :mod:`pyskim.apps.gsl` and :mod:`pyskim.prune.gsl`)."""
+"""Guided Sparsity Learning: ``pyskim gsl`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.gsl import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("gsl"))

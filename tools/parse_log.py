@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""BVLC's `tools/extra/parse_log.py`; see :mod:`pyskim.apps.parse_log`."""
+"""BVLC's tools/extra/parse_log.py: ``pyskim parse_log`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.parse_log import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("parse_log"))

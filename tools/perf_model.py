@@ -1,9 +1,8 @@
 #!/usr/bin/env python
-"""Per-layer roofline predictions (dense vs sparse time, break-even and saturation densities) for a
-net, and a speedup-vs-density plot; see :mod:`pyskim.apps.perf_model`."""
+"""per-layer roofline predictions, dense vs sparse: ``pyskim perf_model`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.perf_model import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("perf_model"))

@@ -1,9 +1,8 @@
 #!/usr/bin/env python
-"""``plot_training.py LOG [--out out.png]``: loss, accuracy and sparsity curves of a Caffe-format log
-(see :mod:`pyskim.apps.plot_training`)."""
+"""loss, accuracy and sparsity curves of a training log: ``pyskim plot_training`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.plot_training import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("plot_training"))

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""BVLC's `tools/extra/plot_training_log.py.example`; see :mod:`pyskim.apps.plot_training_log`."""
+"""BVLC's tools/extra/plot_training_log.py.example: ``pyskim plot_training_log`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.plot_training_log import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("plot_training_log"))

@@ -1,9 +1,8 @@
 #!/usr/bin/env python
-"""``sparsity.py --model M --weights W [--measure-threshold t] [--plot out.png]``: per-layer density,
-fiber/slice sparsity and predicted speedup (see :mod:`pyskim.apps.sparsity_report`)."""
+"""per-layer weight density and fiber/slice sparsity: ``pyskim sparsity`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.sparsity_report import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("sparsity"))

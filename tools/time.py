@@ -1,9 +1,8 @@
 #!/usr/bin/env python
-"""Caffe's `caffe time` with pyskim's sparse report (`--mode`, `--compare`, ...); see
-:mod:`pyskim.apps.time_net`."""
+"""Caffe's caffe time with pyskim's sparse report: ``pyskim time`` (see pyskim.apps.cli)."""
 import sys
 
-from pyskim.apps.time_net import main
+from pyskim.apps.cli import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("time"))

@@ -12,7 +12,6 @@ never code. The output is an N x C array (C = the net's first output).
 import argparse
 import glob
 import os
-import sys
 import time
 
 import numpy as np
@@ -59,7 +58,7 @@ def build_parser():
     return parser
 
 
-def _int_list(text, flag):
+def int_list(text, flag):
     try:
         return [int(s) for s in text.split(",")]
     except ValueError:
@@ -87,34 +86,25 @@ def load_inputs(input_file, ext):
     return [caffe_io.load_image(input_file)]
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        image_dims = _int_list(args.images_dim, "--images_dim")
-        mean = load_npy(args.mean_file) if args.mean_file else None
-        channel_swap = _int_list(args.channel_swap, "--channel_swap") if args.channel_swap else None
-        if args.gpu:
-            set_mode_gpu()
-            print("GPU mode")
-        else:
-            set_mode_cpu()
-            print("CPU mode")
-        # Make classifier.
-        classifier = Classifier(args.model_def, args.pretrained_model, image_dims=image_dims, mean=mean,
-                                input_scale=args.input_scale, raw_scale=args.raw_scale,
-                                channel_swap=channel_swap)
-        inputs = load_inputs(args.input_file, args.ext)
-        print(f"Classifying {len(inputs)} inputs.")
-        start = time.time()
-        predictions = classifier.predict(inputs, not args.center_only)
-        print(f"Done in {time.time() - start:.2f} s.")
-    except (PyskimError, OSError) as e:
-        print(f"classify.py: {e}", file=sys.stderr)
-        return 1
+def run(args):
+    """Classify the inputs and save the predictions, printing BVLC's progress lines."""
+    image_dims = int_list(args.images_dim, "--images_dim")
+    mean = load_npy(args.mean_file) if args.mean_file else None
+    channel_swap = int_list(args.channel_swap, "--channel_swap") if args.channel_swap else None
+    if args.gpu:
+        set_mode_gpu()
+        print("GPU mode")
+    else:
+        set_mode_cpu()
+        print("CPU mode")
+    # Make classifier.
+    classifier = Classifier(args.model_def, args.pretrained_model, image_dims=image_dims, mean=mean,
+                            input_scale=args.input_scale, raw_scale=args.raw_scale, channel_swap=channel_swap)
+    inputs = load_inputs(args.input_file, args.ext)
+    print(f"Classifying {len(inputs)} inputs.")
+    start = time.time()
+    predictions = classifier.predict(inputs, not args.center_only)
+    print(f"Done in {time.time() - start:.2f} s.")
     print(f"Saving results into {args.output_file}")
     np.save(args.output_file, predictions)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,175 +1,124 @@
-"""``pyskim <command> [flags]``: Caffe's ``caffe`` tool (``tools/caffe.cpp``) with its flags and log lines.
+"""``pyskim <command> [args]``: every pyskim command and tool behind one command table, as Caffe's
+``tools/caffe.cpp`` registers its actions with ``RegisterBrewFunction``.
 
-Commands: ``train`` (``-solver``, ``-weights`` or ``-snapshot``, ``-level``/``-stage``,
-``-sigint_effect``/``-sighup_effect``), ``test`` (``-model -weights -iterations``), ``time``
-(``-model [-weights] -iterations [-phase] [-forward_only]``) and ``device_query``. Flags take gflags'
-spellings (``-x v``, ``-x=v``, ``--x=v``); logs go to stderr in glog's format, so Caffe's
-``parse_log.py`` reads them. ``test`` and ``time`` also take pyskim's ``-mode dense|sparse|auto``
-(default auto: the performance model picks each layer's conv_mode / gemm_mode where the prototxt
-sets none), ``-threads T`` and ``-batch B``; ``time`` also ``-compare`` (see
-:mod:`pyskim.apps.time_net`).
+The convention every command module in ``pyskim.apps`` follows:
+
+* ``build_parser()`` returns the command's ``argparse.ArgumentParser``. A tool that takes Caffe's
+  gflags makes it with :func:`pyskim.apps.flags.new_parser` / :func:`~pyskim.apps.flags.define`
+  (``-x v``, ``-x=v``, ``--x=v``, ``-nox``); a tool that takes a Python script's flags (pycaffe's
+  ``classify.py``, ``parse_log.py``, ...) builds a plain parser. Caffe's ``train``, ``test``,
+  ``time`` and ``device_query`` share one flag set: :func:`pyskim.apps.caffe_command.build_parser`.
+* ``run(args)`` does the work with the parsed ``args`` and returns the exit code (0 on success). It
+  raises :class:`pyskim.errors.PyskimError` (or lets an ``OSError`` through) for a failure the user
+  can fix; it neither parses, sets up logging, nor catches those errors itself.
+* No ``main`` and no ``if __name__ == "__main__"`` block: :func:`run_tool` is the one way to run a
+  command. It parses the command line, sets up glog-format logging on stderr
+  (:func:`pyskim.core.glog.init_logging`), calls ``run`` and turns a ``PyskimError`` or ``OSError``
+  into one error log line and exit status 1 (argparse's usage errors exit 2, as before).
+
+:data:`COMMANDS` maps each command name to its module and a one-line summary; ``pyskim`` with no
+command prints the usage text listing them. ``tools/<name>.py`` are two-line wrappers:
+``sys.exit(run_tool("<name>"))``. Modules are imported when their command runs, so a command's
+optional dependencies (matplotlib, pydot, onnx) are needed only by that command.
 """
+import importlib
 import logging
 import sys
+from collections import namedtuple
 
 from ..core.glog import init_logging
 from ..errors import PyskimError
-from ..solvers.signals import SignalHandler
 from . import flags
-from . import time_net as time_tool
 
 log = logging.getLogger("pyskim")
 
-USAGE = """command line brew
-usage: pyskim <command> <args>
+Command = namedtuple("Command", "module summary")
 
-commands:
-  train           train or finetune a model
-  test            score a model
-  device_query    show GPU diagnostic information
-  time            benchmark model execution time
-  demo            train, prune (GSL) and time LeNet on embedded data (pyskim demo --help)"""
+COMMANDS = {
+    # Caffe's tools/caffe.cpp actions (one flag set: pyskim.apps.caffe_command)
+    "train": Command("pyskim.apps.train", "train or finetune a model"),
+    "test": Command("pyskim.apps.score", "score a model"),
+    "device_query": Command("pyskim.apps.device_query", "show GPU diagnostic information"),
+    "time": Command("pyskim.apps.time_net", "benchmark model execution time (with pyskim's sparse report)"),
+    # pyskim's own commands
+    "demo": Command("pyskim.apps.demo", "train, prune (GSL) and time LeNet on embedded data"),
+    "calibrate": Command("pyskim.apps.calibrate", "measure this machine for the performance model"),
+    "perf_model": Command("pyskim.apps.perf_model", "per-layer roofline predictions, dense vs sparse"),
+    "sparsity": Command("pyskim.apps.sparsity_report", "per-layer weight density, fiber/slice sparsity"),
+    "gsl": Command("pyskim.apps.gsl", "Guided Sparsity Learning: prune, fine-tune, report"),
+    "convert": Command("pyskim.apps.convert", "caffemodel <-> sparse .npz, ONNX export, upgrade"),
+    # Caffe's data and model tools
+    "convert_imageset": Command("pyskim.apps.convert_imageset", "images to an LMDB of Datums"),
+    "compute_image_mean": Command("pyskim.apps.compute_image_mean", "the mean image of an LMDB"),
+    "convert_mnist_data": Command("pyskim.apps.convert_mnist_data", "MNIST idx files to an LMDB"),
+    "convert_cifar_data": Command("pyskim.apps.convert_cifar_data", "CIFAR-10 binary batches to LMDBs"),
+    "extract_features": Command("pyskim.apps.extract_features", "a net's blobs for a data set, to LMDBs"),
+    "upgrade_net_proto": Command("pyskim.apps.upgrade_net_proto", "upgrade a V0/V1 net prototxt or "
+                                                                  "caffemodel"),
+    "upgrade_solver_proto": Command("pyskim.apps.upgrade_solver_proto", "upgrade an old solver prototxt"),
+    # pycaffe's scripts and tools/extra
+    "classify": Command("pyskim.apps.classify", "classify images (python/classify.py)"),
+    "detect": Command("pyskim.apps.detect", "classify image windows (python/detect.py)"),
+    "draw_net": Command("pyskim.apps.draw_net", "draw a net's graph (python/draw_net.py)"),
+    "parse_log": Command("pyskim.apps.parse_log", "a training log to CSV files (tools/extra/parse_log.py)"),
+    "plot_training_log": Command("pyskim.apps.plot_training_log", "plot training logs "
+                                                                  "(tools/extra/plot_training_log.py)"),
+    "plot_training": Command("pyskim.apps.plot_training", "loss, accuracy and sparsity curves of a log"),
+}
 
-
-
-def build_parser():
-    parser = flags.new_parser("pyskim", USAGE)
-    parser.add_argument("command", nargs="?", help="train, test, time or device_query")
-    flags.define(parser, "solver", "", "The solver definition protocol buffer text file.")
-    flags.define(parser, "model", "", "The model definition protocol buffer text file.")
-    flags.define(parser, "phase", "", "Optional; network phase (TRAIN or TEST). Only used for 'time'.")
-    flags.define(parser, "level", 0, "Optional; network level.")
-    flags.define(parser, "stage", "", "Optional; network stages (not to be confused with phase), "
-                                      "separated by ','.")
-    flags.define(parser, "snapshot", "", "Optional; the snapshot solver state to resume training.")
-    flags.define(parser, "weights", "", "Optional; the pretrained weights to initialize finetuning, "
-                                        "separated by ','. Cannot be set simultaneously with snapshot.")
-    flags.define(parser, "iterations", 50, "The number of iterations to run.")
-    flags.define(parser, "gpu", "", "Not available in pyskim (CPU only); accepted for compatibility.")
-    flags.define(parser, "sigint_effect", "stop", "Optional; action to take when a SIGINT signal is "
-                                                  "received: snapshot, stop or none.")
-    flags.define(parser, "sighup_effect", "snapshot", "Optional; action to take when a SIGHUP signal is "
-                                                      "received: snapshot, stop or none.")
-    flags.define(parser, "forward_only", False, "Optional; time the forward pass only (SkimCaffe).")
-    time_tool.define_flags(parser)   # -batch -threads -mode -compare (pyskim)
-    return parser
-
-
-def _stages(args):
-    return [s for s in args.stage.split(",") if s]
+HELP_FLAGS = ("-h", "-help", "--help", "-helpshort", "--helpshort")
 
 
-def _use_cpu(args):
-    if args.gpu:
-        log.warning("pyskim runs on the CPU only; ignoring -gpu %s", args.gpu)
-    log.info("Use CPU.")
+def usage():
+    """Caffe's usage text, with the commands of :data:`COMMANDS`."""
+    width = max(map(len, COMMANDS)) + 2
+    lines = ["command line brew", "usage: pyskim <command> <args>", "", "commands:"]
+    lines += [f"  {name:<{width}}{command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "pyskim <command> -help lists a command's flags."]
+    return "\n".join(lines)
 
 
-def train(args):
-    from ..io.upgrade import read_solver_text
-    from ..solvers import get_solver
-    if not args.solver:
-        raise PyskimError("Need a solver definition to train.")
-    if args.snapshot and args.weights:
-        raise PyskimError("Give a snapshot to resume training or weights to finetune but not both.")
-    param = read_solver_text(args.solver)
-    param.train_state.level = args.level
-    param.train_state.stage.extend(_stages(args))
-    _use_cpu(args)
-    del param.weights[:]
-    if args.weights and not args.snapshot:
-        param.weights.append(args.weights)
-    handler = SignalHandler(args.sigint_effect, args.sighup_effect)
-    try:
-        solver = get_solver(param)
-        solver.action_function = handler.action
-        if args.snapshot:
-            log.info("Resuming from %s", args.snapshot)
-            solver.restore(args.snapshot)
-        log.info("Starting Optimization")
-        solver.solve()
-    finally:
-        handler.restore()
-    log.info("Optimization Done.")
-    return 0
+def load(name):
+    """The module of command ``name``."""
+    return importlib.import_module(COMMANDS[name].module)
 
 
-def _fmt(value):
-    return f"{float(value):g}"
-
-
-def test(args):
-    import numpy as np
-
-    from ..pycaffe.net import Net
-    if not args.model:
-        raise PyskimError("Need a model definition to score.")
-    if not args.weights:
-        raise PyskimError("Need model weights to score.")
-    _use_cpu(args)
-    time_tool.apply_threads(args.threads)
-    param = time_tool.load_param(args.model, args.mode, args.batch)
-    net = Net(param, 1, level=args.level, stages=_stages(args), weights=args.weights)
-    log.info("Running for %d iterations.", args.iterations)
-    loss = np.float32(0)
-    scores, owners = None, []
-    names, output_ids = net.blob_names(), net.output_blob_indices()
-    for i in range(args.iterations):
-        outputs, iter_loss = net.forward_prefilled()
-        loss += np.float32(iter_loss)
-        values = []
-        for j, blob in enumerate(outputs):
-            name = names[output_ids[j]]
-            for score in blob.data.ravel():
-                values.append(score)
-                if i == 0:
-                    owners.append(j)
-                log.info("Batch %d, %s = %s", i, name, _fmt(score))
-        values = np.asarray(values, dtype=np.float32)
-        scores = values if scores is None else scores + values
-    loss /= np.float32(max(args.iterations, 1))
-    log.info("Loss: %s", _fmt(loss))
-    for score, j in zip(scores if scores is not None else [], owners):
-        blob_id = output_ids[j]
-        weight = net.blob_loss_weight(blob_id)
-        mean = np.float32(score) / np.float32(args.iterations)
-        note = f" (* {_fmt(weight)} = {_fmt(np.float32(weight) * mean)} loss)" if weight else ""
-        log.info("%s = %s%s", names[blob_id], _fmt(mean), note)
-    return 0
-
-
-def time_net(args):
-    """``time``: Caffe's benchmark lines plus the per-layer sparse report (:mod:`pyskim.apps.time_net`)."""
-    return time_tool.run(args)
-
-
-def device_query(args):
-    log.info("pyskim runs on the CPU only: there are no GPU devices to query.")
-    return 0
-
-
-COMMANDS = {"train": train, "test": test, "time": time_net, "device_query": device_query}
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["demo"]:
-        from .demo import main as demo_main
-        return demo_main(argv[1:])
-    parser = build_parser()
-    args = flags.parse(parser, argv)
+def run_tool(name, argv=None):
+    """Run command ``name`` on ``argv`` (default ``sys.argv[1:]``): parse with its parser, log in
+    glog's format to stderr, call its ``run``; a ``PyskimError`` or ``OSError`` becomes one error log
+    line and exit status 1. Returns the exit status."""
+    module = load(name)
+    args = flags.parse_command_line(module.build_parser(), argv)
     init_logging()
-    command = COMMANDS.get(args.command)
-    if command is None:
-        print(parser.format_help() if args.command is None else f"Unknown action: {args.command}",
-              file=sys.stderr)
-        return 1
     try:
-        return command(args)
-    except PyskimError as e:
+        return module.run(args)
+    except (PyskimError, OSError) as e:
         log.error("%s", e)
         return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def split_command(argv):
+    """``(command, other arguments)``: the first argument, or where the arguments start with a flag
+    (gflags lets Caffe's flags come first: ``caffe -solver s.prototxt train``) the first one naming a
+    command (None when none does)."""
+    if not argv:
+        return None, []
+    if not argv[0].startswith("-"):
+        return argv[0], argv[1:]
+    for i, arg in enumerate(argv):
+        if arg in COMMANDS:
+            return arg, argv[:i] + argv[i + 1:]
+    return None, argv
+
+
+def main(argv=None):
+    """``pyskim <command> [args]``: dispatch through :data:`COMMANDS`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in HELP_FLAGS:
+        print(usage())
+        return 0
+    command, rest = split_command(argv)
+    if command not in COMMANDS:
+        print(usage() if command is None else f"Unknown action: {command}", file=sys.stderr)
+        return 1
+    return run_tool(command, rest)

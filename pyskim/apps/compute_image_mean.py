@@ -7,14 +7,12 @@ record by record and divided by the record count in float32; every record must h
 first.
 """
 import logging
-import sys
 
 import numpy as np
 
-from ..core.glog import init_logging
 from ..data import imgproc
 from ..data.db import check_backend, iterate
-from ..errors import DataError, PyskimError
+from ..errors import DataError
 from ..io.protofiles import write_binary
 from ..proto import caffe_pb2
 from . import flags
@@ -82,21 +80,12 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args = flags.parse(build_parser(), argv)
-    init_logging()
-    try:
-        check_backend(args.backend, args.input_db, "compute_image_mean")
-        blob = compute_mean(args.input_db)
-        if args.output_file:
-            log.info("Write to %s", args.output_file)
-            write_binary(args.output_file, blob)
-    except PyskimError as e:
-        log.error("%s", e)
-        return 1
+def run(args):
+    """Compute the mean, write it when an output file is named, log the channel means."""
+    check_backend(args.backend, args.input_db, "compute_image_mean")
+    blob = compute_mean(args.input_db)
+    if args.output_file:
+        log.info("Write to %s", args.output_file)
+        write_binary(args.output_file, blob)
     log_channel_means(blob)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

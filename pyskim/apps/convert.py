@@ -1,22 +1,23 @@
-"""``tools/convert.py``: model conversion from the command line.
+"""``pyskim convert`` / ``tools/convert.py``: model conversion from the command line.
 
 Subcommands::
 
-    to-sparse MODEL.caffemodel OUT.npz          caffemodel -> compact sparse file (docs/sparse_format.md)
+    to-sparse MODEL.caffemodel OUT.npz          caffemodel (binary or HDF5) -> compact sparse file
+                                                (docs/sparse_format.md)
     from-sparse IN.npz OUT.caffemodel           sparse file -> caffemodel (bit-exact round trip)
     to-onnx --model deploy.prototxt [--weights W.caffemodel] OUT.onnx [--input-shape 1,3,227,227]
+            [--sparse-initializers]             (mostly-zero weights as ONNX sparse_initializers)
     upgrade IN.caffemodel OUT.caffemodel        old-format (V0/V1) caffemodel -> current format
 
 Exit status: 0 on success, 1 when the conversion failed (the message names the layer or file and the
 reason), 2 on bad arguments.
 """
 import argparse
-import logging
-import sys
 
+from ..convert.onnx_export import export_onnx
+from ..convert.sparse import caffemodel_to_sparse, sparse_to_caffemodel
+from ..convert.upgrade import upgrade_caffemodel
 from ..errors import PyskimError
-
-log = logging.getLogger("pyskim")
 
 
 def _shape(text):
@@ -33,8 +34,6 @@ def _shape(text):
 
 
 def _to_sparse(args):
-    from ..convert.sparse import caffemodel_to_sparse
-
     stats = caffemodel_to_sparse(args.model, args.output)
     print(f"Wrote {args.output}: {stats['bytes']} bytes ({stats['ratio']:.4f} of the {stats['dense_bytes']}-byte "
           f"caffemodel); density {stats['density']:.4f} ({stats['nonzero']} of {stats['values']} values), "
@@ -42,15 +41,11 @@ def _to_sparse(args):
 
 
 def _from_sparse(args):
-    from ..convert.sparse import sparse_to_caffemodel
-
     net = sparse_to_caffemodel(args.input, args.output)
     print(f"Wrote {args.output}: {net.ByteSize()} bytes")
 
 
 def _to_onnx(args):
-    from ..convert.onnx_export import export_onnx
-
     shapes = None
     if args.input_shape:
         named = [name for name, _ in args.input_shape]
@@ -60,15 +55,15 @@ def _to_onnx(args):
             shapes = [dims for _, dims in args.input_shape]
         else:
             raise PyskimError("--input-shape: name all the shapes (blob:dims) or none of them")
-    model = export_onnx(args.model, args.weights, args.output, input_shapes=shapes, opset=args.opset)
+    model = export_onnx(args.model, args.weights, args.output, input_shapes=shapes, opset=args.opset,
+                        sparse_initializers=args.sparse_initializers)
     graph = model.graph
-    print(f"Wrote {args.output}: opset {args.opset}, {len(graph.node)} nodes, inputs "
+    sparse = f", {len(graph.sparse_initializer)} sparse initializers" if args.sparse_initializers else ""
+    print(f"Wrote {args.output}: opset {args.opset}, {len(graph.node)} nodes{sparse}, inputs "
           f"{[i.name for i in graph.input]}, outputs {[o.name for o in graph.output]}")
 
 
 def _upgrade(args):
-    from ..convert.upgrade import upgrade_caffemodel
-
     changed = upgrade_caffemodel(args.input, args.output)
     print(f"Wrote {args.output}" + ("" if changed else f" ({args.input} was already in the current format)"))
 
@@ -77,7 +72,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="convert.py", description="Convert Caffe models.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("to-sparse", help="caffemodel -> compact sparse .npz (CSR per weight blob)")
-    p.add_argument("model", help="input .caffemodel")
+    p.add_argument("model", help="input .caffemodel (binary, or HDF5 .caffemodel.h5)")
     p.add_argument("output", help="output sparse file (.npz)")
     p.set_defaults(run=_to_sparse)
     p = sub.add_parser("from-sparse", help="sparse .npz -> caffemodel (bit-exact)")
@@ -90,6 +85,9 @@ def build_parser():
     p.add_argument("--input-shape", action="append", type=_shape, metavar="[BLOB:]N,C,H,W",
                    help="override an input shape (repeat for several inputs)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--sparse-initializers", action="store_true",
+                   help="store weights that are mostly zeros (pruned) as ONNX sparse_initializers "
+                        "(nonzero values + int64 indices) where that is smaller")
     p.add_argument("output", help="output .onnx file")
     p.set_defaults(run=_to_onnx)
     p = sub.add_parser("upgrade", help="V0/V1 caffemodel -> current format")
@@ -99,16 +97,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(module)s] %(message)s")
-    try:
-        args.run(args)
-    except PyskimError as e:
-        print(f"convert.py {args.command}: error: {e}", file=sys.stderr)
-        return 1
+def run(args):
+    """Run the chosen subcommand; returns 0 (a failure raises PyskimError naming the file or layer)."""
+    args.run(args)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

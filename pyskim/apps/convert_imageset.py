@@ -10,14 +10,12 @@ the re-encoded pixels. Unreadable images are logged and skipped. Transactions co
 images.
 """
 import logging
-import sys
 
-from ..core.glog import init_logging
 from ..core.state import rng
 from ..data import imgproc
 from ..data.db import LMDBWriter, check_backend
 from ..data.sources import read_image_list
-from ..errors import DataError, PyskimError
+from ..errors import DataError
 from ..proto import caffe_pb2
 from . import flags
 
@@ -123,16 +121,7 @@ def convert(args):
     return count
 
 
-def main(argv=None):
-    args = flags.parse(build_parser(), argv)
-    init_logging()
-    try:
-        convert(args)
-    except PyskimError as e:
-        log.error("%s", e)
-        return 1
+def run(args):
+    """Convert the listed images."""
+    convert(args)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

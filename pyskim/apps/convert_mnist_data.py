@@ -5,13 +5,11 @@ Reads an idx3-ubyte image file and an idx1-ubyte label file (``.gz`` accepted) a
 under the key ``%08d`` as a 1 x rows x cols uint8 Datum with its label, committing every 1000 items.
 """
 import logging
-import sys
 
 import numpy as np
 
-from ..core.glog import init_logging
 from ..data.db import LMDBWriter, check_backend
-from ..errors import DataError, PyskimError
+from ..errors import DataError
 from ..io.idx import read_idx
 from ..proto import caffe_pb2
 from . import flags
@@ -71,17 +69,8 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args = flags.parse(build_parser(), argv)
-    init_logging()
-    try:
-        check_backend(args.backend, args.db_path, "convert_mnist_data")
-        convert(args.image_file, args.label_file, args.db_path)
-    except PyskimError as e:
-        log.error("%s", e)
-        return 1
+def run(args):
+    """Convert the idx pair into the LMDB."""
+    check_backend(args.backend, args.db_path, "convert_mnist_data")
+    convert(args.image_file, args.label_file, args.db_path)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,9 +35,15 @@ from ..errors import DataError, PyskimError
 from ..io.idx import read_idx
 from ..io.protofiles import write_text
 from ..io.upgrade import read_net_text, read_solver_text
+from ..perf.calibrate import set_threads
 from ..proto import caffe_pb2
+from ..prune import gsl
+from ..prune import plan as gsl_perf
+from ..solvers import get_solver
+from .convert_mnist_data import convert_arrays
+from .plot_training import plot_training
 
-__all__ = ["SCHEDULES", "DemoResult", "idx_pair", "load_dataset", "main", "run_demo"]
+__all__ = ["SCHEDULES", "DemoResult", "build_parser", "idx_pair", "load_dataset", "run", "run_demo"]
 
 EMBEDDED = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "fashion_mnist"
 LENET = pathlib.Path(__file__).resolve().parents[2] / "prototxt" / "lenet"
@@ -121,7 +127,6 @@ def load_dataset(data_dir=None):
 
 
 def _write_lmdbs(folder, train_images, train_labels, test_images, test_labels, log_file):
-    from .convert_mnist_data import convert_arrays
     paths = {"train": folder / "train_lmdb", "test": folder / "test_lmdb"}
     with LogToFile(log_file, quiet_console=True):
         convert_arrays(train_images, train_labels, paths["train"])
@@ -169,7 +174,6 @@ def _dense_solver(files, lmdbs, stage_dir, iters, test_images):
 
 def _train_dense(solver_param, log_file):
     """Train from scratch with a progress bar, Caffe's log lines in ``log_file``; returns the final caffemodel."""
-    from ..solvers import get_solver
     bar = progress_bar(solver_param.max_iter, "train dense")
     with LogToFile(log_file, quiet_console=True):
         solver = get_solver(solver_param)
@@ -201,7 +205,6 @@ def _plots(out, logs, result):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plot_training import plot_training
     made = {}
     for name, path in logs.items():
         made[name] = str(out / f"{name}_curves.png")
@@ -238,9 +241,6 @@ def _default_out():
 
 def run_demo(out_dir=None, quick=False, data_dir=None, threads=1, prototxt_dir=None):
     """Run the demo (see the module docstring); returns a :class:`DemoResult`."""
-    from ..perf.model import set_threads
-    from ..prune import gsl
-    from ..prune import plan as gsl_perf
     schedule = SCHEDULES["quick" if quick else "full"]
     out = pathlib.Path(out_dir) if out_dir else _default_out()
     if out.exists() and any(out.iterdir()):
@@ -316,15 +316,10 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    from ..core.glog import init_logging
-    args = build_parser().parse_args(argv)
-    init_logging()
+def run(args):
+    """Run the demo and print its report."""
     try:
         result = run_demo(args.out, args.quick, args.data, args.threads, args.prototxt)
-    except PyskimError as e:
-        log.error("%s", e)
-        return 1
     except KeyboardInterrupt:
         print("pyskim demo: interrupted", file=sys.stderr)
         return 130

@@ -15,7 +15,6 @@ writes a pandas DataFrame. As in BVLC, a mean file of C x H x W is averaged to a
 import argparse
 import csv
 import os
-import sys
 import time
 
 import numpy as np
@@ -23,7 +22,7 @@ import numpy as np
 from ..core.state import set_mode_cpu, set_mode_gpu
 from ..errors import PyskimError
 from ..pycaffe.detector import Detector
-from .classify import DEFAULT_MEAN, _int_list, load_npy
+from .classify import DEFAULT_MEAN, int_list, load_npy
 
 CROP_MODES = ['list', 'selective_search']
 COORD_COLS = ['ymin', 'xmin', 'ymax', 'xmax']
@@ -95,50 +94,42 @@ def save_detections(path, detections):
             f.create_dataset("prediction", data=predictions)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        mean = channel_swap = None
-        if args.mean_file:
-            mean = load_npy(args.mean_file)
-            if mean.ndim == 3 and mean.shape[1:] != (1, 1):
-                mean = mean.mean(1).mean(1)
-        if args.channel_swap:
-            channel_swap = _int_list(args.channel_swap, "--channel_swap")
-        if args.gpu:
-            set_mode_gpu()
-            print("GPU mode")
+def run(args):
+    """Detect on the listed images or windows and save the detections, printing BVLC's progress lines."""
+    mean = channel_swap = None
+    if args.mean_file:
+        mean = load_npy(args.mean_file)
+        if mean.ndim == 3 and mean.shape[1:] != (1, 1):
+            mean = mean.mean(1).mean(1)
+    if args.channel_swap:
+        channel_swap = int_list(args.channel_swap, "--channel_swap")
+    if args.gpu:
+        set_mode_gpu()
+        print("GPU mode")
+    else:
+        set_mode_cpu()
+        print("CPU mode")
+    detector = Detector(args.model_def, args.pretrained_model, mean=mean, input_scale=args.input_scale,
+                        raw_scale=args.raw_scale, channel_swap=channel_swap, context_pad=args.context_pad)
+    t = time.time()
+    print("Loading input...")
+    lowered = args.input_file.lower()
+    if lowered.endswith("txt"):
+        with open(args.input_file) as f:
+            inputs = [line.strip() for line in f if line.strip()]
+        if args.crop_mode == "list":
+            raise PyskimError("--crop_mode list needs a .csv input with the windows")
+        detections = detector.detect_selective_search(inputs)
+    elif lowered.endswith("csv"):
+        images_windows = read_windows_csv(args.input_file)
+        if args.crop_mode == "list":
+            detections = detector.detect_windows(images_windows)
         else:
-            set_mode_cpu()
-            print("CPU mode")
-        detector = Detector(args.model_def, args.pretrained_model, mean=mean, input_scale=args.input_scale,
-                            raw_scale=args.raw_scale, channel_swap=channel_swap, context_pad=args.context_pad)
-        t = time.time()
-        print("Loading input...")
-        lowered = args.input_file.lower()
-        if lowered.endswith("txt"):
-            with open(args.input_file) as f:
-                inputs = [line.strip() for line in f if line.strip()]
-            if args.crop_mode == "list":
-                raise PyskimError("--crop_mode list needs a .csv input with the windows")
-            detections = detector.detect_selective_search(inputs)
-        elif lowered.endswith("csv"):
-            images_windows = read_windows_csv(args.input_file)
-            if args.crop_mode == "list":
-                detections = detector.detect_windows(images_windows)
-            else:
-                detections = detector.detect_selective_search([fname for fname, _ in images_windows])
-        else:
-            raise PyskimError("Unknown input file type: not in txt or csv.")
-        print(f"Processed {len(detections)} windows in {time.time() - t:.3f} s.")
-        t = time.time()
-        save_detections(args.output_file, detections)
-    except (PyskimError, OSError) as e:
-        print(f"detect.py: {e}", file=sys.stderr)
-        return 1
+            detections = detector.detect_selective_search([fname for fname, _ in images_windows])
+    else:
+        raise PyskimError("Unknown input file type: not in txt or csv.")
+    print(f"Processed {len(detections)} windows in {time.time() - t:.3f} s.")
+    t = time.time()
+    save_detections(args.output_file, detections)
     print(f"Saved to {args.output_file} in {time.time() - t:.3f} s.")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,13 +5,14 @@ The image format follows the output file's extension (``.png``, ``.svg``, ``.pdf
 writes the Graphviz DOT source and needs no Graphviz). Needs pydot, and Graphviz's ``dot`` for
 images. V0/V1 prototxts are upgraded before drawing.
 """
-import sys
 from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser
 
 from ..errors import PyskimError
 from ..io.upgrade import read_net_text
 from ..proto import caffe_pb2
 from ..pycaffe import draw
+
+PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST, "ALL": None}
 
 
 def build_parser():
@@ -22,7 +23,7 @@ def build_parser():
     parser.add_argument("--rankdir", default="LR",
                         help="One of TB (top-bottom, i.e., vertical), RL (right-left, i.e., horizontal), "
                              "and several more.")
-    parser.add_argument("--phase", default="ALL",
+    parser.add_argument("--phase", default="ALL", choices=PHASES,
                         help="Which network phase to draw: can be TRAIN, TEST, or ALL.  If ALL, then all "
                              "layers are drawn regardless of phase.")
     parser.add_argument("--display_lrm", action="store_true",
@@ -31,23 +32,12 @@ def build_parser():
     return parser
 
 
-PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST, "ALL": None}
-
-
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.phase not in PHASES:
-        parser.error(f"Unknown phase: {args.phase}")
+def run(args):
+    """Draw the net into the image file."""
+    net = read_net_text(args.input_net_proto_file)
+    print(f"Drawing net to {args.output_image_file}")
     try:
-        net = read_net_text(args.input_net_proto_file)
-        print(f"Drawing net to {args.output_image_file}")
         draw.draw_net_to_file(net, args.output_image_file, args.rankdir, PHASES[args.phase], args.display_lrm)
-    except (PyskimError, OSError, ValueError) as e:
-        print(f"draw_net.py: {e}", file=sys.stderr)
-        return 1
+    except ValueError as e:    # pycaffe's draw raises ValueError on a layer it cannot draw
+        raise PyskimError(f"{args.input_net_proto_file}: {e}") from None
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,10 +10,9 @@ keys are the running image index as ten digits (``%010d``, Caffe's ``format_int(
 every 1000 images. ``db_type`` must be ``lmdb`` (pyskim has no LevelDB). ``GPU`` is accepted and
 runs on the CPU.
 """
+import argparse
 import logging
-import sys
 
-from ..core.glog import init_logging
 from ..core.state import set_mode_cpu, set_mode_gpu
 from ..data.db import LMDBWriter, check_backend
 from ..errors import NetError, PyskimError
@@ -85,10 +84,19 @@ def extract_features(pretrained, proto, blob_names, dataset_names, num_mini_batc
     return dict(zip(blob_names, image_indices))
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    init_logging()
-    if len(argv) < NUM_REQUIRED_ARGS or argv[0] in ("-h", "-help", "--help"):
+def build_parser():
+    """Caffe's tool reads its arguments itself: they are kept as given, ``-h``/``-help``/``--help`` asks for
+    the usage."""
+    parser = argparse.ArgumentParser(prog="extract_features", usage=USAGE, add_help=False)
+    parser.add_argument("-h", "-help", "--help", action="store_true", help="log the usage")
+    parser.add_argument("arguments", nargs="*", help="see the usage")
+    return parser
+
+
+def run(args):
+    """Check the arguments as Caffe's tool does (the usage is logged as an error, exit 1) and extract."""
+    argv = args.arguments
+    if args.help or len(argv) < NUM_REQUIRED_ARGS:
         log.error("%s", USAGE)
         return 1
     if len(argv) > NUM_REQUIRED_ARGS and argv[NUM_REQUIRED_ARGS] == "GPU":
@@ -105,13 +113,5 @@ def main(argv=None):
     except ValueError:
         log.error("num_mini_batches must be an integer, not %r", num_batches)
         return 1
-    try:
-        extract_features(pretrained, proto, blobs.split(","), datasets.split(","), num_mini_batches, db_type)
-    except PyskimError as e:
-        log.error("%s", e)
-        return 1
+    extract_features(pretrained, proto, blobs.split(","), datasets.split(","), num_mini_batches, db_type)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

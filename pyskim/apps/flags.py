@@ -83,3 +83,16 @@ def parse(parser, argv=None):
     if "--" in argv:      # argparse mixes badly with "--": positionals then go after it only
         return parser.parse_args(argv)
     return parser.parse_intermixed_args(argv)
+
+
+def is_gflags_parser(parser):
+    """Was ``parser`` made by :func:`new_parser` (so its command line takes gflags' spellings)?"""
+    return hasattr(parser, "gflags_bools")
+
+
+def parse_command_line(parser, argv=None):
+    """Parse ``argv`` the way ``parser``'s tool takes it: gflags' spellings (:func:`parse`) for a
+    Caffe tool's parser, argparse's own for a Python script's."""
+    if is_gflags_parser(parser):
+        return parse(parser, argv)
+    return parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -5,8 +5,6 @@ import argparse
 import json
 import sys
 
-from ..core.glog import init_logging
-from ..errors import PyskimError
 from ..prune.gsl import DEFAULTS, run_gsl
 
 
@@ -41,16 +39,12 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    init_logging()
+def run(args):
+    """Run GSL and print its report (a table, or JSON with ``--json``)."""
     settings = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
     try:
         result = run_gsl(args.solver, args.weights, args.out, resume=args.resume, threads=args.threads or None,
                          **settings)
-    except (PyskimError, OSError) as e:
-        print(f"gsl.py: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"gsl.py: interrupted; rerun with --resume --out {args.out} to continue", file=sys.stderr)
         return 130
@@ -58,6 +52,3 @@ def main(argv=None):
     print(f"Pruned model: {result.out_dir}/gsl_final.caffemodel (report: {result.out_dir}/gsl.json)")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,11 +16,10 @@ import csv
 import datetime
 import os
 import re
-import sys
 from collections import OrderedDict
 
-__all__ = ["extract_datetime_from_line", "get_log_created_year", "get_start_time", "main", "parse_log",
-           "save_csv_files", "write_csv"]
+__all__ = ["build_parser", "extract_datetime_from_line", "get_log_created_year", "get_start_time",
+           "parse_log", "run", "save_csv_files", "write_csv"]
 
 REGEX_ITERATION = re.compile(r'Iteration (\d+)')
 REGEX_TRAIN_OUTPUT = re.compile(r'Train net output #(\d+): (\S+) = ([\.\deE+-]+)')
@@ -165,25 +164,20 @@ def build_parser():
     parser.add_argument('logfile_path', help='Path to log file')
     parser.add_argument('output_dir', help='Directory in which to place output CSV files')
     parser.add_argument('--verbose', action='store_true', help='Print some extra info (e.g., output filenames)')
-    parser.add_argument('--delimiter', default=',',
+    parser.add_argument('--delimiter', default=',', type=_delimiter,
                         help="Column delimiter in output files (default: '%(default)s')")
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if len(args.delimiter) != 1:
-        print(f"parse_log.py: the delimiter must be one character, not {args.delimiter!r}", file=sys.stderr)
-        return 2
-    try:
-        train_dict_list, test_dict_list = parse_log(args.logfile_path)
-        save_csv_files(args.logfile_path, args.output_dir, train_dict_list, test_dict_list,
-                       delimiter=args.delimiter, verbose=args.verbose)
-    except OSError as e:
-        print(f"parse_log.py: {e}", file=sys.stderr)
-        return 1
+def _delimiter(text):
+    if len(text) != 1:
+        raise argparse.ArgumentTypeError(f"the delimiter must be one character, not {text!r}")
+    return text
+
+
+def run(args):
+    """Parse the log and write its CSV files."""
+    train_dict_list, test_dict_list = parse_log(args.logfile_path)
+    save_csv_files(args.logfile_path, args.output_dir, train_dict_list, test_dict_list,
+                   delimiter=args.delimiter, verbose=args.verbose)
     return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -7,16 +7,25 @@ sparse and (convolutions) LOWERED_CCNMM times at that density, the predicted spe
 break-even density (below it sparse wins) and the saturation density (below it the sparse layer is
 bandwidth / overhead bound), and the mode AUTO would pick. ``--plot`` draws the predicted speedup
 (dense time / sparse time) against density, one curve per layer, with each layer's current density
-marked, into a PNG (needs matplotlib: ``pip install 'pyskim[plot]'``). ``--default_profile`` uses the
-documented default machine profile instead of the calibrated one; ``--recalibrate`` measures the
-machine again (and replaces the cached profile).
+marked, into a PNG (needs matplotlib: ``pip install 'pyskim[plot]'``). The machine profile is the
+cached calibration, else the default one (:func:`pyskim.perf.profile.get_profile`; the tool does not
+calibrate by itself); ``--default_profile`` uses the documented default profile even where one is
+cached; ``--recalibrate`` measures the machine (progress on stderr) and caches the result, as
+``pyskim calibrate`` does.
 """
 import logging
-import sys
 
-from ..core.glog import init_logging
+import numpy as np
+
 from ..errors import PyskimError
+from ..perf.calibrate import calibrate_and_save
+from ..perf.model import FcShape, predict, speedup_curve
+from ..perf.profile import default_profile, get_profile, resolve_threads
+from ..proto import caffe_pb2
+from ..pycaffe.net import Net
+from ..sparse import layer_workload
 from . import flags
+from .time_net import apply_threads, load_param
 
 log = logging.getLogger("pyskim")
 
@@ -35,27 +44,20 @@ def build_parser():
 
 
 def layer_predictions(net, profile):
-    """[(layer name, shape, density, column density, Prediction)] for the net's conv / IP layers."""
-    from ..perf import model as perfmodel
-    from ..sparse.engine import ConvEngine, FcEngine, _requested, producer_of
+    """[(layer name, shape, density, column density, Prediction)] for the net's conv / IP layers
+    (their workload as the sparse engine sees it: :func:`pyskim.sparse.layer_workload`)."""
     rows = []
     for i, layer in enumerate(net.layers):
-        producer = producer_of(layer)
-        if producer is None or not producer.blobs:
+        bottoms = net.bottom_vec(i)
+        workload = layer_workload(layer, bottoms[0]) if bottoms else None
+        if workload is None:
             continue
-        engine = (ConvEngine if _requested(producer)[0] == "conv" else FcEngine)(producer)
-        engine.refresh()
-        shape = engine.shape(net.bottom_vec(i)[0])
-        if shape is None:
-            continue
-        column_density = getattr(engine, "column_density", None) if isinstance(engine, ConvEngine) else None
-        rows.append((layer.name, shape, engine.density, column_density,
-                     perfmodel.predict(shape, engine.density, profile, column_density)))
+        shape, density, column_density = workload
+        rows.append((layer.name, shape, density, column_density, predict(shape, density, profile, column_density)))
     return rows
 
 
 def _describe(shape):
-    from ..perf.model import FcShape
     if isinstance(shape, FcShape):
         return f"fc {shape.batch}x{shape.num_input}->{shape.num_output}"
     kh, kw = shape.kernel
@@ -82,7 +84,6 @@ def format_table(rows, profile):
 
 def plot(rows, profile, path):
     """Predicted speedup vs density per layer, into the PNG ``path``."""
-    import numpy as np
     try:
         import matplotlib
     except ImportError:
@@ -90,8 +91,6 @@ def plot(rows, profile, path):
     if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps"):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..perf.model import speedup_curve
     densities = np.geomspace(0.005, 1.0, 120)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for name, shape, density, _, p in rows:
@@ -111,10 +110,8 @@ def plot(rows, profile, path):
 
 
 def run(args):
-    from ..perf import model as perfmodel
-    from ..proto import caffe_pb2
-    from ..pycaffe.net import Net
-    from .time_net import apply_threads, load_param
+    """Build the net, pick the machine profile (default, freshly calibrated or cached), print the
+    table and draw the plot; returns the exit code."""
     if not args.model:
         raise PyskimError("Need a model definition (--model).")
     phase = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}.get(args.phase)
@@ -123,31 +120,14 @@ def run(args):
     apply_threads(args.threads)
     net = Net(load_param(args.model, "auto", args.batch), phase, weights=args.weights or None)
     if args.default_profile:
-        profile = perfmodel.default_profile(perfmodel._threads(None))
+        profile = default_profile(resolve_threads(None))
     elif args.recalibrate:
-        profile = perfmodel.calibrate()
-        perfmodel.save_profile(profile)
-        perfmodel.clear_memory_cache()
+        profile = calibrate_and_save()
     else:
-        profile = perfmodel.get_profile()
+        profile = get_profile()
     rows = layer_predictions(net, profile)
     print(format_table(rows, profile))
     if args.plot:
         plot(rows, profile, args.plot)
         print(f"wrote {args.plot}")
     return 0
-
-
-def main(argv=None):
-    parser = build_parser()
-    args = flags.parse(parser, argv)
-    init_logging()
-    try:
-        return run(args)
-    except PyskimError as e:
-        log.error("%s", e)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,12 +11,12 @@ and has as many such layers as there are values), else ``w0``, ``w1``, ...
 import argparse
 import os
 import re
-import sys
 
 from ..errors import PyskimError
+from ..io.upgrade import read_net_text
 from .parse_log import parse_log
 
-__all__ = ["main", "parse_sparsity", "plot_training"]
+__all__ = ["build_parser", "parse_sparsity", "plot_training", "run"]
 
 _ITERATION = re.compile(r"Iteration (\d+)")
 _NET_FILE = re.compile(r'^\s*(?:net|train_net): "([^"]+)"')
@@ -25,7 +25,7 @@ WEIGHTED_TYPES = ("Convolution", "Deconvolution", "InnerProduct", "Embed", "Conv
                   "ConvolutionReLUPool", "ConvolutionReLUPoolLRN", "InnerProductReLUDropout")
 
 
-class PlotError(Exception):
+class PlotError(PyskimError):
     """A log without anything to plot, or a bad output path."""
 
 
@@ -63,7 +63,6 @@ def _net_labels(net_file, log_path, count):
     """Names of the weighted layers of the solver's train net (TRAIN phase), if they number ``count``."""
     if not net_file:
         return None
-    from ..io.upgrade import read_net_text
     for base in ("", os.path.dirname(os.path.abspath(log_path))):
         candidate = os.path.join(base, net_file)
         if os.path.isfile(candidate):
@@ -142,23 +141,20 @@ def plot_training(log_path, out_path=None, labels=None, title=None):
             "sparsity": labels if sp_rows else []}
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(prog="plot_training.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("log", help="a Caffe-format training log")
     parser.add_argument("--out", default=None, help="PNG to write (default: LOG with .png)")
     parser.add_argument("--labels", default="", help="comma-separated names of the weight blobs")
     parser.add_argument("--title", default=None, help="figure title (default: the log's name)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args):
+    """Plot the log and say what was drawn."""
     labels = [s for s in args.labels.split(",") if s] or None
-    try:
-        result = plot_training(args.log, args.out, labels, args.title)
-    except (PlotError, OSError) as e:
-        print(f"plot_training.py: {e}", file=sys.stderr)
-        return 1
+    result = plot_training(args.log, args.out, labels, args.title)
     print(f"Wrote {result['out']} ({result['train']} train rows, {result['test']} test rows, "
           f"{len(result['sparsity'])} sparsity curves)")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

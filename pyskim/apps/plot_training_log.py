@@ -15,12 +15,14 @@ the test net outputs named ``accuracy`` and ``loss`` (else the first output whos
 "acc" / "loss"). Colours and markers are fixed per log (BVLC draws random ones), so plots are
 reproducible; no window is opened (the Agg backend is used unless one was chosen).
 """
+import argparse
 import os
-import sys
 
+from ..errors import PyskimError
 from .parse_log import parse_log
 
-__all__ = ["get_chart_type_description", "get_supported_chart_types", "load_data", "main", "plot_chart"]
+__all__ = ["build_parser", "get_chart_type_description", "get_supported_chart_types", "load_data",
+           "plot_chart", "run"]
 
 LOG_FILE_SUFFIX = '.log'
 SEPARATOR = '  vs. '
@@ -36,7 +38,7 @@ COLORS = ('tab:blue', 'tab:red', 'tab:green', 'tab:orange', 'tab:purple', 'tab:b
           'tab:gray', 'tab:olive', 'tab:cyan')
 
 
-class PlotError(Exception):
+class PlotError(PyskimError):
     """A bad chart type, output path or log, or a log without the data a chart needs."""
 
 
@@ -143,11 +145,20 @@ def usage():
     return "\n".join(lines)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) < 3 or argv[0] in ('-h', '--help'):
+def build_parser():
+    """BVLC's script reads its arguments itself: they are kept as given, ``-h``/``--help`` asks for the usage."""
+    parser = argparse.ArgumentParser(prog='plot_training_log.py', usage=usage(), add_help=False)
+    parser.add_argument('-h', '--help', action='store_true', help='print the usage')
+    parser.add_argument('arguments', nargs='*', help='chart_type /where/to/save.png /path/to/first.log ...')
+    return parser
+
+
+def run(args):
+    """Check the arguments as BVLC's script does (messages on stdout, exit 1) and draw the chart."""
+    argv = args.arguments
+    if args.help or len(argv) < 3:
         print(usage())
-        return 0 if argv[:1] in (['-h'], ['--help']) else 1
+        return 0 if args.help else 1
     try:
         chart_type = int(argv[0])
     except ValueError:
@@ -168,13 +179,5 @@ def main(argv=None):
             print(f'Log file must end in {LOG_FILE_SUFFIX}.')
             print(usage())
             return 1
-    try:
-        plot_chart(chart_type, path_to_png, argv[2:])
-    except (PlotError, OSError) as e:
-        print(f'plot_training_log.py: {e}', file=sys.stderr)
-        return 1
+    plot_chart(chart_type, path_to_png, argv[2:])
     return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -15,12 +15,16 @@ import sys
 
 import numpy as np
 
-from ..errors import PyskimError
+from ..core.net import Net
+from ..errors import NetError, PyskimError
 from ..io.blobproto import blobproto_to_array
 from ..io.upgrade import read_net_binary, read_net_text
+from ..perf.calibrate import set_threads
+from ..prune.plan import deploy_param, layer_shapes, predict_layers
 from ..sparse.sparsity import FIBER_SLICE_NAMES, sparsity_report
 
-__all__ = ["format_table", "layer_rows", "main", "plot_density", "predicted_speedups", "total_row"]
+__all__ = ["build_parser", "format_table", "layer_rows", "plot_density", "predicted_speedups", "run",
+           "total_row"]
 
 FIBERS = [f"{n}-fiber" for n in FIBER_SLICE_NAMES] + [f"{n}-slice" for n in FIBER_SLICE_NAMES]
 
@@ -45,7 +49,7 @@ def layer_rows(model, weights, threshold=0.0):
         rows.append({"name": lp.name, "type": lp.type, "shape": list(array.shape),
                      **sparsity_report(array, threshold)})
     if not rows:
-        raise ValueError("no layer of the model has weights in the caffemodel (do the layer names match?)")
+        raise NetError("no layer of the model has weights in the caffemodel (do the layer names match?)")
     return rows
 
 
@@ -61,8 +65,6 @@ def total_row(rows):
 def predicted_speedups(model, rows, batch=64, input_shape=None):
     """``{layer name: LayerPerf}`` of the modelled layers at the rows' densities (None when the
     model's input shape cannot be found, e.g. a Data layer whose source is not there)."""
-    from ..core.net import Net
-    from ..prune.plan import deploy_param, layer_shapes, predict_layers
     net_param = read_net_text(model) if isinstance(model, (str, os.PathLike)) else model
     deploy = deploy_param(net_param, batch, input_shape=input_shape)
     net = Net(deploy)
@@ -141,7 +143,7 @@ def plot_density(rows, perfs, out, title=None):
     return out
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(prog="sparsity.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="net prototxt (deploy or train_test)")
     parser.add_argument("--weights", required=True, help="caffemodel")
@@ -152,15 +154,14 @@ def main(argv=None):
                         help="threads of the kernels and BLAS the model is calibrated for (default: as set)")
     parser.add_argument("--no-predict", action="store_true", help="skip the performance model")
     parser.add_argument("--plot", default=None, help="write a PNG of density and predicted speedup")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args):
+    """Print the table (and write the plot with ``--plot``)."""
     if args.threads > 0:
-        from ..perf.model import set_threads
         set_threads(args.threads)
-    try:
-        rows = layer_rows(args.model, args.weights, args.measure_threshold)
-    except (OSError, ValueError) as e:
-        print(f"sparsity.py: {e}", file=sys.stderr)
-        return 1
+    rows = layer_rows(args.model, args.weights, args.measure_threshold)
     perfs = None
     if not args.no_predict:
         try:
@@ -177,6 +178,3 @@ def main(argv=None):
         print(f"Wrote {args.plot}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

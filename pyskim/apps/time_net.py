@@ -1,14 +1,15 @@
 """``pyskim time`` and ``python tools/time.py``: Caffe's ``caffe time``, plus a per-layer sparse report.
 
+    pyskim time -model M [-weights W] ...   (Caffe's flags: :mod:`pyskim.apps.caffe_command`)
     python tools/time.py --model M [--weights W] [--iterations N] [--forward_only] [--phase TRAIN|TEST]
-                         [--batch B] [--threads T] [--mode dense|sparse|auto] [--compare]
+                         [--batch B] [--threads T] [--mode dense|sparse|auto] [--compare] [--recalibrate]
 
 The benchmark lines are ``caffe time``'s (``Average time per layer``, ``<layer>\\tforward: X ms.``,
 ``Average Forward pass``, ... ``*** Benchmark ends ***``), with the same averages. After them comes a
 table with, for every convolution / inner-product layer: the conv_mode / gemm_mode it ran (``AUTO>``
 marks the performance model's pick), its weight density, its forward time, its dense-equivalent
 GFLOP/s (dense FLOPs / time, SkimCaffe's "effective GF/s") and the roofline model's predicted time
-for the mode it ran (:mod:`pyskim.perf.model`).
+for the mode it ran (:mod:`pyskim.perf.model`); the timing itself is :mod:`pyskim.perf.timing`.
 
 * ``--mode auto`` (default) sets ``AUTO`` on every convolution / inner-product layer whose prototxt
   sets no conv_mode / gemm_mode, so the model picks dense or sparse per layer (a layer with dense
@@ -16,17 +17,26 @@ for the mode it ran (:mod:`pyskim.perf.model`).
   LOWERED_GEMM / GEMM on every such layer.
 * ``--batch B`` replaces the batch size of the inputs (Input, DummyData, data layers).
 * ``--threads T`` sets the threads of pyskim's kernels and of the BLAS.
+* The performance model's machine profile: when none is cached for this machine and thread count (or
+  the cached one was measured on a busy machine that is quiet now), or with ``--recalibrate``, the
+  tool first calibrates it (:mod:`pyskim.perf.calibrate`, about a second, a progress line on stderr)
+  and caches it, as ``pyskim calibrate`` does; ``PYSKIM_PERFMODEL=default`` skips that and uses the
+  default profile.
 * ``--compare`` then runs the same net (same weights) dense and in the sparse mode (``--mode``, or
   ``auto`` when that is ``dense``), forward only, alternating the two each iteration, and prints each
   layer's average dense and sparse time, their ratio, and the whole-net speedup.
 """
 import logging
-import sys
-import time
 
-from ..core.glog import init_logging
 from ..errors import PyskimError
-from . import flags
+from ..io.upgrade import read_net_text
+from ..perf.calibrate import calibrate_and_save, set_threads
+from ..perf.profile import default_profile_forced, get_profile, needs_calibration
+from ..perf.timing import compare_nets, time_layers
+from ..proto import caffe_pb2
+from ..pycaffe.net import Net
+from ..sparse import apply_mode, describe
+from . import caffe_command, flags
 
 log = logging.getLogger("pyskim")
 
@@ -35,28 +45,11 @@ _BATCH_FIELDS = ("data_param", "image_data_param", "memory_data_param", "hdf5_da
                  "window_data_param")
 
 
-def define_flags(parser):
-    """The flags this tool adds to ``caffe time``'s."""
-    flags.define(parser, "batch", 0, "Optional; batch size of the net's inputs (0: as in the prototxt).")
-    flags.define(parser, "threads", 0, "Optional; threads for pyskim's kernels and the BLAS (0: default).")
-    flags.define(parser, "mode", "auto", "Optional; dense, sparse or auto: conv_mode/gemm_mode of the "
-                                         "convolution and inner-product layers (auto: the performance "
-                                         "model picks, where the prototxt sets no mode).")
-    flags.define(parser, "compare", False, "Optional; also time the net dense and sparse and print the "
-                                           "per-layer speedups.")
-
-
 def build_parser():
-    parser = flags.new_parser("time.py", "Time a model's execution, layer by layer (caffe time).")
-    flags.define(parser, "model", "", "The model definition protocol buffer text file.")
-    flags.define(parser, "weights", "", "Optional; the pretrained weights (caffemodel).")
-    flags.define(parser, "iterations", 50, "The number of iterations to run.")
-    flags.define(parser, "phase", "", "Optional; network phase (TRAIN or TEST).")
-    flags.define(parser, "level", 0, "Optional; network level.")
-    flags.define(parser, "stage", "", "Optional; network stages, separated by ','.")
-    flags.define(parser, "forward_only", False, "Optional; time the forward pass only (SkimCaffe).")
-    flags.define(parser, "gpu", "", "Not available in pyskim (CPU only); accepted for compatibility.")
-    define_flags(parser)
+    """``caffe.cpp``'s flag set (:func:`pyskim.apps.caffe_command.build_parser`) plus ``-recalibrate``."""
+    parser = caffe_command.build_parser()
+    flags.define(parser, "recalibrate", False, "Optional; measure this machine for the performance model "
+                                               "again (done anyway when no profile is cached).")
     return parser
 
 
@@ -90,8 +83,6 @@ def set_batch(param, batch):
 
 def load_param(model, mode="auto", batch=0):
     """The NetParameter of ``model`` with ``mode`` applied (see the module docstring) and the batch set."""
-    from ..io.upgrade import read_net_text
-    from ..sparse.engine import apply_mode
     if mode not in MODES:
         raise PyskimError(f"mode must be dense, sparse or auto, got \"{mode}\"")
     param = read_net_text(model)
@@ -104,16 +95,15 @@ def load_param(model, mode="auto", batch=0):
 
 
 def apply_threads(threads):
+    """``-threads T``: use ``T`` threads in pyskim's kernels and the BLAS (0: leave them as they are)."""
     if threads < 0:
         raise PyskimError(f"threads must be positive, got {threads}")
     if threads:
-        from ..perf.model import set_threads
         set_threads(threads)
         log.info("Using %d threads.", threads)
 
 
 def _phase(args):
-    from ..proto import caffe_pb2
     phase = {"": caffe_pb2.TRAIN, "TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}.get(args.phase)
     if phase is None:
         raise PyskimError(f"phase must be \"TRAIN\" or \"TEST\", got \"{args.phase}\"")
@@ -121,62 +111,46 @@ def _phase(args):
 
 
 def build_net(args, mode):
-    from ..pycaffe.net import Net
-    stages = [s for s in args.stage.split(",") if s]
-    return Net(load_param(args.model, mode, args.batch), _phase(args), level=args.level, stages=stages,
-               weights=args.weights or None)
+    """The net of ``args.model`` (``-phase``, ``-level``, ``-stage``, ``-weights``, ``-batch``) with
+    conv_mode / gemm_mode ``mode`` applied."""
+    return Net(load_param(args.model, mode, args.batch), _phase(args), level=args.level,
+               stages=caffe_command.stages(args), weights=args.weights or None)
 
 
 def caffe_time(net, iterations, forward_only):
-    """Caffe's ``time`` loop and log lines; returns the per-layer forward seconds (averages)."""
-    layers = net.layers
+    """Caffe's ``time``: a warm-up forward (and backward) pass, then the timed loop
+    (:func:`pyskim.perf.timing.time_layers`) with ``caffe time``'s log lines; returns its
+    :class:`~pyskim.perf.timing.NetTiming`."""
     log.info("Performing Forward")
     _, initial_loss = net.forward_prefilled()
     log.info("Initial loss: %s", _fmt(initial_loss))
     if not forward_only:
         log.info("Performing Backward")
-        net.backward_from_to(len(layers) - 1, 0)
+        net.backward_from_to(len(net.layers) - 1, 0)
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
-    forward_per_layer = [0.0] * len(layers)
-    backward_per_layer = [0.0] * len(layers)
-    forward_total = backward_total = 0.0
-    total_start = time.perf_counter()
-    for j in range(iterations):
-        iter_start = time.perf_counter()
-        for i, layer in enumerate(layers):
-            start = time.perf_counter()
-            layer.forward(net.bottom_vec(i), net.top_vec(i))
-            forward_per_layer[i] += time.perf_counter() - start
-        forward_total += time.perf_counter() - iter_start
-        if not forward_only:
-            backward_start = time.perf_counter()
-            for i in range(len(layers) - 1, -1, -1):
-                start = time.perf_counter()
-                layers[i].backward(net.top_vec(i), net.bottom_need_backward(i), net.bottom_vec(i))
-                backward_per_layer[i] += time.perf_counter() - start
-            backward_total += time.perf_counter() - backward_start
-        kind = "forward" if forward_only else "forward-backward"
-        log.info("Iteration: %d %s time: %d ms.", j + 1, kind, int((time.perf_counter() - iter_start) * 1e3))
-    n = max(iterations, 1)
+    kind = "forward" if forward_only else "forward-backward"
+
+    def log_iteration(index, seconds):
+        log.info("Iteration: %d %s time: %d ms.", index + 1, kind, int(seconds * 1e3))
+    timing = time_layers(net, iterations, forward_only, log_iteration)
     log.info("Average time per layer: ")
-    for i, layer in enumerate(layers):
-        log.info("%10s\tforward: %s ms.", layer.name, _fmt(forward_per_layer[i] * 1e3 / n))
+    for i, name in enumerate(timing.layer_names):
+        log.info("%10s\tforward: %s ms.", name, _fmt(timing.forward[i] * 1e3))
         if not forward_only:
-            log.info("%10s\tbackward: %s ms.", layer.name, _fmt(backward_per_layer[i] * 1e3 / n))
-    total_ms = int((time.perf_counter() - total_start) * 1e3)
-    log.info("Average Forward pass: %s ms.", _fmt(forward_total * 1e3 / n))
+            log.info("%10s\tbackward: %s ms.", name, _fmt(timing.backward[i] * 1e3))
+    total_ms = int(timing.wall_seconds * 1e3)
+    log.info("Average Forward pass: %s ms.", _fmt(timing.forward_pass * 1e3))
     if not forward_only:
-        log.info("Average Backward pass: %s ms.", _fmt(backward_total * 1e3 / n))
-        log.info("Average Forward-Backward: %s ms.", _fmt(total_ms / n))
+        log.info("Average Backward pass: %s ms.", _fmt(timing.backward_pass * 1e3))
+        log.info("Average Forward-Backward: %s ms.", _fmt(total_ms / max(iterations, 1)))
     log.info("Total Time: %s ms.", _fmt(total_ms))
     log.info("*** Benchmark ends ***")
-    return [t / n for t in forward_per_layer]
+    return timing
 
 
 def layer_rows(net, forward_seconds):
     """Per conv / IP layer: (name, mode, density, forward s, dense-equivalent GFLOP/s, predicted s)."""
-    from ..sparse.engine import describe
     rows = []
     for i, layer in enumerate(net.layers):
         info = describe(layer, net.bottom_vec(i))
@@ -192,7 +166,6 @@ def layer_rows(net, forward_seconds):
 def log_layer_table(rows):
     if not rows:
         return
-    from ..perf.model import get_profile
     profile = get_profile()
     log.info("Sparse modes per layer (model: %s, %d thread(s)):", profile.source, profile.threads)
     log.info("  %-22s %-22s %8s %11s %9s %13s", "layer", "mode", "density", "forward ms", "GFLOP/s",
@@ -202,32 +175,29 @@ def log_layer_table(rows):
                  "-" if gflops is None else f"{gflops:.1f}", "-" if predicted is None else f"{predicted * 1e3:.3f}")
 
 
-def compare(args, dense_net, sparse_net, sparse_mode):
-    """Forward both nets ``args.iterations`` times, alternating; log per-layer speedups."""
-    for net in (dense_net, sparse_net):
-        net.forward_prefilled()
-    times = {id(net): [0.0] * len(net.layers) for net in (dense_net, sparse_net)}
-    for _ in range(max(args.iterations, 1)):
-        for net in (dense_net, sparse_net):
-            acc = times[id(net)]
-            for i, layer in enumerate(net.layers):
-                start = time.perf_counter()
-                layer.forward(net.bottom_vec(i), net.top_vec(i))
-                acc[i] += time.perf_counter() - start
-    n = max(args.iterations, 1)
-    dense_t = [t / n for t in times[id(dense_net)]]
-    sparse_t = [t / n for t in times[id(sparse_net)]]
-    modes = {row[0]: row[1] for row in layer_rows(sparse_net, sparse_t)}
-    log.info("Dense vs %s, average forward time per layer over %d iterations:", sparse_mode, n)
+def log_comparison(comparison, sparse_net, sparse_mode):
+    """Log a :class:`~pyskim.perf.timing.NetComparison`: per layer its mode in the sparse net, dense and
+    sparse ms and their ratio, then the whole-net times and speedup."""
+    modes = {row[0]: row[1] for row in layer_rows(sparse_net, [row.sparse for row in comparison.layers])}
+    log.info("Dense vs %s, average forward time per layer over %d iterations:", sparse_mode,
+             comparison.iterations)
     log.info("  %-22s %-22s %10s %10s %8s", "layer", "mode", "dense ms", "sparse ms", "speedup")
-    for layer, td, ts in zip(sparse_net.layers, dense_t, sparse_t):
-        ratio = f"{td / ts:.2f}x" if ts > 0 else "-"
-        log.info("  %-22s %-22s %10.3f %10.3f %8s", layer.name, modes.get(layer.name, "-"), td * 1e3, ts * 1e3,
-                 ratio)
-    total_d, total_s = sum(dense_t), sum(sparse_t)
-    log.info("Whole net: dense %.3f ms, %s %.3f ms, speedup %.2fx", total_d * 1e3, sparse_mode, total_s * 1e3,
-             total_d / total_s if total_s > 0 else float("inf"))
-    return dense_t, sparse_t
+    for row in comparison.layers:
+        ratio = "-" if row.speedup is None else f"{row.speedup:.2f}x"
+        log.info("  %-22s %-22s %10.3f %10.3f %8s", row.name, modes.get(row.name, "-"), row.dense * 1e3,
+                 row.sparse * 1e3, ratio)
+    log.info("Whole net: dense %.3f ms, %s %.3f ms, speedup %.2fx", comparison.dense_total * 1e3, sparse_mode,
+             comparison.sparse_total * 1e3, comparison.speedup)
+
+
+def ensure_profile(recalibrate):
+    """Calibrate the performance model now (progress on stderr, result cached) when ``recalibrate`` or
+    when this machine has no usable cached profile for the current thread count (none, or one measured
+    on a busy machine that is quiet now), unless ``PYSKIM_PERFMODEL=default`` asks for the default
+    profile: ``pyskim time`` measures the machine anyway, and its AUTO picks and predicted times are
+    then this machine's."""
+    if recalibrate or (not default_profile_forced() and needs_calibration()):
+        calibrate_and_save()
 
 
 def run(args):
@@ -235,31 +205,15 @@ def run(args):
     if not args.model:
         raise PyskimError("Need a model definition to time.")
     _phase(args)
-    if args.gpu:
-        log.warning("pyskim runs on the CPU only; ignoring -gpu %s", args.gpu)
-    log.info("Use CPU.")
+    caffe_command.use_cpu(args)
     apply_threads(args.threads)
+    ensure_profile(args.recalibrate)
     net = build_net(args, args.mode)
-    forward_seconds = caffe_time(net, args.iterations, args.forward_only)
-    log_layer_table(layer_rows(net, forward_seconds))
+    timing = caffe_time(net, args.iterations, args.forward_only)
+    log_layer_table(layer_rows(net, timing.forward))
     if args.compare:
         sparse_mode = "auto" if args.mode == "dense" else args.mode
         dense_net = net if args.mode == "dense" else build_net(args, "dense")
         sparse_net = net if args.mode != "dense" else build_net(args, sparse_mode)
-        compare(args, dense_net, sparse_net, sparse_mode)
+        log_comparison(compare_nets(dense_net, sparse_net, args.iterations), sparse_net, sparse_mode)
     return 0
-
-
-def main(argv=None):
-    parser = build_parser()
-    args = flags.parse(parser, argv)
-    init_logging()
-    try:
-        return run(args)
-    except PyskimError as e:
-        log.error("%s", e)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

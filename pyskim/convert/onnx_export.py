@@ -2,9 +2,11 @@
 
 The net is built by pyskim in the TEST phase (so include/exclude rules, split insertion, upgrades of
 old formats and shape inference are Caffe's), then each layer becomes one or more ONNX nodes, with
-the weights as initializers. Shapes are static: the ONNX graph has the net's input shapes (override
-them with ``input_shapes``). Caffe's in-place layers get fresh tensor names; every net output keeps
-its blob name. The per-type mapping, and how Caffe's semantics are kept (ceil pooling, the AVE pooling
+the weights as initializers. With ``sparse_initializers``, a weight tensor that is mostly zeros (a
+pruned net) is stored as an ONNX ``sparse_initializer`` instead: its nonzero values and their
+linearized int64 indices, wherever that takes fewer bytes; onnxruntime loads such models as they are.
+Shapes are static: the ONNX graph has the net's input shapes (override them with ``input_shapes``).
+Caffe's in-place layers get fresh tensor names; every net output keeps its blob name. The per-type mapping, and how Caffe's semantics are kept (ceil pooling, the AVE pooling
 divisor, BatchNorm's scale factor, LRN, ...), is in :mod:`pyskim.convert.onnx_layers`.
 
 Layers that cannot be exported (data layers, losses, Python layers, ...) raise ConversionError
@@ -14,8 +16,11 @@ import numpy as np
 
 from ..core.netgraph import filter_net
 from ..errors import ConversionError, NetError
+from ..io.files import atomic_write
+from ..io.upgrade import read_net_text, upgrade_net
 from ..layers import LAYER_REGISTRY
 from ..proto import caffe_pb2
+from ..pycaffe.net import Net
 from . import onnx_layers
 
 OPSET = 17
@@ -79,11 +84,13 @@ def check_exportable(net_param, phase=caffe_pb2.TEST):
 
 
 class GraphBuilder:
-    """Collects ONNX nodes and initializers with unique names."""
+    """Collects ONNX nodes and initializers with unique names; with ``sparse_initializers``, float32
+    initializers that are smaller stored sparse go to ``sparse_initializers``."""
 
-    def __init__(self, onnx, reserved=()):
+    def __init__(self, onnx, reserved=(), sparse_initializers=False):
         self.onnx = onnx
-        self.nodes, self.initializers = [], []
+        self.nodes, self.initializers, self.sparse_initializers = [], [], []
+        self.sparse = sparse_initializers
         self.used = set(reserved)
         self._node_names = set()
 
@@ -97,12 +104,34 @@ class GraphBuilder:
     def const(self, base, array, dtype=np.float32):
         """An initializer holding ``array`` (as ``dtype``); returns its name."""
         name = self.unique(base)
-        tensor = self.onnx.numpy_helper.from_array(np.ascontiguousarray(np.asarray(array, dtype=dtype)), name)
-        self.initializers.append(tensor)
+        array = np.ascontiguousarray(np.asarray(array, dtype=dtype))
+        sparse = self._sparse_tensor(name, array) if self.sparse and array.dtype == np.float32 else None
+        if sparse is not None:
+            self.sparse_initializers.append(sparse)
+        else:
+            self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
         return name
+
+    def _sparse_tensor(self, name, array):
+        """``array`` as a SparseTensorProto (values named ``name``, linearized int64 indices in
+        ascending order, the dense dims), or None when that is not smaller than the dense tensor.
+        A value counts as zero when all its bits are (``-0.0`` is kept, so the weights stay exact)."""
+        flat = array.reshape(-1)
+        indices = np.flatnonzero(flat.view(np.uint32))
+        if indices.size * (flat.itemsize + 8) >= flat.nbytes:
+            return None
+        helper = self.onnx.numpy_helper
+        values = helper.from_array(flat[indices], name)
+        return self.onnx.helper.make_sparse_tensor(values, helper.from_array(indices.astype(np.int64)),
+                                                   list(array.shape))
 
     def ints(self, base, values):
         return self.const(base, np.asarray(values, np.int64).reshape(-1), np.int64)
+
+    def emit(self, ctx):
+        """Emit the nodes of one layer (:func:`emit_layer`); the emitters of fused layers call it for
+        each stage."""
+        emit_layer(self, ctx)
 
     def node(self, layer_name, op_type, inputs, outputs, **attrs):
         """Add a node; ``outputs`` is a list of names or a number of fresh ones. Returns the outputs."""
@@ -143,11 +172,13 @@ def emit_layer(g, ctx):
     emitter(g, ctx)
 
 
-def net_to_onnx(net, model_name=None, opset=OPSET, check=True, doc="", outputs=None):
+def net_to_onnx(net, model_name=None, opset=OPSET, check=True, doc="", outputs=None,
+                sparse_initializers=False):
     """Convert a built pyskim Net (weights loaded, shapes set) to an ``onnx.ModelProto``.
 
     ``outputs``: blob names to expose as graph outputs (default: the net's outputs); a blob computed
-    in place gives its final value, as ``net.blobs`` holds after a forward pass."""
+    in place gives its final value, as ``net.blobs`` holds after a forward pass.
+    ``sparse_initializers``: store mostly-zero weights as ONNX sparse initializers (module docstring)."""
     onnx = _onnx()
     if opset < 13:
         raise ConversionError(f"opset {opset} is too old; the exporter emits opset 13+ operators (use {OPSET})")
@@ -157,7 +188,7 @@ def net_to_onnx(net, model_name=None, opset=OPSET, check=True, doc="", outputs=N
         reason = unsupported_reason(layer.type)
         if reason:
             raise ConversionError(f"layer '{name}' (type {layer.type}): cannot convert to ONNX: {reason}")
-    g = GraphBuilder(onnx, reserved=set(blob_names))
+    g = GraphBuilder(onnx, reserved=set(blob_names), sparse_initializers=sparse_initializers)
     make_info = onnx.helper.make_tensor_value_info
     current, graph_inputs = {}, []
     for blob_id in inputs:
@@ -194,7 +225,7 @@ def net_to_onnx(net, model_name=None, opset=OPSET, check=True, doc="", outputs=N
         output_ids = [index[name] for name in outputs]
     graph_outputs = [make_info(current[i], onnx.TensorProto.FLOAT, list(blobs[i].shape)) for i in output_ids]
     graph = onnx.helper.make_graph(g.nodes, model_name or net.name or "pyskim_net", graph_inputs, graph_outputs,
-                                   initializer=g.initializers)
+                                   initializer=g.initializers, sparse_initializer=g.sparse_initializers)
     model = onnx.helper.make_model(graph, producer_name="pyskim", doc_string=doc,
                                    opset_imports=[onnx.helper.make_opsetid("", opset)])
     model.ir_version = IR_VERSION if opset <= 17 else onnx.IR_VERSION
@@ -237,12 +268,11 @@ def _apply_input_shapes(net_param, input_shapes):
             ip.shape.add().dim.extend(dims)
 
 
-def caffe_to_onnx(model, weights=None, input_shapes=None, opset=OPSET, check=True):
+def caffe_to_onnx(model, weights=None, input_shapes=None, opset=OPSET, check=True,
+                  sparse_initializers=False):
     """Build the TEST-phase net of ``model`` (prototxt path or NetParameter) with ``weights``
-    (caffemodel path, or None for the fillers) and convert it; returns an ``onnx.ModelProto``."""
-    from ..io.upgrade import read_net_text, upgrade_net
-    from ..pycaffe.net import Net
-
+    (caffemodel path, or None for the fillers) and convert it (:func:`net_to_onnx`); returns an
+    ``onnx.ModelProto``."""
     _onnx()
     if isinstance(model, caffe_pb2.NetParameter):
         param = caffe_pb2.NetParameter()
@@ -258,13 +288,12 @@ def caffe_to_onnx(model, weights=None, input_shapes=None, opset=OPSET, check=Tru
     except NetError as e:
         raise ConversionError(f"cannot build the net to convert: {e}") from e
     doc = f"Converted by pyskim from {model if not isinstance(model, caffe_pb2.NetParameter) else param.name}"
-    return net_to_onnx(net, opset=opset, check=check, doc=doc)
+    return net_to_onnx(net, opset=opset, check=check, doc=doc, sparse_initializers=sparse_initializers)
 
 
-def export_onnx(model, weights, out_path, input_shapes=None, opset=OPSET):
+def export_onnx(model, weights, out_path, input_shapes=None, opset=OPSET, sparse_initializers=False):
     """:func:`caffe_to_onnx`, written to ``out_path``; returns the ModelProto."""
-    from ..io.protofiles import atomic_write
-
-    proto = caffe_to_onnx(model, weights, input_shapes=input_shapes, opset=opset)
+    proto = caffe_to_onnx(model, weights, input_shapes=input_shapes, opset=opset,
+                          sparse_initializers=sparse_initializers)
     atomic_write(out_path, proto.SerializeToString())
     return proto

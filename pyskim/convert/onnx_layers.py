@@ -1,7 +1,8 @@
 """Per-layer-type ONNX emitters for :mod:`pyskim.convert.onnx_export`.
 
 Each emitter gets the GraphBuilder ``g`` and a LayerContext ``c`` (name, param, weights, input tensor
-names ``c.x``, output tensor names ``c.y`` it must produce, static shapes) and adds ONNX nodes.
+names ``c.x``, output tensor names ``c.y`` it must produce, static shapes) and adds ONNX nodes; a
+fused layer hands each stage back to ``g.emit``.
 Caffe semantics kept:
 
 * Convolution / Deconvolution -> Conv / ConvTranspose (group, dilation, pad, stride; Caffe's floor
@@ -490,16 +491,15 @@ def _argmax(g, c):
 
 @emits(*FUSED)
 def _fused(g, c):
-    """Emit each stage of a fused layer with its own internal layer (same name, parameters, weights)."""
-    from .onnx_export import LayerContext, emit_layer
-
-    names = {id(c.layer._vectors[0][0][0]): c.x[0]}
-    stages = list(zip(c.layer._layers, c.layer._vectors))
-    for i, (stage, (bottom, top)) in enumerate(stages):
-        last = i == len(stages) - 1
+    """Emit each stage of a fused layer with its own internal layer (same name, parameters, weights),
+    through the builder's ``emit`` callback."""
+    io = c.layer.stage_io
+    names = {id(io[0][0][0]): c.x[0]}
+    for i, (stage, (bottom, top)) in enumerate(zip(c.layer.stages, io)):
+        last = i == len(io) - 1
         y = c.y[0] if last else g.unique(f"{c.name}/{stage.type.lower()}")
-        sub = LayerContext(stage, [names[id(b)] for b in bottom], [y], [b.shape for b in bottom],
-                           [t.shape for t in top])
+        sub = type(c)(stage, [names[id(b)] for b in bottom], [y], [b.shape for b in bottom],
+                      [t.shape for t in top])
         sub.name = c.name if i == 0 else f"{c.name}/{stage.type.lower()}"
-        emit_layer(g, sub)
+        g.emit(sub)
         names[id(top[0])] = y

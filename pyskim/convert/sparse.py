@@ -60,7 +60,9 @@ from google.protobuf.message import DecodeError
 
 from ..errors import ConversionError, ModelFileError
 from ..io.blobproto import blobproto_shape
-from ..io.protofiles import atomic_write, read_binary
+from ..io.files import atomic_write
+from ..io.hdf5 import read_net_hdf5
+from ..io.protofiles import is_hdf5, read_binary
 from ..proto import caffe_pb2
 
 FORMAT = "pyskim-sparse"
@@ -266,14 +268,26 @@ def save_sparse(net_param, path):
     return stats
 
 
+ZIP_SIGNATURE = b"PK\x03\x04"
+
+
 def load_sparse(path):
-    """Read a sparse file back into a NetParameter."""
+    """Read a sparse file back into a NetParameter. A file that is not a zip archive (a prototxt,
+    a caffemodel, ...) is refused before numpy looks at it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_SIGNATURE))
+    except OSError as e:
+        raise ModelFileError(f"Could not open sparse file {path}: {e.strerror or e}") from None
+    if head != ZIP_SIGNATURE:
+        raise ConversionError(f"{path}: not a {FORMAT} file (a .npz zip archive written by 'convert.py "
+                              f"to-sparse'); it starts with {head!r}")
     try:
         with np.load(path, allow_pickle=False) as members:
             return decode_net(dict(members.items()), source=str(path))
     except OSError as e:
         raise ModelFileError(f"Could not open sparse file {path}: {e.strerror or e}") from None
-    except ValueError as e:  # not a zip / .npy, or an object array (pickle refused)
+    except ValueError as e:  # not a valid zip / .npy, or an object array (pickle refused)
         if isinstance(e, ConversionError):
             raise
         raise ConversionError(f"{path}: not a {FORMAT} file: {e}") from None
@@ -281,8 +295,13 @@ def load_sparse(path):
 
 def caffemodel_to_sparse(model_path, out_path):
     """Convert a caffemodel (read as is, not upgraded) into a sparse file; returns statistics,
-    with ``dense_bytes`` (the caffemodel as pyskim writes it) and ``ratio`` (sparse / dense)."""
-    net = read_binary(model_path, caffe_pb2.NetParameter())
+    with ``dense_bytes`` (the caffemodel as pyskim writes it) and ``ratio`` (sparse / dense). An HDF5
+    caffemodel is read as layers with names and blobs (:func:`pyskim.io.hdf5.read_net_hdf5`);
+    :func:`sparse_to_caffemodel` then gives a binary caffemodel of the same weights."""
+    if is_hdf5(model_path):
+        net = read_net_hdf5(model_path)
+    else:
+        net = read_binary(model_path, caffe_pb2.NetParameter())
     stats = save_sparse(net, out_path)
     stats["dense_bytes"] = net.ByteSize()
     stats["ratio"] = stats["bytes"] / stats["dense_bytes"] if stats["dense_bytes"] else 0.0

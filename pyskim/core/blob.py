@@ -5,13 +5,21 @@ Data and diff live in flat buffers of a given capacity; ``data``/``diff`` are li
 buffers (and their values), a larger count reallocates zeroed ones. Sharing (``share_data``,
 ``share_diff``) makes two blobs use the same buffer, as Caffe does for in-place layers' params and
 shared weights.
+
+Hand-outs. ``data`` returns a writable view and counts the hand-out; :meth:`Blob.data_mark` and
+:meth:`Blob.data_untouched_since` use that count, and whether any array of the buffer is alive, to
+prove that nobody wrote the data in between (the sparse engines skip their bitwise weight compare
+then). ``readonly_data`` reads the data without a hand-out: NumPy refuses to make it writeable.
 """
+import dataclasses
+import logging
 import math
 import os
+import sys
 
 import numpy as np
 
-from ..errors import NetError
+from ..errors import NetError, OutOfMemoryError
 
 MAX_BLOB_AXES = 32
 _INT_MAX = 2**31 - 1
@@ -37,7 +45,6 @@ def _limit_from_env():
         return DEFAULT_MAX_BLOB_BYTES
     value = _parse_bytes(text)
     if value is None:
-        import logging
         logging.getLogger("pyskim").warning(
             "ignoring PYSKIM_MAX_BLOB_BYTES=%r (expected a positive number of bytes, e.g. 8589934592 or "
             "8G); using the default of 8 GiB", text)
@@ -96,14 +103,53 @@ def _human(nbytes):
 
 
 class _Buffer:
-    """A flat float32 buffer that several blobs may share. ``version`` counts the times ``Blob.data``
-    handed it out (so possibly wrote it): sparse engines re-check their packed weights when it moved."""
+    """A flat float32 buffer that several blobs may share. ``handouts`` counts the writable views
+    ``Blob.data`` gave out; ``readonly()`` is a read-only array over the same memory whose base is a
+    read-only memoryview, so neither it nor any view of it can be made writeable."""
 
-    __slots__ = ("array", "version")
+    __slots__ = ("_readonly", "array", "handouts")
 
     def __init__(self, size):
         self.array = np.zeros(size, dtype=np.float32)
-        self.version = 0
+        self.handouts = 0
+        self._readonly = None
+
+    def readonly(self):
+        """The read-only array over the whole buffer (made at the first call)."""
+        if self._readonly is None:
+            self._readonly = np.frombuffer(memoryview(self.array).toreadonly(), np.float32)
+        return self._readonly
+
+    def unshared(self):
+        """True when no array but this buffer's own (and read-only views of ``readonly()``) refers to
+        the memory: every NumPy view of ``array``, a view of a view included, holds ``array`` alive."""
+        return _references(self) <= _OWN_REFERENCES[self._readonly is not None]
+
+
+def _references(buffer):
+    return sys.getrefcount(buffer.array)
+
+
+def _own_references():
+    """(references to a buffer's array without, with its read-only array), measured on a fresh one."""
+    probe = _Buffer(1)
+    alone = _references(probe)
+    probe.readonly()
+    return alone, _references(probe)
+
+
+_OWN_REFERENCES = _own_references()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DataMark:
+    """The state of a blob's data at :meth:`Blob.data_mark`: its buffer, shape, hand-out count and
+    whether any writable array of it was alive."""
+
+    buffer: _Buffer
+    shape: tuple
+    handouts: int
+    unshared: bool
 
 
 class Blob:
@@ -140,8 +186,12 @@ class Blob:
         self._shape = shape
         self._count = count
         if count > self._data.array.size:
-            self._data = _Buffer(count)
-            self._diff = _Buffer(count)
+            try:
+                data, diff = _Buffer(count), _Buffer(count)
+            except MemoryError:
+                raise OutOfMemoryError(f"blob '{self.name}': cannot allocate {_human(8 * count)} for data and "
+                                       f"diff of shape {list(shape)}: out of memory") from None
+            self._data, self._diff = data, diff
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -184,9 +234,30 @@ class Blob:
     # -- data ------------------------------------------------------------------------------------
     @property
     def data(self):
+        """The data as a writable view (counted as a hand-out, see the module docstring)."""
         buffer = self._data
-        buffer.version += 1
+        buffer.handouts += 1
         return buffer.array[: self._count].reshape(self._shape)
+
+    @property
+    def readonly_data(self):
+        """The data as a read-only view that NumPy refuses to make writeable; not a hand-out."""
+        return self._data.readonly()[: self._count].reshape(self._shape)
+
+    def data_mark(self):
+        """A :class:`DataMark` of the data now, for :meth:`data_untouched_since`."""
+        buffer = self._data
+        return DataMark(buffer, self._shape, buffer.handouts, buffer.unshared())
+
+    def data_untouched_since(self, mark):
+        """True when the data provably was not written since ``mark`` (from :meth:`data_mark`): the
+        same buffer and shape, no writable view handed out since, and none alive when the mark was
+        taken (so none existed in between: a new one comes from ``data`` or from a live one). False
+        means the data may have changed; comparing the values tells. Writes through raw pointers
+        (``ctypes``) are not arrays and are not seen."""
+        buffer = self._data
+        return (mark.unshared and mark.buffer is buffer and mark.handouts == buffer.handouts
+                and mark.shape == self._shape)
 
     @data.setter
     def data(self, value):

@@ -6,6 +6,7 @@ distributions as Caffe's fillers but are not bit-identical to Caffe's Boost stre
 import numpy as np
 
 from ..errors import NetError
+from ..proto import caffe_pb2
 from . import state as common
 
 
@@ -53,7 +54,6 @@ def _fan(blob, p):
     fan_in = blob.count // max(blob.legacy_shape(0), 1)
     fan_out = blob.count // max(blob.legacy_shape(1), 1) if blob.num_axes > 1 else blob.count
     norm = p.variance_norm
-    from ..proto import caffe_pb2
     if norm == caffe_pb2.FillerParameter.AVERAGE:
         return (fan_in + fan_out) / 2.0
     if norm == caffe_pb2.FillerParameter.FAN_OUT:

@@ -1,13 +1,39 @@
 """Caffe's log output: glog's line format on stderr, log files and progress lines for long runs
-(training, GSL stages, ``pyskim demo``)."""
+(training, GSL stages, ``pyskim demo``).
+
+:func:`init_logging` honours glog's environment variables, which Caffe users set to quiet or
+redirect a tool's log:
+
+``GLOG_minloglevel``
+    0 INFO (default), 1 WARNING, 2 ERROR, 3 FATAL: messages below it are dropped everywhere (progress
+    lines are INFO messages too).
+``GLOG_log_dir``
+    also write the log to a file there, named as glog names it:
+    ``<program>.<host>.<user>.log.INFO.<yyyymmdd>-<hhmmss>.<pid>``, with glog's three header lines and
+    a ``<program>.INFO`` symlink to the newest one. Unlike glog, no file is written when it is unset
+    (glog would write to /tmp).
+``GLOG_logtostderr``
+    1/true: stderr only, no log file even with ``GLOG_log_dir``.
+
+The log always goes to stderr as well, as Caffe's ``caffe`` tool sets ``FLAGS_alsologtostderr``.
+"""
+import getpass
 import logging
 import os
+import socket
 import sys
 import time
 
-from .state import log
+log = logging.getLogger("pyskim")
 
-__all__ = ["GlogFormatter", "LogToFile", "TextProgress", "init_logging", "progress_bar"]
+__all__ = ["GlogFormatter", "LogToFile", "TextProgress", "glog_level", "init_logging", "progress_bar"]
+
+#: glog's severities (GLOG_minloglevel values) as logging levels.
+GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
+_TRUE = ("1", "t", "true", "y", "yes")
+
+#: The log file handler :func:`init_logging` added for ``GLOG_log_dir`` (one per process).
+_log_file = {"handler": None}
 
 
 class GlogFormatter(logging.Formatter):
@@ -22,15 +48,78 @@ class GlogFormatter(logging.Formatter):
         return prefix + record.getMessage()
 
 
-def init_logging(level=logging.INFO):
-    """Log pyskim's messages to stderr in glog's format (as Caffe's tools with GLOG_logtostderr=1),
-    unless the application configured logging already."""
+def glog_level(severity):
+    """The logging level of glog severity ``severity`` (0 INFO ... 3 FATAL; above 3 counts as FATAL)."""
+    return GLOG_LEVELS[min(max(int(severity), 0), 3)]
+
+
+def _env_level():
+    text = os.environ.get("GLOG_minloglevel", "").strip()
+    if not text:
+        return logging.INFO
+    try:
+        return glog_level(text)
+    except ValueError:
+        log.warning("Ignoring GLOG_minloglevel=%r: not a number (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL)", text)
+        return logging.INFO
+
+
+def program_name():
+    """The program's name as glog takes it from ``argv[0]``: ``pyskim`` for the ``pyskim`` command
+    (also under ``python -m pyskim``), ``classify`` for ``tools/classify.py``."""
+    name = os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "python")
+    name = name.removesuffix(".py")
+    return "pyskim" if name in ("__main__", "-c", "") else name
+
+
+def init_logging(level=None, logtostderr=None):
+    """Log pyskim's messages to stderr in glog's format (as Caffe's tools do), unless the application
+    configured logging already; with ``GLOG_log_dir`` set, also to a log file there (see the module
+    docstring). ``level``: a logging level (default: ``GLOG_minloglevel``); ``logtostderr``: no log
+    file (default: ``GLOG_logtostderr``)."""
     logger = logging.getLogger("pyskim")
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(GlogFormatter())
         logger.addHandler(handler)
-    logger.setLevel(level)
+    logger.setLevel(_env_level() if level is None else level)
+    if logtostderr is None:
+        logtostderr = os.environ.get("GLOG_logtostderr", "").strip().lower() in _TRUE
+    log_dir = os.environ.get("GLOG_log_dir", "").strip()
+    if log_dir and not logtostderr and _log_file["handler"] is None:
+        _open_log_file(logger, log_dir)
+
+
+def _open_log_file(logger, log_dir):
+    """Add a handler writing glog's INFO log file in ``log_dir`` (a warning when it cannot be created,
+    as glog prints one and goes on)."""
+    now = time.time()
+    program = program_name()
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "invalid-user"
+    name = (f"{program}.{socket.gethostname()}.{user}.log.INFO."
+            f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.{os.getpid()}")
+    path = os.path.join(log_dir, name)
+    try:
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    except OSError as e:
+        logger.warning("Could not create log file %s: %s", path, e.strerror or e)
+        return
+    handler.stream.write(f"Log file created at: {time.strftime('%Y/%m/%d %H:%M:%S', time.localtime(now))}\n"
+                         f"Running on machine: {socket.gethostname()}\n"
+                         "Log line format: [IWEF]mmdd hh:mm:ss.uuuuuu threadid file:line] msg\n")
+    handler.setFormatter(GlogFormatter())
+    logger.addHandler(handler)
+    _log_file["handler"] = handler
+    link = os.path.join(log_dir, f"{program}.INFO")
+    try:
+        if os.path.islink(link):
+            os.unlink(link)
+        os.symlink(name, link)
+    except OSError:
+        pass                            # glog also goes on without the symlink
 
 
 class LogToFile:
@@ -84,6 +173,8 @@ class TextProgress:
             self._emit()
 
     def _emit(self):
+        if not log.isEnabledFor(logging.INFO):      # GLOG_minloglevel above INFO
+            return
         elapsed = time.perf_counter() - self.start
         done = self.n - self.start_n
         left = elapsed / done * (self.total - self.n) if done > 0 else float("nan")

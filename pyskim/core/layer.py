@@ -3,26 +3,54 @@
 A layer subclass implements ``layer_setup`` (read params, create learnable blobs), ``reshape`` (size
 the tops from the bottoms), ``forward_cpu`` and ``backward_cpu``; it declares its arity with class
 attributes that ``setup`` checks. Subclasses register under their type string and V1 enum name with
-:func:`register`.
+:func:`register`. :func:`layer_error` and :func:`canonical_axis` are the error and axis helpers the
+layers share.
 """
 import difflib
 
 import numpy as np
 
 from ..errors import KernelArgumentError, NetError, UnknownLayerTypeError
+from ..io.blobproto import blobproto_to_array
 from .blob import Blob
 from .fillers import fill
 
 LAYER_REGISTRY = {}
 
 
-def register(*type_names):
-    """Class decorator: register a Layer subclass under each given type name."""
+def registration_names(registry, registry_name, names, replaces=(), error=NetError):
+    """The distinct ``names`` under which something may be added to ``registry`` (a dict), as Caffe's
+    registries: a name already registered is refused (Caffe CHECK-fails "... already registered")
+    unless ``replaces`` (a name or a tuple of names) names it, the explicit way to override an entry.
+    A name in ``replaces`` must be one of ``names`` and registered already. Errors are ``error``,
+    naming the registry and the name. Shared by the layer, solver and regularizer registries."""
+    names = tuple(dict.fromkeys(names))
+    replaced = (replaces,) if isinstance(replaces, str) else tuple(replaces)
+    for name in replaced:
+        if name not in names:
+            raise error(f"{registry_name}: replaces '{name}', which is not one of the names {list(names)}")
+        if name not in registry:
+            raise error(f"{registry_name}: replaces '{name}', which is not registered")
+    for name in names:
+        if name in registry and name not in replaced:
+            holder = getattr(registry[name], "__qualname__", repr(registry[name]))
+            raise error(f"{registry_name}: '{name}' is already registered ({holder}); "
+                        f"pass replaces='{name}' to replace it")
+    return names
+
+
+def register(*type_names, replaces=()):
+    """Class decorator: register a Layer subclass under each given type name (its type string and,
+    where Caffe has one, its V1 enum name; the two may be equal), as Caffe's ``REGISTER_LAYER_CLASS``.
+    A name already registered is refused unless ``replaces`` names it (see
+    :func:`registration_names`)."""
+    names = registration_names(LAYER_REGISTRY, "layer registry", type_names, replaces)
+
     def decorate(cls):
-        for name in type_names:
+        for name in names:
             LAYER_REGISTRY[name] = cls
         if cls.__dict__.get("type") is None:
-            cls.type = type_names[0]
+            cls.type = names[0]
         return cls
     return decorate
 
@@ -40,6 +68,20 @@ def create_layer(param):
         hint = f"; closest known types: {', '.join(close)}" if close else ""
         raise UnknownLayerTypeError(f"layer '{param.name}': unknown layer type '{param.type}'{hint}")
     return cls(param)
+
+
+def layer_error(layer, message):
+    """A :class:`NetError` naming the layer and its type: ``layer 'name' of type T: message``."""
+    return NetError(f"layer '{layer.name}' of type {layer.type}: {message}")
+
+
+def canonical_axis(layer, blob, axis, field):
+    """Caffe's ``Blob::CanonicalAxisIndex``: ``axis`` in [-num_axes, num_axes) as a non-negative
+    index; out of range raises :func:`layer_error` naming the parameter ``field``."""
+    n = blob.num_axes
+    if not -n <= axis < n:
+        raise layer_error(layer, f"{field} {axis} out of range for a bottom of shape {list(blob.shape)}")
+    return axis + n if axis < 0 else axis
 
 
 class Layer:
@@ -180,7 +222,6 @@ class Layer:
 
 
 def _blob_from_proto(proto, name):
-    from ..io.blobproto import blobproto_to_array
     array = blobproto_to_array(proto)
     blob = Blob(array.shape, name=name)
     blob.data[...] = array

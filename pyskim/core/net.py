@@ -5,12 +5,15 @@ a top named like the bottom at the same index is computed in place, shared param
 share data and diff with their owner. Backward need is decided like Caffe: from the losses down,
 ``propagate_down``, ``lr_mult`` and ``force_backward``.
 """
+import contextlib
+
 import numpy as np
 
-from ..errors import NetError, WeightsMismatchError
-from ..layers import create_layer
+from ..errors import NetError, OutOfMemoryError, WeightsMismatchError
+from ..io.blobproto import array_to_blobproto, blobproto_shape
 from ..proto import caffe_pb2
 from .blob import Blob
+from .layer import create_layer
 from .netgraph import filter_net, insert_splits
 from .state import log
 
@@ -93,7 +96,8 @@ class Net:
             self._top_ids.append(top_ids)
             if lp.type == "Input":
                 self._inputs.extend(top_ids)
-            layer.setup(self.bottom_vec(layer_index), self.top_vec(layer_index))
+            with _naming_layer_on_oom(layer):
+                layer.setup(self.bottom_vec(layer_index), self.top_vec(layer_index))
             for j, blob_id in enumerate(top_ids):
                 self._loss_weight_of_blob[blob_id] = layer.loss(j)
                 log.debug("Top shape: %s", self._blobs[blob_id].shape)
@@ -309,7 +313,8 @@ class Net:
         for i in range(start, end + 1):
             for fn in self._callbacks["before_forward"]:
                 fn(i)
-            loss += self.layers[i].forward(self.bottom_vec(i), self.top_vec(i))
+            with _naming_layer_on_oom(self.layers[i]):
+                loss += self.layers[i].forward(self.bottom_vec(i), self.top_vec(i))
             for fn in self._callbacks["after_forward"]:
                 fn(i)
         return loss
@@ -320,7 +325,8 @@ class Net:
             for fn in self._callbacks["before_backward"]:
                 fn(i)
             if self._layer_need_backward[i]:
-                self.layers[i].backward(self.top_vec(i), self._bottom_need_backward[i], self.bottom_vec(i))
+                with _naming_layer_on_oom(self.layers[i]):
+                    self.layers[i].backward(self.top_vec(i), self._bottom_need_backward[i], self.bottom_vec(i))
             for fn in self._callbacks["after_backward"]:
                 fn(i)
 
@@ -334,7 +340,8 @@ class Net:
 
     def reshape(self):
         for i, layer in enumerate(self.layers):
-            layer.reshape(self.bottom_vec(i), self.top_vec(i))
+            with _naming_layer_on_oom(layer):
+                layer.reshape(self.bottom_vec(i), self.top_vec(i))
 
     def clear_param_diffs(self):
         for blob in self.learnable_params:
@@ -362,7 +369,6 @@ class Net:
 
     def to_proto(self, write_diff=False):
         """NetParameter holding every layer (Split layers too) with its blobs (``Net::ToProto``)."""
-        from ..io.blobproto import array_to_blobproto
         param = caffe_pb2.NetParameter(name=self.name)
         for layer in self.layers:
             lp = param.layer.add()
@@ -390,10 +396,24 @@ class Net:
                 target_blob.share_data(source_blob)
 
 
+@contextlib.contextmanager
+def _naming_layer_on_oom(layer):
+    """Turn a failed allocation inside ``layer`` into one :class:`OutOfMemoryError` line naming the
+    layer (Caffe would abort in ``SyncedMemory``); the memory error's own text names the blob or the
+    bytes and shape asked for."""
+    try:
+        yield
+    except OutOfMemoryError as e:
+        if str(e).startswith("layer '"):
+            raise
+        raise OutOfMemoryError(f"layer '{layer.name}' ({layer.type}): {e}") from None
+    except MemoryError as e:
+        raise OutOfMemoryError(f"layer '{layer.name}' ({layer.type}): out of memory: {e}") from None
+
+
 def _copy_blobproto(proto, blob, source_name, layer_name, j):
     """Copy one BlobProto into a blob, comparing shapes like ``Blob::ShapeEquals`` (legacy dims
     right-aligned)."""
-    from ..io.blobproto import blobproto_shape
     source_shape = blobproto_shape(proto)
     legacy = any(proto.HasField(f) for f in ("num", "channels", "height", "width"))
     if legacy:

@@ -3,6 +3,8 @@ import logging
 
 import numpy as np
 
+from .glog import glog_level, init_logging
+
 log = logging.getLogger("pyskim")
 
 _state = {"rng": np.random.default_rng(), "mode": "CPU"}
@@ -60,11 +62,12 @@ def set_multiprocess(multiprocess):
         log.warning("pyskim trains in a single process; ignoring set_multiprocess(True)")
 
 
-def init_log(level=0, stderr=False):
-    """Log pyskim's messages in glog's format (pycaffe's ``caffe.init_log``); ``level`` is glog's
-    minimum severity (0 INFO, 1 WARNING, 2 ERROR)."""
-    from .glog import init_logging
-    init_logging({0: logging.INFO, 1: logging.WARNING}.get(int(level), logging.ERROR))
+def init_log(level=None, stderr=None):
+    """Log pyskim's messages in glog's format (pycaffe's ``caffe.init_log``). ``level``: glog's minimum
+    severity (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL), as ``FLAGS_minloglevel``; ``stderr``: true for no
+    log file, as ``FLAGS_logtostderr``. Either left out follows ``GLOG_minloglevel`` /
+    ``GLOG_logtostderr`` (see :mod:`pyskim.core.glog`)."""
+    init_logging(None if level is None else glog_level(level), None if stderr is None else bool(stderr))
 
 
 def log_info(message):

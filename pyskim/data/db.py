@@ -53,7 +53,7 @@ def open_env(source, write=False):
     source = os.fspath(source)
     try:
         if write:
-            return lmdb.open(source, map_size=WRITE_MAP_SIZE, subdir=True, meminit=False)
+            return lmdb.open(source, map_size=WRITE_MAP_SIZE, subdir=True, meminit=False, mode=0o664)
         if not os.path.isdir(source):
             raise DataError(f"LMDB '{source}' does not exist (or is not a directory)")
         with _READ_ENVS_LOCK:

@@ -4,7 +4,9 @@ import numpy as np
 
 from ..core.blob import check_allocation
 from ..errors import DataError
+from ..io.hdf5 import read_float_dataset
 from .db import LMDBReader
+from .imgproc import hwc_to_chw, read_image
 
 
 class DatumBatches:
@@ -133,7 +135,6 @@ class ImageListBatches:
 
     def read(self, index):
         """Image ``index`` of the list as a C x H x W uint8 array, and where it came from."""
-        from .imgproc import hwc_to_chw, read_image
         name = self.lines[index][0]
         where = f"layer '{self.owner}': image '{self.root_folder + name}'"
         # Caffe concatenates root_folder and the listed path as strings.
@@ -190,7 +191,6 @@ class HDF5Rows:
     def _load(self, path):
         import h5py
         arrays = []
-        from ..io.hdf5 import read_float_dataset
         where = f"layer '{self.owner}': HDF5 file"
         try:
             with h5py.File(path, "r") as f:

@@ -1,8 +1,9 @@
 """Model file I/O and pycaffe's ``caffe.io`` helpers.
 
 Model files: :mod:`.protofiles` (text/binary protobuf), :mod:`.upgrade` (Caffe's V0/V1/solver
-upgrades), :mod:`.hdf5` (HDF5 caffemodels). ``caffe.io`` names: blob/datum conversions here,
-image helpers and ``Transformer`` from :mod:`.images`.
+upgrades), :mod:`.hdf5` (HDF5 caffemodels), :mod:`.files` (every write: temp file + atomic rename,
+``0666 & ~umask``, FileWriteError, removal of stale temp files). ``caffe.io`` names: blob/datum
+conversions here, image helpers and ``Transformer`` from :mod:`.images`.
 """
 from .blobproto import (
     array_to_blobproto,

@@ -2,10 +2,11 @@
 
 Mirrors ``Net::ToHDF5`` / ``Net::CopyTrainedLayersFromHDF5``: shared params are stored by their owner
 only, a group exists for every layer, and a missing dataset is allowed only for a shared param.
-Writes go through a temp file and an atomic rename.
+Files are built in memory and written with :func:`~pyskim.io.files.atomic_write` (temp file +
+atomic rename, mode 0666 & ~umask; a failed write is a :class:`~pyskim.errors.FileWriteError`, and
+HDF5's own file I/O never meets a full disk).
 """
-import os
-import tempfile
+import io
 
 import h5py
 import numpy as np
@@ -13,30 +14,49 @@ import numpy as np
 from ..core.blob import check_allocation
 from ..core.state import log
 from ..errors import ModelFileError, PyskimError, WeightsMismatchError
+from ..proto import caffe_pb2
+from .blobproto import array_to_blobproto
+from .files import atomic_write
+
+
+def _write_hdf5(path, fill):
+    """Build an HDF5 file in memory with ``fill(h5py.File)`` and write it atomically to ``path``."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        fill(f)
+    atomic_write(path, buffer.getbuffer())
 
 
 def save_net_hdf5(net, path, write_diff=False):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            data = f.create_group("data")
-            diff = f.create_group("diff") if write_diff else None
-            owners = _owner_table(net)
-            for layer_index, layer in enumerate(net.layers):
-                group = data.create_group(layer.name)
-                diff_group = diff.create_group(layer.name) if write_diff else None
-                for j, blob in enumerate(layer.blobs):
-                    if owners.get((layer_index, j), -1) == -1:
-                        group.create_dataset(str(j), data=blob.data)
-                    if write_diff:
-                        diff_group.create_dataset(str(j), data=blob.diff)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``net``'s learned blobs to ``path`` in Caffe's HDF5 caffemodel layout (``Net::ToHDF5``):
+    ``data/<layer>/<i>`` for every param a layer owns, and ``diff/<layer>/<i>`` when ``write_diff``."""
+    owners = _owner_table(net)
+
+    def fill(f):
+        data = f.create_group("data")
+        diff = f.create_group("diff") if write_diff else None
+        for layer_index, layer in enumerate(net.layers):
+            group = data.create_group(layer.name)
+            diff_group = diff.create_group(layer.name) if write_diff else None
+            for j, blob in enumerate(layer.blobs):
+                if owners.get((layer_index, j), -1) == -1:
+                    group.create_dataset(str(j), data=blob.data)
+                if write_diff:
+                    diff_group.create_dataset(str(j), data=blob.diff)
+    _write_hdf5(path, fill)
+
+
+def write_solver_state_hdf5(path, iteration, model_filename, current_step, history):
+    """Write a solver state in Caffe's HDF5 layout (``SGDSolver::SnapshotSolverStateToHDF5``):
+    ``iter``, ``learned_net`` (the model file name), ``current_step`` and ``history/<i>``."""
+    def fill(f):
+        f.create_dataset("iter", data=np.int32(iteration))
+        f.create_dataset("learned_net", data=np.bytes_(model_filename.encode()))
+        f.create_dataset("current_step", data=np.int32(current_step))
+        group = f.create_group("history")
+        for i, array in enumerate(history):
+            group.create_dataset(str(i), data=array)
+    _write_hdf5(path, fill)
 
 
 def load_net_hdf5(net, path):
@@ -82,6 +102,59 @@ def _load_layers(net, f, path):
                     f"{path}: cannot copy param {j} weights from layer '{layer.name}'; shape mismatch. "
                     f"Source param shape is {list(shape)}; target param shape is {list(blob.shape)}")
             blob.data[...] = read_float_dataset(node, path, f"data/{layer.name}/{j}")
+
+
+def read_net_hdf5(path):
+    """An HDF5 caffemodel as a NetParameter: for every layer group under ``data/`` (in the file's name
+    order; a name with ``/`` is a nested group, as HDF5 stores it) a layer of that name with its
+    blobs ``0, 1, ...`` (shape and float data, and the ``diff/`` values when the file has them). An
+    HDF5 caffemodel holds no layer definitions, so the layers have only names and blobs: what
+    ``CopyTrainedLayersFrom`` reads."""
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"Could not open HDF5 weights file {path}: {e}") from None
+    net = caffe_pb2.NetParameter()
+    with f:
+        try:
+            data = f.get("data")
+            if not isinstance(data, h5py.Group):
+                raise ModelFileError(f"{path}: HDF5 weights file has no 'data' group")
+            diff = f.get("diff")
+            for name, group in _layer_groups(data, ""):
+                _add_hdf5_layer(net, path, name, group, diff if isinstance(diff, h5py.Group) else None)
+        except PyskimError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:   # h5py on a malformed file
+            raise ModelFileError(f"{path}: malformed HDF5 weights file: {e}") from None
+    return net
+
+
+def _layer_groups(group, prefix):
+    """(layer name, group) for each layer group below ``group``: one holding datasets, or nothing."""
+    children = list(group.items())
+    if not children or any(isinstance(node, h5py.Dataset) for _, node in children):
+        yield prefix, group
+    for key, node in children:
+        if isinstance(node, h5py.Group):
+            yield from _layer_groups(node, f"{prefix}/{key}" if prefix else key)
+
+
+def _add_hdf5_layer(net, path, name, group, diff):
+    keys = sorted((key for key, node in group.items() if isinstance(node, h5py.Dataset)),
+                  key=lambda key: (len(key), key))
+    if keys != [str(j) for j in range(len(keys))]:
+        raise ModelFileError(f"{path}: the blobs of 'data/{name}' are not numbered 0..{len(keys) - 1} "
+                             f"(found {keys})")
+    layer = net.layer.add(name=name)
+    for key in keys:
+        values = read_float_dataset(group[key], path, f"data/{name}/{key}")
+        stored = diff.get(f"{name}/{key}") if diff is not None else None
+        grad = None if stored is None else read_float_dataset(stored, path, f"diff/{name}/{key}")
+        if grad is not None and grad.shape != values.shape:
+            raise ModelFileError(f"{path}: 'diff/{name}/{key}' has shape {list(grad.shape)}, its data "
+                                 f"{list(values.shape)}")
+        layer.blobs.add().CopyFrom(array_to_blobproto(values, grad))
 
 
 def dataset_shape(node, path, name, error=ModelFileError):

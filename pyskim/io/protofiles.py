@@ -1,15 +1,14 @@
 """Reading and writing protobuf files (text prototxt and binary), with errors that name the file.
 
-Mirrors Caffe's ``ReadProtoFromTextFile`` / ``ReadProtoFromBinaryFile`` and their writers; writes are
-atomic (temp file + rename) so an interrupted write never destroys an existing file.
+Mirrors Caffe's ``ReadProtoFromTextFile`` / ``ReadProtoFromBinaryFile`` and their writers; writes go
+through :func:`~pyskim.io.files.atomic_write` (temp file + rename, mode 0666 & ~umask, a failure is a
+:class:`~pyskim.errors.FileWriteError`), so an interrupted write never destroys an existing file.
 """
-import os
-import tempfile
-
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
 from ..errors import ModelFileError, ParseError
+from .files import atomic_write
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -45,7 +44,8 @@ def read_text(path, message):
 
 
 def read_binary(path, message):
-    """Parse a binary protobuf file into ``message``; truncated or foreign files give ModelFileError."""
+    """Parse a binary protobuf file into ``message``; truncated or foreign files, and text fields
+    (layer and blob names, ...) holding bytes that are not UTF-8, give ModelFileError."""
     data = _read_bytes(path)
     if data.startswith(HDF5_SIGNATURE):
         raise ModelFileError(f"{path} is an HDF5 file, not a binary {message.DESCRIPTOR.name}")
@@ -54,7 +54,32 @@ def read_binary(path, message):
     except (pb_message.DecodeError, RuntimeError, ValueError) as e:
         raise ModelFileError(f"{path} is not a valid binary {message.DESCRIPTOR.name} "
                              f"(truncated or another format): {e}") from None
+    bad = find_non_utf8_string(message)
+    if bad is not None:
+        where, value = bad
+        raise ModelFileError(f"{path}: corrupt {message.DESCRIPTOR.name}: the text field {where} holds "
+                             f"bytes that are not UTF-8 ({value[:40]!r})")
     return message
+
+
+def find_non_utf8_string(message, where=""):
+    """The first string field of ``message`` (searched depth first) whose bytes are not valid UTF-8,
+    as ``(path like "layers[1].top[0]", raw bytes)``, or None. Caffe's C++ protobuf keeps such bytes
+    as they are; Python's protobuf hands them out as ``bytes`` where a ``str`` is expected (or fails
+    when they are copied), so pyskim refuses the file when it is read."""
+    for field, value in message.ListFields():
+        is_message = field.type in (field.TYPE_MESSAGE, field.TYPE_GROUP)
+        if not is_message and field.type != field.TYPE_STRING:
+            continue                    # numbers (the weights) and bytes: nothing to check
+        name = f"{where}.{field.name}" if where else field.name
+        items = ([(f"{name}[{i}]", item) for i, item in enumerate(value)] if field.is_repeated
+                 else [(name, value)])
+        for item_name, item in items:
+            found = find_non_utf8_string(item, item_name) if is_message else (
+                (item_name, item) if isinstance(item, bytes) else None)
+            if found is not None:
+                return found
+    return None
 
 
 def is_hdf5(path):
@@ -63,23 +88,6 @@ def is_hdf5(path):
             return f.read(8) == HDF5_SIGNATURE
     except (OSError, ValueError):
         return False
-
-
-def atomic_write(path, data, mode="wb"):
-    """Write ``data`` to ``path`` through a temp file in the same folder and an atomic rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_text(path, message):

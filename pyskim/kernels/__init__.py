@@ -1,6 +1,7 @@
-"""The Python side of the compiled kernels (``pyskim._kernels``): validated wrappers for the dense
-kernels (:mod:`.dense`: im2col/col2im, pooling, LRN, OpenMP threads), CSR packing (:mod:`.csr`) and
-the sparse kernels (:mod:`.sparse`), with slow NumPy references beside them for the tests
+"""The Python side of the compiled kernels (``pyskim._kernels``), the only way to them: validated
+wrappers for the dense kernels (:mod:`.dense`: im2col/col2im, batched im2col/col2im, pooling, LRN,
+OpenMP threads), CSR packing (:mod:`.csr`) and the sparse kernels (:mod:`.sparse`), all checking
+their arguments with :mod:`.validate`, with slow NumPy references beside them for the tests
 (:mod:`.reference`, :mod:`.sparse_reference`)."""
 from .dense import get_num_threads, set_num_threads
 

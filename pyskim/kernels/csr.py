@@ -7,14 +7,16 @@ of the group, ``(ic*Hp + kh*dil_h)*Wp + kw*dil_w`` with ``Hp = H + 2*pad_h``, ``
 ``(oc, y, x) = bias[oc] + sum value * padded[offset + y*Wp + x]``, so each nonzero is one
 contiguous multiply-add along an output row. Fully-connected weights (N, K) become a plain CSR
 matrix (``FcCSR``). Weights with ``w == 0`` exactly (including -0.0) are dropped; NaNs are kept.
-Bad arguments raise :class:`pyskim.kernels.dense.KernelArgumentError` (a ``ValueError``).
+Bad arguments raise :class:`pyskim.errors.KernelArgumentError` (a ``ValueError``), checked by
+:mod:`.validate`.
 """
+import contextlib
 import numbers
 import threading
 
 import numpy as np
 
-from .dense import KernelArgumentError
+from .validate import INT_MAX, KernelArgumentError, conv_out_size, conv_output_shape, float_input, int_tuple
 
 __all__ = [
     "ConvCSR",
@@ -25,71 +27,23 @@ __all__ = [
     "pack_fc_weights",
 ]
 
-_INT_MAX = 2**31 - 1
-
-
-def _pair(fn, name, value, minimum):
-    """An int or a pair of ints, each >= ``minimum``, as an (h, w) tuple of Python ints."""
-    tv = type(value)
-    if tv is int:                                   # fast paths (this runs on every forward call)
-        vals = (value, value)
-    elif tv is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
-        vals = value
-    elif isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
-        vals = (int(value), int(value))
-    else:
-        try:
-            vals = tuple(value)
-        except TypeError:
-            raise KernelArgumentError(f"{fn}: {name} must be an int or a pair of ints, "
-                                      f"got {value!r}") from None
-        if len(vals) != 2 or any(isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer))
-                                 for v in vals):
-            raise KernelArgumentError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}")
-        vals = (int(vals[0]), int(vals[1]))
-    if vals[0] < minimum or vals[1] < minimum:
-        what = "positive" if minimum == 1 else "non-negative"
-        raise KernelArgumentError(f"{fn}: {name} must be {what}, got {value!r}")
-    if vals[0] > _INT_MAX or vals[1] > _INT_MAX:
-        raise KernelArgumentError(f"{fn}: {name} is too large: {value!r}")
-    return vals
-
-
-def conv_out_size(size, kernel, pad, stride, dilation):
-    """Caffe's convolution output extent ``(size + 2*pad - (dilation*(kernel-1) + 1)) // stride + 1``
-    (may be <= 0 when the kernel does not fit)."""
-    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
-
-
-def _out_hw(fn, input_hw, kernel, pad, stride, dilation):
-    """conv_out_hw on already validated pairs."""
-    out = tuple(conv_out_size(*args) for args in zip(input_hw, kernel, pad, stride, dilation))
-    if out[0] <= 0 or out[1] <= 0:
-        raise KernelArgumentError(f"{fn}: kernel {kernel} with dilation {dilation} does not fit input "
-                                  f"{input_hw} padded by {pad}")
-    return out
+#: Kernel plans a ConvCSR keeps (one per stride, output size and blocking used).
+MAX_CACHED_PLANS = 8
 
 
 def conv_out_hw(input_hw, kernel, pad=0, stride=1, dilation=1):
     """Output (OH, OW) of a 2-D convolution; ``ValueError`` unless both are positive."""
     fn = "conv_out_hw"
-    return _out_hw(fn, _pair(fn, "input_hw", input_hw, 1), _pair(fn, "kernel", kernel, 1),
-                   _pair(fn, "pad", pad, 0), _pair(fn, "stride", stride, 1),
-                   _pair(fn, "dilation", dilation, 1))
+    return conv_output_shape(fn, int_tuple(fn, "input_hw", input_hw, 2, 1),
+                             int_tuple(fn, "kernel", kernel, 2, 1), int_tuple(fn, "pad", pad, 2, 0),
+                             int_tuple(fn, "stride", stride, 2, 1), int_tuple(fn, "dilation", dilation, 2, 1))
 
 
 def _weights(fn, weight, ndim):
-    try:
-        a = np.asarray(weight)
-    except (TypeError, ValueError) as e:
-        raise KernelArgumentError(f"{fn}: weight is not an array: {e}") from None
-    if a.dtype.kind not in "fiu":
-        raise KernelArgumentError(f"{fn}: weight must be a real numeric array (float32), got dtype {a.dtype}")
-    if a.ndim != ndim:
-        raise KernelArgumentError(f"{fn}: weight must be {ndim}-D, got shape {a.shape}")
-    if a.size == 0:
-        raise KernelArgumentError(f"{fn}: weight is empty, shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    w = float_input(fn, "weight", weight, ndim)
+    if w.size == 0:
+        raise KernelArgumentError(f"{fn}: weight is empty, shape {w.shape}")
+    return w
 
 
 def _readonly(a):
@@ -101,7 +55,7 @@ def _readonly(a):
 def _csr_rows(mask):
     """Row pointer (int32) and (row, column) indices of the True entries of a 2-D mask, row-major."""
     rows, cols = np.nonzero(mask)
-    if rows.size > _INT_MAX:
+    if rows.size > INT_MAX:
         raise KernelArgumentError("too many nonzero weights for 32-bit indices")
     rowptr = np.zeros(mask.shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=mask.shape[0]), out=rowptr[1:])
@@ -137,6 +91,40 @@ class ConvCSR:
         self._plans = {}
         self._buffer = None
         self._lock = threading.Lock()
+
+    def plan(self, key, build):
+        """The kernel plan cached under ``key``, made by ``build()`` on a miss. At most
+        :data:`MAX_CACHED_PLANS` are kept: a full cache is emptied before the new plan goes in."""
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = build()
+            if len(self._plans) >= MAX_CACHED_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def cached_plans(self):
+        """The kernel plans cached now (a tuple)."""
+        return tuple(self._plans.values())
+
+    @contextlib.contextmanager
+    def input_buffer(self, size):
+        """A float32 scratch array of at least ``size`` elements for the duration of the ``with``:
+        the cached buffer (grown when too small) when no other thread holds it, else a fresh one."""
+        if not self._lock.acquire(blocking=False):      # another thread is using the cached buffer
+            yield np.empty(size, dtype=np.float32)
+            return
+        try:
+            if self._buffer is None or self._buffer.size < size:
+                self._buffer = np.empty(size, dtype=np.float32)
+            yield self._buffer
+        finally:
+            self._lock.release()
+
+    @property
+    def buffer_size(self):
+        """Elements of the cached input buffer (0 when none)."""
+        return 0 if self._buffer is None else self._buffer.size
 
     def clear_cache(self):
         """Drop the cached kernel plans and input buffer (they are rebuilt on the next call)."""
@@ -190,6 +178,12 @@ class FcCSR:
         self.density = self.nnz / (num_output * num_input)
         self._plan = None
 
+    def plan(self, build):
+        """The kernel plan, made by ``build()`` on first use and kept."""
+        if self._plan is None:
+            self._plan = build()
+        return self._plan
+
     def __repr__(self):
         return (f"FcCSR(num_output={self.num_output}, num_input={self.num_input}, nnz={self.nnz}, "
                 f"density={self.density:.4f})")
@@ -210,14 +204,14 @@ def pack_conv_weights(weight, groups, input_hw, pad=0, dilation=1):
     oc, icg, kh, kw = (int(s) for s in w.shape)
     if oc % groups:
         raise KernelArgumentError(f"{fn}: {oc} output channels are not divisible by groups={groups}")
-    h, wd = _pair(fn, "input_hw", input_hw, 1)
-    ph, pw = _pair(fn, "pad", pad, 0)
-    dh, dw = _pair(fn, "dilation", dilation, 1)
+    h, wd = int_tuple(fn, "input_hw", input_hw, 2, 1)
+    ph, pw = int_tuple(fn, "pad", pad, 2, 0)
+    dh, dw = int_tuple(fn, "dilation", dilation, 2, 1)
     hp, wp = h + 2 * ph, wd + 2 * pw
     if dh * (kh - 1) + 1 > hp or dw * (kw - 1) + 1 > wp:
         raise KernelArgumentError(f"{fn}: kernel {(kh, kw)} with dilation {(dh, dw)} does not fit input "
                                   f"{(h, wd)} padded by {(ph, pw)}")
-    if icg * hp * wp > _INT_MAX // 2:
+    if icg * hp * wp > INT_MAX // 2:
         raise KernelArgumentError(f"{fn}: input too large for 32-bit offsets")
     rowptr, rows, cols = _csr_rows(w.reshape(oc, -1) != 0)
     ic, tap = np.divmod(cols, kh * kw)
@@ -234,7 +228,7 @@ def pack_fc_weights(weight):
     fn = "pack_fc_weights"
     w = _weights(fn, weight, 2)
     n, k = (int(s) for s in w.shape)
-    if n > _INT_MAX or k > _INT_MAX:
+    if n > INT_MAX or k > INT_MAX:
         raise KernelArgumentError(f"{fn}: weight too large for 32-bit indices, shape {w.shape}")
     rowptr, rows, cols = _csr_rows(w != 0)
     return FcCSR(rowptr, cols.astype(np.int32), w[rows, cols].astype(np.float32),

@@ -58,6 +58,19 @@ def col2im_ref(col, img_shape, kernel, pad, stride, dilation):
     return col2im_nd_ref(col, img_shape, kernel, pad, stride, dilation)
 
 
+def im2col_batch_ref(images, kernel, pad, stride, dilation):
+    """Batched 2-D im2col of ``images`` (N, C, H, W): each image's Caffe columns, side by side
+    (image ``b`` in columns ``b*P .. (b+1)*P``)."""
+    return np.concatenate([im2col_ref(img, kernel, pad, stride, dilation) for img in images], axis=1)
+
+
+def col2im_batch_ref(col, images_shape, kernel, pad, stride, dilation):
+    """Batched 2-D col2im: image ``b`` of ``images_shape`` (N, C, H, W) is Caffe's col2im of its
+    block of columns."""
+    blocks = np.split(col, images_shape[0], axis=1)
+    return np.stack([col2im_ref(block, images_shape[1:], kernel, pad, stride, dilation) for block in blocks])
+
+
 def _pool_windows(h, w, kernel, stride, pad, out_hw):
     """Yield ``(ph, pw, hs, he, ws, we, pool_size)`` as Caffe's AVE loop computes them; the
     ranges are already clipped to the image."""

@@ -18,8 +18,9 @@ import numbers
 import numpy as np
 
 from .._kernels import sparse_conv as _sc
-from .csr import ConvCSR, FcCSR, _out_hw, _pair
-from .dense import KernelArgumentError, get_num_threads
+from .csr import ConvCSR, FcCSR
+from .dense import get_num_threads
+from .validate import KernelArgumentError, conv_output_shape, flag, float_input, int_tuple, output_array
 
 __all__ = ["choose_conv_blocking", "sparse_conv_forward", "sparse_fc_forward"]
 
@@ -34,49 +35,6 @@ OC_BLOCK = 16
 # (measured: 1.5x faster than the spatial variant at density 1, equal at 0.3, 2x slower at 0.1).
 INTERLEAVE_MIN = 12
 INTERLEAVE_MIN_DENSITY = 0.5
-
-
-def _array(fn, name, a, ndim):
-    try:
-        arr = np.asarray(a)
-    except (TypeError, ValueError) as e:
-        raise KernelArgumentError(f"{fn}: {name} is not an array: {e}") from None
-    if arr.dtype.kind not in "fiu":
-        raise KernelArgumentError(f"{fn}: {name} must be a real numeric array (float32 preferred), "
-                                  f"got dtype {arr.dtype}")
-    if arr.ndim != ndim:
-        raise KernelArgumentError(f"{fn}: {name} must be {ndim}-D, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def _bias(fn, bias, n):
-    if bias is None:
-        return None
-    b = _array(fn, "bias", bias, 1)
-    if b.shape != (n,):
-        raise KernelArgumentError(f"{fn}: bias must have shape ({n},), got {b.shape}")
-    return b
-
-
-def _out(fn, out, shape, inputs):
-    if out is None:
-        return np.empty(shape, dtype=np.float32)
-    if not isinstance(out, np.ndarray):
-        raise KernelArgumentError(f"{fn}: out must be a numpy array, got {type(out).__name__}")
-    if out.dtype != np.float32 or out.shape != shape:
-        raise KernelArgumentError(f"{fn}: out must be float32 of shape {shape}, got {out.dtype} {out.shape}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise KernelArgumentError(f"{fn}: out must be C-contiguous and writeable")
-    for a in inputs:
-        if a is not None and np.may_share_memory(out, a):
-            raise KernelArgumentError(f"{fn}: out must not overlap an input array")
-    return out
-
-
-def _bool(fn, name, v):
-    if not isinstance(v, (bool, np.bool_)):
-        raise KernelArgumentError(f"{fn}: {name} must be a bool, got {v!r}")
-    return bool(v)
 
 
 def _phase_geometry(csr, stride, out_hw=None):
@@ -159,11 +117,19 @@ def _blocking_arg(fn, blocking):
     return tuple(sorted((k, None if v is None else int(v)) for k, v in blocking.items()))
 
 
-def _conv_plan(csr, stride, out_hw, blocking):
-    key = (stride, out_hw, blocking)
-    plan = csr._plans.get(key)
-    if plan is not None:
-        return plan
+def _bias(fn, bias, n):
+    """``bias`` as a float32 (n,) array, or None."""
+    if bias is None:
+        return None
+    b = float_input(fn, "bias", bias, 1)
+    if b.shape != (n,):
+        raise KernelArgumentError(f"{fn}: bias must have shape ({n},), got {b.shape}")
+    return b
+
+
+def _build_conv_plan(csr, stride, out_hw, blocking):
+    """The compiled plan of ``csr`` for this stride, output size and blocking: the padded-input
+    offsets re-expressed for the stride-phase buffer and its row pitch, each row re-sorted."""
     b = choose_conv_blocking(csr, stride, out_hw, **dict(blocking))
     rowptr, col, val = csr.rowptr, csr.colidx, csr.values
     hp, wp = csr.padded_hw
@@ -178,14 +144,10 @@ def _conv_plan(csr, stride, out_hw, blocking):
         order = np.lexsort((new, rows))
         col, val = new[order], val[order]
     g = csr.groups
-    plan = _sc.ConvPlan(rowptr, col, val, g, csr.num_output // g, csr.channels, csr.input_hw[0],
+    return _sc.ConvPlan(rowptr, col, val, g, csr.num_output // g, csr.channels, csr.input_hw[0],
                         csr.input_hw[1], csr.pad[0], csr.pad[1], stride[0], stride[1], out_hw[0],
                         out_hw[1], b["icb"], b["tile"], b["ocb"], b["iicb"], b["itile"], b["iocb"],
                         b["interleave_min"], wq)
-    if len(csr._plans) >= 8:
-        csr._plans.clear()
-    csr._plans[key] = plan
-    return plan
 
 
 def sparse_conv_forward(x, conv_csr, bias, stride, pad, dilation, out_hw, relu=False, out=None,
@@ -203,37 +165,27 @@ def sparse_conv_forward(x, conv_csr, bias, stride, pad, dilation, out_hw, relu=F
         raise KernelArgumentError(f"{fn}: conv_csr must be a ConvCSR (pack_conv_weights), "
                                   f"got {type(conv_csr).__name__}")
     csr = conv_csr
-    x = _array(fn, "x", x, 4)
+    x = float_input(fn, "x", x, 4)
     n, c, h, w = x.shape
     if n < 1 or c != csr.channels or (h, w) != csr.input_hw:
         raise KernelArgumentError(f"{fn}: x must have shape (N>=1, {csr.channels}, {csr.input_hw[0]}, "
                                   f"{csr.input_hw[1]}) for these packed weights, got {x.shape}")
-    stride = _pair(fn, "stride", stride, 1)
-    pad = _pair(fn, "pad", pad, 0)
-    dilation = _pair(fn, "dilation", dilation, 1)
+    stride = int_tuple(fn, "stride", stride, 2, 1)
+    pad = int_tuple(fn, "pad", pad, 2, 0)
+    dilation = int_tuple(fn, "dilation", dilation, 2, 1)
     if pad != csr.pad or dilation != csr.dilation:
         raise KernelArgumentError(f"{fn}: pad {pad} / dilation {dilation} differ from the packed weights' "
                                   f"{csr.pad} / {csr.dilation}")
-    expect = _out_hw(fn, csr.input_hw, csr.kernel, pad, stride, dilation)
-    if _pair(fn, "out_hw", out_hw, 1) != expect:
+    expect = conv_output_shape(fn, csr.input_hw, csr.kernel, pad, stride, dilation)
+    if int_tuple(fn, "out_hw", out_hw, 2, 1) != expect:
         raise KernelArgumentError(f"{fn}: out_hw must be {expect} for this geometry, got {out_hw!r}")
-    relu = _bool(fn, "relu", relu)
+    relu = flag(fn, "relu", relu)
     b = _bias(fn, bias, csr.num_output)
-    y = _out(fn, out, (n, csr.num_output) + expect, [x, b])
+    y = output_array(fn, "out", out, (n, csr.num_output) + expect, [x, b])
     blocking = _blocking_arg(fn, blocking)
-    plan = _conv_plan(csr, stride, expect, blocking)
-    need = plan.buffer_size(n)
-    threads = get_num_threads()
-    if csr._lock.acquire(blocking=False):
-        try:
-            buf = csr._buffer
-            if buf is None or buf.size < need:
-                buf = csr._buffer = np.empty(need, dtype=np.float32)
-            plan.forward(x, buf, b, y, relu, threads)
-        finally:
-            csr._lock.release()
-    else:  # another thread is using the cached buffer
-        plan.forward(x, np.empty(need, dtype=np.float32), b, y, relu, threads)
+    plan = csr.plan((stride, expect, blocking), lambda: _build_conv_plan(csr, stride, expect, blocking))
+    with csr.input_buffer(plan.buffer_size(n)) as buffer:
+        plan.forward(x, buffer, b, y, relu, get_num_threads())
     return y
 
 
@@ -245,15 +197,13 @@ def sparse_fc_forward(x, fc_csr, bias, relu=False, out=None):
     if not isinstance(fc_csr, FcCSR):
         raise KernelArgumentError(f"{fn}: fc_csr must be an FcCSR (pack_fc_weights), "
                                   f"got {type(fc_csr).__name__}")
-    x = _array(fn, "x", x, 2)
+    x = float_input(fn, "x", x, 2)
     if x.shape[0] < 1 or x.shape[1] != fc_csr.num_input:
         raise KernelArgumentError(f"{fn}: x must have shape (M>=1, {fc_csr.num_input}), got {x.shape}")
-    relu = _bool(fn, "relu", relu)
+    relu = flag(fn, "relu", relu)
     b = _bias(fn, bias, fc_csr.num_output)
-    y = _out(fn, out, (x.shape[0], fc_csr.num_output), [x, b])
-    plan = fc_csr._plan
-    if plan is None:
-        plan = fc_csr._plan = _sc.FcPlan(fc_csr.rowptr, fc_csr.colidx, fc_csr.values,
-                                         fc_csr.num_output, fc_csr.num_input)
+    y = output_array(fn, "out", out, (x.shape[0], fc_csr.num_output), [x, b])
+    plan = fc_csr.plan(lambda: _sc.FcPlan(fc_csr.rowptr, fc_csr.colidx, fc_csr.values,
+                                          fc_csr.num_output, fc_csr.num_input))
     plan.forward(x, b, y, relu, get_num_threads())
     return y

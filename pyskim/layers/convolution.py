@@ -1,6 +1,6 @@
 """Convolution-family layers: Convolution, Deconvolution and Im2col (Caffe's ``base_conv_layer``,
-``conv_layer``, ``deconv_layer``, ``im2col_layer``). Pooling, SPP and LRN live in :mod:`.pooling`,
-imported at the end of this module so that importing ``vision`` registers the whole family.
+``conv_layer``, ``deconv_layer``, ``im2col_layer``). Pooling and SPP live in :mod:`.pooling`, LRN
+in :mod:`.lrn`.
 
 Lowering follows Caffe: each image is unfolded by im2col (the 2-D Cython kernel when there are two
 spatial axes and ``force_nd_im2col`` is off, the N-d one otherwise) into a (group * K) x P column
@@ -10,7 +10,7 @@ call runs the GEMMs of a whole chunk; every image's product is the same GEMM Caf
 buffers are per-thread scratch arrays shared by all convolution layers (where Caffe keeps one
 ``col_buffer_`` per layer), so no pages are faulted in again on every call.
 
-Convolution's 2-D (and 1x1) dense path goes further (``pyskim._kernels.batch_kernels``): the columns
+Convolution's 2-D (and 1x1) dense path goes further (:func:`pyskim.kernels.dense.im2col_batch`): the columns
 of a chunk of images (bounded by :data:`BATCH_COL_BUFFER_BYTES`) sit side by side in one
 (group * K) x (n * P) matrix, so forward, the weight gradient and the bottom gradient are each one
 GEMM per group for the whole chunk instead of one per image. Every output is the same dot product
@@ -18,6 +18,13 @@ over K as Caffe's (the weight gradient sums over all positions of the chunk at o
 accumulates image by image). In a TRAIN net, forward keeps its columns for backward when the whole
 batch is one chunk; backward reuses them only if the bottom is still bit for bit the one forward
 lowered.
+
+Sparse modes. A Convolution has one engine slot, :attr:`BaseConvolutionLayer.engine`: ``None`` (the
+dense path above), or an object that :mod:`pyskim.sparse` attaches after the Net is built for a
+``conv_mode`` other than LOWERED_GEMM / DIRECT_DCONV (as Caffe's layer factory picks an engine outside
+the layer). ``engine.forward(bottom, top)`` returns True when it computed the tops, False for the dense
+path; ``weights_changed()`` tells it that new weights were loaded. The layer reads its weights through
+``Blob.readonly_data`` and never writes them.
 """
 import threading
 
@@ -27,13 +34,12 @@ from ..core.blob import check_allocation
 from ..core.layer import Layer, register
 from ..errors import NetError
 from ..kernels import dense as kernels
+from ..kernels.validate import check_span
 from ..proto import caffe_pb2
-from ..sparse import engine as sparse_modes
 
-try:
-    from .._kernels import batch_kernels as _conv_batch
-except ImportError:  # built before the batched kernels existed: per-image lowering only
-    _conv_batch = None
+#: Where the whole-chunk im2col / col2im come from (:func:`pyskim.kernels.dense.im2col_batch`,
+#: ``col2im_batch``); None makes Convolution lower image by image (the tests compare both paths).
+_conv_batch = kernels
 
 #: Upper bound on the column buffer of one chunk of images (the chunk holds at least one image).
 COL_BUFFER_BYTES = 64 << 20
@@ -93,7 +99,7 @@ def conv_geometry(name, cp, num_spatial):
     return kernel, stride, pad, dilation
 
 
-class _Lowering:
+class Lowering:
     """im2col / col2im for one geometry: images (C, *S) <-> columns (C * prod(kernel), P)."""
 
     def __init__(self, name, kernel, stride, pad, dilation, force_nd):
@@ -151,13 +157,15 @@ class BaseConvolutionLayer(Layer):
     min_top = 1
     equal_num_bottom_top = True
     reverse = False
+    #: The sparse engine running the forward pass, or None (see the module docstring).
+    engine = None
 
     def layer_setup(self, bottom, top):
         cp = self.param.convolution_param
         self._axis = bottom[0].canonical_axis(cp.axis)
         num_spatial = bottom[0].num_axes - self._axis - 1
         geometry = conv_geometry(self.name, cp, num_spatial)
-        self._lowering = _Lowering(self.name, *geometry, cp.force_nd_im2col)
+        self._lowering = Lowering(self.name, *geometry, cp.force_nd_im2col)
         self._channels = bottom[0].shape[self._axis]
         self._num_output = cp.num_output
         self._group = cp.group
@@ -188,9 +196,20 @@ class BaseConvolutionLayer(Layer):
         self.weights_changed()
 
     def weights_changed(self):
-        """Hook called after the weights were replaced (e.g. loaded from a caffemodel); the
-        conv_mode engine (:mod:`.sparse_modes`) repacks its sparse weights. The dense path keeps nothing."""
-        sparse_modes.conv_weights_changed(self)
+        """Hook called after the weights were replaced (e.g. loaded from a caffemodel, as SkimCaffe's
+        ``WeightAlign``): the attached engine, if any, repacks its weights. The dense path keeps nothing."""
+        if self.engine is not None:
+            self.engine.weights_changed()
+
+    @property
+    def axis(self):
+        """The channel axis of the bottoms (``convolution_param.axis``, canonical)."""
+        return self._axis
+
+    @property
+    def lowering(self):
+        """This layer's :class:`Lowering` (kernel, stride, pad, dilation; im2col of images)."""
+        return self._lowering
 
     def reshape(self, bottom, top):
         b0 = bottom[0]
@@ -209,7 +228,7 @@ class BaseConvolutionLayer(Layer):
         out_spatial = self._output_spatial(in_spatial)
         low = self._lowering      # the compiled kernels index in 32 bits: refuse wider geometry here
         for spatial in (in_spatial, out_spatial):
-            kernels._check_span(f"layer '{self.name}'", spatial, low.kernel, low.pad, low.stride, low.dilation)
+            check_span(f"layer '{self.name}'", spatial, low.kernel, low.pad, low.stride, low.dilation)
         for blob in top:
             blob.reshape(tuple(b0.shape[:axis]) + (self._num_output,) + out_spatial)
         # The image side of im2col is the bottom for Convolution and the top for Deconvolution.
@@ -257,12 +276,12 @@ class BaseConvolutionLayer(Layer):
 
     def _dense_product(self, cols, out):
         """``out`` (n, group, conv_out/group, P) = W_g . col_g for every image and group."""
-        np.matmul(self._weights(self.blobs[0].data), cols, out=out)
+        np.matmul(self._weights(self.blobs[0].readonly_data), cols, out=out)
 
     def _transposed_product(self, values):
         """W_g^T . values_g for ``values`` (n, group, conv_out/group, P) -> (n, group, K, P)."""
         out = _workspace("product", (values.shape[0], self._group, self._kdim, self._positions))
-        return np.matmul(self._weights(self.blobs[0].data).transpose(0, 2, 1), values, out=out)
+        return np.matmul(self._weights(self.blobs[0].readonly_data).transpose(0, 2, 1), values, out=out)
 
     def _accumulate_weight_diff(self, values, cols):
         """weight diff += sum over images of values_g . col_g^T (one GEMM per group; Caffe's beta=1)."""
@@ -273,7 +292,7 @@ class BaseConvolutionLayer(Layer):
 
     def _add_bias(self, top_images):
         if self._bias_term:
-            top_images += self.blobs[1].data[:, None]
+            top_images += self.blobs[1].readonly_data[:, None]
 
     def _accumulate_bias_diff(self, top_diff_images):
         """bias diff += sum of the top diff over positions (per image), then over images."""
@@ -289,26 +308,17 @@ class BaseConvolutionLayer(Layer):
 class ConvolutionLayer(BaseConvolutionLayer):
     """Caffe's ``ConvolutionLayer``: per image, im2col then top_g = W_g . col_g, then + bias.
 
-    Weights are (num_output, channels/group, *kernel). Backward: bias diff += sum of the top diff
-    over positions; weight diff += top_diff_g . col_g^T (accumulated); bottom diff =
-    col2im(W_g^T . top_diff_g). A sparse engine replaces :meth:`_forward_gemm`.
+    Weights are (num_output, channels/group, *kernel). Backward: bias diff += sum of the top diff over
+    positions; weight diff += top_diff_g . col_g^T (accumulated); bottom diff =
+    col2im(W_g^T . top_diff_g). An attached :attr:`engine` may run the forward instead.
     """
 
-    def _forward_gemm(self, images, out):
-        """The forward product of a chunk of images, without bias: ``images`` (n, channels, P_in)
-        -> ``out`` (n, group, num_output/group, P). Dense here: im2col, then W_g . col_g per group.
-        A sparse engine overrides this (with :meth:`_lower` for columns, or directly on the images)."""
-        self._dense_product(self._lower(images), out)
-
     def _batched(self):
-        """Whether the whole-chunk GEMM path applies: 2-D (or 1x1) lowering and the dense forward
-        product (a sparse engine overriding :meth:`_forward_gemm` keeps the per-image path)."""
-        low = self._lowering
-        return (_conv_batch is not None and (low.use_2d or low.identity)
-                and type(self)._forward_gemm is ConvolutionLayer._forward_gemm)
+        """Whether the whole-chunk GEMM path applies: 2-D (or 1x1) lowering."""
+        return _conv_batch is not None and (self._lowering.use_2d or self._lowering.identity)
 
     def forward_cpu(self, bottom, top):
-        if sparse_modes.conv_forward(self, bottom, top):   # conv_mode DIRECT_SCONV / LOWERED_CCNMM / AUTO
+        if self.engine is not None and self.engine.forward(bottom, top):
             return
         batched = self._batched()
         for b, t in zip(bottom, top):
@@ -317,7 +327,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if batched:
                     self._forward_batched(x[s:e], y[s:e], self._keeps_columns(s, e))
                     continue
-                self._forward_gemm(x[s:e], self._grouped(y[s:e]))
+                self._dense_product(self._lower(x[s:e]), self._grouped(y[s:e]))
                 self._add_bias(y[s:e])
 
     def backward_cpu(self, top, propagate_down, bottom):
@@ -373,8 +383,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
             cols.reshape(-1, n, p)[...] = images.transpose(1, 0, 2)
         else:
             low = self._lowering
-            _conv_batch.im2col_batch(images.reshape((n,) + self._col_image), *low.kernel, *low.pad,
-                                     *low.stride, *low.dilation, cols, kernels._threads_for(cols.size))
+            _conv_batch.im2col_batch(images.reshape((n,) + self._col_image), *low.kernel, *low.pad, *low.stride,
+                                 *low.dilation, col=cols)
         return cols.reshape(self._group, self._kdim, n * p)
 
     def _fold_batch(self, cols, images):
@@ -386,7 +396,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         low = self._lowering
         flat = cols.reshape(self._group * self._kdim, n * p)
         _conv_batch.col2im_batch(flat, *low.kernel, *low.pad, *low.stride, *low.dilation,
-                                 images.reshape((n,) + self._col_image), kernels._threads_for(flat.size))
+                             images.reshape((n,) + self._col_image))
 
     def _forward_batched(self, x, y, keep=False):
         """y (n, num_output, P) = W_g . cols_g + bias: one GEMM per group for the whole chunk."""
@@ -395,15 +405,15 @@ class ConvolutionLayer(BaseConvolutionLayer):
         cols = self._lower_batch(x, keep)
         out = y.reshape(n, g, mg, p)
         if n == 1:              # one image: the product's layout is the top's, no reordering copy
-            np.matmul(self._weights(self.blobs[0].data), cols, out=out[0])
+            np.matmul(self._weights(self.blobs[0].readonly_data), cols, out=out[0])
             if self._bias_term:
-                out += self.blobs[1].data.reshape(1, g, mg, 1)
+                out += self.blobs[1].readonly_data.reshape(1, g, mg, 1)
             return
         product = _workspace("batch_product", (g, mg, n * p))
-        np.matmul(self._weights(self.blobs[0].data), cols, out=product)
+        np.matmul(self._weights(self.blobs[0].readonly_data), cols, out=product)
         images = product.reshape(g, mg, n, p).transpose(2, 0, 1, 3)
         if self._bias_term:
-            np.add(images, self.blobs[1].data.reshape(1, g, mg, 1), out=out)
+            np.add(images, self.blobs[1].readonly_data.reshape(1, g, mg, 1), out=out)
         else:
             out[...] = images
 
@@ -421,7 +431,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
             weight_diff += np.matmul(td, cols.transpose(0, 2, 1))
         if propagate_down:
             col_diff = _workspace("batch_cols", (g, self._kdim, n * p))
-            np.matmul(self._weights(self.blobs[0].data).transpose(0, 2, 1), td, out=col_diff)
+            np.matmul(self._weights(self.blobs[0].readonly_data).transpose(0, 2, 1), td, out=col_diff)
             self._fold_batch(col_diff, bottom_diff)
 
 
@@ -483,7 +493,7 @@ class Im2colLayer(Layer):
         if num_spatial < 1:
             raise NetError(f"layer '{self.name}': Im2col needs at least one spatial axis after axis "
                            f"{self._axis} (bottom shape {list(bottom[0].shape)})")
-        self._lowering = _Lowering(self.name, *conv_geometry(self.name, cp, num_spatial),
+        self._lowering = Lowering(self.name, *conv_geometry(self.name, cp, num_spatial),
                                    cp.force_nd_im2col)
 
     def reshape(self, bottom, top):

@@ -299,7 +299,6 @@ def _pick(values, i):
 
 
 def raise_shape_count(name, num_shapes, num_tops):
-    from ..errors import NetError
     raise NetError(f"layer '{name}': input_param must give 0, 1 or {num_tops} shapes, got {num_shapes}")
 
 

@@ -26,21 +26,23 @@ from ..proto import caffe_pb2
 class FusedLayer(Layer):
     """A chain of internal plain layers: bottom -> stage 0 -> ... -> top.
 
-    ``stages`` lists ``(layer type, LayerParameter field copied into it)``. A ReLU after the first
-    stage runs in place on its input; the other stages write internal blobs, the last one the top.
+    ``stage_specs`` lists ``(layer type, LayerParameter field copied into it)``. A ReLU after the
+    first stage runs in place on its input; the other stages write internal blobs, the last one the
+    top. After setup, :attr:`stages` are the internal layers and :attr:`stage_io` their blobs.
     """
 
     exact_num_bottom = 1
     exact_num_top = 1
-    stages = ()
+    stage_specs = ()
+    _layers = _vectors = ()
 
     def layer_setup(self, bottom, top):
-        count = len(self.stages)
-        in_place = [type_name == "ReLU" and i > 0 for i, (type_name, _) in enumerate(self.stages)]
+        count = len(self.stage_specs)
+        in_place = [type_name == "ReLU" and i > 0 for i, (type_name, _) in enumerate(self.stage_specs)]
         last_writer = max(i for i in range(count) if not in_place[i])
-        self._layers, self._vectors = [], []
+        layers, vectors = [], []
         current = bottom[0]
-        for i, (type_name, field) in enumerate(self.stages):
+        for i, (type_name, field) in enumerate(self.stage_specs):
             lp = caffe_pb2.LayerParameter(name=self.name if i == 0 else f"{self.name}/{type_name.lower()}",
                                           type=type_name, phase=self.phase)
             getattr(lp, field).CopyFrom(getattr(self.param, field))
@@ -53,12 +55,24 @@ class FusedLayer(Layer):
                 out = top[0]
             else:
                 out = Blob(name=f"{self.name}/{type_name.lower()}")
-            self._layers.append(layer)
-            self._vectors.append(([current], [out]))
+            layers.append(layer)
+            vectors.append(([current], [out]))
             layer.setup([current], [out])
             current = out
+        self._layers, self._vectors = layers, vectors
         self.blobs = self._layers[0].blobs
         self.param_propagate_down = [True] * len(self.blobs)
+
+    @property
+    def stages(self):
+        """The internal layers, in order (the first owns the parameters)."""
+        return tuple(self._layers)
+
+    @property
+    def stage_io(self):
+        """Per stage, its ``(bottoms, tops)`` as tuples of blobs: the fused bottom, internal blobs,
+        the fused top. A stage whose top is its bottom runs in place."""
+        return tuple((tuple(layer_bottom), tuple(layer_top)) for layer_bottom, layer_top in self._vectors)
 
     def weights_changed(self):
         """Pass the hook on to the stage that owns the weights (a sparse engine may use it)."""
@@ -88,14 +102,14 @@ class FusedLayer(Layer):
 class ConvolutionReLULayer(FusedLayer):
     """SkimCaffe's ``ConvolutionReLU``: Convolution then ReLU (``relu_param.negative_slope``)."""
 
-    stages = (("Convolution", "convolution_param"), ("ReLU", "relu_param"))
+    stage_specs = (("Convolution", "convolution_param"), ("ReLU", "relu_param"))
 
 
 @register("ConvolutionReLUPool")
 class ConvolutionReLUPoolLayer(FusedLayer):
     """SkimCaffe's ``ConvolutionReLUPool``: Convolution, ReLU, then ``pooling_param`` pooling."""
 
-    stages = (("Convolution", "convolution_param"), ("ReLU", "relu_param"), ("Pooling", "pooling_param"))
+    stage_specs = (("Convolution", "convolution_param"), ("ReLU", "relu_param"), ("Pooling", "pooling_param"))
 
 
 @register("ConvolutionReLUPoolLRN")
@@ -103,7 +117,7 @@ class ConvolutionReLUPoolLRNLayer(FusedLayer):
     """SkimCaffe's ``ConvolutionReLUPoolLRN``: Convolution, ReLU, Pooling, then LRN (``lrn_param``).
     SkimCaffe's fused kernel exists only for AlexNet's conv2 geometry; any geometry works here."""
 
-    stages = (("Convolution", "convolution_param"), ("ReLU", "relu_param"), ("Pooling", "pooling_param"),
+    stage_specs = (("Convolution", "convolution_param"), ("ReLU", "relu_param"), ("Pooling", "pooling_param"),
               ("LRN", "lrn_param"))
 
 
@@ -111,7 +125,7 @@ class ConvolutionReLUPoolLRNLayer(FusedLayer):
 class ReLUPoolingLayer(FusedLayer):
     """SkimCaffe's ``ReLUPooling``: ReLU into an internal blob, then ``pooling_param`` pooling."""
 
-    stages = (("ReLU", "relu_param"), ("Pooling", "pooling_param"))
+    stage_specs = (("ReLU", "relu_param"), ("Pooling", "pooling_param"))
 
 
 @register("InnerProductReLUDropout")
@@ -119,7 +133,7 @@ class InnerProductReLUDropoutLayer(FusedLayer):
     """SkimCaffe's ``InnerProductReLUDropout``: InnerProduct then ReLU; its dropout is a no-op (as in
     SkimCaffe, in TRAIN too), so the top is the ReLU output."""
 
-    stages = (("InnerProduct", "inner_product_param"), ("ReLU", "relu_param"))
+    stage_specs = (("InnerProduct", "inner_product_param"), ("ReLU", "relu_param"))
 
 
 class AliasLayer(Layer):

@@ -1,27 +1,31 @@
-"""InnerProduct (Caffe's ``inner_product_layer``): ``top = bottom . W^T + bias`` as one float32 GEMM."""
+"""InnerProduct (Caffe's ``inner_product_layer``): ``top = bottom . W^T + bias`` as one float32 GEMM.
+
+Sparse modes. The layer has one engine slot, :attr:`InnerProductLayer.engine`: ``None`` (the dense
+GEMM), or an object that :mod:`pyskim.sparse` attaches after the Net is built for a ``gemm_mode`` other
+than GEMM. ``engine.forward(bottom, top)`` returns True when it computed the top, False for the dense
+path; ``weights_changed()`` tells it that new weights were loaded. The layer reads its weights through
+``Blob.readonly_data`` and never writes them.
+"""
 import numpy as np
 
-from ..core.layer import Layer, register
-from ..sparse import engine as sparse_modes
-from .plumbing import _axis, _error
+from ..core.layer import Layer, canonical_axis, layer_error, register
 
 
 @register("InnerProduct", "INNER_PRODUCT")
 class InnerProductLayer(Layer):
     """``top = bottom(M x K) . W^T + bias`` with W of shape (N, K), or (K, N) when ``transpose``
-    (``InnerProductLayer``). The axes from ``axis`` on are flattened into K.
-
-    A sparse engine replaces :meth:`_forward_product` and rebuilds its weight format in
-    :meth:`weights_changed`, which runs after setup and whenever the net loads new weights."""
+    (``InnerProductLayer``). The axes from ``axis`` on are flattened into K."""
 
     exact_num_bottom = exact_num_top = 1
+    #: The sparse engine running the forward pass, or None (see the module docstring).
+    engine = None
 
     def layer_setup(self, bottom, top):
         p = self.param.inner_product_param
         if p.num_output <= 0:
-            raise _error(self, "inner_product_param.num_output must be positive")
+            raise layer_error(self, "inner_product_param.num_output must be positive")
         self.num_output, self.bias_term, self.transpose = p.num_output, p.bias_term, p.transpose
-        axis = _axis(self, bottom[0], p.axis, "inner_product_param.axis")
+        axis = canonical_axis(self, bottom[0], p.axis, "inner_product_param.axis")
         self.K = bottom[0].count_range(axis)
         weight_shape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
         specs = [(weight_shape, p.weight_filler)]
@@ -29,34 +33,35 @@ class InnerProductLayer(Layer):
             specs.append(((self.num_output,), p.bias_filler))
         self.make_param_blobs(specs)
         if tuple(self.blobs[0].shape) != weight_shape:
-            raise _error(self, f"weight blob has shape {list(self.blobs[0].shape)}, expected {list(weight_shape)}")
+            raise layer_error(self, f"weight blob has shape {list(self.blobs[0].shape)}, expected {list(weight_shape)}")
         self.weights_changed()
 
     def weights_changed(self):
-        """Hook called when ``blobs[0]`` got new values; the gemm_mode engine (:mod:`.sparse_modes`)
-        repacks its sparse weights, the dense product needs no preparation."""
-        sparse_modes.ip_weights_changed(self)
+        """Hook called when ``blobs[0]`` got new values (after setup, and whenever the net loads
+        weights): the attached engine, if any, repacks its weights; the dense product keeps nothing."""
+        if self.engine is not None:
+            self.engine.weights_changed()
 
     def reshape(self, bottom, top):
-        axis = _axis(self, bottom[0], self.param.inner_product_param.axis, "inner_product_param.axis")
+        axis = canonical_axis(self, bottom[0], self.param.inner_product_param.axis, "inner_product_param.axis")
         if bottom[0].count_range(axis) != self.K:
-            raise _error(self, f"input size incompatible with inner product parameters: bottom "
-                               f"{list(bottom[0].shape)} from axis {axis} is not K = {self.K}")
+            raise layer_error(self, f"input size incompatible with inner product parameters: bottom "
+                                    f"{list(bottom[0].shape)} from axis {axis} is not K = {self.K}")
         self.M = bottom[0].count_range(0, axis)
         top[0].reshape(tuple(bottom[0].shape[:axis]) + (self.num_output,))
 
     def _forward_product(self, x):
         """The M x N product ``x . W^T`` (one float32 GEMM, as Caffe's ``caffe_cpu_gemm``)."""
-        weight = self.blobs[0].data
+        weight = self.blobs[0].readonly_data
         return x @ (weight if self.transpose else weight.T)
 
     def forward_cpu(self, bottom, top):
-        if sparse_modes.ip_forward(self, bottom, top):   # gemm_mode SPMDM / AUTO
+        if self.engine is not None and self.engine.forward(bottom, top):
             return
         out = top[0].data.reshape(self.M, self.num_output)
         out[...] = self._forward_product(bottom[0].data.reshape(self.M, self.K))
         if self.bias_term:
-            out += self.blobs[1].data
+            out += self.blobs[1].readonly_data
 
     def backward_cpu(self, top, propagate_down, bottom):
         top_diff = top[0].diff.reshape(self.M, self.num_output)
@@ -67,5 +72,5 @@ class InnerProductLayer(Layer):
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff[...] += top_diff.sum(axis=0, dtype=np.float32)
         if propagate_down[0]:
-            weight = self.blobs[0].data
+            weight = self.blobs[0].readonly_data
             bottom[0].diff.reshape(self.M, self.K)[...] = top_diff @ (weight.T if self.transpose else weight)

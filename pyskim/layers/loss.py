@@ -6,8 +6,11 @@ NetError naming the layer for a non-ignored label outside ``[0, classes)``.
 """
 import numpy as np
 
+from ..core.blob import Blob
 from ..core.layer import Layer, register
 from ..errors import NetError
+from ..io.blobproto import blobproto_to_array
+from ..io.protofiles import read_binary
 from ..proto import caffe_pb2
 
 FLT_MIN = np.float32(np.finfo(np.float32).tiny)
@@ -96,7 +99,6 @@ def _axis_split(layer, blob, axis):
 def _internal_softmax(layer, bottom, axis):
     """Caffe's internal Softmax of SoftmaxWithLoss/InfogainLoss: a copy of the layer's param, typed
     Softmax, without loss weights, writing into a private ``prob`` blob."""
-    from ..core.blob import Blob
     param = caffe_pb2.LayerParameter()
     param.CopyFrom(layer.param)
     param.type = "Softmax"
@@ -403,8 +405,6 @@ class InfogainLossLayer(LossLayer):
             if not param.source:
                 raise NetError(f"layer '{self.name}': infogain_loss_param.source (the infogain matrix) must "
                                f"be specified when there is no third bottom")
-            from ..io.blobproto import blobproto_to_array
-            from ..io.protofiles import read_binary
             self._infogain = blobproto_to_array(read_binary(param.source, caffe_pb2.BlobProto()))
 
     def reshape(self, bottom, top):

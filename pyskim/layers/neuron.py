@@ -31,15 +31,35 @@ def _sigmoid(x):
     return (0.5 * np.tanh(0.5 * x.astype(F64)) + 0.5).astype(F32)
 
 
+class ReLUFusion:
+    """The link between an in-place ReLU and the layer before it whose kernel can apply ``max(x, 0)``
+    in its store (SkimCaffe fuses ReLU into the sparse convolution). The producer sets ``applied``
+    when its forward already rectified the blob; the ReLU's next forward then only clears it."""
+
+    __slots__ = ("applied", "producer")
+
+    def __init__(self, producer):
+        self.producer = producer        # the producing layer's name
+        self.applied = False
+
+
 @register("ReLU", "RELU")
 class ReLULayer(NeuronLayer):
     """``max(x, 0) + negative_slope * min(x, 0)``; backward tests ``x > 0`` on the bottom data, which
     in place is the output (same sign)."""
 
+    #: A :class:`ReLUFusion` when the producer may apply this ReLU (set by :mod:`pyskim.sparse` after
+    #: the Net is built; only for an in-place ReLU with ``negative_slope: 0``), else None.
+    fusion = None
+
     def layer_setup(self, bottom, top):
         self.negative_slope = F32(self.param.relu_param.negative_slope)
 
     def forward_cpu(self, bottom, top):
+        fusion = self.fusion
+        if fusion is not None and fusion.applied:
+            fusion.applied = False      # the producer's kernel wrote max(x, 0) already
+            return
         x = bottom[0].data
         # Plain ReLU in one pass; Caffe's formula otherwise, and also where it differs from max(x, 0):
         # 0 * min(-inf, 0) is NaN (any NaN or -inf makes the minimum fail the test).

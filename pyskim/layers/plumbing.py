@@ -3,30 +3,17 @@ import functools
 
 import numpy as np
 
-from ..core.layer import Layer, register
-from ..errors import NetError
+from ..core.layer import Layer, canonical_axis, layer_error, register
 from ..proto import caffe_pb2
 
 _ELTWISE = caffe_pb2.EltwiseParameter
 _REDUCTION = caffe_pb2.ReductionParameter
 
 
-def _error(layer, message):
-    return NetError(f"layer '{layer.name}' of type {layer.type}: {message}")
-
-
 def _need_axes(layer, blob, what="bottom"):
     """Caffe's ``shape(0)`` CHECK: the layer indexes the first axis, a 0-axis (scalar) blob has none."""
     if blob.num_axes < 1:
-        raise _error(layer, f"the {what} needs at least one axis, got a scalar blob")
-
-
-def _axis(layer, blob, axis, field):
-    """``Blob::CanonicalAxisIndex`` with an error naming the layer and the field."""
-    n = blob.num_axes
-    if not -n <= axis < n:
-        raise _error(layer, f"{field} {axis} out of range for a bottom of shape {list(blob.shape)}")
-    return axis + n if axis < 0 else axis
+        raise layer_error(layer, f"the {what} needs at least one axis, got a scalar blob")
 
 
 def _legacy_axis(layer, blob, param, axis_field, legacy_field):
@@ -34,9 +21,10 @@ def _legacy_axis(layer, blob, param, axis_field, legacy_field):
     if param.HasField(legacy_field):
         dim = getattr(param, legacy_field)
         if dim >= blob.num_axes:
-            raise _error(layer, f"{legacy_field} {dim} out of range for a bottom of shape {list(blob.shape)}")
+            raise layer_error(layer, f"{legacy_field} {dim} out of range for a bottom of shape "
+                                     f"{list(blob.shape)}")
         return dim
-    return _axis(layer, blob, getattr(param, axis_field), axis_field)
+    return canonical_axis(layer, blob, getattr(param, axis_field), axis_field)
 
 
 def _share(top, bottom):
@@ -86,7 +74,8 @@ class ConcatLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.param.concat_param
         if p.HasField("axis") and p.HasField("concat_dim"):
-            raise _error(self, "either concat_param.axis or concat_param.concat_dim should be specified; not both")
+            raise layer_error(self, "either concat_param.axis or concat_param.concat_dim should be "
+                                    "specified; not both")
 
     def reshape(self, bottom, top):
         self.axis = _legacy_axis(self, bottom[0], self.param.concat_param, "axis", "concat_dim")
@@ -94,8 +83,8 @@ class ConcatLayer(Layer):
         for blob in bottom[1:]:
             if blob.num_axes != len(shape) or any(
                     d != e for j, (d, e) in enumerate(zip(shape, blob.shape)) if j != self.axis):
-                raise _error(self, f"inputs must have the same shape except at axis {self.axis}: "
-                                   f"{list(bottom[0].shape)} vs {list(blob.shape)}")
+                raise layer_error(self, f"inputs must have the same shape except at axis {self.axis}: "
+                                        f"{list(bottom[0].shape)} vs {list(blob.shape)}")
             shape[self.axis] += blob.shape[self.axis]
         top[0].reshape(shape)
         if len(bottom) == 1:
@@ -124,7 +113,8 @@ class SliceLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.param.slice_param
         if p.HasField("axis") and p.HasField("slice_dim"):
-            raise _error(self, "either slice_param.axis or slice_param.slice_dim should be specified; not both")
+            raise layer_error(self, "either slice_param.axis or slice_param.slice_dim should be specified; "
+                                    "not both")
 
     def reshape(self, bottom, top):
         p = self.param.slice_param
@@ -133,15 +123,17 @@ class SliceLayer(Layer):
         points = list(p.slice_point)
         if points:
             if len(points) != len(top) - 1:
-                raise _error(self, f"slice_param.slice_point gives {len(points)} points for {len(top)} tops")
+                raise layer_error(self, f"slice_param.slice_point gives {len(points)} points for "
+                                        f"{len(top)} tops")
             if len(top) > length:
-                raise _error(self, f"{len(top)} tops exceed the slice axis length {length}")
+                raise layer_error(self, f"{len(top)} tops exceed the slice axis length {length}")
             bounds = [0] + points + [length]
             if any(b <= a for a, b in zip(bounds[:-2], bounds[1:-1])) or bounds[-2] > length:
-                raise _error(self, f"slice_param.slice_point {points} must increase within (0, {length}]")
+                raise layer_error(self, f"slice_param.slice_point {points} must increase within (0, "
+                                        f"{length}]")
         else:
             if length % len(top):
-                raise _error(self, f"{len(top)} tops should evenly divide the slice axis ({length})")
+                raise layer_error(self, f"{len(top)} tops should evenly divide the slice axis ({length})")
             bounds = [i * (length // len(top)) for i in range(len(top) + 1)]
         self.bounds = bounds
         shape = list(bottom[0].shape)
@@ -173,9 +165,10 @@ class EltwiseLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.param.eltwise_param
         if len(p.coeff) not in (0, len(bottom)):
-            raise _error(self, f"eltwise_param.coeff needs one value per bottom ({len(bottom)}), got {len(p.coeff)}")
+            raise layer_error(self, f"eltwise_param.coeff needs one value per bottom ({len(bottom)}), got "
+                                    f"{len(p.coeff)}")
         if p.operation == _ELTWISE.PROD and len(p.coeff):
-            raise _error(self, "eltwise_param.coeff is only allowed for SUM")
+            raise layer_error(self, "eltwise_param.coeff is only allowed for SUM")
         self.op = p.operation
         self.coeffs = [np.float32(c) for c in p.coeff] if len(p.coeff) else [np.float32(1)] * len(bottom)
         self.stable_prod_grad = p.stable_prod_grad
@@ -183,7 +176,8 @@ class EltwiseLayer(Layer):
     def reshape(self, bottom, top):
         for blob in bottom[1:]:
             if blob.shape != bottom[0].shape:
-                raise _error(self, f"bottoms must have one shape: {list(bottom[0].shape)} vs {list(blob.shape)}")
+                raise layer_error(self, f"bottoms must have one shape: {list(bottom[0].shape)} vs "
+                                        f"{list(blob.shape)}")
         top[0].reshape(bottom[0].shape)
 
     def forward_cpu(self, bottom, top):
@@ -229,7 +223,7 @@ class _AliasLayer(Layer):
 
     def layer_setup(self, bottom, top):
         if top[0] is bottom[0]:
-            raise _error(self, "this layer does not allow in-place computation")
+            raise layer_error(self, "this layer does not allow in-place computation")
 
     def top_shape(self, bottom):
         raise NotImplementedError
@@ -238,7 +232,8 @@ class _AliasLayer(Layer):
         shape = self.top_shape(bottom[0])
         top[0].reshape(shape)
         if top[0].count != bottom[0].count:
-            raise _error(self, f"output count must match input count: {list(shape)} vs {list(bottom[0].shape)}")
+            raise layer_error(self, f"output count must match input count: {list(shape)} vs "
+                                    f"{list(bottom[0].shape)}")
         _share(top[0], bottom[0])
 
     forward_cpu = backward_cpu = _nothing
@@ -250,10 +245,10 @@ class FlattenLayer(_AliasLayer):
 
     def top_shape(self, bottom):
         p = self.param.flatten_param
-        start = _axis(self, bottom, p.axis, "flatten_param.axis")
-        end = _axis(self, bottom, p.end_axis, "flatten_param.end_axis")
+        start = canonical_axis(self, bottom, p.axis, "flatten_param.axis")
+        end = canonical_axis(self, bottom, p.end_axis, "flatten_param.end_axis")
         if end < start:
-            raise _error(self, f"flatten_param.end_axis ({end}) precedes flatten_param.axis ({start})")
+            raise layer_error(self, f"flatten_param.end_axis ({end}) precedes flatten_param.axis ({start})")
         shape = bottom.shape
         return shape[:start] + (bottom.count_range(start, end + 1),) + shape[end + 1:]
 
@@ -267,9 +262,9 @@ class ReshapeLayer(_AliasLayer):
         super().layer_setup(bottom, top)
         dims = list(self.param.reshape_param.shape.dim)
         if dims.count(-1) > 1:
-            raise _error(self, "reshape_param.shape contains multiple -1 dims; at most one may be given")
+            raise layer_error(self, "reshape_param.shape contains multiple -1 dims; at most one may be given")
         if any(d < -1 for d in dims):
-            raise _error(self, f"reshape_param.shape {dims} holds a dim below -1")
+            raise layer_error(self, f"reshape_param.shape {dims} holds a dim below -1")
         self.dims = dims
 
     def top_shape(self, bottom):
@@ -277,25 +272,28 @@ class ReshapeLayer(_AliasLayer):
         n = bottom.num_axes
         start = p.axis if p.axis >= 0 else n + p.axis + 1
         if not 0 <= start <= n:
-            raise _error(self, f"reshape_param.axis {p.axis} out of range for bottom {list(bottom.shape)}")
+            raise layer_error(self, f"reshape_param.axis {p.axis} out of range for bottom "
+                                    f"{list(bottom.shape)}")
         if p.num_axes < -1:
-            raise _error(self, "reshape_param.num_axes must be >= 0, or -1 for all")
+            raise layer_error(self, "reshape_param.num_axes must be >= 0, or -1 for all")
         end = n if p.num_axes == -1 else start + p.num_axes
         if end > n:
-            raise _error(self, f"reshape_param axis + num_axes = {end} out of range for {list(bottom.shape)}")
+            raise layer_error(self, f"reshape_param axis + num_axes = {end} out of range for "
+                                    f"{list(bottom.shape)}")
         new = []
         for i, d in enumerate(self.dims):
             if d == 0:
                 if start + i >= n:
-                    raise _error(self, "reshape_param.shape has a 0 with no corresponding bottom axis to copy")
+                    raise layer_error(self, "reshape_param.shape has a 0 with no corresponding bottom axis "
+                                            "to copy")
                 d = bottom.shape[start + i]
             new.append(d)
         if -1 in new:
             known = bottom.count_range(0, start) * bottom.count_range(end) * int(
                 np.prod([d for d in new if d != -1], dtype=np.int64))
             if known == 0 or bottom.count % known:
-                raise _error(self, f"bottom count ({bottom.count}) must be divisible by the product of the "
-                                   f"given dims ({known})")
+                raise layer_error(self, f"bottom count ({bottom.count}) must be divisible by the product of "
+                                        f"the given dims ({known})")
             new[new.index(-1)] = bottom.count // known
         return bottom.shape[:start] + tuple(new) + bottom.shape[end:]
 
@@ -309,22 +307,23 @@ class CropLayer(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.param.crop_param
-        start = _axis(self, bottom[0], p.axis, "crop_param.axis")
+        start = canonical_axis(self, bottom[0], p.axis, "crop_param.axis")
         if len(p.offset) > 1 and start + len(p.offset) != bottom[0].num_axes:
-            raise _error(self, f"crop_param.offset needs one value, or one per axis from {start} on")
+            raise layer_error(self, f"crop_param.offset needs one value, or one per axis from {start} on")
 
     def reshape(self, bottom, top):
         p = self.param.crop_param
-        start = _axis(self, bottom[0], p.axis, "crop_param.axis")
+        start = canonical_axis(self, bottom[0], p.axis, "crop_param.axis")
         if bottom[1].num_axes < bottom[0].num_axes:
-            raise _error(self, f"reference {list(bottom[1].shape)} has fewer axes than {list(bottom[0].shape)}")
+            raise layer_error(self, f"reference {list(bottom[1].shape)} has fewer axes than "
+                                    f"{list(bottom[0].shape)}")
         offsets, shape = [0] * bottom[0].num_axes, list(bottom[0].shape)
         for i in range(start, bottom[0].num_axes):
             offsets[i] = p.offset[0] if len(p.offset) == 1 else p.offset[i - start] if len(p.offset) else 0
             shape[i] = bottom[1].shape[i]
             if bottom[0].shape[i] - offsets[i] < shape[i]:
-                raise _error(self, f"the crop for dimension {i} is out-of-bounds with size {shape[i]} and "
-                                   f"offset {offsets[i]}")
+                raise layer_error(self, f"the crop for dimension {i} is out-of-bounds with size {shape[i]} "
+                                        f"and offset {offsets[i]}")
         self.index = tuple(slice(o, o + s) for o, s in zip(offsets, shape))
         top[0].reshape(shape)
 
@@ -346,10 +345,10 @@ class TileLayer(Layer):
     def reshape(self, bottom, top):
         p = self.param.tile_param
         if not p.HasField("tiles"):
-            raise _error(self, "tile_param.tiles must be specified")
+            raise layer_error(self, "tile_param.tiles must be specified")
         if p.tiles <= 0:
-            raise _error(self, f"tile_param.tiles must be positive, got {p.tiles}")
-        axis = _axis(self, bottom[0], p.axis, "tile_param.axis")
+            raise layer_error(self, f"tile_param.tiles must be positive, got {p.tiles}")
+        axis = canonical_axis(self, bottom[0], p.axis, "tile_param.axis")
         self.outer, self.tiles, self.inner = bottom[0].count_range(0, axis), p.tiles, bottom[0].count_range(axis)
         shape = list(bottom[0].shape)
         shape[axis] *= p.tiles
@@ -377,7 +376,7 @@ class ReductionLayer(Layer):
     def reshape(self, bottom, top):
         p = self.param.reduction_param
         self.op = p.operation
-        axis = _axis(self, bottom[0], p.axis, "reduction_param.axis")
+        axis = canonical_axis(self, bottom[0], p.axis, "reduction_param.axis")
         top[0].reshape(bottom[0].shape[:axis])
         self.num, self.dim = bottom[0].count_range(0, axis), bottom[0].count_range(axis)
         self.coeff = np.float32(p.coeff)
@@ -418,11 +417,13 @@ class ArgMaxLayer(Layer):
         p = self.param.argmax_param
         self.top_k, self.out_max_val = p.top_k, p.out_max_val
         if self.top_k < 1:
-            raise _error(self, "argmax_param.top_k must not be less than 1")
-        self.axis = _axis(self, bottom[0], p.axis, "argmax_param.axis") if p.HasField("axis") else None
+            raise layer_error(self, "argmax_param.top_k must not be less than 1")
+        self.axis = (canonical_axis(self, bottom[0], p.axis, "argmax_param.axis") if p.HasField("axis")
+                     else None)
         limit = bottom[0].count_range(1) if self.axis is None else bottom[0].shape[self.axis]
         if self.top_k > limit:
-            raise _error(self, f"argmax_param.top_k ({self.top_k}) must be at most the size it ranks ({limit})")
+            raise layer_error(self, f"argmax_param.top_k ({self.top_k}) must be at most the size it ranks "
+                                    f"({limit})")
 
     def reshape(self, bottom, top):
         _need_axes(self, bottom[0])
@@ -463,9 +464,9 @@ class EmbedLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.param.embed_param
         if p.num_output <= 0:
-            raise _error(self, "embed_param.num_output must be positive")
+            raise layer_error(self, "embed_param.num_output must be positive")
         if p.input_dim <= 0:
-            raise _error(self, "embed_param.input_dim must be positive")
+            raise layer_error(self, "embed_param.input_dim must be positive")
         self.N, self.K, self.bias_term = p.num_output, p.input_dim, p.bias_term
         specs = [((self.K, self.N), p.weight_filler)]
         if self.bias_term:
@@ -479,8 +480,8 @@ class EmbedLayer(Layer):
         values = bottom[0].data.ravel()
         index = values.astype(np.int64)
         if index.size and (index.min() < 0 or index.max() >= self.K or np.any(index != values)):
-            raise _error(self, f"indices must be integers in [0, input_dim = {self.K}), got {values.min()} "
-                               f"to {values.max()}")
+            raise layer_error(self, f"indices must be integers in [0, input_dim = {self.K}), got "
+                                    f"{values.min()} to {values.max()}")
         return index
 
     def forward_cpu(self, bottom, top):
@@ -491,7 +492,7 @@ class EmbedLayer(Layer):
 
     def backward_cpu(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            raise _error(self, "can't backpropagate to the Embed layer's index input")
+            raise layer_error(self, "can't backpropagate to the Embed layer's index input")
         top_diff = top[0].diff.reshape(-1, self.N)
         if self.param_propagate_down[0]:
             np.add.at(self.blobs[0].diff, self._indices(bottom), top_diff)
@@ -523,7 +524,7 @@ class FilterLayer(Layer):
 
     def layer_setup(self, bottom, top):
         if len(top) != len(bottom) - 1:
-            raise _error(self, f"needs one top per filtered bottom ({len(bottom) - 1}), got {len(top)}")
+            raise layer_error(self, f"needs one top per filtered bottom ({len(bottom) - 1}), got {len(top)}")
         self.first_reshape = True
 
     def reshape(self, bottom, top):
@@ -531,10 +532,11 @@ class FilterLayer(Layer):
         for blob in bottom:
             _need_axes(self, blob)
         if any(d != 1 for d in selector.shape[1:]):
-            raise _error(self, f"selector dims must be 1 except the first, got {list(selector.shape)}")
+            raise layer_error(self, f"selector dims must be 1 except the first, got {list(selector.shape)}")
         for blob in bottom[:-1]:
             if blob.shape[:1] != selector.shape[:1]:
-                raise _error(self, f"bottom {list(blob.shape)} and selector {list(selector.shape)} differ in axis 0")
+                raise layer_error(self, f"bottom {list(blob.shape)} and selector {list(selector.shape)} "
+                                        "differ in axis 0")
         self.indices = np.flatnonzero(selector.data.reshape(-1))
         num = bottom[0].shape[0] if self.first_reshape else len(self.indices)
         self.first_reshape = False
@@ -547,7 +549,7 @@ class FilterLayer(Layer):
 
     def backward_cpu(self, top, propagate_down, bottom):
         if propagate_down[-1]:
-            raise _error(self, "cannot backpropagate to the filter selector (the last bottom)")
+            raise layer_error(self, "cannot backpropagate to the filter selector (the last bottom)")
         for blob, source, down in zip(top, bottom, propagate_down):
             if down:
                 source.diff[...] = 0
@@ -581,14 +583,15 @@ class BatchReindexLayer(Layer):
 
     def reshape(self, bottom, top):
         if bottom[1].num_axes != 1:
-            raise _error(self, f"the index bottom must be 1-D, got shape {list(bottom[1].shape)}")
+            raise layer_error(self, f"the index bottom must be 1-D, got shape {list(bottom[1].shape)}")
         _need_axes(self, bottom[0])
         top[0].reshape((bottom[1].shape[0],) + tuple(bottom[0].shape[1:]))
 
     def _indices(self, bottom):
         values = bottom[1].data
         if values.size and (values.min() < 0 or values.max() >= bottom[0].shape[0]):
-            raise _error(self, f"indices must lie in [0, {bottom[0].shape[0]}), got {values.min()} to {values.max()}")
+            raise layer_error(self, f"indices must lie in [0, {bottom[0].shape[0]}), got {values.min()} to "
+                                    f"{values.max()}")
         return values.astype(np.int64)
 
     def forward_cpu(self, bottom, top):
@@ -596,7 +599,7 @@ class BatchReindexLayer(Layer):
 
     def backward_cpu(self, top, propagate_down, bottom):
         if propagate_down[1]:
-            raise _error(self, "cannot backprop to the index bottom")
+            raise layer_error(self, "cannot backprop to the index bottom")
         if propagate_down[0]:
             bottom[0].diff[...] = 0
             np.add.at(bottom[0].diff, self._indices(bottom), top[0].diff)

@@ -1,12 +1,12 @@
-"""Pooling and SPP (Caffe's ``pooling_layer``, ``spp_layer``), on the compiled pooling kernels of
+"""Pooling and SPP (Caffe's ``pooling_layer``, ``spp_layer``), on the validated pooling kernels of
 :mod:`pyskim.kernels.dense`."""
 import numpy as np
 
-from .._kernels import pooling as _pool
 from ..core.blob import Blob
 from ..core.layer import Layer, register
 from ..errors import NetError
 from ..kernels import dense as kernels
+from ..kernels.validate import check_span
 from ..proto import caffe_pb2
 
 _POOL = caffe_pb2.PoolingParameter
@@ -85,9 +85,8 @@ class PoolingLayer(Layer):
         n, c, h, w = b.shape
         if self._global:
             self._kernel = (h, w)
-        # the compiled kernels index in 32 bits: refuse wider geometry before calling them directly
-        kernels._check_span(f"layer '{self.name}' (Pooling)", (h, w), self._kernel, self._pad, self._stride,
-                            (1, 1))
+        # the compiled kernels index in 32 bits: refuse wider geometry before sizing the tops
+        check_span(f"layer '{self.name}' (Pooling)", (h, w), self._kernel, self._pad, self._stride, (1, 1))
         round_mode = self.param.pooling_param.round_mode
         self._out = tuple(pooled_extent(self.name, size, k, s, p, round_mode)
                           for size, k, s, p in zip((h, w), self._kernel, self._stride, self._pad))
@@ -107,18 +106,11 @@ class PoolingLayer(Layer):
         args = (bottom[0].data, self._kernel, self._stride, self._pad, self._out)
         if self._method == _POOL.AVE:
             kernels.ave_pool_forward(*args, out=top[0].data)
-            return
-        if len(top) > 1:
+        elif len(top) > 1:
             _, mask = kernels.max_pool_forward(*args, out=top[0].data)
             top[1].data[...] = mask
-        elif top[0].shares_data_with(bottom[0]):
-            kernels.max_pool_forward(*args, out=top[0].data, mask_out=self._mask)   # refuses in-place
-        else:
-            # The layer's own shapes: the compiled kernel directly (it re-checks N, C and the mask's
-            # shape and clips every window to the image), without the wrapper's argument checks.
-            x = bottom[0].data
-            _pool.max_forward(x, *self._kernel, *self._pad, *self._stride, top[0].data, self._mask,
-                              kernels._threads_for(x.size))
+        else:   # the wrapper refuses an in-place top (it would overwrite inputs still to be read)
+            kernels.max_pool_forward(*args, out=top[0].data, mask_out=self._mask)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -128,10 +120,6 @@ class PoolingLayer(Layer):
         if self._method == _POOL.AVE:
             kernels.ave_pool_backward(top[0].diff, self._kernel, self._stride, self._pad, in_hw,
                                       out=bottom[0].diff)
-            return
-        if len(top) == 1 and not top[0].shares_data_with(bottom[0]):
-            diff = bottom[0].diff
-            _pool.max_backward(top[0].diff, self._mask, diff, kernels._threads_for(diff.size))
             return
         mask = top[1].data.astype(np.int32) if len(top) > 1 else self._mask
         kernels.max_pool_backward(top[0].diff, mask, in_hw, out=bottom[0].diff)

@@ -1,26 +1,40 @@
-"""Calibration of :mod:`pyskim.perf.model`'s machine profile, and thread control.
+"""Calibration of the roofline model's machine profile (:mod:`pyskim.perf.model`), and thread control.
 
 :func:`calibrate` measures, on this machine and thread count, the copy bandwidth and the
 efficiencies and per-call overheads of pyskim's own kernels on a mid-size layer (about a second):
 pyskim's dense Convolution layer (im2col + BLAS) and a 1x1 one for the overhead, the direct sparse
 convolution at density 0.1 with stride 1 and 2, and the sparse inner product at batch 16 and 1.
 Each time is the best of several calls; a busy machine still slows them (the profile's ``source``
-records the load average per CPU at calibration time). :func:`set_threads` sets the threads of
-pyskim's OpenMP kernels and of the BLAS.
+records the load average per CPU at calibration time). :func:`calibrate_and_save` adds a progress
+line on stderr and stores the result in the cache of :mod:`pyskim.perf.profile`; only the commands
+that are asked to measure call it (``pyskim calibrate``, ``pyskim time``, ``tools/perf_model.py
+--recalibrate``), never a forward pass. :func:`set_threads` sets the threads of pyskim's OpenMP
+kernels and of the BLAS.
 """
+import concurrent.futures
+import ctypes
 import dataclasses
 import math
+import sys
 import time
 
-from .model import (
-    CALIBRATION_CONV,
-    CALIBRATION_DENSITY,
-    CALIBRATION_FC,
-    _threads,
-    current_load,
-    default_profile,
-    lane_utilization,
-)
+import numpy as np
+
+from ..core.blob import Blob
+from ..kernels.csr import pack_conv_weights, pack_fc_weights
+from ..kernels.dense import get_num_threads, set_num_threads
+from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
+from ..layers import create_layer
+from ..proto import caffe_pb2
+from .model import ConvShape, FcShape, lane_utilization
+from .profile import cache_path, current_load, default_profile, resolve_threads, save_profile
+
+CALIBRATION_CONV = ConvShape(batch=1, channels=128, height=14, width=14, num_output=128, kernel=(3, 3),
+                             pad=(1, 1))
+CALIBRATION_FC = FcShape(batch=16, num_input=1024, num_output=1024)
+CALIBRATION_DENSITY = 0.1
+#: Calls per measurement (the best one counts): full calibration, quick one (``quick=True``).
+REPEATS = {False: (20, 50), True: (3, 5)}
 
 # -- threads ---------------------------------------------------------------------------------------
 
@@ -31,7 +45,6 @@ _BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_th
 def set_blas_threads(n):
     """Set the thread count of the BLAS numpy loaded (OpenBLAS or MKL, found in this process's
     mapped libraries); returns True when a BLAS took it."""
-    import ctypes
     try:
         with open("/proc/self/maps") as f:
             libs = {line.split()[-1] for line in f if ".so" in line and ("blas" in line or "mkl" in line)}
@@ -54,14 +67,15 @@ def set_blas_threads(n):
 
 def set_threads(n):
     """Use ``n`` threads in pyskim's OpenMP kernels and in the BLAS (dense GEMMs)."""
-    from ..kernels.dense import set_num_threads
     set_num_threads(int(n))
     set_blas_threads(int(n))
 
 
 # -- calibration -----------------------------------------------------------------------------------
 
-def _best(fn, repeats, min_time=0.0):
+def _best(fn, repeats):
+    """The shortest of up to ``repeats`` timed calls of ``fn`` after one warm-up call (at least 3,
+    then stopping once 0.4 s have passed)."""
     fn()
     best = math.inf
     start = time.perf_counter()
@@ -69,7 +83,7 @@ def _best(fn, repeats, min_time=0.0):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
-        if i >= 2 and time.perf_counter() - start > max(min_time, 0.4):
+        if i >= 2 and time.perf_counter() - start > 0.4:
             break
     return best
 
@@ -77,9 +91,6 @@ def _best(fn, repeats, min_time=0.0):
 def measure_bandwidth(threads=1, megabytes=64):
     """Copy bandwidth in bytes/s (2 × bytes per copied element, no write-allocate), ``threads``
     threads each copying its share (numpy releases the GIL while copying)."""
-    import concurrent.futures
-
-    import numpy as np
     n = megabytes * (1 << 20) // 4
     src = np.ones(n, np.float32)
     dst = np.empty_like(src)
@@ -96,9 +107,6 @@ def measure_bandwidth(threads=1, megabytes=64):
 
 
 def _conv_layer(channels, num_output, size, kernel, pad, stride=1):
-    from ..core.blob import Blob
-    from ..layers import create_layer
-    from ..proto import caffe_pb2
     lp = caffe_pb2.LayerParameter(name="calibration", type="Convolution")
     cp = lp.convolution_param
     cp.num_output = num_output
@@ -120,56 +128,59 @@ def _net(seconds, overhead):
     return max(seconds - overhead, 0.5 * seconds, 1e-7)
 
 
-def calibrate(threads=None):
-    """Measure BW, e_d, e_s0, σ, e_fc, o_d and o_s on this machine (about a second)."""
-    import numpy as np
-
-    from ..kernels.csr import pack_conv_weights, pack_fc_weights
-    from ..kernels.dense import get_num_threads
-    from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
-    threads = _threads(threads)
+def calibrate(threads=None, quick=False, progress=None):
+    """Measure BW, e_d, e_s0, σ, e_fc, o_d and o_s on this machine with ``threads`` threads (default:
+    pyskim's kernel thread count); about a second, a fraction of it with ``quick`` (fewer calls per
+    measurement, a smaller copy: noisier). ``progress(stage)`` is called as each stage starts."""
+    threads = resolve_threads(threads)
+    repeats, overhead_repeats = REPEATS[bool(quick)]
+    report = progress or (lambda stage: None)
     previous = get_num_threads()
     set_threads(threads)
     try:
         base = default_profile(threads)
-        bandwidth = measure_bandwidth(threads)
+        report("bandwidth")
+        bandwidth = measure_bandwidth(threads, 16 if quick else 64)
         compute = base.peak_flops * threads
         rng = np.random.default_rng(0)
         s = CALIBRATION_CONV
         # dense: pyskim's Convolution layer (im2col + BLAS), and its per-call overhead on a tiny layer
+        report("dense convolution")
         layer, bottom, top = _conv_layer(s.channels, s.num_output, s.height, 3, 1)
-        t_dense = _best(lambda: layer.forward([bottom], [top]), 20)
+        t_dense = _best(lambda: layer.forward([bottom], [top]), repeats)
         tiny, tb, tt = _conv_layer(1, 1, 4, 1, 0)
-        o_d = _best(lambda: tiny.forward([tb], [tt]), 50)
+        o_d = _best(lambda: tiny.forward([tb], [tt]), overhead_repeats)
         dense_eff = s.flops / (compute * _net(t_dense, o_d))
         # sparse conv: stride 1 and stride 2, density 0.1; overhead from a tiny layer
+        report("sparse convolution")
         x = rng.standard_normal((1, s.channels, s.height, s.width)).astype(np.float32)
         w = rng.standard_normal((s.num_output, s.channels, 3, 3)).astype(np.float32)
         w *= rng.random(w.shape) < CALIBRATION_DENSITY
         density = np.count_nonzero(w) / w.size
         csr = pack_conv_weights(w, 1, (s.height, s.width), 1, 1)
         out = np.empty((1, s.num_output) + s.out_hw, np.float32)
-        t_sparse = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out), 20)
+        t_sparse = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out), repeats)
         tiny_csr = pack_conv_weights(np.ones((1, 1, 1, 1), np.float32), 1, (4, 4), 0, 1)
         tx, ty = np.ones((1, 1, 4, 4), np.float32), np.empty((1, 1, 4, 4), np.float32)
-        o_s = _best(lambda: sparse_conv_forward(tx, tiny_csr, None, 1, 0, 1, (4, 4), out=ty), 50)
+        o_s = _best(lambda: sparse_conv_forward(tx, tiny_csr, None, 1, 0, 1, (4, 4), out=ty), overhead_repeats)
         u = lane_utilization(s)
         sparse_eff = density * s.flops / (compute * u * _net(t_sparse, o_s))
         s2 = dataclasses.replace(s, stride=(2, 2))
         out2 = np.empty((1, s.num_output) + s2.out_hw, np.float32)
-        t_stride = _best(lambda: sparse_conv_forward(x, csr, None, 2, 1, 1, s2.out_hw, out=out2), 20)
+        t_stride = _best(lambda: sparse_conv_forward(x, csr, None, 2, 1, 1, s2.out_hw, out=out2), repeats)
         stride_eff = density * s2.flops / (compute * lane_utilization(s2) * sparse_eff
                                             * _net(t_stride, o_s))
-        # sparse inner product at batch 16
+        # sparse inner product at batch 16 and 1
+        report("sparse inner product")
         f = CALIBRATION_FC
         wf = rng.standard_normal((f.num_output, f.num_input)).astype(np.float32)
         wf *= rng.random(wf.shape) < CALIBRATION_DENSITY
         fc = pack_fc_weights(wf)
         xf = rng.standard_normal((f.batch, f.num_input)).astype(np.float32)
         yf = np.empty((f.batch, f.num_output), np.float32)
-        t_fc = _best(lambda: sparse_fc_forward(xf, fc, None, out=yf), 20)
+        t_fc = _best(lambda: sparse_fc_forward(xf, fc, None, out=yf), repeats)
         fc_eff = fc.density * f.flops / (compute * lane_utilization(f) * _net(t_fc, o_s))
-        t_mv = _best(lambda: sparse_fc_forward(xf[:1], fc, None, out=yf[:1]), 20)
+        t_mv = _best(lambda: sparse_fc_forward(xf[:1], fc, None, out=yf[:1]), repeats)
         spmv_eff = fc.density * f.flops / f.batch / (compute * _net(t_mv, o_s))
     finally:
         set_threads(previous)
@@ -180,6 +191,26 @@ def calibrate(threads=None):
     return dataclasses.replace(
         base, bandwidth=float(bandwidth), dense_eff=clip(dense_eff, 0.05, 1.0),
         sparse_eff=clip(sparse_eff, 0.005, 1.0), stride_eff=clip(stride_eff, 0.1, 1.5),
-        fc_sparse_eff=clip(fc_eff, 0.002, 1.0), spmv_eff=clip(spmv_eff, 0.0005, 1.0), dense_overhead=clip(o_d, 0.0, 1e-2),
-        sparse_overhead=clip(o_s, 0.0, 1e-2),
+        fc_sparse_eff=clip(fc_eff, 0.002, 1.0), spmv_eff=clip(spmv_eff, 0.0005, 1.0),
+        dense_overhead=clip(o_d, 0.0, 1e-2), sparse_overhead=clip(o_s, 0.0, 1e-2),
         source=f"calibrated {time.strftime('%Y-%m-%d %H:%M:%S')}, load {load:.1f}/CPU", load=float(load))
+
+
+def calibrate_and_save(threads=None, quick=False, stream=None):
+    """:func:`calibrate` with a progress line on ``stream`` (default stderr), then store the profile in
+    the cache (:func:`pyskim.perf.profile.save_profile`, which also makes it this process's profile);
+    returns it."""
+    stream = stream or sys.stderr
+    threads = resolve_threads(threads)
+    start = time.perf_counter()
+    stream.write(f"Calibrating the performance model for {threads} thread(s):")
+    stream.flush()
+
+    def progress(stage):
+        stream.write(f" {stage}...")
+        stream.flush()
+    profile = calibrate(threads, quick, progress)
+    saved = "cached in" if save_profile(profile) else "could not write the cache"
+    stream.write(f" done in {time.perf_counter() - start:.1f} s, {saved} {cache_path()}\n")
+    stream.flush()
+    return profile

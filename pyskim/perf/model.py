@@ -46,24 +46,16 @@ Write ``t_s(d) = max(a·d, b + m·d) + o_s`` with ``a = F/(P·T·e_s)``, ``b = (
   and overhead bound: pruning further saves at most ``m·d_sat``, and the speedup tends to
   ``t_d / (b + o_s)``.
 
-The machine (:class:`MachineProfile`) comes from :func:`get_profile`: P is a documented default per
-ISA (267 GFLOP/s per thread with AVX-512, measured on the project machine: 2 FMAs × 16 lanes × 2 at
-4.2 GHz; 134 with AVX2), BW from a short copy benchmark, and the efficiencies and overheads from
-short micro-benchmarks of pyskim's own kernels on a mid-size layer (:func:`calibrate`, in
-:mod:`pyskim.perf.calibrate`, about a second). The result is cached as JSON in ``$PYSKIM_CACHE_DIR``
-(default ``~/.cache/pyskim``), keyed by CPU model, thread count and pyskim version; a profile
-calibrated on a busy machine is calibrated again once the machine is quiet.
-``PYSKIM_PERFMODEL=default`` skips the calibration and uses :func:`default_profile`. Tests inject a
-fixed profile with :func:`use_profile`. More in ``docs/perfmodel.md``.
+This module is the pure model: shapes, :class:`MachineProfile`, the formulas, the predictions and
+the documented default machine numbers; it reads no file and runs no kernel. Every prediction takes the
+machine profile as an argument: :func:`pyskim.perf.profile.get_profile` gives the cached or default
+profile of this machine, :func:`pyskim.perf.calibrate.calibrate` measures one. P is a documented
+default per ISA (:func:`peak_gflops_for_isa`: 267 GFLOP/s per thread with AVX-512, measured on the
+project machine: 2 FMAs × 16 lanes × 2 at 4.2 GHz; 134 with AVX2); a calibration measures BW and
+the efficiencies and overheads. More in ``docs/perfmodel.md``.
 """
-import contextlib
 import dataclasses
-import json
 import math
-import os
-import pathlib
-import platform
-import threading
 
 VECTOR = 16                      # float32 lanes of one AVX-512 vector (the kernels' unit of work)
 NNZ_BYTES = 8                    # one nonzero weight: float32 value + int32 column index / offset
@@ -71,15 +63,6 @@ PEAK_GFLOPS_AVX512 = 267.0       # per thread, measured (research/peers.md): 64 
 PEAK_GFLOPS_AVX2 = 134.0
 PEAK_GFLOPS_OTHER = 34.0
 DEFAULT_BANDWIDTH_GBS = {1: 42.0, 2: 75.0}   # STREAM copy on the project machine
-CACHE_FILE = "perfmodel.json"
-#: A cached profile calibrated at a load average per CPU above BUSY_LOAD is calibrated again by the
-#: first process that finds the machine below QUIET_LOAD.
-BUSY_LOAD = 1.0
-QUIET_LOAD = 0.5
-
-_lock = threading.Lock()
-_memory_cache = {}
-_injected = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,10 +89,13 @@ class MachineProfile:
         return self.peak_flops * self.threads
 
     def to_json(self):
+        """The profile as a JSON-ready dict (the cache's entry)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data):
+        """A profile from :meth:`to_json`'s dict; unknown keys are ignored and missing ones take the
+        defaults (caches written by other pyskim versions)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -291,10 +277,10 @@ def saturation_density(shape, profile):
     return min(1.0, max(0.0, b / (a - m)))
 
 
-def predict(shape, density, profile=None, column_density=None):
-    """:class:`Prediction` for ``shape`` at weight ``density`` (``column_density``: fraction of
-    lowered weight columns that are not all zero, for LOWERED_CCNMM; default: no saving)."""
-    profile = profile or get_profile()
+def predict(shape, density, profile, column_density=None):
+    """:class:`Prediction` for ``shape`` at weight ``density`` on the machine ``profile``
+    (``column_density``: fraction of lowered weight columns that are not all zero, for LOWERED_CCNMM;
+    default: no saving)."""
     dense = dense_time(shape, profile)
     sparse = sparse_time(shape, density, profile)
     ccnmm = math.inf if isinstance(shape, FcShape) else ccnmm_time(
@@ -306,177 +292,32 @@ def predict(shape, density, profile=None, column_density=None):
                       saturation_density(shape, profile), mode)
 
 
-def choose(shape, density, profile=None, column_density=None, candidates=("dense", "sparse", "ccnmm")):
+def choose(shape, density, profile, column_density=None, candidates=("dense", "sparse", "ccnmm")):
     """The predicted fastest of ``candidates`` (``"dense"``, ``"sparse"``, ``"ccnmm"``)."""
     p = predict(shape, density, profile, column_density)
     times = {"dense": p.dense, "sparse": p.sparse, "ccnmm": p.ccnmm}
     return min(candidates, key=lambda k: (times[k], k != "dense"))
 
 
-def speedup_curve(shape, densities, profile=None):
-    """Predicted dense/sparse speedup at each density."""
-    profile = profile or get_profile()
+def speedup_curve(shape, densities, profile):
+    """Predicted dense/sparse speedup at each density on the machine ``profile``."""
     dense = dense_time(shape, profile)
     return [dense / sparse_time(shape, d, profile) for d in densities]
 
 
-# -- the machine -----------------------------------------------------------------------------------
+# -- default machine numbers -----------------------------------------------------------------------
 
-def cpu_model():
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def default_peak_gflops():
-    """Documented per-thread peak by ISA (see the module docstring)."""
-    flags = _cpu_flags()
-    if "avx512f" in flags:
+def peak_gflops_for_isa(cpu_flags):
+    """Documented per-thread peak GFLOP/s for a CPU with these feature flags (see the module docstring)."""
+    if "avx512f" in cpu_flags:
         return PEAK_GFLOPS_AVX512
-    if "avx2" in flags and "fma" in flags:
+    if "avx2" in cpu_flags and "fma" in cpu_flags:
         return PEAK_GFLOPS_AVX2
     return PEAK_GFLOPS_OTHER
 
 
-def default_profile(threads=1):
-    """The profile without any measurement: documented peak and bandwidth, typical efficiencies."""
-    bw = DEFAULT_BANDWIDTH_GBS.get(threads, DEFAULT_BANDWIDTH_GBS[2] * min(threads, 4) / 2)
-    return MachineProfile(threads=threads, peak_flops=default_peak_gflops() * 1e9, bandwidth=bw * 1e9,
-                          cpu=cpu_model(), source="default")
-
-
-def _version():
-    from .. import __version__
-    return __version__
-
-
-def cache_path():
-    """``$PYSKIM_CACHE_DIR/perfmodel.json`` (default ``~/.cache/pyskim/perfmodel.json``)."""
-    root = os.environ.get("PYSKIM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pyskim")
-    return pathlib.Path(root) / CACHE_FILE
-
-
-def profile_key(threads):
-    return f"{cpu_model()}|threads={threads}|pyskim={_version()}"
-
-
-def _read_cache(path):
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def load_cached_profile(threads):
-    entry = _read_cache(cache_path()).get(profile_key(threads))
-    if not isinstance(entry, dict):
-        return None
-    try:
-        return MachineProfile.from_json(entry)
-    except TypeError:
-        return None
-
-
-def save_profile(profile):
-    """Store ``profile`` in the JSON cache (best effort: an unwritable cache is not an error)."""
-    path = cache_path()
-    data = _read_cache(path)
-    data[profile_key(profile.threads)] = profile.to_json()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
-def _threads(threads):
-    if threads is None:
-        from ..kernels.dense import get_num_threads
-        threads = get_num_threads()
-    return max(1, int(threads))
-
-
-def get_profile(threads=None, calibrate_if_missing=True):
-    """The machine profile for ``threads`` (default: pyskim's kernel thread count): the injected one
-    (:func:`use_profile`), else this process's, else the JSON cache's, else a fresh calibration
-    (saved), or the default profile when ``PYSKIM_PERFMODEL=default`` or calibration is off. A
-    cached profile calibrated on a busy machine (load > ``BUSY_LOAD`` per CPU) is calibrated again
-    when the machine is quiet (load < ``QUIET_LOAD``)."""
-    if _injected is not None:
-        return _injected
-    threads = _threads(threads)
-    with _lock:
-        profile = _memory_cache.get(threads)
-        if profile is not None:
-            return profile
-        if os.environ.get("PYSKIM_PERFMODEL", "").lower() == "default" or not calibrate_if_missing:
-            profile = load_cached_profile(threads) or default_profile(threads)
-        else:
-            profile = load_cached_profile(threads)
-            # a profile measured on a busy machine is redone once the machine is quiet
-            if profile is None or (profile.load > BUSY_LOAD and current_load() < QUIET_LOAD):
-                profile = calibrate(threads)
-                save_profile(profile)
-        _memory_cache[threads] = profile
-        return profile
-
-
-def current_load():
-    """The 1-minute load average per CPU (0 where the OS does not report it)."""
-    try:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
-    except (AttributeError, OSError):
-        return 0.0
-
-
-def set_profile(profile):
-    """Make every prediction use ``profile`` (None: back to :func:`get_profile`'s lookup); returns
-    the previous injected profile."""
-    global _injected
-    previous, _injected = _injected, profile
-    return previous
-
-
-@contextlib.contextmanager
-def use_profile(profile):
-    """``with use_profile(p):`` predictions (and AUTO modes) use ``p``."""
-    previous = set_profile(profile)
-    try:
-        yield profile
-    finally:
-        set_profile(previous)
-
-
-def clear_memory_cache():
-    with _lock:
-        _memory_cache.clear()
-
-
-CALIBRATION_CONV = ConvShape(batch=1, channels=128, height=14, width=14, num_output=128, kernel=(3, 3),
-                             pad=(1, 1))
-CALIBRATION_FC = FcShape(batch=16, num_input=1024, num_output=1024)
-CALIBRATION_DENSITY = 0.1
-
-
-# calibration and threads live in pyskim.perf.calibrate (re-exported here)
-from .calibrate import calibrate, measure_bandwidth, set_blas_threads, set_threads  # noqa: F401
+def default_bandwidth(threads):
+    """Documented copy bandwidth in bytes/s of ``threads`` threads (measured for 1 and 2 on the project
+    machine; more threads scale the 2-thread figure, up to 4 threads)."""
+    gbs = DEFAULT_BANDWIDTH_GBS.get(threads, DEFAULT_BANDWIDTH_GBS[2] * min(threads, 4) / 2)
+    return gbs * 1e9

@@ -35,11 +35,16 @@ import time
 import numpy as np
 
 from ..core.glog import LogToFile, progress_bar
+from ..core.net import Net
 from ..core.state import log
 from ..errors import PyskimError
 from ..io.protofiles import write_text
 from ..io.upgrade import read_net_text, read_solver_text
+from ..perf.calibrate import set_threads
+from ..perf.model import predict
+from ..perf.profile import use_profile
 from ..proto import caffe_pb2
+from ..solvers import get_solver
 from ..solvers.signals import SignalHandler
 from . import plan as gsl_perf
 
@@ -146,7 +151,6 @@ class GSLResult:
 
 def plan_layers(shapes, counts, min_density=0.02, target_speedup=None, profile=None):
     """:class:`LayerPlan` per modelled layer (see the module docstring for the rule)."""
-    from ..perf.model import predict
     perfs = gsl_perf.predict_layers(shapes, None, profile)
     total_dense = sum(p.dense_ms for p in perfs.values())
     plans = []
@@ -306,7 +310,6 @@ def _latest_state(stage_dir, stage):
 def _run_stage(stage, solver_param, weights, stage_dir, plan, show_progress, use_bar, on_iteration):
     """Train one stage; returns (solver, seconds). ``weights`` are loaded unless a solverstate of an
     earlier try is there (then it is restored)."""
-    from ..solvers import get_solver
     floors = {p.name: p.floor for p in plan if p.prune} if stage == "prune" else {}
     bar = progress_bar(solver_param.max_iter, f"GSL {stage}", 0) if use_bar else None
     start = time.perf_counter()
@@ -383,7 +386,6 @@ def _loss(scores):
 
 def _evaluate_dense(user, net_param, weights, stage_dir):
     """Test accuracy of the starting weights with the user's test settings (no training)."""
-    from ..solvers import get_solver
     s = caffe_pb2.SolverParameter()
     s.CopyFrom(user)
     for field in ("net", "train_net", "test_net", "train_net_param", "test_net_param", "weights"):
@@ -440,7 +442,6 @@ def run_gsl(solver, weights, out_dir, *, resume=False, threads=None, progress=Tr
     training iteration (e.g. a caller's own progress bar). ``profile``: a
     :class:`pyskim.perf.model.MachineProfile` to use instead of the calibrated one.
     ``resume``: continue the run in ``out_dir`` with its stored settings."""
-    from ..perf.model import set_threads, use_profile
     unknown = set(settings) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"run_gsl: unknown settings {', '.join(sorted(unknown))}")
@@ -463,7 +464,6 @@ def run_gsl(solver, weights, out_dir, *, resume=False, threads=None, progress=Tr
 
 
 def _run(cfg, out, progress, use_bar, on_iteration):
-    from ..core.net import Net
     user, net_param = _read_user_solver(cfg["solver"])
     deploy = gsl_perf.deploy_param(net_param, cfg["batch"])
     deploy_file = out / "deploy.prototxt"

@@ -2,20 +2,29 @@
 
 * :func:`deploy_param`: a train/test net as a deploy net (``Input`` of batch ``batch``, no label path,
   no loss or accuracy layers), the net that is timed and modelled.
-* :func:`layer_shapes`: the conv / inner-product layers of a built net as :mod:`pyskim.perf.model` shapes.
+* :func:`layer_shapes`: the conv / inner-product layers of a built net as :mod:`pyskim.perf.model` shapes
+  (the shapes the sparse engine sees, :func:`pyskim.sparse.layer_workload`).
 * :func:`predict_layers` / :func:`predicted_net_speedup`: :func:`pyskim.perf.model.predict` per layer
-  at given weight densities (break-even and saturation densities included); the net figure is
-  Σ dense / Σ time in the mode AUTO picks (sparse where predicted faster and the density is below
-  ``AUTO_DENSE_DENSITY``) over the modelled layers (other layers are not modelled).
+  at given weight densities (break-even and saturation densities included) and the mode AUTO runs,
+  from the engine's own rule (:func:`pyskim.sparse.decide_mode`); the net figure is Σ dense / Σ time
+  in that mode over the modelled layers (other layers are not modelled). The machine profile is the
+  cached calibration or the default one (:func:`pyskim.perf.profile.get_profile`; never calibrates).
 * :func:`measure_compare`: measured forward time per layer, dense vs sparse (``AUTO`` modes), at the
-  deploy batch, through the time tool's compare (:mod:`pyskim.apps.time_net`).
+  deploy batch (:func:`pyskim.perf.timing.compare_nets`).
 """
 import dataclasses
 
 import numpy as np
 
 from ..core.netgraph import filter_net
+from ..core.state import log
+from ..io.upgrade import read_net_text
+from ..perf.model import predict
+from ..perf.profile import get_profile
+from ..perf.timing import compare_nets
 from ..proto import caffe_pb2
+from ..pycaffe.net import Net
+from ..sparse import apply_mode, decide_mode, describe, layer_workload
 
 CONV_TYPES = ("Convolution", "ConvolutionReLU", "ConvolutionReLUPool", "ConvolutionReLUPoolLRN")
 FC_TYPES = ("InnerProduct", "InnerProductReLUDropout")
@@ -34,6 +43,7 @@ class LayerPerf:
     break_even: float
     saturation: float
     mode: str
+    ccnmm_ms: float = None       # LOWERED_CCNMM (convolutions only)
 
     @property
     def speedup(self):
@@ -47,7 +57,7 @@ class LayerPerf:
     @property
     def best_ms(self):
         """The predicted time in the mode AUTO would run."""
-        return self.sparse_ms if self.mode == "sparse" else self.dense_ms
+        return {"sparse": self.sparse_ms, "ccnmm": self.ccnmm_ms}.get(self.mode, self.dense_ms)
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "speedup": self.speedup, "auto_speedup": self.auto_speedup}
@@ -91,55 +101,45 @@ def _data_shape(net_param, data_layer):
     if data_layer.type == "MemoryData":
         m = data_layer.memory_data_param
         return (m.channels, m.height, m.width)
-    from ..core.net import Net
     net = Net(net_param, phase=net_param.state.phase)
     return tuple(net.blob_by_name(data_layer.top[0]).shape[1:])
 
 
 def layer_shapes(net):
-    """``{layer name: (type, ConvShape | FcShape)}`` of the conv (2-D) and inner-product layers of a
-    built :class:`pyskim.core.net.Net`, in net order."""
-    from ..layers.convolution import conv_geometry
-    from ..perf.model import ConvShape, FcShape
+    """``{layer name: (type, ConvShape | FcShape)}`` of the conv (2-D) and inner-product layers
+    (:data:`CONV_TYPES`, :data:`FC_TYPES`) of a built :class:`pyskim.core.net.Net`, in net order, as
+    the sparse engine sees them (:func:`pyskim.sparse.layer_workload`)."""
     shapes = {}
     for i, (name, layer) in enumerate(zip(net.layer_names(), net.layers)):
         bottoms = net.bottom_vec(i)
-        if not bottoms or not layer.blobs:
-            continue
-        shape = tuple(bottoms[0].shape)
-        lp = layer.param
-        if layer.type in CONV_TYPES and len(shape) == 4:
-            cp = lp.convolution_param
-            kernel, stride, pad, dilation = conv_geometry(name, cp, 2)
-            shapes[name] = (layer.type, ConvShape(shape[0], shape[1], shape[2], shape[3], int(cp.num_output),
-                                                  kernel, stride, pad, dilation, max(int(cp.group), 1)))
-        elif layer.type in FC_TYPES:
-            axis = lp.inner_product_param.axis % len(shape)
-            m, k = int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))
-            shapes[name] = (layer.type, FcShape(m, k, int(lp.inner_product_param.num_output)))
+        modelled = bottoms and layer.type in CONV_TYPES + FC_TYPES
+        workload = layer_workload(layer, bottoms[0]) if modelled else None
+        if workload is not None:
+            shapes[name] = (layer.type, workload[0])
     return shapes
 
 
 def model_profile():
-    """The machine profile the model uses (calibrated once, cached; see :mod:`pyskim.perf.model`)."""
-    from ..perf.model import get_profile
+    """The machine profile the model uses: the cached calibration, else the default profile."""
     return get_profile()
 
 
-def predict_layers(shapes, densities=None, profile=None):
+def predict_layers(shapes, densities=None, profile=None, column_densities=None):
     """``{name: LayerPerf}`` for ``shapes`` (from :func:`layer_shapes`) at ``densities`` (name →
-    fraction of nonzero weights; missing names are dense)."""
-    from ..perf.model import predict
-    from ..sparse.engine import AUTO_DENSE_DENSITY
+    fraction of nonzero weights; missing names are dense). ``column_densities`` (name → fraction of
+    lowered weight columns that are not all zero, convolutions) refines AUTO's choice as the engine
+    makes it; missing names have no all-zero columns."""
     profile = profile or model_profile()
     densities = densities or {}
+    column_densities = column_densities or {}
     out = {}
     for name, (kind, shape) in shapes.items():
         d = float(densities.get(name, 1.0))
-        p = predict(shape, d, profile)
-        sparse = p.sparse < p.dense and d < AUTO_DENSE_DENSITY     # as conv_mode/gemm_mode AUTO decide
-        out[name] = LayerPerf(name, kind, d, p.dense * 1e3, p.sparse * 1e3, p.break_even, p.saturation,
-                              "sparse" if sparse else "dense")
+        columns = column_densities.get(name)
+        p = predict(shape, d, profile, columns)
+        mode = decide_mode(shape, d, columns, profile)          # what conv_mode / gemm_mode AUTO runs
+        out[name] = LayerPerf(name, kind, d, p.dense * 1e3, p.sparse * 1e3, p.break_even, p.saturation, mode,
+                              None if np.isinf(p.ccnmm) else p.ccnmm * 1e3)
     return out
 
 
@@ -153,19 +153,26 @@ def predicted_net_speedup(perfs):
 # -- measured ---------------------------------------------------------------------------------------
 
 def measure_compare(deploy_file, weights, iterations=20):
-    """The time tool's ``--compare`` (:func:`pyskim.apps.time_net.compare`: the deploy net dense and
-    with ``AUTO`` modes, same weights, forward only, alternating): ``{"layers": {name: {"dense_ms",
-    "sparse_ms", "mode"}}, "dense_ms", "sparse_ms", "speedup"}`` (whole-net sums, ms)."""
-    import types
-
-    from ..apps import time_net
-    args = types.SimpleNamespace(model=str(deploy_file), weights=str(weights) if weights else "", batch=0,
-                                 phase="TEST", level=0, stage="", iterations=int(iterations))
-    dense_net, sparse_net = time_net.build_net(args, "dense"), time_net.build_net(args, "auto")
-    dense_t, sparse_t = time_net.compare(args, dense_net, sparse_net, "auto")
-    modes = {row[0]: row[1] for row in time_net.layer_rows(sparse_net, sparse_t)}
-    layers = {layer.name: {"dense_ms": td * 1e3, "sparse_ms": ts * 1e3, "mode": modes.get(layer.name, "-")}
-              for layer, td, ts in zip(sparse_net.layers, dense_t, sparse_t)}
-    dense_ms, sparse_ms = sum(dense_t) * 1e3, sum(sparse_t) * 1e3
+    """Measured forward time of the deploy net dense and with ``AUTO`` modes (same weights, TEST phase,
+    alternating: :func:`pyskim.perf.timing.compare_nets`), as ``pyskim time -compare``: ``{"layers":
+    {name: {"dense_ms", "sparse_ms", "mode"}}, "dense_ms", "sparse_ms", "speedup"}`` (whole-net sums,
+    ms; ``mode`` as ``pyskim time`` prints it, ``AUTO>DIRECT_SCONV``, or ``-`` for other layers)."""
+    param = read_net_text(str(deploy_file))
+    nets = []
+    for mode in ("dense", "auto"):
+        mode_param = caffe_pb2.NetParameter()
+        mode_param.CopyFrom(param)
+        apply_mode(mode_param, mode)
+        nets.append(Net(mode_param, caffe_pb2.TEST, weights=str(weights) if weights else None))
+    dense_net, sparse_net = nets
+    comparison = compare_nets(dense_net, sparse_net, int(iterations))
+    layers = {}
+    for i, row in enumerate(comparison.layers):
+        info = describe(sparse_net.layers[i], sparse_net.bottom_vec(i))
+        mode = "-" if info is None else info["used"] if info["requested"] != "AUTO" else f"AUTO>{info['used']}"
+        layers[row.name] = {"dense_ms": row.dense * 1e3, "sparse_ms": row.sparse * 1e3, "mode": mode}
+        log.info("%-22s %-22s dense %9.3f ms  sparse %9.3f ms", row.name, mode, row.dense * 1e3, row.sparse * 1e3)
+    dense_ms, sparse_ms = comparison.dense_total * 1e3, comparison.sparse_total * 1e3
+    log.info("Whole net: dense %.3f ms, sparse %.3f ms over %d iterations", dense_ms, sparse_ms, comparison.iterations)
     return {"layers": layers, "dense_ms": dense_ms, "sparse_ms": sparse_ms,
             "speedup": dense_ms / sparse_ms if sparse_ms > 0 else 1.0}

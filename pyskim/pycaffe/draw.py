@@ -11,6 +11,7 @@ source without Graphviz. Old V1 nets (``layers`` instead of ``layer``) are upgra
 import shutil
 
 from ..errors import PyskimError
+from ..io.upgrade import upgrade_net_as_needed
 from ..proto import caffe_pb2
 
 __all__ = ["draw_net", "draw_net_to_file", "get_pydot_graph"]
@@ -101,7 +102,6 @@ def _included(layer, phase):
 
 def _layers_of(caffe_net):
     if not len(caffe_net.layer) and len(caffe_net.layers):
-        from ..io.upgrade import upgrade_net_as_needed
         upgraded = caffe_pb2.NetParameter()
         upgraded.CopyFrom(caffe_net)
         upgrade_net_as_needed(upgraded, caffe_net.name)

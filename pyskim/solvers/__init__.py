@@ -1,6 +1,7 @@
 """Solvers by type string, as Caffe's SolverRegistry, and pycaffe's ``get_solver``."""
 import os
 
+from ..core.layer import registration_names
 from ..errors import SolverError
 from ..io.upgrade import read_solver_text, upgrade_solver
 from ..proto import caffe_pb2
@@ -13,14 +14,23 @@ from .rmsprop import RMSPropSolver
 from .sgd import REGULARIZERS, Regularizer, SGDSolver, register_regularizer
 from .skim import WINOGRAD_TYPES  # noqa: F401  (registers SkimCaffe's regularization types)
 
-SOLVER_REGISTRY = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
-                                             AdaDeltaSolver, AdamSolver)}
+SOLVER_REGISTRY = {}
 
 
-def register_solver(cls):
-    """Class decorator: register a Solver subclass under its ``type``."""
-    SOLVER_REGISTRY[cls.type] = cls
-    return cls
+def register_solver(cls=None, *, replaces=None):
+    """Class decorator (``@register_solver`` or ``@register_solver(replaces="SGD")``): register a
+    Solver subclass under its ``type``, as Caffe's ``REGISTER_SOLVER_CLASS``. A type already
+    registered is refused unless ``replaces`` names it."""
+    def add(solver_cls):
+        (name,) = registration_names(SOLVER_REGISTRY, "solver registry", (solver_cls.type,),
+                                     replaces or (), error=SolverError)
+        SOLVER_REGISTRY[name] = solver_cls
+        return solver_cls
+    return add if cls is None else add(cls)
+
+
+for _builtin in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver, AdamSolver):
+    register_solver(_builtin)
 
 
 def solver_type_list():

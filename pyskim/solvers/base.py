@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from ..core.state import log, set_random_seed
 from ..errors import SolverError
 from ..io import hdf5
+from ..io.files import remove_stale_temp_files
 from ..io.protofiles import write_binary
 from ..io.upgrade import read_net_text, read_solver_text, upgrade_solver
 from ..proto import caffe_pb2
@@ -352,8 +353,14 @@ class Solver:
     def snapshot(self):
         """Write ``<prefix>_iter_<N>.caffemodel`` + ``.solverstate`` (``.caffemodel.h5`` +
         ``.solverstate.h5`` for ``snapshot_format: HDF5``), each through a temp file and an atomic
-        rename. Returns (model file, state file)."""
+        rename. Returns (model file, state file).
+
+        First removes the temp files an interrupted earlier snapshot of this prefix left behind
+        (a ``kill -9`` mid-write), logging each. A write that fails (full disk, file size limit)
+        raises :class:`~pyskim.errors.FileWriteError` naming the file and the cause; training stops
+        there, and the earlier snapshots are left intact (Caffe aborts on a failed write)."""
         p = self._param
+        remove_stale_temp_files(f"{p.snapshot_prefix}_iter_")
         if p.snapshot_format == caffe_pb2.SolverParameter.BINARYPROTO:
             model_filename = self._snapshot_filename(".caffemodel")
             log.info("Snapshotting to binary proto file %s", model_filename)

@@ -9,23 +9,22 @@ history). All arithmetic is float32 on whole arrays, in Caffe's operation order.
 Regularization is delegated to one :class:`Regularizer` per effective ``regularization_type``
 (``ParamSpec.regularization_type`` when set, else the solver's). A regularizer adds its gradient at
 the Regularize stage (returning the penalty) and may act before, instead of and after ``w -= diff``;
-SkimCaffe's types (thresholded L1, ISTA, DNS; ``skim.py``) plug in there through
-:func:`register_regularizer`. As SkimCaffe's ``Blob::Update``, the step is multiplied by the blob's
+SkimCaffe's types (ISTA, DNS; ``skim.py``) plug in there through :func:`register_regularizer`, and
+SkimCaffe's thresholded L1 explicitly replaces Caffe's ``L1`` (``skim.py`` is always imported with
+this package). As SkimCaffe's ``Blob::Update``, the step is multiplied by the blob's
 ``connectivity_mask`` (when set) just before the update, for every solver type and regularizer, so
 masked weights never move. On display iterations the SkimCaffe sparsity lines follow the lr line and
 "Total regularization terms" ends the update.
 """
 import math
-import os
-import tempfile
 
-import h5py
 import numpy as np
 
+from ..core.layer import registration_names
 from ..core.state import log
 from ..errors import SolverError
 from ..io.blobproto import array_to_blobproto, blobproto_to_array
-from ..io.hdf5 import read_solver_state_hdf5
+from ..io.hdf5 import read_solver_state_hdf5, write_solver_state_hdf5
 from ..io.protofiles import read_binary, write_binary
 from ..proto import caffe_pb2
 from ..sparse.sparsity import connectivity_mask, display_lines, regularization_line
@@ -61,8 +60,12 @@ def powx(x, exponent, out):
 
 
 # -- regularizers -------------------------------------------------------------------------------------
-def register_regularizer(*names):
-    """Class decorator: make a :class:`Regularizer` subclass the handler of these regularization types."""
+def register_regularizer(*names, replaces=()):
+    """Class decorator: make a :class:`Regularizer` subclass the handler of these regularization types.
+    A type already registered is refused unless ``replaces`` names it (SkimCaffe's thresholded ``L1``
+    replaces Caffe's, see ``skim.py``)."""
+    names = registration_names(REGULARIZERS, "regularizer registry", names, replaces, error=SolverError)
+
     def decorate(cls):
         for name in names:
             REGULARIZERS[name] = cls
@@ -294,7 +297,7 @@ class SGDSolver(Solver):
         if self._param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             filename = self._snapshot_filename(".solverstate.h5")
             log.info("Snapshotting solver state to HDF5 file %s", filename)
-            _write_state_hdf5(filename, self.iter, model_filename, self.current_step, self.history)
+            write_solver_state_hdf5(filename, self.iter, model_filename, self.current_step, self.history)
             return filename
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_filename,
                                       current_step=self.current_step)
@@ -331,23 +334,3 @@ class SGDSolver(Solver):
         for saved, current in zip(history, self.history):
             current[...] = saved.reshape(current.shape)
 
-
-def _write_state_hdf5(filename, iteration, model_filename, current_step, history):
-    """The HDF5 solverstate layout (iter, learned_net, current_step, history/<i>), written to a temp
-    file in the same folder and renamed into place."""
-    folder = os.path.dirname(os.path.abspath(filename))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(filename), dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("iter", data=np.int32(iteration))
-            f.create_dataset("learned_net", data=np.bytes_(model_filename.encode()))
-            f.create_dataset("current_step", data=np.int32(current_step))
-            group = f.create_group("history")
-            for i, array in enumerate(history):
-                group.create_dataset(str(i), data=array)
-        os.replace(tmp, filename)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -1,8 +1,9 @@
 """SkimCaffe's pruning regularizers (``sgd_solver.cpp`` ``Regularize`` and ``ApplyUpdate``).
 
-Registered into the solver pipeline's regularizer registry, so every solver type (SGD, Nesterov,
-AdaGrad, RMSProp, AdaDelta, Adam) runs them: they only add to the gradient at the Regularize stage
-and act around the update, after ComputeUpdateValue has turned ``diff`` into the step.
+Registered into the solver pipeline's regularizer registry (``L1`` explicitly replacing Caffe's
+plain L1, which it extends), so every solver type (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)
+runs them: they only add to the gradient at the Regularize stage and act around the update, after
+ComputeUpdateValue has turned ``diff`` into the step.
 ``local_decay`` is weight_decay × decay_mult; ``t0`` is ``SolverParameter.prune_threshold``.
 
 * ``L1``: diff += local_decay·sign(w); after ``w -= diff`` a hard threshold: |w| ≤ t0 → 0. With
@@ -66,7 +67,7 @@ def step_thresholds(step, t0, factor, out):
     return out
 
 
-@register_regularizer("L1")
+@register_regularizer("L1", replaces="L1")
 class L1Regularizer(CaffeL1Regularizer):
     """SkimCaffe's L1: Caffe's L1 gradient term, then a hard threshold after the update (step-
     dependent when ``max_threshold_factor`` ≥ 2). ``bvlc_unless_set``: skip the threshold when the

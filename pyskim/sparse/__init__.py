@@ -1,12 +1,13 @@
-"""The sparse engine: SkimCaffe's ``conv_mode`` / ``gemm_mode`` dispatch attached to a built Net,
-AUTO's decision, ReLU fusion (:mod:`.engine`) and SkimCaffe's sparsity measures and connectivity
-masks (:mod:`.sparsity`)."""
+"""The sparse engine, attached to every built Net: SkimCaffe's ``conv_mode`` / ``gemm_mode`` names and
+AUTO's one decision rule (:mod:`.modes`), the convolution and inner-product engines (:mod:`.engine`)
+with exact weight-change detection (:mod:`.weights`), attaching them after the build and ReLU fusion
+(:mod:`.fusion`), what a layer computes and ran (:mod:`.workload`), and SkimCaffe's sparsity measures
+and connectivity masks (:mod:`.sparsity`)."""
 from ..core.net import add_post_build_hook
-from .engine import fuse_relus
+from .fusion import attach_engines
+from .modes import AUTO_DENSE_DENSITY, apply_mode, decide_mode
+from .workload import describe, layer_workload
 
+__all__ = ["AUTO_DENSE_DENSITY", "apply_mode", "decide_mode", "describe", "layer_workload"]
 
-def _link_relus(net):
-    net.fused_relus = fuse_relus(net)   # sparse conv/IP kernels apply the next in-place ReLU
-
-
-add_post_build_hook(_link_relus)
+add_post_build_hook(attach_engines)

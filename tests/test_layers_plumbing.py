@@ -2,6 +2,7 @@
 several parameter settings, Caffe's tie rules, blob sharing, the sparse-engine hooks, and errors."""
 import numpy as np
 import pytest
+from gradcheck import GradientChecker
 
 import pyskim
 from pyskim.core.blob import Blob
@@ -29,45 +30,24 @@ def randn(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def gradient_check(text, arrays, bottoms=(0,), params=(), num_top=1, eps=1e-2, rtol=2e-3, atol=1e-3):
-    """Compare the analytic gradients of ``sum_i <r_i, top_i>`` (random r_i) w.r.t. the chosen bottoms
-    and params with float64 central differences along random directions."""
-    rng = np.random.default_rng(1)
+def checked(text, arrays, checker, num_top=1, check_bottom=None, eltwise=False):
+    """Build the layer, run ``checker`` over it (Caffe's CheckGradient, or CheckGradientEltwise when
+    ``eltwise``) and return ``(layer, bottom, top)`` as the unperturbed inputs leave them."""
     layer, bottom, top = build(text, arrays, num_top)
-    layer.forward(bottom, top)
-    weights = [rng.standard_normal(t.shape) for t in top]
-
-    def objective():
-        layer.forward(bottom, top)
-        return sum(np.sum(t.data.astype(np.float64) * w) for t, w in zip(top, weights))
-
-    objective()
-    for i in bottoms:
-        bottom[i].diff[...] = np.nan
-    for blob in layer.blobs:
-        blob.diff[...] = 0
-    for t, w in zip(top, weights):
-        t.diff[...] = w
-    layer.backward(top, [i in bottoms for i in range(len(bottom))], bottom)
-    targets = [bottom[i] for i in bottoms] + [layer.blobs[j] for j in params]
-    analytic = [blob.diff.astype(np.float64) for blob in targets]
-    for blob, grad in zip(targets, analytic):
-        assert np.isfinite(grad).all(), text
-        base = blob.data.copy()
-        direction = rng.standard_normal(base.shape)
-        values = []
-        for sign in (1, -1):
-            blob.data[...] = base + (sign * eps * direction).astype(np.float32)
-            values.append(objective())
-        blob.data[...] = base
-        numeric = (values[0] - values[1]) / (2 * eps)
-        expected = float(np.sum(grad * direction))
-        assert abs(numeric - expected) <= rtol * abs(expected) + atol, (text, numeric, expected)
-    objective()
+    if eltwise:
+        checker.check_gradient_eltwise(layer, bottom, top)
+    else:
+        checker.check_gradient(layer, bottom, top, check_bottom)
     return layer, bottom, top
 
 
 # -- gradients -----------------------------------------------------------------------------------------
+# Caffe's stepsize for each type: 1e-4 for Eltwise MAX and BatchReindex, 1e-3 for Crop, 1e-2 otherwise.
+# The threshold is 1e-3 throughout: Caffe's for InnerProduct, Eltwise, Slice, Filter, Embed and Crop,
+# tighter than its 1e-2 (Concat, Tile, Flatten, BatchReindex) and 2e-3 (Reduction), since these copy
+# or sum values (the estimates are exact to 1e-5) and the check they replaced was as strict.
+CHECKER = GradientChecker(1e-2, 1e-3)
+SMALL_STEP_CHECKER = GradientChecker(1e-4, 1e-3)
 IP_FILLERS = "weight_filler { type: 'gaussian' std: 0.5 } bias_filler { type: 'gaussian' std: 0.5 }"
 
 
@@ -79,8 +59,8 @@ IP_FILLERS = "weight_filler { type: 'gaussian' std: 0.5 } bias_filler { type: 'g
 ])
 def test_inner_product_gradient(extra, shape):
     text = f"name: 'ip' type: 'InnerProduct' inner_product_param {{ num_output: 3 {extra} {IP_FILLERS} }}"
-    params = (0,) if "bias_term: false" in extra else (0, 1)
-    layer = gradient_check(text, [randn(*shape)], params=params)[0]
+    layer = checked(text, [randn(*shape)], CHECKER)[0]
+    assert len(layer.blobs) == (1 if "bias_term: false" in extra else 2)
     k = int(np.prod(shape[(2 if "axis: 2" in extra else len(shape) - 1 if "-1" in extra else 1):]))
     assert layer.blobs[0].shape == ((k, 3) if "transpose" in extra else (3, k))
 
@@ -97,35 +77,49 @@ def test_inner_product_param_diff_accumulates():
         np.testing.assert_allclose(blob.diff, 2 * first, rtol=1e-6)
 
 
-def test_inner_product_sparse_hooks():
-    """A subclass can swap the forward product and is told when the weights change."""
-    calls = []
+def test_inner_product_engine_slot():
+    """The slot the sparse package fills: an engine computes the top when its forward says it did,
+    the dense product runs when it declines, and the engine is told when the net loads weights."""
+    class DoublingEngine:
+        def __init__(self, layer):
+            self.layer, self.computes, self.repacks = layer, True, 0
 
-    class Doubled(InnerProductLayer):
         def weights_changed(self):
-            calls.append(self.blobs[0].data.copy())
+            self.repacks += 1
 
-        def _forward_product(self, x):
-            return 2 * super()._forward_product(x)
+        def forward(self, bottom, top):
+            if self.computes:
+                weight, bias = (blob.data for blob in self.layer.blobs)
+                top[0].data[...] = 2 * bottom[0].data @ weight.T + bias
+            return self.computes
 
-    param = parse_text(f"name: 'ip' type: 'InnerProduct' inner_product_param {{ num_output: 2 {IP_FILLERS} }}",
-                       caffe_pb2.LayerParameter())
-    layer = Doubled(param)
-    bottom, top = [Blob((3, 4))], [Blob()]
-    bottom[0].data[...] = randn(3, 4)
-    layer.setup(bottom, top)
-    assert len(calls) == 1
-    layer.forward(bottom, top)
-    expected = 2 * bottom[0].data @ layer.blobs[0].data.T + layer.blobs[1].data
-    np.testing.assert_allclose(top[0].data, expected, rtol=1e-5)
+    net = pyskim.Net(parse_text(
+        "layer { name: 'x' type: 'Input' top: 'x' input_param { shape { dim: 3 dim: 4 } } } "
+        f"layer {{ name: 'ip' type: 'InnerProduct' bottom: 'x' top: 'y' inner_product_param {{ num_output: 2 "
+        f"{IP_FILLERS} }} }}", caffe_pb2.NetParameter()), pyskim.TEST)
+    layer = net.layer_by_name("ip")
+    assert isinstance(layer, InnerProductLayer)
+    engine = layer.engine = DoublingEngine(layer)
+    net.copy_trained_layers_from_param(net.to_proto())
+    assert engine.repacks == 1
+    x = randn(3, 4)
+    net.blobs["x"].data[...] = x
+    weight, bias = (blob.data.astype(np.float64) for blob in layer.blobs)
+    for computes, factor in ((True, 2), (False, 1)):
+        engine.computes = computes
+        net.forward_prefilled()
+        np.testing.assert_allclose(net.blobs["y"].data, factor * x @ weight.T + bias, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("extra", [
-    "operation: PROD", "operation: PROD stable_prod_grad: false", "operation: SUM coeff: 0.5 coeff: -2 coeff: 1",
-    "operation: MAX"])
-def test_eltwise_gradient(extra):
+@pytest.mark.parametrize("extra, checker", [
+    ("operation: PROD", CHECKER),
+    ("operation: PROD stable_prod_grad: false", CHECKER),
+    ("operation: SUM coeff: 0.5 coeff: -2 coeff: 1", CHECKER),
+    ("operation: MAX", SMALL_STEP_CHECKER),
+])
+def test_eltwise_gradient(extra, checker):
     arrays = [randn(2, 3, 4, seed=s) for s in range(3)]
-    gradient_check(f"name: 'e' type: 'Eltwise' eltwise_param {{ {extra} }}", arrays, bottoms=(0, 1, 2))
+    checked(f"name: 'e' type: 'Eltwise' eltwise_param {{ {extra} }}", arrays, checker, eltwise=True)
 
 
 @pytest.mark.parametrize("text, shapes, num_top", [
@@ -136,21 +130,31 @@ def test_eltwise_gradient(extra):
     ("type: 'Slice' slice_param { slice_dim: 0 }", [(4, 3)], 2),
     ("type: 'Tile' tile_param { axis: 1 tiles: 3 }", [(2, 3, 2)], 1),
     ("type: 'Tile' tile_param { axis: 0 tiles: 2 }", [(2, 3)], 1),
-    ("type: 'Flatten' flatten_param { axis: 1 end_axis: 2 }", [(2, 3, 2, 2)], 1),
-    ("type: 'Reshape' reshape_param { shape { dim: 0 dim: -1 } axis: 1 }", [(2, 3, 2, 2)], 1),
     ("type: 'Reduction' reduction_param { operation: SUM axis: 1 coeff: 2 }", [(2, 3, 2)], 1),
     ("type: 'Reduction' reduction_param { operation: ASUM axis: 0 }", [(2, 3, 2)], 1),
     ("type: 'Reduction' reduction_param { operation: SUMSQ axis: 2 coeff: -0.5 }", [(2, 3, 2)], 1),
     ("type: 'Reduction' reduction_param { operation: MEAN axis: -1 coeff: 3 }", [(2, 3, 2)], 1),
 ])
 def test_plumbing_gradient(text, shapes, num_top):
+    """Caffe checks these against each top element in turn; one check against random coefficients on
+    all top elements covers the same Jacobian at a fraction of the cost."""
     arrays = [randn(*shape, seed=i) for i, shape in enumerate(shapes)]
-    gradient_check(f"name: 'l' {text}", arrays, bottoms=tuple(range(len(arrays))), num_top=num_top)
+    checked(f"name: 'l' {text}", arrays, CHECKER, num_top=num_top)
+
+
+@pytest.mark.parametrize("text, shape", [
+    ("type: 'Flatten' flatten_param { axis: 1 end_axis: 2 }", (2, 3, 2, 2)),
+    ("type: 'Reshape' reshape_param { shape { dim: 0 dim: -1 } axis: 1 }", (2, 3, 2, 2)),
+])
+def test_flatten_and_reshape_gradient(text, shape):
+    """Copies of the bottom, element by element: Caffe's Flatten test checks them as such."""
+    checked(f"name: 'l' {text}", [randn(*shape)], CHECKER, eltwise=True)
 
 
 def test_crop_gradient_and_reference():
     text = "name: 'c' type: 'Crop' crop_param { axis: 1 offset: 1 offset: 0 offset: 2 }"
-    layer, bottom, top = gradient_check(text, [randn(2, 4, 3, 5), np.zeros((9, 2, 3, 2))])
+    layer, bottom, top = checked(text, [randn(2, 4, 3, 5), np.zeros((9, 2, 3, 2))], GradientChecker(1e-3, 1e-3),
+                                 check_bottom=0)
     np.testing.assert_array_equal(top[0].data, bottom[0].data[:, 1:3, 0:3, 2:4])
     bottom[1].diff[...] = 7
     layer.backward(top, [True, True], bottom)
@@ -159,11 +163,12 @@ def test_crop_gradient_and_reference():
 
 def test_batch_reindex_and_filter_gradients():
     index = np.array([2, 0, 2, 1], dtype=np.float32)
-    _, bottom, top = gradient_check("name: 'r' type: 'BatchReindex'", [randn(3, 2, 2), index])
+    _, bottom, top = checked("name: 'r' type: 'BatchReindex'", [randn(3, 2, 2), index],
+                             SMALL_STEP_CHECKER, check_bottom=0)
     np.testing.assert_array_equal(top[0].data, bottom[0].data[[2, 0, 2, 1]])
     selector = np.array([1, 0, 0, 2.5, 1], dtype=np.float32)
-    _, bottom, top = gradient_check("name: 'f' type: 'Filter'", [randn(5, 3), randn(5, 2), selector],
-                                    bottoms=(0, 1), num_top=2)
+    _, bottom, top = checked("name: 'f' type: 'Filter'", [randn(5, 3), randn(5, 2), selector],
+                             CHECKER, num_top=2, check_bottom=(0, 1))
     assert top[0].shape == (3, 3) and top[1].shape == (3, 2)
     assert (bottom[0].diff[[1, 2]] == 0).all()
 
@@ -179,7 +184,7 @@ def test_embed_gradient_accumulates_repeated_indices():
     text = ("name: 'e' type: 'Embed' embed_param { input_dim: 5 num_output: 3 "
             "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' } }")
     index = np.array([[1, 4], [1, 1]], dtype=np.float32)
-    layer, bottom, top = gradient_check(text, [index], bottoms=(), params=(0, 1))
+    layer, bottom, top = checked(text, [index], CHECKER, check_bottom=())
     top[0].diff[...] = 1
     layer.blobs[0].diff[...] = 0
     layer.backward(top, [False], bottom)

@@ -1,0 +1,91 @@
+"""Attaching the sparse engines to a built Net, and ReLU fusion.
+
+:func:`attach_engines` runs after every Net build (:func:`pyskim.core.net.add_post_build_hook`), as
+Caffe's layer factory picks an engine outside the layers: every Convolution / InnerProduct whose
+conv_mode / gemm_mode is not plain dense, and the first stage of SkimCaffe's fused types, gets a
+:class:`~.engine.ConvEngine` / :class:`~.engine.FcEngine` in its ``engine`` slot. A Deconvolution has
+no sparse mode: it runs dense, with one warning when it asks for another.
+
+ReLU fusion. An engine is then linked to the ReLU (``negative_slope: 0``) that consumes its top next,
+in place, directly or inside a fused type: the ReLU's ``fusion`` is a
+:class:`~pyskim.layers.neuron.ReLUFusion` that the engine sets whenever its sparse kernel applied
+``max(x, 0)`` in its store, and the ReLU's forward then does nothing; in any other mode (dense, or
+AUTO choosing dense) the ReLU runs as usual. The values are identical, and backward is unchanged (an
+in-place ReLU's backward reads its output). Caveat: ``net.forward(end=<conv>)`` then shows the conv's
+top after the ReLU. ``net.fused_relus`` lists the linked (producer, ReLU) layer names.
+"""
+import logging
+
+from ..layers.convolution import DeconvolutionLayer
+from ..layers.fused import FusedLayer
+from ..layers.neuron import ReLUFusion, ReLULayer
+from .engine import ConvEngine, FcEngine
+from .modes import CONV_MODE_NAMES, is_plain, requested_mode
+
+log = logging.getLogger("pyskim")
+
+
+def attach_engine(layer):
+    """Put a new engine in the ``engine`` slot of a Convolution / InnerProduct whose requested mode
+    is not plain dense, and return it; None (slot untouched) for any other layer."""
+    requested = requested_mode(layer)
+    if requested is None or is_plain(*requested):
+        return None
+    layer.engine = (ConvEngine if requested[0] == "conv" else FcEngine)(layer)
+    return layer.engine
+
+
+def link_relu(engine, relu):
+    """Let ``engine``'s sparse kernel apply ``relu`` (an in-place ReLU right after its layer); False
+    for a leaky ReLU or one already linked."""
+    if relu.negative_slope != 0 or relu.fusion is not None:
+        return False
+    relu.fusion = engine.relu = ReLUFusion(engine.layer.name)
+    return True
+
+
+def _next_in_place_relu(net, i):
+    """The ReLU that consumes layer ``i``'s only top next, in place, or None."""
+    tops = net.top_ids(i)
+    if len(tops) != 1:
+        return None
+    consumers = (j for j in range(i + 1, len(net.layers)) if tops[0] in net.bottom_ids(j))
+    j = next(consumers, None)
+    if j is None or not isinstance(net.layers[j], ReLULayer):
+        return None
+    return net.layers[j] if net.bottom_ids(j) == tops and net.top_ids(j) == tops else None
+
+
+def _fused_relu(layer):
+    """The in-place ReLU stage right after a fused layer's first stage, or None."""
+    stages, io = layer.stages, layer.stage_io
+    if len(stages) < 2 or not isinstance(stages[1], ReLULayer):
+        return None
+    bottoms, tops = io[1]
+    return stages[1] if bottoms[0] is tops[0] else None
+
+
+def _warn_deconvolution(layer):
+    mode = layer.param.convolution_param.conv_mode
+    if not is_plain("conv", mode):
+        log.warning("layer '%s': conv_mode %s is not available for %s; falling back to LOWERED_GEMM", layer.name,
+                    CONV_MODE_NAMES.get(mode, mode), layer.type)
+
+
+def attach_engines(net):
+    """The post-build hook: attach engines (see the module docstring), link the ReLUs they may apply
+    and set ``net.fused_relus`` to the linked (producer, ReLU) layer names."""
+    pairs = []
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, DeconvolutionLayer):
+            _warn_deconvolution(layer)
+            continue
+        if isinstance(layer, FusedLayer):
+            engine = attach_engine(layer.stages[0]) if layer.stages else None
+            relu = _fused_relu(layer) if engine is not None else None
+        else:
+            engine = attach_engine(layer)
+            relu = _next_in_place_relu(net, i) if engine is not None else None
+        if relu is not None and link_relu(engine, relu):
+            pairs.append((layer.name, relu.name))
+    net.fused_relus = pairs
