@@ -12,7 +12,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 # Thread counts of OpenBLAS and OpenMP are read when the libraries load: set them before numpy.
 if "--threads" in sys.argv[1:-1]:
@@ -20,41 +19,7 @@ if "--threads" in sys.argv[1:-1]:
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _threads
 
 import numpy as np
-
-import pyskim
-from pyskim.io.protofiles import parse_text
-from pyskim.proto import caffe_pb2
-
-# AlexNet (bvlc_alexnet/deploy.prototxt): name, input C, H(=W), num_output, kernel, stride, pad, group
-ALEXNET_CONVS = [
-    ("conv1", 3, 227, 96, 11, 4, 0, 1),
-    ("conv2", 96, 27, 256, 5, 1, 2, 2),
-    ("conv3", 256, 13, 384, 3, 1, 1, 1),
-    ("conv4", 384, 13, 384, 3, 1, 1, 2),
-    ("conv5", 384, 13, 256, 3, 1, 1, 2),
-]
-
-
-def conv_net(batch, channels, size, num_output, kernel, stride, pad, group):
-    param = caffe_pb2.NetParameter()
-    parse_text(f"""
-        layer {{ name: "data" type: "Input" top: "data"
-                 input_param {{ shape {{ dim: {batch} dim: {channels} dim: {size} dim: {size} }} }} }}
-        layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
-                 convolution_param {{ num_output: {num_output} kernel_size: {kernel} stride: {stride}
-                   pad: {pad} group: {group} weight_filler {{ type: "gaussian" std: 0.01 }}
-                   bias_filler {{ type: "constant" value: 0.1 }} }} }}""", param)
-    return pyskim.Net(param, pyskim.TEST)
-
-
-def best_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from bench_common import ALEXNET_CONVS, call_times, conv_net
 
 
 def main():
@@ -83,7 +48,7 @@ def main():
             x = np.random.default_rng(0).standard_normal((batch, channels, size, size)).astype(np.float32)
             net.blobs["data"].data[...] = x
             out = net.blobs["conv"]
-            pyskim_s = best_time(net.forward, args.repeats)
+            pyskim_s = min(call_times(net.forward, args.repeats))
             flops = 2.0 * out.count * (channels // group) * kernel * kernel
             line = f"{name:8s} {batch:5d} {pyskim_s * 1e3:10.2f} {flops / pyskim_s / 1e9:8.1f}"
             totals.setdefault(batch, [0.0, 0.0])[0] += pyskim_s
@@ -94,7 +59,7 @@ def main():
                 with torch.no_grad():
                     def torch_conv(tx=tx, weight=weight, bias=bias, stride=stride, pad=pad, group=group):
                         return torch.nn.functional.conv2d(tx, weight, bias, stride, pad, 1, group)
-                    torch_s = best_time(torch_conv, args.repeats)
+                    torch_s = min(call_times(torch_conv, args.repeats))
                     np.testing.assert_allclose(torch_conv().numpy(), out.data, rtol=1e-3, atol=1e-3)
                 totals[batch][1] += torch_s
                 line += f" {torch_s * 1e3:9.2f} {flops / torch_s / 1e9:8.1f} {torch_s / pyskim_s:12.2f}"

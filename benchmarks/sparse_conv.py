@@ -28,14 +28,8 @@ import subprocess
 import sys
 import time
 
-# name, input C, H(=W), num_output, kernel, stride, pad, group (bvlc_alexnet/deploy.prototxt)
-ALEXNET_CONVS = [
-    ("conv1", 3, 227, 96, 11, 4, 0, 1),
-    ("conv2", 96, 27, 256, 5, 1, 2, 2),
-    ("conv3", 256, 13, 384, 3, 1, 1, 1),
-    ("conv4", 384, 13, 384, 3, 1, 1, 2),
-    ("conv5", 384, 13, 256, 3, 1, 1, 2),
-]
+from bench_common import ALEXNET_CONVS, conv_net
+
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
@@ -107,20 +101,6 @@ def race(methods, repeats, rounds, quiet_wait, load):
 
 
 # -- one configuration (child process) --------------------------------------------------------------
-
-def conv_net(batch, channels, size, num_output, kernel, stride, pad, group):
-    import pyskim
-    from pyskim.io.protofiles import parse_text
-    from pyskim.proto import caffe_pb2
-    param = caffe_pb2.NetParameter()
-    parse_text(f"""
-        layer {{ name: "data" type: "Input" top: "data"
-                 input_param {{ shape {{ dim: {batch} dim: {channels} dim: {size} dim: {size} }} }} }}
-        layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
-                 convolution_param {{ num_output: {num_output} kernel_size: {kernel} stride: {stride}
-                   pad: {pad} group: {group} }} }}""", param)
-    return pyskim.Net(param, pyskim.TEST)
-
 
 def ort_conv(x, w, bias, stride, pad, group, threads):
     """An onnxruntime session running one Conv node (opset 17) on ``x``; returns the call to time."""

@@ -23,12 +23,13 @@ import pathlib
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_common import call_times
+
 MODEL = ROOT / "prototxt" / "caffenet" / "deploy_sparse.prototxt"
 
 
@@ -55,12 +56,7 @@ def engines(net):
 
 def seconds(fn, iterations):
     """Median and minimum wall time of ``fn()`` over ``iterations`` calls (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    times = call_times(fn, iterations)
     return statistics.median(times), min(times)
 
 

@@ -12,32 +12,7 @@ product Caffe computes. ``col2im_batch`` sums the taps in Caffe's per-pixel orde
 from cython.parallel cimport prange
 from libc.string cimport memset
 
-
-cdef inline int _lo(int off, int stride) noexcept nogil:
-    if off >= 0:
-        return 0
-    return (-off + stride - 1) // stride
-
-
-cdef inline int _hi(int off, int stride, int size, int n_out) noexcept nogil:
-    cdef int b
-    if size - 1 - off < 0:
-        return 0
-    b = (size - 1 - off) // stride + 1
-    return b if b < n_out else n_out
-
-
-cdef _check(int N, int C, int H, int W, int kh, int kw, int pad_h, int pad_w, int stride_h,
-            int stride_w, int dil_h, int dil_w, Py_ssize_t rows, Py_ssize_t cols, int* OH, int* OW):
-    if kh <= 0 or kw <= 0 or stride_h <= 0 or stride_w <= 0 or dil_h <= 0 or dil_w <= 0 \
-            or pad_h < 0 or pad_w < 0:
-        raise ValueError("kernel, stride and dilation must be positive and pad non-negative")
-    OH[0] = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1
-    OW[0] = (W + 2 * pad_w - (dil_w * (kw - 1) + 1)) // stride_w + 1
-    if OH[0] <= 0 or OW[0] <= 0 or rows != <Py_ssize_t>C * kh * kw \
-            or cols != <Py_ssize_t>N * OH[0] * OW[0]:
-        raise ValueError(f"col shape ({rows}, {cols}) does not fit {N} images of {C} x {H} x {W} with "
-                         f"kernel ({kh}, {kw}), output ({OH[0]}, {OW[0]})")
+include "conv_geometry.pxi"
 
 
 cdef void _im2col_plane(const float* plane, float* dst, Py_ssize_t ld, int H, int W, int OH, int OW,
@@ -105,39 +80,52 @@ cdef void _col2im_plane(const float* src0, float* plane, Py_ssize_t ld, int H, i
                 src = src + OW
 
 
+cdef inline void _task(bint to_col, const float* src0, float* dst0, int task, Py_ssize_t ld, int C,
+                       int H, int W, int OH, int OW, int kh, int kw, int pad_h, int pad_w, int stride_h,
+                       int stride_w, int dil_h, int dil_w) noexcept nogil:
+    """Task ``task`` = (image ``task // C``, channel ``task % C``): unfold its image plane into its
+    kh*kw column runs (``to_col``; ``src0`` is the images, ``dst0`` the column matrix) or fold them
+    back into the plane (``src0`` is the column matrix, ``dst0`` the images)."""
+    cdef Py_ssize_t plane_at = <Py_ssize_t>task * H * W
+    cdef Py_ssize_t runs_at = (task % C) * kh * kw * ld + <Py_ssize_t>(task // C) * OH * OW
+    if to_col:
+        _im2col_plane(src0 + plane_at, dst0 + runs_at, ld, H, W, OH, OW, kh, kw, pad_h, pad_w, stride_h,
+                      stride_w, dil_h, dil_w)
+    else:
+        _col2im_plane(src0 + runs_at, dst0 + plane_at, ld, H, W, OH, OW, kh, kw, pad_h, pad_w, stride_h,
+                      stride_w, dil_h, dil_w)
+
+
+cdef void _run_tasks(bint to_col, const float* src0, float* dst0, ConvGeometry g,
+                     int num_threads) noexcept nogil:
+    """Every (image, channel) task of :func:`_task`; the column matrix has ``N*OH*OW`` columns."""
+    cdef Py_ssize_t ld = <Py_ssize_t>g.N * g.OH * g.OW
+    cdef int task
+    cdef bint unit = g.stride_h == 1 and g.stride_w == 1 and g.dil_h == 1 and g.dil_w == 1
+    if num_threads <= 1:
+        for task in range(g.N * g.C):
+            if unit:   # constant strides let the compiler vectorise the row loops
+                _task(to_col, src0, dst0, task, ld, g.C, g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.pad_h, g.pad_w,
+                      1, 1, 1, 1)
+            else:
+                _task(to_col, src0, dst0, task, ld, g.C, g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.pad_h, g.pad_w,
+                      g.stride_h, g.stride_w, g.dil_h, g.dil_w)
+        return
+    for task in prange(g.N * g.C, schedule="static", num_threads=num_threads):
+        _task(to_col, src0, dst0, task, ld, g.C, g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.pad_h, g.pad_w,
+              g.stride_h, g.stride_w, g.dil_h, g.dil_w)
+
+
 def im2col_batch(const float[:, :, :, ::1] img, int kh, int kw, int pad_h, int pad_w,
                  int stride_h, int stride_w, int dil_h, int dil_w, float[:, ::1] col,
                  int num_threads=1):
     """Fill ``col`` (C*kh*kw, N*OH*OW) from ``img`` (N, C, H, W). One task per (image, channel):
     it reads one small plane and writes kh*kw contiguous runs of OH*OW columns."""
-    cdef int N = img.shape[0]
-    cdef int C = img.shape[1]
-    cdef int H = img.shape[2]
-    cdef int W = img.shape[3]
-    cdef int OH, OW
-    _check(N, C, H, W, kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w,
-           col.shape[0], col.shape[1], &OH, &OW)
-    cdef Py_ssize_t ld = col.shape[1]
-    cdef float* col0 = &col[0, 0]
-    cdef const float* img0 = &img[0, 0, 0, 0]
-    cdef int task
-    cdef bint unit = stride_h == 1 and stride_w == 1 and dil_h == 1 and dil_w == 1
-    if num_threads <= 1:
-        with nogil:
-            for task in range(N * C):
-                if unit:   # constant strides let the compiler vectorise the row copies
-                    _im2col_plane(img0 + <Py_ssize_t>task * H * W,
-                                  col0 + (task % C) * kh * kw * ld + <Py_ssize_t>(task // C) * OH * OW,
-                                  ld, H, W, OH, OW, kh, kw, pad_h, pad_w, 1, 1, 1, 1)
-                else:
-                    _im2col_plane(img0 + <Py_ssize_t>task * H * W,
-                                  col0 + (task % C) * kh * kw * ld + <Py_ssize_t>(task // C) * OH * OW,
-                                  ld, H, W, OH, OW, kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w)
-        return
-    for task in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
-        _im2col_plane(img0 + <Py_ssize_t>task * H * W,
-                      col0 + (task % C) * kh * kw * ld + <Py_ssize_t>(task // C) * OH * OW,
-                      ld, H, W, OH, OW, kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w)
+    cdef ConvGeometry g = _conv_geometry(img.shape[0], img.shape[1], img.shape[2], img.shape[3], kh, kw,
+                                         pad_h, pad_w, stride_h, stride_w, dil_h, dil_w, col.shape[0],
+                                         col.shape[1])
+    with nogil:
+        _run_tasks(True, &img[0, 0, 0, 0], &col[0, 0], g, num_threads)
 
 
 def col2im_batch(const float[:, ::1] col, int kh, int kw, int pad_h, int pad_w,
@@ -145,32 +133,8 @@ def col2im_batch(const float[:, ::1] col, int kh, int kw, int pad_h, int pad_w,
                  int num_threads=1):
     """Overwrite ``img`` (N, C, H, W) with the fold of ``col`` (C*kh*kw, N*OH*OW): each pixel is the
     sum of its taps in Caffe's ``(i, j)`` order. One task per (image, channel) plane."""
-    cdef int N = img.shape[0]
-    cdef int C = img.shape[1]
-    cdef int H = img.shape[2]
-    cdef int W = img.shape[3]
-    cdef int OH, OW
-    _check(N, C, H, W, kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w,
-           col.shape[0], col.shape[1], &OH, &OW)
-    cdef Py_ssize_t ld = col.shape[1]
-    cdef const float* col0 = &col[0, 0]
-    cdef float* img0 = &img[0, 0, 0, 0]
-    cdef int task
-    cdef bint unit = stride_h == 1 and stride_w == 1 and dil_h == 1 and dil_w == 1
-    if num_threads <= 1:
-        with nogil:
-            for task in range(N * C):
-                if unit:   # constant strides let the compiler vectorise the row sums
-                    _col2im_plane(col0 + (task % C) * kh * kw * ld + <Py_ssize_t>(task // C) * OH * OW,
-                                  img0 + <Py_ssize_t>task * H * W,
-                                  ld, H, W, OH, OW, kh, kw, pad_h, pad_w, 1, 1, 1, 1)
-                else:
-                    _col2im_plane(col0 + (task % C) * kh * kw * ld + <Py_ssize_t>(task // C) * OH * OW,
-                                  img0 + <Py_ssize_t>task * H * W,
-                                  ld, H, W, OH, OW, kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w)
-        return
-    for task in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
-        _col2im_plane(col0 + (task % C) * kh * kw * ld + <Py_ssize_t>(task // C) * OH * OW,
-                      img0 + <Py_ssize_t>task * H * W,
-                      ld, H, W, OH, OW, kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w)
-
+    cdef ConvGeometry g = _conv_geometry(img.shape[0], img.shape[1], img.shape[2], img.shape[3], kh, kw,
+                                         pad_h, pad_w, stride_h, stride_w, dil_h, dil_w, col.shape[0],
+                                         col.shape[1])
+    with nogil:
+        _run_tasks(False, &col[0, 0], &img[0, 0, 0, 0], g, num_threads)

@@ -12,6 +12,8 @@ cimport openmp
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
+include "conv_geometry.pxi"
+
 
 cdef extern from *:
     """
@@ -33,35 +35,6 @@ def omp_get_max_threads():
     return openmp.omp_get_max_threads()
 
 
-cdef inline int _lo(int off, int stride) noexcept nogil:
-    """Smallest ``o >= 0`` with ``o*stride + off >= 0``."""
-    if off >= 0:
-        return 0
-    return (-off + stride - 1) // stride
-
-
-cdef inline int _hi(int off, int stride, int size, int n_out) noexcept nogil:
-    """One past the largest ``o < n_out`` with ``o*stride + off < size`` (0 if none)."""
-    cdef int b
-    if size - 1 - off < 0:
-        return 0
-    b = (size - 1 - off) // stride + 1
-    return b if b < n_out else n_out
-
-
-cdef _check_geometry(int kh, int kw, int pad_h, int pad_w, int stride_h, int stride_w,
-                     int dil_h, int dil_w):
-    if kh <= 0 or kw <= 0 or stride_h <= 0 or stride_w <= 0 or dil_h <= 0 or dil_w <= 0 \
-            or pad_h < 0 or pad_w < 0:
-        raise ValueError("kernel, stride and dilation must be positive and pad non-negative")
-
-
-cdef _check_col(Py_ssize_t rows, Py_ssize_t cols, int C, int kh, int kw, int OH, int OW):
-    if OH <= 0 or OW <= 0 or rows != <Py_ssize_t>C * kh * kw or cols != <Py_ssize_t>OH * OW:
-        raise ValueError(f"col shape ({rows}, {cols}) does not fit C={C}, kernel=({kh}, {kw}), "
-                         f"output=({OH}, {OW})")
-
-
 def im2col(const float[:, :, ::1] img, int kh, int kw, int pad_h, int pad_w,
            int stride_h, int stride_w, int dil_h, int dil_w, float[:, ::1] col,
            int num_threads=1):
@@ -70,18 +43,13 @@ def im2col(const float[:, :, ::1] img, int kh, int kw, int pad_h, int pad_w,
     OH, OW follow Caffe's formula; ``col``'s shape is checked against them. Parallel over the
     rows of ``col`` (independent writes).
     """
-    cdef int C = img.shape[0]
-    cdef int H = img.shape[1]
-    cdef int W = img.shape[2]
-    _check_geometry(kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w)
-    cdef int OH = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1
-    cdef int OW = (W + 2 * pad_w - (dil_w * (kw - 1) + 1)) // stride_w + 1
-    cdef int nrows = C * kh * kw
+    cdef ConvGeometry g = _conv_geometry(1, img.shape[0], img.shape[1], img.shape[2], kh, kw, pad_h, pad_w,
+                                         stride_h, stride_w, dil_h, dil_w, col.shape[0], col.shape[1])
+    cdef int H = g.H, W = g.W, OH = g.OH, OW = g.OW
     cdef int row, c, i, j, oh, ow, ih, iw0, lo, hi
-    _check_col(col.shape[0], col.shape[1], C, kh, kw, OH, OW)
     cdef float* dst
     cdef const float* src
-    for row in prange(nrows, nogil=True, schedule="static", num_threads=num_threads):
+    for row in prange(g.C * kh * kw, nogil=True, schedule="static", num_threads=num_threads):
         c = row // (kh * kw)
         i = (row // kw) % kh
         j = row % kw
@@ -118,17 +86,13 @@ def col2im_add(const float[:, ::1] col, int kh, int kw, int pad_h, int pad_w,
     bit-identical. Written as a gather over image rows, so it runs in parallel over
     ``(channel, image row)`` without write conflicts.
     """
-    cdef int C = img.shape[0]
-    cdef int H = img.shape[1]
-    cdef int W = img.shape[2]
-    _check_geometry(kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w)
-    cdef int OH = (H + 2 * pad_h - (dil_h * (kh - 1) + 1)) // stride_h + 1
-    cdef int OW = (W + 2 * pad_w - (dil_w * (kw - 1) + 1)) // stride_w + 1
+    cdef ConvGeometry g = _conv_geometry(1, img.shape[0], img.shape[1], img.shape[2], kh, kw, pad_h, pad_w,
+                                         stride_h, stride_w, dil_h, dil_w, col.shape[0], col.shape[1])
+    cdef int H = g.H, W = g.W, OH = g.OH, OW = g.OW
     cdef int crow, c, ih, i, j, t, oh, ow, iw0, lo, hi
-    _check_col(col.shape[0], col.shape[1], C, kh, kw, OH, OW)
     cdef float* dst
     cdef const float* src
-    for crow in prange(C * H, nogil=True, schedule="static", num_threads=num_threads):
+    for crow in prange(g.C * H, nogil=True, schedule="static", num_threads=num_threads):
         c = crow // H
         ih = crow % H
         dst = &img[c, ih, 0]

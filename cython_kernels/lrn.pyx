@@ -95,6 +95,13 @@ cdef _check_same(Py_ssize_t* a, Py_ssize_t* b):
             raise ValueError("LRN arrays must all have the same shape")
 
 
+cdef inline int _block_length(int HW, int p0) noexcept nogil:
+    """Pixels in the block of an image's ``HW`` that starts at ``p0``: ``_BLOCK``, less for the last.
+    (Work item ``t`` of ``N * nblk`` is image ``t // nblk``, block start ``(t % nblk) * _BLOCK``; the
+    callers assign those inside their ``prange`` so that Cython makes them thread-private.)"""
+    return HW - p0 if HW - p0 < _BLOCK else _BLOCK
+
+
 def across_forward(const float[:, :, :, ::1] bottom, int size, float alpha_over_size,
                    float beta, float k, float[:, :, :, ::1] scale, float[:, :, :, ::1] top,
                    int num_threads=1):
@@ -112,7 +119,7 @@ def across_forward(const float[:, :, :, ::1] bottom, int size, float alpha_over_
     cdef int pre_pad = (size - 1) // 2
     cdef int nblk = (HW + _BLOCK - 1) // _BLOCK
     cdef float nbeta = -beta
-    cdef int t, n, b, p0, m, p, c, cc
+    cdef int t, n, p0, m, p, c, cc
     cdef const float* head
     cdef const float* tail
     cdef float* s
@@ -122,11 +129,8 @@ def across_forward(const float[:, :, :, ::1] bottom, int size, float alpha_over_
     _check_same(bottom.shape, top.shape)
     for t in prange(N * nblk, nogil=True, schedule="static", num_threads=num_threads):
         n = t // nblk
-        b = t % nblk
-        p0 = b * _BLOCK
-        m = HW - p0
-        if m > _BLOCK:
-            m = _BLOCK
+        p0 = (t % nblk) * _BLOCK
+        m = _block_length(HW, p0)
         # channel 0: k plus the window terms in padded-channel order
         s = &scale[n, 0, 0, 0] + p0
         for p in range(m):
@@ -165,7 +169,7 @@ def across_backward(const float[:, :, :, ::1] bottom, const float[:, :, :, ::1] 
     cdef int nblk = (HW + _BLOCK - 1) // _BLOCK
     cdef float nbeta = -beta
     cdef float ncr = -cache_ratio
-    cdef int t, n, b, p0, m, p, c, cc
+    cdef int t, n, p0, m, p, c, cc
     cdef float* acc
     if size <= 0:
         raise ValueError("size must be positive")
@@ -180,11 +184,8 @@ def across_backward(const float[:, :, :, ::1] bottom, const float[:, :, :, ::1] 
     for t in prange(N * nblk, nogil=True, schedule="static", num_threads=num_threads):
         acc = &acc_rows[threadid(), 0]
         n = t // nblk
-        b = t % nblk
-        p0 = b * _BLOCK
-        m = HW - p0
-        if m > _BLOCK:
-            m = _BLOCK
+        p0 = (t % nblk) * _BLOCK
+        m = _block_length(HW, p0)
         for c in range(C):
             pyskim_lrn_pow_mul(&bottom_diff[n, c, 0, 0] + p0, &scale[n, c, 0, 0] + p0,
                                &top_diff[n, c, 0, 0] + p0, nbeta, m)

@@ -2,8 +2,9 @@
 """MAX and AVE pooling, forward and backward, with Caffe's ``PoolingLayer`` CPU semantics.
 
 Arrays are (N, C, H, W) / (N, C, PH, PW) float32; the output size is chosen by the caller.
-Every plane ``(n, c)`` is independent, so all four kernels run in parallel over ``N*C``.
-Windows are clipped to the image, so any positive output size is memory-safe.
+Every plane ``(n, c)`` is independent, so each kernel checks the geometry once and runs its
+plane function over the ``N*C`` planes in parallel. Windows are clipped to the image
+(:func:`_window`, shared by all four), so any positive output size is memory-safe.
 Call them through :mod:`pyskim.kernels`, which validates and converts arguments; these
 functions still re-check shapes and geometry, so they cannot index out of bounds.
 """
@@ -13,12 +14,24 @@ from libc.float cimport FLT_MAX
 from libc.string cimport memset
 
 
-cdef _check_pool(Py_ssize_t* bottom_shape, Py_ssize_t* top_shape, int kh, int kw, int pad_h,
-                 int pad_w, int stride_h, int stride_w):
+cdef struct PoolGeometry:
+    Py_ssize_t planes       # N*C independent planes
+    Py_ssize_t in_plane     # H*W floats per bottom plane
+    Py_ssize_t out_plane    # PH*PW values per top plane
+    int H, W, PH, PW, kh, kw, pad_h, pad_w, stride_h, stride_w
+
+
+cdef PoolGeometry _geometry(Py_ssize_t* bottom_shape, Py_ssize_t* top_shape, int kh, int kw, int pad_h,
+                           int pad_w, int stride_h, int stride_w) except *:
+    """The checked geometry of pooling bottom (N, C, H, W) into top (N, C, PH, PW)."""
     if kh <= 0 or kw <= 0 or stride_h <= 0 or stride_w <= 0 or pad_h < 0 or pad_w < 0:
         raise ValueError("kernel and stride must be positive and pad non-negative")
     if bottom_shape[0] != top_shape[0] or bottom_shape[1] != top_shape[1]:
         raise ValueError("bottom and top differ in N or C")
+    return PoolGeometry(planes=bottom_shape[0] * bottom_shape[1],
+                        in_plane=bottom_shape[2] * bottom_shape[3], out_plane=top_shape[2] * top_shape[3],
+                        H=bottom_shape[2], W=bottom_shape[3], PH=top_shape[2], PW=top_shape[3],
+                        kh=kh, kw=kw, pad_h=pad_h, pad_w=pad_w, stride_h=stride_h, stride_w=stride_w)
 
 
 cdef _check_mask(Py_ssize_t* mask_shape, Py_ssize_t* top_shape):
@@ -26,6 +39,98 @@ cdef _check_mask(Py_ssize_t* mask_shape, Py_ssize_t* top_shape):
     for i in range(4):
         if mask_shape[i] != top_shape[i]:
             raise ValueError("mask and top shapes differ")
+
+
+cdef inline int _window(int o, int stride, int pad, int kernel, int size, int* start,
+                        int* end) noexcept nogil:
+    """Caffe's window of output ``o`` along one axis: ``[o*stride - pad, +kernel)`` clipped to the
+    image, into ``[start, end)``. Returns its length clipped to the *padded* image only,
+    ``min(o*stride - pad + kernel, size + pad) - (o*stride - pad)``: Caffe's AVE ``pool_size``
+    factor, which counts the padding as zeros."""
+    cdef int s = o * stride - pad
+    cdef int e = s + kernel
+    if e > size + pad:
+        e = size + pad
+    cdef int padded_length = e - s
+    if s < 0:
+        s = 0
+    if e > size:
+        e = size
+    start[0] = s
+    end[0] = e
+    return padded_length
+
+
+cdef inline void _max_forward_plane(const float* x, float* top, int* mask,
+                                    PoolGeometry g) noexcept nogil:
+    """One plane of MAX forward: Caffe's loop (max from ``-FLT_MAX``, index ``-1``, strict ``>``)."""
+    cdef int ph, pw, hs, he, ws, we, h, w, best_i
+    cdef float best
+    cdef const float* row
+    for ph in range(g.PH):
+        _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
+        for pw in range(g.PW):
+            _window(pw, g.stride_w, g.pad_w, g.kw, g.W, &ws, &we)
+            best = -FLT_MAX
+            best_i = -1
+            for h in range(hs, he):
+                row = x + <Py_ssize_t>h * g.W
+                for w in range(ws, we):
+                    if row[w] > best:
+                        best = row[w]
+                        best_i = h * g.W + w
+            top[ph * g.PW + pw] = best
+            mask[ph * g.PW + pw] = best_i
+
+
+cdef inline void _max_backward_plane(const float* top_diff, const int* mask, float* bottom_diff,
+                                     PoolGeometry g) noexcept nogil:
+    """One plane of MAX backward: zero it, then add each top diff at its mask index (indices
+    outside the plane are skipped)."""
+    cdef int i, idx
+    cdef int HW = g.H * g.W
+    memset(bottom_diff, 0, g.in_plane * sizeof(float))
+    for i in range(g.PH * g.PW):
+        idx = mask[i]
+        if idx >= 0 and idx < HW:
+            bottom_diff[idx] += top_diff[i]
+
+
+cdef inline void _ave_forward_plane(const float* x, float* top, PoolGeometry g) noexcept nogil:
+    """One plane of AVE forward: float32 sum over the clipped window in row-major order, divided
+    by Caffe's ``pool_size``."""
+    cdef int ph, pw, hs, he, ws, we, h, w, pool_h, pool_size
+    cdef float acc
+    cdef const float* row
+    for ph in range(g.PH):
+        pool_h = _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
+        for pw in range(g.PW):
+            pool_size = pool_h * _window(pw, g.stride_w, g.pad_w, g.kw, g.W, &ws, &we)
+            acc = 0
+            for h in range(hs, he):
+                row = x + <Py_ssize_t>h * g.W
+                for w in range(ws, we):
+                    acc = acc + row[w]
+            top[ph * g.PW + pw] = acc / <float>pool_size
+
+
+cdef inline void _ave_backward_plane(const float* top_diff, float* bottom_diff,
+                                     PoolGeometry g) noexcept nogil:
+    """One plane of AVE backward: zero it, then add ``top_diff / pool_size`` over each clipped
+    window."""
+    cdef int ph, pw, hs, he, ws, we, h, w, pool_h, pool_size
+    cdef float grad
+    cdef float* row
+    memset(bottom_diff, 0, g.in_plane * sizeof(float))
+    for ph in range(g.PH):
+        pool_h = _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
+        for pw in range(g.PW):
+            pool_size = pool_h * _window(pw, g.stride_w, g.pad_w, g.kw, g.W, &ws, &we)
+            grad = top_diff[ph * g.PW + pw] / <float>pool_size
+            for h in range(hs, he):
+                row = bottom_diff + <Py_ssize_t>h * g.W
+                for w in range(ws, we):
+                    row[w] += grad
 
 
 def max_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int pad_w,
@@ -37,43 +142,12 @@ def max_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int
     ``[ph*stride - pad, +kernel)`` clipped to the image, and the comparison is strict ``>``
     (first maximum in row-major order wins; NaNs never win).
     """
-    cdef int N = bottom.shape[0]
-    cdef int C = bottom.shape[1]
-    cdef int H = bottom.shape[2]
-    cdef int W = bottom.shape[3]
-    cdef int PH = top.shape[2]
-    cdef int PW = top.shape[3]
-    cdef int p, n, c, ph, pw, hs, ws, he, we, h, w, best_i
-    _check_pool(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
+    cdef PoolGeometry g = _geometry(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
     _check_mask(mask.shape, top.shape)
-    cdef float best, v
-    for p in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
-        n = p // C
-        c = p % C
-        for ph in range(PH):
-            hs = ph * stride_h - pad_h
-            he = hs + kh
-            if he > H:
-                he = H
-            if hs < 0:
-                hs = 0
-            for pw in range(PW):
-                ws = pw * stride_w - pad_w
-                we = ws + kw
-                if we > W:
-                    we = W
-                if ws < 0:
-                    ws = 0
-                best = -FLT_MAX
-                best_i = -1
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        v = bottom[n, c, h, w]
-                        if v > best:
-                            best = v
-                            best_i = h * W + w
-                top[n, c, ph, pw] = best
-                mask[n, c, ph, pw] = best_i
+    cdef Py_ssize_t p
+    for p in prange(g.planes, nogil=True, schedule="static", num_threads=num_threads):
+        _max_forward_plane(&bottom[0, 0, 0, 0] + p * g.in_plane, &top[0, 0, 0, 0] + p * g.out_plane,
+                           &mask[0, 0, 0, 0] + p * g.out_plane, g)
 
 
 def max_backward(const float[:, :, :, ::1] top_diff, const int[:, :, :, ::1] mask,
@@ -83,27 +157,12 @@ def max_backward(const float[:, :, :, ::1] top_diff, const int[:, :, :, ::1] mas
     Caffe's loop exactly; mask entries outside ``[0, H*W)`` (``-1`` from an empty window)
     are skipped instead of writing out of bounds.
     """
-    cdef int N = top_diff.shape[0]
-    cdef int C = top_diff.shape[1]
-    cdef int PH = top_diff.shape[2]
-    cdef int PW = top_diff.shape[3]
-    cdef int H = bottom_diff.shape[2]
-    cdef int W = bottom_diff.shape[3]
-    cdef int HW = H * W
-    cdef int p, n, c, ph, pw, idx
-    _check_pool(bottom_diff.shape, top_diff.shape, 1, 1, 0, 0, 1, 1)
+    cdef PoolGeometry g = _geometry(bottom_diff.shape, top_diff.shape, 1, 1, 0, 0, 1, 1)
     _check_mask(mask.shape, top_diff.shape)
-    cdef float* bd
-    for p in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
-        n = p // C
-        c = p % C
-        bd = &bottom_diff[n, c, 0, 0]
-        memset(bd, 0, HW * sizeof(float))
-        for ph in range(PH):
-            for pw in range(PW):
-                idx = mask[n, c, ph, pw]
-                if idx >= 0 and idx < HW:
-                    bd[idx] += top_diff[n, c, ph, pw]
+    cdef Py_ssize_t p
+    for p in prange(g.planes, nogil=True, schedule="static", num_threads=num_threads):
+        _max_backward_plane(&top_diff[0, 0, 0, 0] + p * g.out_plane, &mask[0, 0, 0, 0] + p * g.out_plane,
+                            &bottom_diff[0, 0, 0, 0] + p * g.in_plane, g)
 
 
 def ave_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int pad_w,
@@ -114,42 +173,10 @@ def ave_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int
     H + pad_h)``, before clipping to the image), so padding counts as zeros; the sum runs over
     the window clipped to the image, accumulated in float32 in row-major order, then divided.
     """
-    cdef int N = bottom.shape[0]
-    cdef int C = bottom.shape[1]
-    cdef int H = bottom.shape[2]
-    cdef int W = bottom.shape[3]
-    cdef int PH = top.shape[2]
-    cdef int PW = top.shape[3]
-    cdef int p, n, c, ph, pw, hs, ws, he, we, h, w, pool_size
-    cdef float acc
-    _check_pool(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
-    for p in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
-        n = p // C
-        c = p % C
-        for ph in range(PH):
-            for pw in range(PW):
-                hs = ph * stride_h - pad_h
-                ws = pw * stride_w - pad_w
-                he = hs + kh
-                if he > H + pad_h:
-                    he = H + pad_h
-                we = ws + kw
-                if we > W + pad_w:
-                    we = W + pad_w
-                pool_size = (he - hs) * (we - ws)
-                if hs < 0:
-                    hs = 0
-                if ws < 0:
-                    ws = 0
-                if he > H:
-                    he = H
-                if we > W:
-                    we = W
-                acc = 0
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        acc = acc + bottom[n, c, h, w]
-                top[n, c, ph, pw] = acc / <float>pool_size
+    cdef PoolGeometry g = _geometry(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
+    cdef Py_ssize_t p
+    for p in prange(g.planes, nogil=True, schedule="static", num_threads=num_threads):
+        _ave_forward_plane(&bottom[0, 0, 0, 0] + p * g.in_plane, &top[0, 0, 0, 0] + p * g.out_plane, g)
 
 
 def ave_backward(const float[:, :, :, ::1] top_diff, int kh, int kw, int pad_h, int pad_w,
@@ -157,39 +184,9 @@ def ave_backward(const float[:, :, :, ::1] top_diff, int kh, int kw, int pad_h, 
     """Average pooling backward: zero ``bottom_diff``, then add ``top_diff / pool_size`` over
     each window clipped to the image (same ``pool_size`` as :func:`ave_forward`, as in Caffe).
     """
-    cdef int N = top_diff.shape[0]
-    cdef int C = top_diff.shape[1]
-    cdef int PH = top_diff.shape[2]
-    cdef int PW = top_diff.shape[3]
-    cdef int H = bottom_diff.shape[2]
-    cdef int W = bottom_diff.shape[3]
-    cdef int p, n, c, ph, pw, hs, ws, he, we, h, w, pool_size
-    cdef float g
-    _check_pool(bottom_diff.shape, top_diff.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
-    for p in prange(N * C, nogil=True, schedule="static", num_threads=num_threads):
-        n = p // C
-        c = p % C
-        memset(&bottom_diff[n, c, 0, 0], 0, H * W * sizeof(float))
-        for ph in range(PH):
-            for pw in range(PW):
-                hs = ph * stride_h - pad_h
-                ws = pw * stride_w - pad_w
-                he = hs + kh
-                if he > H + pad_h:
-                    he = H + pad_h
-                we = ws + kw
-                if we > W + pad_w:
-                    we = W + pad_w
-                pool_size = (he - hs) * (we - ws)
-                if hs < 0:
-                    hs = 0
-                if ws < 0:
-                    ws = 0
-                if he > H:
-                    he = H
-                if we > W:
-                    we = W
-                g = top_diff[n, c, ph, pw] / <float>pool_size
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        bottom_diff[n, c, h, w] += g
+    cdef PoolGeometry g = _geometry(bottom_diff.shape, top_diff.shape, kh, kw, pad_h, pad_w, stride_h,
+                                    stride_w)
+    cdef Py_ssize_t p
+    for p in prange(g.planes, nogil=True, schedule="static", num_threads=num_threads):
+        _ave_backward_plane(&top_diff[0, 0, 0, 0] + p * g.out_plane,
+                            &bottom_diff[0, 0, 0, 0] + p * g.in_plane, g)

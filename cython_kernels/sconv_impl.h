@@ -23,9 +23,10 @@
  * first block; ReLU is applied when the finished tile is written out (dropping the thrown-away
  * positions).
  *
- * A batch-interleaved variant (sc_prepare_il / sc_conv_il, below) puts 16 images in one vector
- * instead of 16 positions (aligned loads, no thrown-away lanes); it needs 16x the cache per input
- * channel and is only faster for dense-ish layers. Both share the register-tile kernels.
+ * A batch-interleaved layout (sc_prepare_il_channel, below; sc_conv with `interleaved`) puts 16 images
+ * in one vector instead of 16 positions (aligned loads, no thrown-away lanes); it needs 16x the
+ * cache per input channel and is only faster for dense-ish layers. Both layouts share the
+ * register-tile kernels and the driver (sc_conv).
  *
  * Measured on the project machine (AMD Zen 5, AVX-512) and rejected: 2-source permutes of
  * aligned loads instead of unaligned loads (slower), and shifted copies of the input so that all
@@ -168,182 +169,104 @@ typedef struct {
     int64_t img_stride;
 } sc_prep_t;
 
-/* Fill the prepared buffers of N images (see the header comment); the tail of each image's
- * buffer, from C*S*Hq*Wq to img_stride, is zeroed. A worksharing loop: call it inside a parallel
- * region (the convolution's, so that a call starts the threads once). */
-static void sc_prepare_for(const sc_prep_t *pp, float *buf) {
-    const float *x = pp->x;
-    const int N = pp->N, C = pp->C, H = pp->H, W = pp->W, ph = pp->ph, pw = pp->pw;
+/* Image n's channel c into its S = sh*sw stride-phase planes at dst, `plane` floats apart (see the
+ * header comment). */
+static inline void sc_prepare_channel(const sc_prep_t *pp, int64_t n, int c, float *dst,
+                                      int64_t plane) {
+    const int H = pp->H, W = pp->W, ph = pp->ph, pw = pp->pw;
     const int sh = pp->sh, sw = pp->sw, Hq = pp->Hq, Wq = pp->Wq;
-    const int64_t img_stride = pp->img_stride;
-    const int S = sh * sw;
-    const int64_t plane = (int64_t)Hq * Wq;
-    const int64_t used = (int64_t)C * S * plane;
-    const int64_t jobs = (int64_t)N * C;
-    int64_t job;
-#pragma omp for schedule(static)
-    for (job = 0; job < jobs; ++job) {
-        const int64_t n = job / C, c = job % C;
-        const float *src = x + (n * C + c) * (int64_t)H * W;
-        for (int rh = 0; rh < sh; ++rh) {
-            float *dst = buf + n * img_stride + (c * S + rh * sw) * plane;
-            for (int i = 0; i < Hq; ++i) {
-                const int r = i * sh + rh - ph;
-                if (r < 0 || r >= H) {
-                    for (int rw = 0; rw < sw; ++rw)
-                        memset(dst + rw * plane + (int64_t)i * Wq, 0, sizeof(float) * Wq);
-                    continue;
-                }
-                sc_fill_row(dst + (int64_t)i * Wq, plane, src + (int64_t)r * W, W, pw, sw, Wq);
+    const float *src = pp->x + (n * pp->C + c) * (int64_t)H * W;
+    for (int rh = 0; rh < sh; ++rh) {
+        float *phase = dst + rh * sw * plane;
+        for (int i = 0; i < Hq; ++i) {
+            const int r = i * sh + rh - ph;
+            if (r < 0 || r >= H) {
+                for (int rw = 0; rw < sw; ++rw)
+                    memset(phase + rw * plane + (int64_t)i * Wq, 0, sizeof(float) * Wq);
+                continue;
             }
+            sc_fill_row(phase + (int64_t)i * Wq, plane, src + (int64_t)r * W, W, pw, sw, Wq);
         }
-        if (c == C - 1 && img_stride > used)
-            memset(buf + n * img_stride + used, 0, sizeof(float) * (img_stride - used));
     }
 }
 
-/* The convolution proper, after preparing the input as *prep says (in the same parallel region).
- * blk has (G*OCg) rows of NB+1 pointers into col/val: row r's nonzeros of input-channel block b
- * are [blk[r*(NB+1)+b], blk[r*(NB+1)+b+1]). Returns 0, or -1 when a thread's scratch could not be
- * allocated. */
-static int sc_conv(const sc_prep_t *prep, float *buf, int64_t img_stride, int64_t grp_stride, int N,
-                   int G, int OCg, int NB, const int32_t *blk, const int32_t *col, const float *val,
-                   const float *bias, int OH, int OW, int Wq, int tile, int OCB, int relu,
-                   float *out, int nthreads) {
-    const int64_t L = (int64_t)(OH - 1) * Wq + OW;
-    const int64_t NV = sc_num_vectors(OH, OW, Wq);
-    if (tile < 1) tile = 1;
-    if (tile > SC_TMAX) tile = SC_TMAX;
-    const int64_t ntile = (NV + tile - 1) / tile;
-    const int T = (int)((NV + ntile - 1) / ntile); /* balanced tiles of <= tile vectors */
-    if (OCB < 1) OCB = 1;
-    if (OCB > OCg) OCB = OCg;
-    const int nocb = (OCg + OCB - 1) / OCB;
-    const int64_t items = (int64_t)N * G * nocb * ntile;
-    const int64_t plane = (int64_t)OH * OW;
-    const int64_t sstride = (int64_t)T * SC_VL;
-    int failed = 0;
-    static const float zero = 0.0f;
-#pragma omp parallel num_threads(nthreads)
-    {
-        sc_prepare_for(prep, buf); /* ends with a barrier */
-        float *scr = (float *)aligned_alloc(64, sizeof(float) * sstride * OCB);
-        if (!scr) {
-#pragma omp atomic write
-            failed = 1;
-        }
-        int64_t it;
-#pragma omp for schedule(dynamic, 1)
-        for (it = 0; it < items; ++it) {
-            if (!scr) continue;
-            const int64_t tl = it % ntile;
-            int64_t r = it / ntile;
-            const int ocb = (int)(r % nocb);
-            r /= nocb;
-            const int g = (int)(r % G);
-            const int64_t n = r / G;
-            const int64_t v0 = tl * T;
-            const int tv = (int)(NV - v0 < T ? NV - v0 : T);
-            const int64_t p0 = v0 * SC_VL;
-            const int64_t p1 = p0 + (int64_t)tv * SC_VL < L ? p0 + (int64_t)tv * SC_VL : L;
-            const float *in = buf + n * img_stride + g * grp_stride + p0;
-            const int oc0 = ocb * OCB;
-            const int oc1 = oc0 + OCB < OCg ? oc0 + OCB : OCg;
-            const sc_tile_fn fn = sc_tiles[tv];
-            for (int b = 0; b < NB; ++b) {
-                for (int oc = oc0; oc < oc1; ++oc) {
-                    const int32_t *bp = blk + ((int64_t)g * OCg + oc) * (NB + 1) + b;
-                    if (b == 0)
-                        fn(in, col, val, bp[0], bp[1], bias ? bias + g * OCg + oc : &zero,
-                           scr + (oc - oc0) * sstride);
-                    else if (bp[1] > bp[0])
-                        fn(in, col, val, bp[0], bp[1], NULL, scr + (oc - oc0) * sstride);
-                }
-            }
-            const int64_t y0 = p0 / Wq, y1 = (p1 - 1) / Wq;
-            for (int oc = oc0; oc < oc1; ++oc) {
-                const float *s = scr + (oc - oc0) * sstride;
-                float *o = out + (n * G * OCg + (int64_t)g * OCg + oc) * plane;
-                for (int64_t y = y0; y <= y1; ++y) {
-                    const int64_t rs = y * Wq;
-                    const int64_t xa = p0 > rs ? p0 - rs : 0;
-                    const int64_t xb = p1 - rs < OW ? p1 - rs : OW;
-                    const float *sr = s + rs - p0;
-                    float *orow = o + y * OW;
-                    if (relu) {
-                        for (int64_t xx = xa; xx < xb; ++xx) orow[xx] = sr[xx] < 0.0f ? 0.0f : sr[xx];
-                    } else {
-                        for (int64_t xx = xa; xx < xb; ++xx) orow[xx] = sr[xx];
-                    }
-                }
-            }
-        }
-        free(scr);
-    }
-    return failed ? -1 : 0;
-}
-
-/* ---- batch-interleaved variant ------------------------------------------------------------------
+/* ---- batch-interleaved layout -------------------------------------------------------------------
  * For batches of >= ~12 images, groups of SC_VL images are interleaved: position (channel-phase
  * plane, i, j) of the prepared buffer holds SC_VL floats, one per image, so a nonzero's column
  * offset scales by SC_VL, every load is aligned and every lane is useful. A tile is a run of up to
  * `tile` output positions (one vector each): a chunk of one output row when rows are long, else
  * whole rows including the Wq - OW thrown-away positions between them. */
 
-/* sc_prepare_for for the interleaved layout (pp->N images, pp->img_stride floats per group of 16). */
-static void sc_prepare_il_for(const sc_prep_t *pp, float *buf) {
-    const float *x = pp->x;
-    const int nimg = pp->N, C = pp->C, H = pp->H, W = pp->W, ph = pp->ph, pw = pp->pw;
+/* Channel c of image group q into its S phase planes at dst, `plane` floats apart: image l of the
+ * group in lane l, lanes past the last image zero. */
+static inline void sc_prepare_il_channel(const sc_prep_t *pp, int q, int c, float *dst,
+                                         int64_t plane) {
+    const int H = pp->H, W = pp->W, ph = pp->ph, pw = pp->pw;
     const int sh = pp->sh, sw = pp->sw, Hq = pp->Hq, Wq = pp->Wq;
-    const int64_t il_stride = pp->img_stride;
-    const int S = sh * sw;
-    const int64_t plane = (int64_t)Hq * Wq * SC_VL;
-    const int64_t used = (int64_t)C * S * plane;
-    const int nq = (nimg + SC_VL - 1) / SC_VL;
-    const int64_t jobs = (int64_t)nq * C;
-    int64_t job;
-#pragma omp for schedule(static)
-    for (job = 0; job < jobs; ++job) {
-        const int q = (int)(job / C), c = (int)(job % C);
-        const int lanes = nimg - q * SC_VL < SC_VL ? nimg - q * SC_VL : SC_VL;
-        for (int rh = 0; rh < sh; ++rh) {
-            for (int rw = 0; rw < sw; ++rw) {
-                float *dst = buf + q * il_stride + (c * S + rh * sw + rw) * plane;
-                int j0 = pw - rw > 0 ? (pw - rw + sw - 1) / sw : 0;
-                int j1 = W + pw - rw > 0 ? (W + pw - rw + sw - 1) / sw : 0;
-                if (j1 > Wq) j1 = Wq;
-                if (j0 > j1) j0 = j1;
-                for (int i = 0; i < Hq; ++i) {
-                    float *d = dst + (int64_t)i * Wq * SC_VL;
-                    const int r = i * sh + rh - ph;
-                    if (r < 0 || r >= H || j0 == j1) {
-                        memset(d, 0, sizeof(float) * Wq * SC_VL);
+    const int lanes = pp->N - q * SC_VL < SC_VL ? pp->N - q * SC_VL : SC_VL;
+    for (int rh = 0; rh < sh; ++rh) {
+        for (int rw = 0; rw < sw; ++rw) {
+            float *phase = dst + (rh * sw + rw) * plane;
+            int j0 = pw - rw > 0 ? (pw - rw + sw - 1) / sw : 0;
+            int j1 = W + pw - rw > 0 ? (W + pw - rw + sw - 1) / sw : 0;
+            if (j1 > Wq) j1 = Wq;
+            if (j0 > j1) j0 = j1;
+            for (int i = 0; i < Hq; ++i) {
+                float *d = phase + (int64_t)i * Wq * SC_VL;
+                const int r = i * sh + rh - ph;
+                if (r < 0 || r >= H || j0 == j1) {
+                    memset(d, 0, sizeof(float) * Wq * SC_VL);
+                    continue;
+                }
+                if (j0 > 0) memset(d, 0, sizeof(float) * j0 * SC_VL);
+                if (j1 < Wq) memset(d + (int64_t)j1 * SC_VL, 0, sizeof(float) * (Wq - j1) * SC_VL);
+                for (int l = 0; l < SC_VL; ++l) {
+                    float *e = d + l;
+                    if (l >= lanes) {
+                        for (int j = j0; j < j1; ++j) e[(int64_t)j * SC_VL] = 0.0f;
                         continue;
                     }
-                    if (j0 > 0) memset(d, 0, sizeof(float) * j0 * SC_VL);
-                    if (j1 < Wq) memset(d + (int64_t)j1 * SC_VL, 0, sizeof(float) * (Wq - j1) * SC_VL);
-                    for (int l = 0; l < SC_VL; ++l) {
-                        float *e = d + l;
-                        if (l >= lanes) {
-                            for (int j = j0; j < j1; ++j) e[(int64_t)j * SC_VL] = 0.0f;
-                            continue;
-                        }
-                        const float *src = x + (((int64_t)q * SC_VL + l) * C + c) * (int64_t)H * W
-                                           + (int64_t)r * W + (int64_t)j0 * sw + rw - pw;
-                        for (int j = j0; j < j1; ++j) e[(int64_t)j * SC_VL] = src[(int64_t)(j - j0) * sw];
-                    }
+                    const float *src = pp->x + (((int64_t)q * SC_VL + l) * pp->C + c) * (int64_t)H * W
+                                       + (int64_t)r * W + (int64_t)j0 * sw + rw - pw;
+                    for (int j = j0; j < j1; ++j) e[(int64_t)j * SC_VL] = src[(int64_t)(j - j0) * sw];
                 }
             }
         }
-        if (c == C - 1 && il_stride > used)
-            memset(buf + q * il_stride + used, 0, sizeof(float) * (il_stride - used));
     }
 }
 
-/* Tiles of the interleaved variant: per-row chunks when OW*2 > tile, else runs of whole rows. */
-static void sc_il_tiles(int OH, int OW, int Wq, int tile, int64_t *ntile, int *chunk, int *rows) {
-    if (tile < 1) tile = 1;
-    if (tile > SC_TMAX) tile = SC_TMAX;
+/* Fill the prepared buffers of pp->N images, one by one or (interleaved) in groups of SC_VL, each
+ * image or group pp->img_stride floats; the tail of each, after its C*S channel-phase planes, is
+ * zeroed. A worksharing loop over (image or group, channel): call it inside a parallel region
+ * (the convolution's, so that a call starts the threads once); it ends with a barrier. */
+static void sc_prepare_for(const sc_prep_t *pp, float *buf, int interleaved) {
+    const int C = pp->C, S = pp->sh * pp->sw;
+    const int64_t img_stride = pp->img_stride;
+    const int64_t plane = (int64_t)pp->Hq * pp->Wq * (interleaved ? SC_VL : 1);
+    const int64_t used = (int64_t)C * S * plane;
+    const int64_t jobs = (interleaved ? (pp->N + SC_VL - 1) / SC_VL : pp->N) * (int64_t)C;
+    int64_t job;
+#pragma omp for schedule(static)
+    for (job = 0; job < jobs; ++job) {
+        const int64_t n = job / C;
+        const int c = (int)(job % C);
+        float *dst = buf + n * img_stride + (int64_t)c * S * plane;
+        if (interleaved)
+            sc_prepare_il_channel(pp, (int)n, c, dst, plane);
+        else
+            sc_prepare_channel(pp, n, c, dst, plane);
+        if (c == C - 1 && img_stride > used)
+            memset(buf + n * img_stride + used, 0, sizeof(float) * (img_stride - used));
+    }
+}
+
+/* A register tile request clamped to [1, SC_TMAX] vectors. */
+static inline int sc_clamp_tile(int tile) { return tile < 1 ? 1 : tile > SC_TMAX ? SC_TMAX : tile; }
+
+/* Tiles of the interleaved variant: per-row chunks when OW*2 > tile, else runs of whole rows.
+ * Returns the largest tile, in output positions (vectors). */
+static int sc_il_tiles(int OH, int OW, int Wq, int tile, int64_t *ntile, int *chunk, int *rows) {
+    tile = sc_clamp_tile(tile);
     if (OW * 2 > tile) {
         const int nch = (OW + tile - 1) / tile;
         *chunk = (OW + nch - 1) / nch;
@@ -357,94 +280,203 @@ static void sc_il_tiles(int OH, int OW, int Wq, int tile, int64_t *ntile, int *c
         *chunk = 0;
         *ntile = (OH + *rows - 1) / *rows;
     }
+    return *rows ? (*rows - 1) * Wq + OW : *chunk;
 }
 
 static int sc_il_tile_max(int OH, int OW, int Wq, int tile) {
     int64_t ntile;
     int chunk, rows;
-    sc_il_tiles(OH, OW, Wq, tile, &ntile, &chunk, &rows);
-    return rows ? (rows - 1) * Wq + OW : chunk;
+    return sc_il_tiles(OH, OW, Wq, tile, &ntile, &chunk, &rows);
 }
 
-static int sc_conv_il(const sc_prep_t *prep, float *buf, int64_t il_stride, int64_t grp_stride,
-                      int nimg, int G, int OCg, int NB, const int32_t *blk, const int32_t *col,
-                      const float *val, const float *bias, int OH, int OW, int Wq, int tile,
-                      int OCB, int relu, float *out, int nthreads) {
-    int64_t ntile;
-    int chunk, rows;
-    sc_il_tiles(OH, OW, Wq, tile, &ntile, &chunk, &rows);
-    const int T = rows ? (rows - 1) * Wq + OW : chunk;
-    const int nchunk = chunk ? (OW + chunk - 1) / chunk : 1;
-    if (OCB < 1) OCB = 1;
-    if (OCB > OCg) OCB = OCg;
-    const int nocb = (OCg + OCB - 1) / OCB;
-    const int nq = (nimg + SC_VL - 1) / SC_VL;
-    const int64_t items = (int64_t)nq * G * nocb * ntile;
-    const int64_t plane = (int64_t)OH * OW;
-    const int64_t sstride = (int64_t)T * SC_VL;
-    const int64_t OC = (int64_t)G * OCg;
-    int failed = 0;
+/* ---- the convolution ----------------------------------------------------------------------------
+ * One driver for both layouts: the input is prepared, then work items (image or 16-image group,
+ * group, block of OCB output channels, tile) are shared out dynamically; each thread accumulates
+ * an item's output channels in its scratch (sstride floats per channel) and writes them out. */
+
+/* One convolution call: its arguments (see sc_conv) and its cut into work items. */
+typedef struct {
+    const sc_prep_t *prep; /* the input; prep->N images, prep->img_stride floats per image or group */
+    float *buf;            /* its prepared copy */
+    int64_t grp_stride;    /* prepared positions between groups of input channels */
+    int G, OCg, NB;
+    const int32_t *blk, *col;
+    const float *val, *bias;
+    int OH, OW, relu;
+    float *out;
+    int interleaved;
+    int OCB, nocb;         /* output channels per item, items per group of them */
+    int64_t ntile, items;  /* tiles per output plane, work items */
+    int T;                 /* vectors per tile at most */
+    int64_t sstride;       /* scratch floats per output channel */
+    int64_t L, NV;         /* spatial: flat positions and vectors of an output plane */
+    int chunk, rows, nchunk; /* interleaved: see sc_il_tiles; chunks per row */
+} sc_conv_t;
+
+/* Scratch of n floats (64-byte aligned) for the calling thread; NULL, with *failed set, when it
+ * cannot be allocated. */
+static inline float *sc_thread_scratch(int64_t n, int *failed) {
+    float *s = (float *)aligned_alloc(64, sizeof(float) * n);
+    if (!s) {
+#pragma omp atomic write
+        *failed = 1;
+    }
+    return s;
+}
+
+/* Output channels [oc0, oc1) of group g on the tile whose input starts at `in`: the register tile
+ * `fn` runs over their nonzeros input-channel block by input-channel block (the bias starts the
+ * first block), channel oc accumulating in scr + (oc - oc0) * sstride. */
+static inline void sc_sweep(const sc_conv_t *cv, sc_tile_fn fn, const float *in, int g, int oc0,
+                            int oc1, float *scr) {
     static const float zero = 0.0f;
+    const int NB = cv->NB, OCg = cv->OCg;
+    const int32_t *col = cv->col;
+    const float *val = cv->val, *bias = cv->bias;
+    const int64_t sstride = cv->sstride;
+    for (int b = 0; b < NB; ++b) {
+        for (int oc = oc0; oc < oc1; ++oc) {
+            const int32_t *bp = cv->blk + ((int64_t)g * OCg + oc) * (NB + 1) + b;
+            if (b == 0)
+                fn(in, col, val, bp[0], bp[1], bias ? bias + g * OCg + oc : &zero,
+                   scr + (oc - oc0) * sstride);
+            else if (bp[1] > bp[0])
+                fn(in, col, val, bp[0], bp[1], NULL, scr + (oc - oc0) * sstride);
+        }
+    }
+}
+
+/* Work item `it` of the spatial layout (tiles innermost): a tile of the flat output positions of
+ * one image, written out row by row without the thrown-away positions (ReLU applied there). */
+static inline void sc_spatial_item(const sc_conv_t *cv, int64_t it, float *scr) {
+    const int OCg = cv->OCg, OW = cv->OW, Wq = cv->prep->Wq, T = cv->T, relu = cv->relu;
+    const int64_t tl = it % cv->ntile;
+    int64_t r = it / cv->ntile;
+    const int ocb = (int)(r % cv->nocb);
+    r /= cv->nocb;
+    const int g = (int)(r % cv->G);
+    const int64_t n = r / cv->G;
+    const int64_t v0 = tl * T;
+    const int tv = (int)(cv->NV - v0 < T ? cv->NV - v0 : T);
+    const int64_t p0 = v0 * SC_VL;
+    const int64_t p1 = p0 + (int64_t)tv * SC_VL < cv->L ? p0 + (int64_t)tv * SC_VL : cv->L;
+    const int oc0 = ocb * cv->OCB;
+    const int oc1 = oc0 + cv->OCB < OCg ? oc0 + cv->OCB : OCg;
+    sc_sweep(cv, sc_tiles[tv], cv->buf + n * cv->prep->img_stride + g * cv->grp_stride + p0, g, oc0,
+             oc1, scr);
+    const int64_t y0 = p0 / Wq, y1 = (p1 - 1) / Wq;
+    const int64_t plane = (int64_t)cv->OH * OW;
+    for (int oc = oc0; oc < oc1; ++oc) {
+        const float *s = scr + (oc - oc0) * cv->sstride;
+        float *o = cv->out + (n * cv->G * OCg + (int64_t)g * OCg + oc) * plane;
+        for (int64_t y = y0; y <= y1; ++y) {
+            const int64_t rs = y * Wq;
+            const int64_t xa = p0 > rs ? p0 - rs : 0;
+            const int64_t xb = p1 - rs < OW ? p1 - rs : OW;
+            const float *sr = s + rs - p0;
+            float *orow = o + y * OW;
+            if (relu) {
+                for (int64_t xx = xa; xx < xb; ++xx) orow[xx] = sr[xx] < 0.0f ? 0.0f : sr[xx];
+            } else {
+                for (int64_t xx = xa; xx < xb; ++xx) orow[xx] = sr[xx];
+            }
+        }
+    }
+}
+
+/* Work item `it` of the interleaved layout (output-channel blocks innermost: one tile's slice of
+ * the 16-image input, all channels, stays in L2 while every block of output channels sweeps it):
+ * a tile of output positions of 16 images, each lane written to its image. */
+static inline void sc_interleaved_item(const sc_conv_t *cv, int64_t it, float *scr) {
+    const int OCg = cv->OCg, OH = cv->OH, OW = cv->OW, Wq = cv->prep->Wq, relu = cv->relu;
+    const int ocb = (int)(it % cv->nocb);
+    int64_t r = it / cv->nocb;
+    const int64_t tl = r % cv->ntile;
+    r /= cv->ntile;
+    const int g = (int)(r % cv->G);
+    const int q = (int)(r / cv->G);
+    const int nimg = cv->prep->N;
+    const int lanes = nimg - q * SC_VL < SC_VL ? nimg - q * SC_VL : SC_VL;
+    int y0, x0, cnt;
+    if (cv->rows) {
+        y0 = (int)tl * cv->rows;
+        const int y1 = y0 + cv->rows < OH ? y0 + cv->rows : OH;
+        x0 = 0;
+        cnt = (y1 - y0 - 1) * Wq + OW;
+    } else {
+        y0 = (int)(tl / cv->nchunk);
+        x0 = (int)(tl % cv->nchunk) * cv->chunk;
+        cnt = OW - x0 < cv->chunk ? OW - x0 : cv->chunk;
+    }
+    const int64_t p0 = (int64_t)y0 * Wq + x0;
+    const int oc0 = ocb * cv->OCB;
+    const int oc1 = oc0 + cv->OCB < OCg ? oc0 + cv->OCB : OCg;
+    sc_sweep(cv, sc_itiles[cnt], cv->buf + q * cv->prep->img_stride + (g * cv->grp_stride + p0) * SC_VL,
+             g, oc0, oc1, scr);
+    const int64_t plane = (int64_t)OH * OW;
+    const int64_t OC = (int64_t)cv->G * OCg;
+    for (int oc = oc0; oc < oc1; ++oc) {
+        const float *s = scr + (oc - oc0) * cv->sstride;
+        for (int l = 0; l < lanes; ++l) {
+            float *o = cv->out + (((int64_t)q * SC_VL + l) * OC + (int64_t)g * OCg + oc) * plane;
+            for (int t = 0; t < cnt; ++t) {
+                const int64_t p = p0 + t;
+                const int64_t yy = p / Wq, xx = p % Wq;
+                if (xx >= OW) continue;
+                const float v = s[(int64_t)t * SC_VL + l];
+                o[yy * OW + xx] = relu && v < 0.0f ? 0.0f : v;
+            }
+        }
+    }
+}
+
+/* The cut of a convolution into work items: output-channel blocks, tiles (at most `tile` vectors;
+ * spatial tiles balanced), items and scratch. */
+static void sc_plan_items(sc_conv_t *cv, int tile) {
+    const int OH = cv->OH, OW = cv->OW, Wq = cv->prep->Wq;
+    int64_t images = cv->prep->N;
+    if (cv->interleaved) {
+        cv->T = sc_il_tiles(OH, OW, Wq, tile, &cv->ntile, &cv->chunk, &cv->rows);
+        cv->nchunk = cv->chunk ? (OW + cv->chunk - 1) / cv->chunk : 1;
+        images = (images + SC_VL - 1) / SC_VL;
+    } else {
+        cv->L = (int64_t)(OH - 1) * Wq + OW;
+        cv->NV = sc_num_vectors(OH, OW, Wq);
+        tile = sc_clamp_tile(tile);
+        cv->ntile = (cv->NV + tile - 1) / tile;
+        cv->T = (int)((cv->NV + cv->ntile - 1) / cv->ntile); /* balanced tiles of <= tile vectors */
+    }
+    cv->OCB = cv->OCB < 1 ? 1 : cv->OCB > cv->OCg ? cv->OCg : cv->OCB;
+    cv->nocb = (cv->OCg + cv->OCB - 1) / cv->OCB;
+    cv->items = images * cv->G * cv->nocb * cv->ntile;
+    cv->sstride = (int64_t)cv->T * SC_VL;
+}
+
+/* The convolution of prep->N images, prepared as *prep says (interleaved: in groups of 16) into
+ * buf inside the same parallel region, so that a call starts the threads once. blk has (G*OCg)
+ * rows of NB+1 pointers into col/val: row r's nonzeros of input-channel block b are
+ * [blk[r*(NB+1)+b], blk[r*(NB+1)+b+1]). Returns 0, or -1 when a thread's scratch could not be
+ * allocated. */
+static int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G, int OCg, int NB,
+                   const int32_t *blk, const int32_t *col, const float *val, const float *bias, int OH,
+                   int OW, int tile, int OCB, int relu, int interleaved, float *out, int nthreads) {
+    sc_conv_t cv = {.prep = prep, .buf = buf, .grp_stride = grp_stride, .G = G, .OCg = OCg, .NB = NB,
+                    .blk = blk, .col = col, .val = val, .bias = bias, .OH = OH, .OW = OW, .relu = relu,
+                    .out = out, .interleaved = interleaved, .OCB = OCB};
+    sc_plan_items(&cv, tile);
+    int failed = 0;
 #pragma omp parallel num_threads(nthreads)
     {
-        sc_prepare_il_for(prep, buf); /* ends with a barrier */
-        float *scr = (float *)aligned_alloc(64, sizeof(float) * sstride * OCB);
-        if (!scr) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        sc_prepare_for(prep, buf, interleaved); /* ends with a barrier */
+        float *scr = sc_thread_scratch(cv.sstride * cv.OCB, &failed);
         int64_t it;
 #pragma omp for schedule(dynamic, 1)
-        for (it = 0; it < items; ++it) {
+        for (it = 0; it < cv.items; ++it) {
             if (!scr) continue;
-            /* output-channel blocks innermost: one tile's slice of the 16-image input (all
-             * channels) stays in L2 while every block of output channels sweeps it */
-            const int ocb = (int)(it % nocb);
-            int64_t r = it / nocb;
-            const int64_t tl = r % ntile;
-            r /= ntile;
-            const int g = (int)(r % G);
-            const int q = (int)(r / G);
-            const int lanes = nimg - q * SC_VL < SC_VL ? nimg - q * SC_VL : SC_VL;
-            int y0, x0, cnt;
-            if (rows) {
-                y0 = (int)tl * rows;
-                const int y1 = y0 + rows < OH ? y0 + rows : OH;
-                x0 = 0;
-                cnt = (y1 - y0 - 1) * Wq + OW;
-            } else {
-                y0 = (int)(tl / nchunk);
-                x0 = (int)(tl % nchunk) * chunk;
-                cnt = OW - x0 < chunk ? OW - x0 : chunk;
-            }
-            const int64_t p0 = (int64_t)y0 * Wq + x0;
-            const float *in = buf + q * il_stride + (g * grp_stride + p0) * SC_VL;
-            const int oc0 = ocb * OCB;
-            const int oc1 = oc0 + OCB < OCg ? oc0 + OCB : OCg;
-            const sc_tile_fn fn = sc_itiles[cnt];
-            for (int b = 0; b < NB; ++b) {
-                for (int oc = oc0; oc < oc1; ++oc) {
-                    const int32_t *bp = blk + ((int64_t)g * OCg + oc) * (NB + 1) + b;
-                    if (b == 0)
-                        fn(in, col, val, bp[0], bp[1], bias ? bias + g * OCg + oc : &zero,
-                           scr + (oc - oc0) * sstride);
-                    else if (bp[1] > bp[0])
-                        fn(in, col, val, bp[0], bp[1], NULL, scr + (oc - oc0) * sstride);
-                }
-            }
-            for (int oc = oc0; oc < oc1; ++oc) {
-                const float *s = scr + (oc - oc0) * sstride;
-                for (int l = 0; l < lanes; ++l) {
-                    float *o = out + (((int64_t)q * SC_VL + l) * OC + (int64_t)g * OCg + oc) * plane;
-                    for (int t = 0; t < cnt; ++t) {
-                        const int64_t p = p0 + t;
-                        const int64_t yy = p / Wq, xx = p % Wq;
-                        if (xx >= OW) continue;
-                        const float v = s[(int64_t)t * SC_VL + l];
-                        o[yy * OW + xx] = relu && v < 0.0f ? 0.0f : v;
-                    }
-                }
-            }
+            if (interleaved)
+                sc_interleaved_item(&cv, it, scr);
+            else
+                sc_spatial_item(&cv, it, scr);
         }
         free(scr);
     }
@@ -536,11 +568,7 @@ static int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, con
     int failed = 0;
 #pragma omp parallel num_threads(nthreads)
     {
-        float *acc = (float *)aligned_alloc(64, sizeof(float) * SC_VL * SC_FMT);
-        if (!acc) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        float *acc = sc_thread_scratch(SC_VL * SC_FMT, &failed);
         int64_t nn;
 #pragma omp for schedule(dynamic, 16)
         for (nn = 0; nn < N; ++nn) {

@@ -22,14 +22,9 @@ cdef extern from "sconv_impl.h" nogil:
     int sc_max_tile()
     int64_t sc_num_vectors(int OH, int OW, int Wq)
     int sc_il_tile_max(int OH, int OW, int Wq, int tile)
-    int sc_conv(const sc_prep_t *prep, float *buf, int64_t img_stride, int64_t grp_stride, int N,
-                int G, int OCg, int NB, const int32_t *blk, const int32_t *col, const float *val,
-                const float *bias, int OH, int OW, int Wq, int tile, int OCB, int relu,
-                float *out, int nthreads)
-    int sc_conv_il(const sc_prep_t *prep, float *buf, int64_t il_stride, int64_t grp_stride,
-                   int nimg, int G, int OCg, int NB, const int32_t *blk, const int32_t *col,
-                   const float *val, const float *bias, int OH, int OW, int Wq, int tile,
-                   int OCB, int relu, float *out, int nthreads)
+    int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G, int OCg, int NB,
+                const int32_t *blk, const int32_t *col, const float *val, const float *bias, int OH,
+                int OW, int tile, int OCB, int relu, int interleaved, float *out, int nthreads)
     int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const int32_t *col,
               const float *val, const float *bias, int relu, float *y, int nthreads)
 
@@ -241,16 +236,14 @@ cdef class ConvPlan:
         with nogil:
             if k:
                 prep.x, prep.N, prep.img_stride = xp, k, self.il_stride
-                rc = sc_conv_il(&prep, bufp, self.il_stride, self.grp_stride, k, self.groups,
-                                self.ocg, self.inblocks, &self._iblk[0], colp, valp, bp,
-                                self.out_h, self.out_w, self.wq, self.itile, self.iocb, relu, op,
-                                num_threads)
+                rc = sc_conv(&prep, bufp, self.grp_stride, self.groups, self.ocg, self.inblocks,
+                             &self._iblk[0], colp, valp, bp, self.out_h, self.out_w, self.itile,
+                             self.iocb, relu, 1, op, num_threads)
             if n > k:
                 prep.x, prep.N, prep.img_stride = xp + k * x_img, n - k, self.img_stride
-                rc2 = sc_conv(&prep, bufp + il_floats, self.img_stride, self.grp_stride, n - k,
-                              self.groups, self.ocg, self.nblocks, &self._blk[0], colp, valp, bp,
-                              self.out_h, self.out_w, self.wq, self.tile, self.ocb, relu,
-                              op + k * out_img, num_threads)
+                rc2 = sc_conv(&prep, bufp + il_floats, self.grp_stride, self.groups, self.ocg,
+                              self.nblocks, &self._blk[0], colp, valp, bp, self.out_h, self.out_w,
+                              self.tile, self.ocb, relu, 0, op + k * out_img, num_threads)
         if rc or rc2:
             raise MemoryError("sparse convolution: could not allocate the per-thread scratch")
         return out

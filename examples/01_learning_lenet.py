@@ -17,6 +17,9 @@
 #   in ../shared/datasets/fashion-mnist with pyskim's convert_mnist_data tool (same format as MNIST).
 # * The iteration counts come from the variables below (the notebook's values by default), so that a
 #   quick run is possible: PYSKIM_LENET_NITER=10 PYSKIM_LENET_TEST_ITERS=5 PYSKIM_LENET_CUSTOM_NITER=10.
+# * The notebook writes its training loop (cell 15) and its loss / accuracy plot (cell 16) a second
+#   time for the custom net of section 6; here each is one function, train_and_test() and
+#   plot_train_test(), which both sections call with their own iteration counts and plot title.
 #
 # Usage: python examples/01_learning_lenet.py [WORK_FOLDER]   (default $PYSKIM_EXAMPLES_ROOT or ./caffe_root)
 import os
@@ -173,49 +176,62 @@ imshow(solver.net.params['conv1'][0].diff[:, 0].reshape(4, 5, 5, 5)
 # In[15]:
 
 # %%time   (IPython magic, removed)
+def train_and_test(solver, niter, test_interval, output=None):
+    """The custom training loop of cell 15 (run again in section 6): returns the train loss of every
+    step and the accuracy of every full test; fills `output`, when given, with the scores of the first
+    test batch at every step."""
+    # losses will also be stored in the log
+    train_loss = zeros(niter)
+    test_acc = zeros(int(np.ceil(niter / test_interval)))
+
+    # the main solver loop
+    for it in range(niter):
+        solver.step(1)  # SGD by Caffe
+
+        # store the train loss
+        train_loss[it] = solver.net.blobs['loss'].data
+
+        if output is not None:
+            # store the output on the first test batch
+            # (start the forward pass at conv1 to avoid loading new data)
+            solver.test_nets[0].forward(start='conv1')
+            output[it] = solver.test_nets[0].blobs['score'].data[:8]
+
+        # run a full test every so often
+        # (Caffe can also do this for us and write to a log, but we show here
+        #  how to do it directly in Python, where more complicated things are easier.)
+        if it % test_interval == 0:
+            print('Iteration', it, 'testing...')
+            correct = 0
+            for test_it in range(TEST_ITERS):
+                solver.test_nets[0].forward()
+                correct += sum(solver.test_nets[0].blobs['score'].data.argmax(1)
+                               == solver.test_nets[0].blobs['label'].data)
+            test_acc[it // test_interval] = correct / 1e4
+    return train_loss, test_acc
+
 niter = NITER
 test_interval = 25
-# losses will also be stored in the log
-train_loss = zeros(niter)
-test_acc = zeros(int(np.ceil(niter / test_interval)))
 output = zeros((niter, 8, 10))
-
-# the main solver loop
-for it in range(niter):
-    solver.step(1)  # SGD by Caffe
-
-    # store the train loss
-    train_loss[it] = solver.net.blobs['loss'].data
-
-    # store the output on the first test batch
-    # (start the forward pass at conv1 to avoid loading new data)
-    solver.test_nets[0].forward(start='conv1')
-    output[it] = solver.test_nets[0].blobs['score'].data[:8]
-
-    # run a full test every so often
-    # (Caffe can also do this for us and write to a log, but we show here
-    #  how to do it directly in Python, where more complicated things are easier.)
-    if it % test_interval == 0:
-        print('Iteration', it, 'testing...')
-        correct = 0
-        for test_it in range(TEST_ITERS):
-            solver.test_nets[0].forward()
-            correct += sum(solver.test_nets[0].blobs['score'].data.argmax(1)
-                           == solver.test_nets[0].blobs['label'].data)
-        test_acc[it // test_interval] = correct / 1e4
+train_loss, test_acc = train_and_test(solver, niter, test_interval, output)
 
 # * Let's plot the train loss and test accuracy.
 
 # In[16]:
 
-_, ax1 = subplots()
-ax2 = ax1.twinx()
-ax1.plot(arange(niter), train_loss)
-ax2.plot(test_interval * arange(len(test_acc)), test_acc, 'r')
-ax1.set_xlabel('iteration')
-ax1.set_ylabel('train loss')
-ax2.set_ylabel('test accuracy')
-ax2.set_title('Test Accuracy: {:.2f}'.format(test_acc[-1]))
+def plot_train_test(niter, test_interval, train_loss, test_acc, title):
+    """The plot of cell 16 (drawn again in section 6): train loss and test accuracy against the
+    iteration, titled `title` formatted with the last accuracy."""
+    _, ax1 = subplots()
+    ax2 = ax1.twinx()
+    ax1.plot(arange(niter), train_loss)
+    ax2.plot(test_interval * arange(len(test_acc)), test_acc, 'r')
+    ax1.set_xlabel('iteration')
+    ax1.set_ylabel('train loss')
+    ax2.set_ylabel('test accuracy')
+    ax2.set_title(title.format(test_acc[-1]))
+
+plot_train_test(niter, test_interval, train_loss, test_acc, 'Test Accuracy: {:.2f}')
 
 # * Since we saved the results on the first test batch, we can watch how our prediction scores evolved.
 
@@ -343,34 +359,6 @@ solver = caffe.get_solver(solver_config_path)
 ### solve
 niter = CUSTOM_NITER  # EDIT HERE increase to train for longer
 test_interval = niter // 10
-# losses will also be stored in the log
-train_loss = zeros(niter)
-test_acc = zeros(int(np.ceil(niter / test_interval)))
+train_loss, test_acc = train_and_test(solver, niter, test_interval)
 
-# the main solver loop
-for it in range(niter):
-    solver.step(1)  # SGD by Caffe
-
-    # store the train loss
-    train_loss[it] = solver.net.blobs['loss'].data
-
-    # run a full test every so often
-    # (Caffe can also do this for us and write to a log, but we show here
-    #  how to do it directly in Python, where more complicated things are easier.)
-    if it % test_interval == 0:
-        print('Iteration', it, 'testing...')
-        correct = 0
-        for test_it in range(TEST_ITERS):
-            solver.test_nets[0].forward()
-            correct += sum(solver.test_nets[0].blobs['score'].data.argmax(1)
-                           == solver.test_nets[0].blobs['label'].data)
-        test_acc[it // test_interval] = correct / 1e4
-
-_, ax1 = subplots()
-ax2 = ax1.twinx()
-ax1.plot(arange(niter), train_loss)
-ax2.plot(test_interval * arange(len(test_acc)), test_acc, 'r')
-ax1.set_xlabel('iteration')
-ax1.set_ylabel('train loss')
-ax2.set_ylabel('test accuracy')
-ax2.set_title('Custom Test Accuracy: {:.2f}'.format(test_acc[-1]))
+plot_train_test(niter, test_interval, train_loss, test_acc, 'Custom Test Accuracy: {:.2f}')

@@ -14,6 +14,8 @@
 #   _caffe_root.prepare() with RANDOM weights (the real ones are not available offline), so the
 #   classification map is meaningless; the surgery itself (transplanting the fully connected weights
 #   into convolutions) is exactly the notebook's.
+# * Cells 7 and 8 repeat the same lines for two nets (take each layer's weights and biases, print their
+#   shapes); here those lines are one function, extract_params(), which both cells call.
 #
 # Usage: python examples/net_surgery.py [WORK_FOLDER]   (default $PYSKIM_EXAMPLES_ROOT or ./caffe_root)
 import _caffe_root
@@ -129,16 +131,21 @@ import difflib; print(''.join(difflib.unified_diff(open('../models/bvlc_referenc
 
 # In[7]:
 
+def extract_params(net, names):
+    """{name: (weights, biases)} of the layers `names`, printing their shapes (what cells 7 and 8 both do)."""
+    layer_params = {pr: (net.params[pr][0].data, net.params[pr][1].data) for pr in names}
+
+    for name in names:
+        print('{} weights are {} dimensional and biases are {} dimensional'.format(name, layer_params[name][0].shape, layer_params[name][1].shape))
+    return layer_params
+
 # Load the original network and extract the fully connected layers' parameters.
 net = caffe.Net('../models/bvlc_reference_caffenet/deploy.prototxt',
                 '../models/bvlc_reference_caffenet/bvlc_reference_caffenet.caffemodel',
                 caffe.TEST)
 params = ['fc6', 'fc7', 'fc8']
 # fc_params = {name: (weights, biases)}
-fc_params = {pr: (net.params[pr][0].data, net.params[pr][1].data) for pr in params}
-
-for fc in params:
-    print('{} weights are {} dimensional and biases are {} dimensional'.format(fc, fc_params[fc][0].shape, fc_params[fc][1].shape))
+fc_params = extract_params(net, params)
 
 # Consider the shapes of the inner product parameters. The weight dimensions are the output and input
 # sizes while the bias dimension is the output size.
@@ -151,10 +158,7 @@ net_full_conv = caffe.Net('net_surgery/bvlc_caffenet_full_conv.prototxt',
                           caffe.TEST)
 params_full_conv = ['fc6-conv', 'fc7-conv', 'fc8-conv']
 # conv_params = {name: (weights, biases)}
-conv_params = {pr: (net_full_conv.params[pr][0].data, net_full_conv.params[pr][1].data) for pr in params_full_conv}
-
-for conv in params_full_conv:
-    print('{} weights are {} dimensional and biases are {} dimensional'.format(conv, conv_params[conv][0].shape, conv_params[conv][1].shape))
+conv_params = extract_params(net_full_conv, params_full_conv)
 
 # The convolution weights are arranged in output x input x height x width dimensions. To map the inner
 # product weights to convolution filters, we could roll the flat inner product vectors into channel x

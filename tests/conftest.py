@@ -10,13 +10,15 @@ NO_SHARED_REASON = (f"needs ../shared (BVLC Caffe's ground truth next to the rep
 
 def pytest_collection_modifyitems(config, items):
     """Without ``../shared`` (a plain clone), skip with one reason every test that reads it: those
-    asking for the ``shared_dir`` fixture and those in modules that declare ``NEEDS_SHARED = True``."""
+    asking for the ``shared_dir`` fixture (directly or through another fixture) and those in modules
+    that declare ``NEEDS_SHARED = True``. The mark goes first, so that a test parametrized over
+    ``../shared``'s contents (an empty parameter set here) reports this reason, not pytest's own."""
     if SHARED.is_dir():
         return
     skip = pytest.mark.skip(reason=NO_SHARED_REASON)
     for item in items:
         if "shared_dir" in getattr(item, "fixturenames", ()) or getattr(item.module, "NEEDS_SHARED", False):
-            item.add_marker(skip)
+            item.add_marker(skip, append=False)
 
 
 @pytest.fixture(scope="session")

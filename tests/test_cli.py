@@ -27,7 +27,18 @@ NUMBER = r"(-?[\d.]+(?:e[-+]?\d+)?)"
 TRAIN_PATTERNS = (rf"Iteration \d+ \(.*\), loss = {NUMBER}", rf"Iteration \d+, lr = {NUMBER}",
                   rf"    Test net output #\d: \w+ = {NUMBER}(?: \(.*\))?", rf"Iteration 30, loss = {NUMBER}")
 TEST_PREFIXES = ("Batch ", "Loss: ", "accuracy = ", "loss = ")
-TOOLS = pathlib.Path(__file__).resolve().parents[1] / "tools"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOOLS = ROOT / "tools"
+#: The repository's copy of Caffe's examples/mnist/lenet.prototxt (the same bytes as CLI_CASE's).
+LENET_DEPLOY = ROOT / "prototxt" / "lenet" / "lenet_deploy.prototxt"
+#: A solver and net of the tests' own, for the flag checks that need no recorded Caffe run.
+TINY_SOLVER = 'net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 1\nsolver_mode: CPU\n'
+TINY_NET = """name: "tiny"
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+        dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
 
 
 def _messages(log_text):
@@ -41,8 +52,8 @@ def _run(args, cwd):
 
 
 @pytest.fixture
-def case_dir(tmp_path):
-    """The caffe_cli train/test case with its LMDB, in a writable folder."""
+def case_dir(tmp_path, shared_dir):
+    """The caffe_cli train/test case with its LMDB (from ``../shared``), in a writable folder."""
     for name in ("net.prototxt", "solver.prototxt"):
         shutil.copy(CLI_CASE / "train_test" / name, tmp_path / name)
     os.symlink(SOLVER_CASE / "data_lmdb", tmp_path / "data_lmdb")
@@ -175,7 +186,7 @@ def test_progress_line_on_a_terminal(case_dir):
     _assert_test_matches_caffe(_terminal_messages(output))
 
 
-def test_time_log_lines(tmp_path):
+def test_time_log_lines(tmp_path, shared_dir):
     shutil.copy(CLI_CASE / "lenet.prototxt", tmp_path / "lenet.prototxt")
     code, log = _run(["time", "--model=lenet.prototxt", "-iterations=2"], tmp_path)
     assert code == 0, log
@@ -192,7 +203,7 @@ def test_time_log_lines(tmp_path):
 
 
 def test_forward_only_time(tmp_path):
-    shutil.copy(CLI_CASE / "lenet.prototxt", tmp_path / "lenet.prototxt")
+    shutil.copy(LENET_DEPLOY, tmp_path / "lenet.prototxt")
     code, log = _run(["time", "-model", "lenet.prototxt", "-iterations", "1", "-forward_only"], tmp_path)
     assert code == 0, log
     assert "Iteration: 1 forward time:" in log and "backward:" not in log
@@ -205,8 +216,10 @@ def test_forward_only_time(tmp_path):
     (["train", "-solver", "missing.prototxt"], "missing.prototxt"),
     (["train", "-solver", "solver.prototxt", "-sigint_effect", "explode"], "Invalid signal effect"),
 ])
-def test_errors_are_clear(case_dir, args, message):
-    code, log = _run(args, case_dir)
+def test_errors_are_clear(tmp_path, args, message):
+    (tmp_path / "solver.prototxt").write_text(TINY_SOLVER)
+    (tmp_path / "net.prototxt").write_text(TINY_NET)
+    code, log = _run(args, tmp_path)
     assert code == 1
     assert message in log
     assert "Traceback" not in log

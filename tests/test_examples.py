@@ -27,8 +27,9 @@ def run_example(name, work, cwd, timeout, **env_vars):
 
 
 @pytest.fixture(scope="module")
-def caffenet_root(tmp_path_factory):
-    """One work folder for the CaffeNet runs: its random-weights caffemodel is made once."""
+def caffenet_root(tmp_path_factory, shared_dir):
+    """One work folder for the CaffeNet runs (BVLC's prototxts from ``../shared``): its random-weights
+    caffemodel is made once."""
     root = tmp_path_factory.mktemp("caffe_root")
     code = "import _caffe_root, sys; _caffe_root.prepare('setup', caffenet=True)"
     result = subprocess.run([sys.executable, "-c", code, str(root)], cwd=EXAMPLES, capture_output=True,
@@ -44,7 +45,8 @@ def test_scripts_carry_the_licence_note():
         assert "import pyskim as caffe" in (EXAMPLES / name).read_text()
 
 
-def test_learning_lenet_quick(tmp_path):
+def test_learning_lenet_quick(tmp_path, shared_dir):
+    """The LeNet notebook with fewer iterations, on LMDBs the script makes from ../shared's Fashion-MNIST."""
     out = run_example("01_learning_lenet.py", tmp_path / "caffe_root", tmp_path, 600, **QUICK_LENET)
     examples = tmp_path / "caffe_root" / "examples"
     assert (examples / "mnist" / "mnist_train_lmdb" / "data.mdb").exists()
@@ -59,7 +61,7 @@ def test_learning_lenet_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_learning_lenet_full_length(tmp_path):
+def test_learning_lenet_full_length(tmp_path, shared_dir):
     """The notebook's own iteration counts (200 LeNet steps, 250 linear-classifier steps)."""
     out = run_example("01_learning_lenet.py", tmp_path / "caffe_root", tmp_path, 3600)
     assert "Iteration 175 testing..." in out and "Iteration 225 testing..." in out
@@ -86,11 +88,11 @@ def test_net_surgery(caffenet_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_classify_tool_with_default_model(caffenet_root, tmp_path):
+def test_classify_tool_with_default_model(caffenet_root, tmp_path, shared_dir):
     """tools/classify.py with its default flags, run from the Caffe root (the random-weights CaffeNet,
     the bundled ImageNet mean, ten crops) on BVLC's example images."""
     out = tmp_path / "predictions.npy"
-    images = ROOT.parent / "shared" / "models" / "bvlc" / "examples" / "images"
+    images = shared_dir / "models" / "bvlc" / "examples" / "images"
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "classify.py"), str(images), str(out)],
                             cwd=caffenet_root, capture_output=True, text=True, timeout=1200, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

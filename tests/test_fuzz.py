@@ -30,8 +30,6 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-pytestmark = pytest.mark.skipif(not fh.CORPUS.available, reason="../shared conformance data not available")
-
 # -- mutation strategies -----------------------------------------------------------------------------
 
 POS = st.integers(0, 2**24)
@@ -487,7 +485,8 @@ BAD = ("bad", "crash", "hang")
 # -- running -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory):
+def worker(tmp_path_factory, shared_dir):
+    """The sandboxed worker for the fuzz runs, whose seed inputs come from ``../shared``."""
     w = fh.Worker(tmp_path_factory.mktemp("fuzz"), timeout=float(os.environ.get("PYSKIM_FUZZ_TIMEOUT", "60")))
     yield w
     w.stop()

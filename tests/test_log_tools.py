@@ -27,7 +27,7 @@ def _read_csv(path, delimiter=","):
 
 
 @pytest.fixture(scope="module")
-def pyskim_log(tmp_path_factory):
+def pyskim_log(tmp_path_factory, shared_dir):
     """A training log written by ``pyskim train`` (stderr, glog format) on the caffe_cli case."""
     work = tmp_path_factory.mktemp("train")
     for name in ("net.prototxt", "solver.prototxt"):
@@ -41,7 +41,7 @@ def pyskim_log(tmp_path_factory):
     return path
 
 
-def test_caffe_log_new_glog_stamps(tmp_path):
+def test_caffe_log_new_glog_stamps(shared_dir):
     """Caffe's log uses newer glog's I<yyyymmdd> stamps; rows match its display and test lines."""
     train, test = parse_log.parse_log(str(CAFFE_LOG))
     assert len(train) == 30 and len(test) == 4
@@ -56,7 +56,7 @@ def test_caffe_log_new_glog_stamps(tmp_path):
     assert all(b["Seconds"] >= a["Seconds"] for a, b in zip(train, train[1:]))
 
 
-def test_pyskim_log_parses_like_caffes(pyskim_log):
+def test_pyskim_log_parses_like_caffes(pyskim_log, shared_dir):
     """pyskim's log (old-style I<mmdd> glog stamps) gives the same rows, iterations and columns as
     Caffe's log of the same run (values differ: pyskim drew its own initial weights)."""
     ours_train, ours_test = parse_log.parse_log(str(pyskim_log))
@@ -69,7 +69,7 @@ def test_pyskim_log_parses_like_caffes(pyskim_log):
     assert 0 <= ours_train[0]["Seconds"] < 60
 
 
-def test_pyskim_log_with_caffes_weights_gives_caffes_numbers(tmp_path):
+def test_pyskim_log_with_caffes_weights_gives_caffes_numbers(tmp_path, shared_dir):
     """Trained from Caffe's initial weights, pyskim's log parses to Caffe's losses and accuracies."""
     for name in ("net.prototxt", "solver.prototxt"):
         shutil.copy(CLI_CASE / name, tmp_path / name)
@@ -104,7 +104,7 @@ def test_cli_writes_csv_files(pyskim_log, tmp_path, capsys):
     assert float(train[3]["NumIters"]) == 3.0
 
 
-def test_cli_delimiter_and_script(tmp_path):
+def test_cli_delimiter_and_script(tmp_path, shared_dir):
     """The tools/parse_log.py script, with a tab delimiter."""
     result = subprocess.run([sys.executable, _tool("parse_log.py"), str(CAFFE_LOG), str(tmp_path),
                              "--delimiter", "\t"], capture_output=True, text=True, timeout=120, check=False)
@@ -163,7 +163,7 @@ def test_chart_types_are_bvlcs():
 
 
 @pytest.mark.parametrize("chart_type", range(8))
-def test_plot_every_chart_type(chart_type, pyskim_log, tmp_path):
+def test_plot_every_chart_type(chart_type, pyskim_log, tmp_path, shared_dir):
     pytest.importorskip("matplotlib")
     caffe_log = tmp_path / "caffe.log"
     shutil.copy(CAFFE_LOG, caffe_log)

@@ -34,7 +34,6 @@ from pyskim.io.upgrade import read_net_binary
 from pyskim.proto import caffe_pb2
 from pyskim.solvers import get_solver
 
-NEEDS_SHARED = True
 ROOT = Path(__file__).resolve().parents[1]
 
 SOLVER = """net: "net.prototxt"

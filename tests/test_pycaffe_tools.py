@@ -16,7 +16,7 @@ from pyskim.proto import caffe_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-IMAGES = os.path.join(SHARED, "models", "bvlc", "examples", "images")
+IMAGES = os.path.join(SHARED, "models", "bvlc", "examples", "images")    # read by tests given ``shared_dir``
 
 CLASSIFY_NET = """name: 'tiny'
 layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 10 dim: 3 dim: 32 dim: 32 } } }
@@ -61,7 +61,7 @@ def _image_files():
     return sorted(os.path.join(IMAGES, name) for name in os.listdir(IMAGES) if name.endswith(".jpg"))
 
 
-def test_classify_folder_matches_classifier(tiny_model, tmp_path, capsys):
+def test_classify_folder_matches_classifier(tiny_model, tmp_path, capsys, shared_dir):
     model_def, weights = tiny_model
     out = tmp_path / "out.npy"
     assert run_tool("classify", [IMAGES, str(out), "--model_def", model_def, "--pretrained_model", weights,
@@ -80,7 +80,7 @@ def test_classify_folder_matches_classifier(tiny_model, tmp_path, capsys):
     np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-7)
 
 
-def test_classify_center_only_no_mean_and_npy_input(tiny_model, tmp_path):
+def test_classify_center_only_no_mean_and_npy_input(tiny_model, tmp_path, shared_dir):
     model_def, weights = tiny_model
     images = np.stack([caffe.io.resize_image(caffe.io.load_image(f), (48, 48)) for f in _image_files()])
     inputs = tmp_path / "images.npy"
@@ -94,7 +94,7 @@ def test_classify_center_only_no_mean_and_npy_input(tiny_model, tmp_path):
     np.testing.assert_allclose(np.load(out), classifier.predict(list(images), False), rtol=1e-5, atol=1e-7)
 
 
-def test_classify_script_single_image_and_refused_pickle(tiny_model, tmp_path):
+def test_classify_script_single_image_and_refused_pickle(tiny_model, tmp_path, shared_dir):
     model_def, weights = tiny_model
     out = tmp_path / "cat.npy"
     result = subprocess.run([sys.executable, _tool("classify.py"), os.path.join(IMAGES, "cat.jpg"), str(out),
@@ -116,7 +116,7 @@ def test_classify_script_single_image_and_refused_pickle(tiny_model, tmp_path):
                           "--pretrained_model", weights, "--images_dim", "a,b"]) == 1
 
 
-def test_detect_csv_windows(tiny_model, tmp_path):
+def test_detect_csv_windows(tiny_model, tmp_path, shared_dir):
     model_def, weights = tiny_model
     windows = tmp_path / "windows.csv"
     cat, fish = os.path.join(IMAGES, "cat.jpg"), os.path.join(IMAGES, "fish-bike.jpg")
@@ -153,9 +153,9 @@ def test_detect_selective_search_needs_its_package(tiny_model, tmp_path, caplog)
                         "--pretrained_model", weights]) == 1
 
 
-def test_draw_net(tmp_path, capsys):
+def test_draw_net(tmp_path, capsys, shared_dir):
     pytest.importorskip("pydot")
-    src = os.path.join(SHARED, "models", "bvlc", "examples", "mnist", "lenet_train_test.prototxt")
+    src = str(shared_dir / "models" / "bvlc" / "examples" / "mnist" / "lenet_train_test.prototxt")
     raw = tmp_path / "lenet.raw"
     assert run_tool("draw_net", [src, str(raw), "--rankdir", "TB", "--phase", "TEST", "--display_lrm"]) == 0
     assert f"Drawing net to {raw}" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import pyskim as caffe
 from pyskim.io.upgrade import read_net_text
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+NEEDS_SHARED = True   # every test here runs ../shared's models (skipped by conftest when it is absent)
 DATA_SOURCES = {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "Python"}
 
 

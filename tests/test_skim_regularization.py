@@ -3,7 +3,6 @@ ISTA, L1_DNS / L2_DNS with regrowth, connectivity masks through every solver typ
 report and display lines, Winograd types refused, and the published SkimCaffe prototxts training
 on DummyData with their solvers' settings. Expectations are derived by hand from the semantics."""
 import logging
-import pathlib
 import re
 
 import numpy as np
@@ -18,7 +17,6 @@ from pyskim.solvers import get_solver
 from pyskim.solvers.skim import WINOGRAD_TYPES
 from pyskim.sparse import sparsity
 
-SKIM = pathlib.Path(__file__).resolve().parents[2] / "shared" / "models" / "skimcaffe" / "models"
 SOLVER_TYPES = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"]
 
 # Two weights: y = w · x (InnerProduct, 2-D weight) or a 1×1 convolution over 2 channels (4-D).
@@ -455,9 +453,15 @@ def test_total_regularization_l1():
 
 
 # -- the published SkimCaffe prototxts ------------------------------------------------------------------
-def dummy_data(net_file, batch, size):
+@pytest.fixture
+def skim_models(shared_dir):
+    """SkimCaffe's published models, prototxts and solvers (``../shared/models/skimcaffe/models``)."""
+    return shared_dir / "models" / "skimcaffe" / "models"
+
+
+def dummy_data(net_path, batch, size):
     """The net with every Data layer replaced by DummyData: (batch, 3, size, size) images and labels 0."""
-    net = read_net_text(str(SKIM / net_file))
+    net = read_net_text(str(net_path))
     for layer in net.layer:
         if layer.type == "Data":
             layer.type = "DummyData"
@@ -471,10 +475,11 @@ def dummy_data(net_file, batch, size):
     return net
 
 
-def published_solver(solver_file, net_file, batch, size, **fields):
-    p = read_solver_text(str(SKIM / solver_file))
+def published_solver(models, solver_file, net_file, batch, size, **fields):
+    """The solver ``models/solver_file`` on ``models/net_file`` with DummyData, CPU, no snapshots or tests."""
+    p = read_solver_text(str(models / solver_file))
     p.ClearField("net")
-    p.net_param.CopyFrom(dummy_data(net_file, batch, size))
+    p.net_param.CopyFrom(dummy_data(models / net_file, batch, size))
     for name in ("test_iter", "test_interval", "snapshot_prefix"):
         p.ClearField(name)
     p.snapshot, p.display, p.random_seed = 0, 1, 3
@@ -506,10 +511,10 @@ CAFFENET_FC = CAFFENET_LOGS + "fc_0.1_ft_caffenet_0.57368_5e-05/0.001_0.00005_0.
     ("bvlc_reference_caffenet/template_l1_solver.prototxt", "bvlc_reference_caffenet/train_val_convl1l2.prototxt",
      {"base_lr": 1e-3, "weight_decay": 5e-5, "prune_threshold": 1e-4, "max_threshold_factor": 10}),
 ], ids=["caffenet_prune_fc0.1", "caffenet_convl1l2"])
-def test_caffenet_prune_stage_trains(solver_file, net_file, fields):
+def test_caffenet_prune_stage_trains(skim_models, solver_file, net_file, fields):
     """At 67×67 input (pool5 1×1, fc6 256 → 4096), batch 2: the L1 layers lose their small weights
     under the step-dependent threshold (about f·t0 = 1e-3 at these tiny steps), the L2 ones do not."""
-    solver = published_solver(solver_file, net_file, 2, 67, **fields)
+    solver = published_solver(skim_models, solver_file, net_file, 2, 67, **fields)
     types = effective_types(solver)
     assert types["conv1"][0] == "L2" and types["conv3"][0] == "L1" and types["fc8"][0] == "L2"
     small = {n: float(np.mean(np.abs(solver.net.params[n][0].data) <= 1e-3)) for n in ("conv1", "conv3")}
@@ -521,10 +526,10 @@ def test_caffenet_prune_stage_trains(solver_file, net_file, fields):
     assert np.mean(w1 == 0) < 1e-3
 
 
-def test_caffenet_finetune_keeps_pruned_weights():
+def test_caffenet_finetune_keeps_pruned_weights(skim_models):
     """The published fine-tune run: L2, prune_threshold 0, DISCONNECTED_ELTWISE on conv1-5."""
-    solver = published_solver(CAFFENET_FT + "solver.prototxt", "bvlc_reference_caffenet/train_val_ft.prototxt",
-                              2, 67, base_lr=0.01)
+    solver = published_solver(skim_models, CAFFENET_FT + "solver.prototxt",
+                              "bvlc_reference_caffenet/train_val_ft.prototxt", 2, 67, base_lr=0.01)
     assert solver.param.prune_threshold == 0 and solver.param.regularization_type == "L2"
     rng = np.random.default_rng(0)
     zeros = {}
@@ -560,10 +565,10 @@ BIG_NETS = [
 
 
 @pytest.mark.parametrize("solver_file,net_file,expected_types,masked", BIG_NETS)
-def test_big_published_nets_train(solver_file, net_file, expected_types, masked):
+def test_big_published_nets_train(skim_models, solver_file, net_file, expected_types, masked):
     """GoogLeNet / ResNet-50 (224×224) and CaffeNet (227×227) at batch 1, two iterations (GoogLeNet GESL
     runs by default; the others take 5-15 s each and are marked slow)."""
-    solver = published_solver(solver_file, net_file, 1, 227 if "caffenet" in net_file else 224)
+    solver = published_solver(skim_models, solver_file, net_file, 1, 227 if "caffenet" in net_file else 224)
     types = effective_types(solver)
     for name, expected in expected_types.items():
         assert types[name][0] == expected, name

@@ -95,7 +95,7 @@ def _check_traces(case, rec, trace, first_iter=0):
 
 
 @pytest.mark.parametrize("case", SOLVER_CASES, ids=[c["name"] for c in SOLVER_CASES])
-def test_solver_case(case, tmp_path, monkeypatch):
+def test_solver_case(case, tmp_path, monkeypatch, shared_dir):
     folder = CONFORMANCE / case["path"]
     monkeypatch.chdir(folder)
     tol = case["tolerance"]

@@ -24,7 +24,8 @@ IP = caffe_pb2.InnerProductParameter
 CONV_MODES = [CONV.LOWERED_CCNMM, CONV.DIRECT_SCONV, CONV.DIRECT_DCONV, CONV.AUTO]
 IP_MODES = [IP.SPMDM, IP.SPGEMM, IP.AUTO]
 DENSITIES = [1.0, 0.5, 0.1, 0.01, 0.0]
-CASES = sorted(p.name for p in LAYERS.iterdir() if p.name.startswith(("conv_", "ip_")))
+# Listed at collection time; none without ../shared (their tests then skip through ``shared_dir``).
+CASES = sorted(p.name for p in LAYERS.iterdir() if p.name.startswith(("conv_", "ip_"))) if LAYERS.is_dir() else []
 PUBLISHED = {"conv2": 0.144, "conv3": 0.069, "conv4": 0.082, "conv5": 0.115, "fc6": 0.097, "fc7": 0.156,
              "fc8": 0.262}
 # AUTO decisions must not depend on this machine: a profile where sparse wins below ~30%.
@@ -35,6 +36,12 @@ PROFILE = perfmodel.MachineProfile(threads=1, dense_eff=0.5, sparse_eff=0.2, cpu
 def fixed_profile():
     with use_profile(PROFILE):
         yield
+
+
+@pytest.fixture
+def layers(shared_dir):
+    """The conformance layer cases recorded by BVLC Caffe (``../shared/conformance/layers``)."""
+    return shared_dir / "conformance" / "layers"
 
 
 def _close(got, ref, what=""):
@@ -62,13 +69,13 @@ def _prune(net, density, seed=0, densities=None):
         w[...] = w * (rng.random(w.shape) < d)
 
 
-def _case_net(case, mode, density, force_backward=False):
-    param = read_net_text(str(LAYERS / case / "net.prototxt"))
+def _case_net(layers, case, mode, density, force_backward=False):
+    param = read_net_text(str(layers / case / "net.prototxt"))
     param.force_backward = force_backward
     kind = "conv" if case.startswith("conv") else "ip"
     _set_mode(param, conv_mode=mode if kind == "conv" else None, gemm_mode=mode if kind == "ip" else None)
-    net = pyskim.Net(param, pyskim.TRAIN, weights=str(LAYERS / case / "weights.caffemodel"))
-    inputs = np.load(LAYERS / case / "inputs.npz")
+    net = pyskim.Net(param, pyskim.TRAIN, weights=str(layers / case / "weights.caffemodel"))
+    inputs = np.load(layers / case / "inputs.npz")
     for name in inputs.files:
         net.blobs[name].data[...] = inputs[name]
     _prune(net, density)
@@ -81,12 +88,12 @@ def _layer(net, case):
 
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("case", CASES)
-def test_conformance_cases_every_mode(case, density):
-    ref = _case_net(case, 0, density)
+def test_conformance_cases_every_mode(layers, case, density):
+    ref = _case_net(layers, case, 0, density)
     ref.forward()
     modes = CONV_MODES if case.startswith("conv") else IP_MODES
     for mode in modes:
-        net = _case_net(case, mode, density)
+        net = _case_net(layers, case, mode, density)
         net.forward()
         for name, blob in ref.blobs.items():
             _close(net.blobs[name].data, blob.data, f"{case} mode {mode} density {density}: {name}")
@@ -101,14 +108,14 @@ def test_conformance_cases_every_mode(case, density):
 
 @pytest.mark.parametrize("case", ["conv_group", "conv_pad_stride", "conv_rect", "conv_3d", "ip_basic",
                                   "ip_transpose", "ip_axis2"])
-def test_backward_in_sparse_modes_equals_dense(case):
+def test_backward_in_sparse_modes_equals_dense(layers, case):
     modes = [CONV.DIRECT_SCONV, CONV.LOWERED_CCNMM, CONV.AUTO] if case.startswith("conv") else [IP.SPMDM, IP.AUTO]
-    ref = _case_net(case, 0, 0.3, force_backward=True)
+    ref = _case_net(layers, case, 0, 0.3, force_backward=True)
     ref.forward()
     ref.clear_param_diffs()
     ref.backward()
     for mode in modes:
-        net = _case_net(case, mode, 0.3, force_backward=True)
+        net = _case_net(layers, case, mode, 0.3, force_backward=True)
         net.forward()
         net.clear_param_diffs()
         net.backward()
@@ -119,9 +126,9 @@ def test_backward_in_sparse_modes_equals_dense(case):
                 _close(net.params[name][i].diff, blob.diff, f"{case} {mode}: param diff {name}/{i}")
 
 
-def test_weight_changes_are_noticed():
-    ref = _case_net("conv_pad_stride", 0, 1.0)
-    net = _case_net("conv_pad_stride", CONV.DIRECT_SCONV, 1.0)
+def test_weight_changes_are_noticed(layers):
+    ref = _case_net(layers, "conv_pad_stride", 0, 1.0)
+    net = _case_net(layers, "conv_pad_stride", CONV.DIRECT_SCONV, 1.0)
     rng = np.random.default_rng(3)
 
     def check():
@@ -150,15 +157,15 @@ def test_weight_changes_are_noticed():
         n.blobs["y_target"].reshape(2, 4, 6, 5)
         n.reshape()
     check()
-    weights = str(LAYERS / "conv_pad_stride" / "weights.caffemodel")
+    weights = str(layers / "conv_pad_stride" / "weights.caffemodel")
     for n in (ref, net):                                      # loading weights (weights_changed)
         n.copy_from(weights)
     check()
 
 
-def test_geometry_fallback_logs_once(caplog):
-    net = _case_net("conv_3d", CONV.DIRECT_SCONV, 0.5)
-    ref = _case_net("conv_3d", 0, 0.5)
+def test_geometry_fallback_logs_once(layers, caplog):
+    net = _case_net(layers, "conv_3d", CONV.DIRECT_SCONV, 0.5)
+    ref = _case_net(layers, "conv_3d", 0, 0.5)
     with caplog.at_level(logging.WARNING, logger="pyskim"):
         for _ in range(3):
             net.forward()
@@ -169,8 +176,8 @@ def test_geometry_fallback_logs_once(caplog):
     assert "'conv'" in lines[0] and "DIRECT_SCONV" in lines[0] and "LOWERED_GEMM" in lines[0]
 
 
-def test_spgemm_falls_back_with_one_line(caplog):
-    net = _case_net("ip_basic", IP.SPGEMM, 0.5)
+def test_spgemm_falls_back_with_one_line(layers, caplog):
+    net = _case_net(layers, "ip_basic", IP.SPGEMM, 0.5)
     with caplog.at_level(logging.WARNING, logger="pyskim"):
         net.forward()
         net.forward()
@@ -364,19 +371,17 @@ def test_caffenet_deploy_auto_batch_1():
     assert ("conv3", "relu3") in sparse.fused_relus
 
 
-SKIM = SHARED / "models" / "skimcaffe" / "models"
-
-
 @pytest.mark.parametrize("path", [
-    pytest.param(SKIM / "bvlc_reference_caffenet" / "test_direct_sconv.prototxt", marks=pytest.mark.slow),
-    pytest.param(SKIM / "bvlc_reference_caffenet" / "test_direct_sconv_mkl.prototxt", marks=pytest.mark.slow),
-    pytest.param(SKIM / "bvlc_reference_caffenet" / "test_direct_sconv_mkl_1.prototxt", marks=pytest.mark.slow),
-    pytest.param(SKIM / "bvlc_googlenet" / "test_direct_sconv.prototxt", marks=pytest.mark.slow),
-], ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_skimcaffe_direct_sconv_prototxts(path):
-    param = data_to_input(read_net_text(str(path)))
-    densities = PUBLISHED if "caffenet" in str(path) else {}
-    default = 1.0 if "caffenet" in str(path) else 0.15
+    pytest.param("bvlc_reference_caffenet/test_direct_sconv.prototxt", marks=pytest.mark.slow),
+    pytest.param("bvlc_reference_caffenet/test_direct_sconv_mkl.prototxt", marks=pytest.mark.slow),
+    pytest.param("bvlc_reference_caffenet/test_direct_sconv_mkl_1.prototxt", marks=pytest.mark.slow),
+    pytest.param("bvlc_googlenet/test_direct_sconv.prototxt", marks=pytest.mark.slow),
+])
+def test_skimcaffe_direct_sconv_prototxts(shared_dir, path):
+    """SkimCaffe's own DIRECT_SCONV test nets (``../shared/models/skimcaffe/models/<path>``)."""
+    param = data_to_input(read_net_text(str(shared_dir / "models" / "skimcaffe" / "models" / path)))
+    densities = PUBLISHED if "caffenet" in path else {}
+    default = 1.0 if "caffenet" in path else 0.15
     outputs = [lp.top[0] for lp in param.layer if lp.type in ("InnerProduct", "Softmax")]
     _compare_nets(param, densities, outputs, default_density=default)
 

@@ -25,12 +25,9 @@ PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MEAN = os.path.join(PACKAGE_DIR, "imagenet", "ilsvrc_2012_mean.npy")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="classify.py", description=__doc__.split("\n\n")[0])
-    # Required arguments: input and output files.
-    parser.add_argument("input_file", help="Input image, directory, or npy.")
-    parser.add_argument("output_file", help="Output npy filename.")
-    # Optional arguments.
+def add_model_arguments(parser):
+    """The model flags pycaffe's classify.py and detect.py share: ``--model_def``,
+    ``--pretrained_model`` (the reference CaffeNet under the Caffe root by default) and ``--gpu``."""
     parser.add_argument("--model_def", default=os.path.join("models", "bvlc_reference_caffenet", "deploy.prototxt"),
                         help="Model definition file.")
     parser.add_argument("--pretrained_model",
@@ -38,14 +35,13 @@ def build_parser():
                                              "bvlc_reference_caffenet.caffemodel"),
                         help="Trained model weights file.")
     parser.add_argument("--gpu", action="store_true", help="Switch for gpu computation.")
-    parser.add_argument("--center_only", action="store_true",
-                        help="Switch for prediction from center crop alone instead of averaging predictions "
-                             "across crops (default).")
-    parser.add_argument("--images_dim", default="256,256",
-                        help="Canonical 'height,width' dimensions of input images.")
-    parser.add_argument("--mean_file", default=DEFAULT_MEAN,
-                        help="Data set image mean of [Channels x Height x Width] dimensions (numpy array). "
-                             "Set to '' for no mean subtraction.")
+
+
+def add_preprocessing_arguments(parser, mean_help):
+    """The input preprocessing flags classify.py and detect.py share: ``--mean_file`` (described by
+    ``mean_help``; the bundled ImageNet mean by default), ``--input_scale``, ``--raw_scale`` and
+    ``--channel_swap``."""
+    parser.add_argument("--mean_file", default=DEFAULT_MEAN, help=mean_help)
     parser.add_argument("--input_scale", type=float,
                         help="Multiply input features by this scale to finish preprocessing.")
     parser.add_argument("--raw_scale", type=float, default=255.0,
@@ -53,9 +49,35 @@ def build_parser():
     parser.add_argument("--channel_swap", default="2,1,0",
                         help="Order to permute input channels. The default converts RGB -> BGR since BGR is "
                              "the Caffe default by way of OpenCV.")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="classify.py", description=__doc__.split("\n\n")[0])
+    # Required arguments: input and output files.
+    parser.add_argument("input_file", help="Input image, directory, or npy.")
+    parser.add_argument("output_file", help="Output npy filename.")
+    # Optional arguments.
+    add_model_arguments(parser)
+    parser.add_argument("--center_only", action="store_true",
+                        help="Switch for prediction from center crop alone instead of averaging predictions "
+                             "across crops (default).")
+    parser.add_argument("--images_dim", default="256,256",
+                        help="Canonical 'height,width' dimensions of input images.")
+    add_preprocessing_arguments(parser, "Data set image mean of [Channels x Height x Width] dimensions (numpy "
+                                        "array). Set to '' for no mean subtraction.")
     parser.add_argument("--ext", default="jpg",
                         help="Image file extension to take as input when a directory is given as the input file.")
     return parser
+
+
+def set_compute_mode(gpu):
+    """pycaffe scripts' ``--gpu`` switch: set GPU or CPU mode and print which, as BVLC's do."""
+    if gpu:
+        set_mode_gpu()
+        print("GPU mode")
+    else:
+        set_mode_cpu()
+        print("CPU mode")
 
 
 def int_list(text, flag):
@@ -91,12 +113,7 @@ def run(args):
     image_dims = int_list(args.images_dim, "--images_dim")
     mean = load_npy(args.mean_file) if args.mean_file else None
     channel_swap = int_list(args.channel_swap, "--channel_swap") if args.channel_swap else None
-    if args.gpu:
-        set_mode_gpu()
-        print("GPU mode")
-    else:
-        set_mode_cpu()
-        print("CPU mode")
+    set_compute_mode(args.gpu)
     # Make classifier.
     classifier = Classifier(args.model_def, args.pretrained_model, image_dims=image_dims, mean=mean,
                             input_scale=args.input_scale, raw_scale=args.raw_scale, channel_swap=channel_swap)

@@ -18,6 +18,7 @@ from ..convert.onnx_export import export_onnx
 from ..convert.sparse import caffemodel_to_sparse, sparse_to_caffemodel
 from ..convert.upgrade import upgrade_caffemodel
 from ..errors import PyskimError
+from . import flags
 
 
 def _shape(text):
@@ -68,32 +69,35 @@ def _upgrade(args):
     print(f"Wrote {args.output}" + ("" if changed else f" ({args.input} was already in the current format)"))
 
 
+def _add_subcommand(subparsers, name, help_text, action, positionals):
+    """Subcommand ``name`` that runs ``action(args)``, with the positional arguments ``positionals``
+    (``(name, help)`` pairs in order); returns its parser for the options."""
+    parser = subparsers.add_parser(name, help=help_text)
+    flags.add_positionals(parser, positionals)
+    parser.set_defaults(run=action)
+    return parser
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="convert.py", description="Convert Caffe models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("to-sparse", help="caffemodel -> compact sparse .npz (CSR per weight blob)")
-    p.add_argument("model", help="input .caffemodel (binary, or HDF5 .caffemodel.h5)")
-    p.add_argument("output", help="output sparse file (.npz)")
-    p.set_defaults(run=_to_sparse)
-    p = sub.add_parser("from-sparse", help="sparse .npz -> caffemodel (bit-exact)")
-    p.add_argument("input", help="input sparse file (.npz)")
-    p.add_argument("output", help="output .caffemodel")
-    p.set_defaults(run=_from_sparse)
-    p = sub.add_parser("to-onnx", help="prototxt + caffemodel -> ONNX")
-    p.add_argument("--model", required=True, help="deploy prototxt (inputs given by Input layers)")
-    p.add_argument("--weights", help="caffemodel (default: the prototxt's fillers)")
-    p.add_argument("--input-shape", action="append", type=_shape, metavar="[BLOB:]N,C,H,W",
-                   help="override an input shape (repeat for several inputs)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--sparse-initializers", action="store_true",
-                   help="store weights that are mostly zeros (pruned) as ONNX sparse_initializers "
-                        "(nonzero values + int64 indices) where that is smaller")
-    p.add_argument("output", help="output .onnx file")
-    p.set_defaults(run=_to_onnx)
-    p = sub.add_parser("upgrade", help="V0/V1 caffemodel -> current format")
-    p.add_argument("input", help="input .caffemodel")
-    p.add_argument("output", help="output .caffemodel")
-    p.set_defaults(run=_upgrade)
+    _add_subcommand(sub, "to-sparse", "caffemodel -> compact sparse .npz (CSR per weight blob)", _to_sparse,
+                    [("model", "input .caffemodel (binary, or HDF5 .caffemodel.h5)"),
+                     ("output", "output sparse file (.npz)")])
+    _add_subcommand(sub, "from-sparse", "sparse .npz -> caffemodel (bit-exact)", _from_sparse,
+                    [("input", "input sparse file (.npz)"), ("output", "output .caffemodel")])
+    onnx = _add_subcommand(sub, "to-onnx", "prototxt + caffemodel -> ONNX", _to_onnx,
+                           [("output", "output .onnx file")])
+    onnx.add_argument("--model", required=True, help="deploy prototxt (inputs given by Input layers)")
+    onnx.add_argument("--weights", help="caffemodel (default: the prototxt's fillers)")
+    onnx.add_argument("--input-shape", action="append", type=_shape, metavar="[BLOB:]N,C,H,W",
+                      help="override an input shape (repeat for several inputs)")
+    onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    onnx.add_argument("--sparse-initializers", action="store_true",
+                      help="store weights that are mostly zeros (pruned) as ONNX sparse_initializers "
+                           "(nonzero values + int64 indices) where that is smaller")
+    _add_subcommand(sub, "upgrade", "V0/V1 caffemodel -> current format", _upgrade,
+                    [("input", "input .caffemodel"), ("output", "output .caffemodel")])
     return parser
 
 

@@ -100,12 +100,10 @@ def convert_dataset(input_folder, output_folder, db_type="lmdb"):
 
 
 def build_parser():
-    parser = flags.new_parser("convert_cifar_data", USAGE)
-    parser.add_argument("input_folder", help="the folder of data_batch_1.bin ... data_batch_5.bin and "
-                                             "test_batch.bin")
-    parser.add_argument("output_folder", help="where cifar10_train_<db_type> and cifar10_test_<db_type> go")
-    parser.add_argument("db_type", help="lmdb (leveldb is not supported by pyskim)")
-    return parser
+    return flags.new_parser("convert_cifar_data", USAGE, [
+        ("input_folder", "the folder of data_batch_1.bin ... data_batch_5.bin and test_batch.bin"),
+        ("output_folder", "where cifar10_train_<db_type> and cifar10_test_<db_type> go"),
+        ("db_type", "lmdb (leveldb is not supported by pyskim)")])
 
 
 def run(args):

@@ -65,7 +65,10 @@ def image_to_datum(path, label, height, width, is_color, encoding):
 
 
 def build_parser():
-    parser = flags.new_parser("convert_imageset", USAGE)
+    parser = flags.new_parser("convert_imageset", USAGE, [
+        ("root_folder", "prefix of every listed path (usually ends with '/')"),
+        ("listfile", "text file of '<path> <label>' lines"),
+        ("db_name", "the LMDB directory to create")])
     flags.define(parser, "gray", False, "When this option is on, treat images as grayscale ones")
     flags.define(parser, "shuffle", False, "Randomly shuffle the order of images and their labels")
     flags.define(parser, "backend", "lmdb", "The backend {lmdb, leveldb} for storing the result")
@@ -75,9 +78,6 @@ def build_parser():
                  "same size")
     flags.define(parser, "encoded", False, "When this option is on, the encoded image will be save in datum")
     flags.define(parser, "encode_type", "", "Optional: What type should we encode the image as ('png','jpg',...).")
-    parser.add_argument("root_folder", help="prefix of every listed path (usually ends with '/')")
-    parser.add_argument("listfile", help="text file of '<path> <label>' lines")
-    parser.add_argument("db_name", help="the LMDB directory to create")
     return parser
 
 

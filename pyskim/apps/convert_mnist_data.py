@@ -61,11 +61,10 @@ def convert_arrays(images, labels, db_path):
 
 
 def build_parser():
-    parser = flags.new_parser("convert_mnist_data", USAGE)
+    parser = flags.new_parser("convert_mnist_data", USAGE, [("image_file", "idx3-ubyte images (optionally .gz)"),
+                                                           ("label_file", "idx1-ubyte labels (optionally .gz)"),
+                                                           ("db_path", "the LMDB directory to create")])
     flags.define(parser, "backend", "lmdb", "The backend {lmdb, leveldb} for storing the result")
-    parser.add_argument("image_file", help="idx3-ubyte images (optionally .gz)")
-    parser.add_argument("label_file", help="idx1-ubyte labels (optionally .gz)")
-    parser.add_argument("db_path", help="the LMDB directory to create")
     return parser
 
 

@@ -14,15 +14,13 @@ writes a pandas DataFrame. As in BVLC, a mean file of C x H x W is averaged to a
 """
 import argparse
 import csv
-import os
 import time
 
 import numpy as np
 
-from ..core.state import set_mode_cpu, set_mode_gpu
 from ..errors import PyskimError
 from ..pycaffe.detector import Detector
-from .classify import DEFAULT_MEAN, int_list, load_npy
+from .classify import add_model_arguments, add_preprocessing_arguments, int_list, load_npy, set_compute_mode
 
 CROP_MODES = ['list', 'selective_search']
 COORD_COLS = ['ymin', 'xmin', 'ymax', 'xmax']
@@ -34,25 +32,11 @@ def build_parser():
                         help="Input txt/csv filename. If .txt, must be list of filenames. If .csv, must be "
                              "comma-separated file with header 'filename, xmin, ymin, xmax, ymax'")
     parser.add_argument("output_file", help="Output h5/csv filename. Format depends on extension.")
-    parser.add_argument("--model_def", default=os.path.join("models", "bvlc_reference_caffenet", "deploy.prototxt"),
-                        help="Model definition file.")
-    parser.add_argument("--pretrained_model",
-                        default=os.path.join("models", "bvlc_reference_caffenet",
-                                             "bvlc_reference_caffenet.caffemodel"),
-                        help="Trained model weights file.")
-    parser.add_argument("--gpu", action="store_true", help="Switch for gpu computation.")
+    add_model_arguments(parser)
     parser.add_argument("--crop_mode", default="selective_search", choices=CROP_MODES,
                         help="How to generate windows for detection.")
-    parser.add_argument("--mean_file", default=DEFAULT_MEAN,
-                        help="Data set image mean of H x W x K dimensions (numpy array). Set to '' for no "
-                             "mean subtraction.")
-    parser.add_argument("--input_scale", type=float,
-                        help="Multiply input features by this scale to finish preprocessing.")
-    parser.add_argument("--raw_scale", type=float, default=255.0,
-                        help="Multiply raw input by this scale before preprocessing.")
-    parser.add_argument("--channel_swap", default="2,1,0",
-                        help="Order to permute input channels. The default converts RGB -> BGR since BGR is "
-                             "the Caffe default by way of OpenCV.")
+    add_preprocessing_arguments(parser, "Data set image mean of H x W x K dimensions (numpy array). Set to '' "
+                                        "for no mean subtraction.")
     parser.add_argument("--context_pad", type=int, default=16,
                         help="Amount of surrounding context to collect in input window.")
     return parser
@@ -103,12 +87,7 @@ def run(args):
             mean = mean.mean(1).mean(1)
     if args.channel_swap:
         channel_swap = int_list(args.channel_swap, "--channel_swap")
-    if args.gpu:
-        set_mode_gpu()
-        print("GPU mode")
-    else:
-        set_mode_cpu()
-        print("CPU mode")
+    set_compute_mode(args.gpu)
     detector = Detector(args.model_def, args.pretrained_model, mean=mean, input_scale=args.input_scale,
                         raw_scale=args.raw_scale, channel_swap=channel_swap, context_pad=args.context_pad)
     t = time.time()

@@ -22,13 +22,22 @@ def parse_bool(text):
     raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
 
 
-def new_parser(prog, usage_message):
-    """An ArgumentParser for a gflags tool (usage text printed with ``-help``)."""
+def new_parser(prog, usage_message, positionals=()):
+    """An ArgumentParser for a gflags tool (usage text printed with ``-help``), taking the positional
+    arguments ``positionals`` (see :func:`add_positionals`); its flags are declared with :func:`define`."""
     parser = argparse.ArgumentParser(prog=prog, description=usage_message,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.gflags_bools = set()
     parser.gflags_values = set()
+    add_positionals(parser, positionals)
     return parser
+
+
+def add_positionals(parser, positionals):
+    """Declare the required positional arguments ``positionals``: ``(name, help)`` pairs in
+    command-line order."""
+    for name, help_text in positionals:
+        parser.add_argument(name, help=help_text)
 
 
 def define(parser, name, default, help_text):

@@ -28,22 +28,39 @@ def build_parser():
     return parser
 
 
+def upgrade_proto_file(input_path, output_path, message, binary, upgrade):
+    """Read ``message`` (a NetParameter or SolverParameter) from ``input_path``, upgrade it and write
+    it to ``output_path`` in the same format, as Caffe's ``upgrade_*_proto_*`` tools do (and log).
+
+    ``upgrade(message, source)`` returns (whether it needed an upgrade, whether the upgrade kept
+    every field). Returns the exit status: 0 on success, 1 when fields had to be dropped, 2 when
+    the input cannot be parsed."""
+    kind = "binary" if binary else "text"
+    message_type = message.DESCRIPTOR.name
+    try:
+        (read_binary if binary else read_text)(input_path, message)
+    except PyskimError as e:
+        log.error("Failed to parse input %s file as %s: %s", kind, message_type, e)
+        return 2
+    needed, success = upgrade(message, input_path)
+    if not needed:
+        log.error("File already in latest proto format: %s", input_path)
+    (write_binary if binary else write_text)(output_path, message)
+    log.info("Wrote upgraded %s %s proto to %s", message_type, kind, output_path)
+    return 0 if success else 1
+
+
+def _upgrade_net(net, source):
+    """(needed, success) of upgrading ``net``; logs Caffe's line when some fields were dropped."""
+    if not net_needs_upgrade(net):
+        return False, True
+    success = upgrade_net_as_needed(net, source)
+    if not success:
+        log.error("Encountered error(s) while upgrading prototxt; see details above.")
+    return True, success
+
+
 def run(args):
     """Read, upgrade and write the net; log as Caffe's tools do when nothing needed upgrading."""
     binary = args.binary or args.input.endswith(".caffemodel")
-    kind = "binary" if binary else "text"
-    try:
-        net = (read_binary if binary else read_text)(args.input, caffe_pb2.NetParameter())
-    except PyskimError as e:
-        log.error("Failed to parse input %s file as NetParameter: %s", kind, e)
-        return 2
-    success = True
-    if net_needs_upgrade(net):
-        success = upgrade_net_as_needed(net, args.input)
-        if not success:
-            log.error("Encountered error(s) while upgrading prototxt; see details above.")
-    else:
-        log.error("File already in latest proto format: %s", args.input)
-    (write_binary if binary else write_text)(args.output, net)
-    log.info("Wrote upgraded NetParameter %s proto to %s", kind, args.output)
-    return 0 if success else 1
+    return upgrade_proto_file(args.input, args.output, caffe_pb2.NetParameter(), binary, _upgrade_net)

@@ -6,14 +6,10 @@ filled when a solver is loaded for training, not here). Exit status: 0 on succes
 cannot be upgraded, 2 when the input cannot be read.
 """
 import argparse
-import logging
 
-from ..errors import PyskimError
-from ..io.protofiles import read_text, write_text
 from ..io.upgrade import upgrade_solver
 from ..proto import caffe_pb2
-
-log = logging.getLogger("pyskim")
+from .upgrade_net_proto import upgrade_proto_file
 
 
 def build_parser():
@@ -25,14 +21,7 @@ def build_parser():
 
 
 def run(args):
-    """Read, upgrade and write the solver; log as Caffe's tool does when nothing needed upgrading."""
-    try:
-        solver = read_text(args.input, caffe_pb2.SolverParameter())
-    except PyskimError as e:
-        log.error("Failed to parse input text file as SolverParameter: %s", e)
-        return 2
-    if not upgrade_solver(solver, args.input):
-        log.error("File already in latest proto format: %s", args.input)
-    write_text(args.output, solver)
-    log.info("Wrote upgraded SolverParameter text proto to %s", args.output)
-    return 0
+    """Read, upgrade and write the solver; log as Caffe's tool does when nothing needed upgrading.
+    A solver setting both ``solver_type`` and ``type`` cannot be upgraded (SolverError)."""
+    return upgrade_proto_file(args.input, args.output, caffe_pb2.SolverParameter(), False,
+                              lambda solver, source: (upgrade_solver(solver, source), True))

@@ -313,7 +313,7 @@ def _pooling(g, c):
     if c.param.pooling_param.global_pooling and len(c.y) == 1:
         g.node(c.name, "GlobalMaxPool" if method == _POOL.MAX else "GlobalAveragePool", [x], c.y)
         return
-    kernel, stride, pad = tuple(layer._kernel), tuple(layer._stride), tuple(layer._pad)
+    kernel, stride, pad = layer.window
     sizes = [height, width]
     begin = list(pad)
     if method == _POOL.AVE and any(pad):
@@ -413,32 +413,38 @@ def _mvn(g, c):
     g.node(c.name, "Div", centered + [std], c.y)
 
 
+def _constant_operand(g, c, axis_param, label, blob):
+    """Parameter ``blob`` as the constant ``<layer>/<label>``, shaped to broadcast from ``axis`` over
+    bottom 0 (Caffe's Scale/Bias)."""
+    shape = _operand_shape(c, blob.shape, axis_param, len(c.in_shapes[0]))
+    return g.const(f"{c.name}/{label}", blob.reshape(shape))
+
+
+def _broadcast_operand(g, c, axis_param, label):
+    """The Scale/Bias operand broadcast from ``axis`` over bottom 0: the second bottom reshaped when
+    the layer has two bottoms (Caffe's factor/bias bottom), else parameter blob 0 as a constant."""
+    if len(c.x) == 1:
+        return _constant_operand(g, c, axis_param, label, c.blobs[0])
+    shape = _operand_shape(c, c.in_shapes[1], axis_param, len(c.in_shapes[0]))
+    return g.node(c.name, "Reshape", [c.x[1], g.ints(f"{c.name}/{label}_shape", shape)], 1)[0]
+
+
 @emits("Scale")
 def _scale(g, c):
-    p, ndim = c.param.scale_param, len(c.in_shapes[0])
-    if len(c.x) > 1:
-        shape = _operand_shape(c, c.in_shapes[1], p.axis, ndim)
-        factor = g.node(c.name, "Reshape", [c.x[1], g.ints(f"{c.name}/scale_shape", shape)], 1)[0]
-        bias = c.blobs[0] if p.bias_term else None
-    else:
-        shape = _operand_shape(c, c.blobs[0].shape, p.axis, ndim)
-        factor = g.const(f"{c.name}/scale", c.blobs[0].reshape(shape))
-        bias = c.blobs[1] if p.bias_term else None
+    """Scale: Mul by the broadcast factor, then Add the learned bias (the next parameter blob) when
+    ``bias_term``."""
+    p = c.param.scale_param
+    factor = _broadcast_operand(g, c, p.axis, "scale")
+    bias = c.blobs[1 if len(c.x) == 1 else 0] if p.bias_term else None
     scaled = g.node(c.name, "Mul", [c.x[0], factor], 1 if bias is not None else c.y)
     if bias is not None:
-        bias_shape = _operand_shape(c, bias.shape, p.axis, ndim)
-        g.node(c.name, "Add", scaled + [g.const(f"{c.name}/bias", bias.reshape(bias_shape))], c.y)
+        g.node(c.name, "Add", scaled + [_constant_operand(g, c, p.axis, "bias", bias)], c.y)
 
 
 @emits("Bias")
 def _bias(g, c):
-    p, ndim = c.param.bias_param, len(c.in_shapes[0])
-    if len(c.x) > 1:
-        shape = _operand_shape(c, c.in_shapes[1], p.axis, ndim)
-        bias = g.node(c.name, "Reshape", [c.x[1], g.ints(f"{c.name}/bias_shape", shape)], 1)[0]
-    else:
-        bias = g.const(f"{c.name}/bias", c.blobs[0].reshape(_operand_shape(c, c.blobs[0].shape, p.axis, ndim)))
-    g.node(c.name, "Add", [c.x[0], bias], c.y)
+    """Bias: Add the broadcast bias."""
+    g.node(c.name, "Add", [c.x[0], _broadcast_operand(g, c, c.param.bias_param.axis, "bias")], c.y)
 
 
 @emits("Softmax")

@@ -7,6 +7,7 @@ attributes that ``setup`` checks. Subclasses register under their type string an
 layers share.
 """
 import difflib
+import operator
 
 import numpy as np
 
@@ -84,6 +85,18 @@ def canonical_axis(layer, blob, axis, field):
     return axis + n if axis < 0 else axis
 
 
+#: The arity checks of ``Layer::CheckBlobCounts``, in Caffe's order: (class attribute holding the
+#: limit, the blobs it counts, the test that fails, Caffe's wording with ``{}`` for the limit).
+_BLOB_COUNT_RULES = (
+    ("exact_num_bottom", "bottom", operator.ne, "takes {} bottom blob(s) as input"),
+    ("min_bottom", "bottom", operator.lt, "takes at least {} bottom blob(s) as input"),
+    ("max_bottom", "bottom", operator.gt, "takes at most {} bottom blob(s) as input"),
+    ("exact_num_top", "top", operator.ne, "produces {} top blob(s) as output"),
+    ("min_top", "top", operator.lt, "produces at least {} top blob(s) as output"),
+    ("max_top", "top", operator.gt, "produces at most {} top blob(s) as output"),
+)
+
+
 class Layer:
     """Base of every layer. Mirrors Caffe's Layer: SetUp, Reshape, Forward, Backward, loss weights."""
 
@@ -112,9 +125,11 @@ class Layer:
         """Read parameters and create learnable blobs (``LayerSetUp``)."""
 
     def reshape(self, bottom, top):
+        """Size the tops (and internal buffers) from the bottoms (``Reshape``); every layer defines it."""
         raise NotImplementedError(f"{type(self).__name__}.reshape")
 
     def forward_cpu(self, bottom, top):
+        """Compute the tops from the bottoms (``Forward_cpu``); every layer defines it."""
         raise NotImplementedError(f"{type(self).__name__}.forward_cpu")
 
     def backward_cpu(self, top, propagate_down, bottom):
@@ -180,25 +195,15 @@ class Layer:
                 top_blob.diff[...] = weight
 
     def check_blob_counts(self, bottom, top):
-        nb, nt = len(bottom), len(top)
-        checks = [
-            (self.exact_num_bottom is not None and nb != self.exact_num_bottom,
-             f"takes {self.exact_num_bottom} bottom blob(s) as input, got {nb}"),
-            (self.min_bottom is not None and nb < self.min_bottom,
-             f"takes at least {self.min_bottom} bottom blob(s) as input, got {nb}"),
-            (self.max_bottom is not None and nb > self.max_bottom,
-             f"takes at most {self.max_bottom} bottom blob(s) as input, got {nb}"),
-            (self.exact_num_top is not None and nt != self.exact_num_top,
-             f"produces {self.exact_num_top} top blob(s) as output, got {nt}"),
-            (self.min_top is not None and nt < self.min_top,
-             f"produces at least {self.min_top} top blob(s) as output, got {nt}"),
-            (self.max_top is not None and nt > self.max_top,
-             f"produces at most {self.max_top} top blob(s) as output, got {nt}"),
-            (self.equal_num_bottom_top and nb != nt, "needs as many top blobs as bottom blobs"),
-        ]
-        for failed, message in checks:
-            if failed:
-                raise NetError(f"layer '{self.name}' of type {self.type} {message}")
+        """Caffe's ``Layer::CheckBlobCounts``: the arity the class attributes declare, checked in
+        Caffe's order; the first violation raises a NetError in Caffe's words."""
+        counts = {"bottom": len(bottom), "top": len(top)}
+        for attribute, side, violated, wording in _BLOB_COUNT_RULES:
+            limit = getattr(self, attribute)
+            if limit is not None and violated(counts[side], limit):
+                raise NetError(f"layer '{self.name}' of type {self.type} {wording.format(limit)}, got {counts[side]}")
+        if self.equal_num_bottom_top and counts["bottom"] != counts["top"]:
+            raise NetError(f"layer '{self.name}' of type {self.type} needs as many top blobs as bottom blobs")
 
     # -- helpers for subclasses --------------------------------------------------------------------
     def make_param_blobs(self, specs):

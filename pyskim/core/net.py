@@ -31,6 +31,26 @@ def add_post_build_hook(hook):
     _POST_BUILD_HOOKS.append(hook)
 
 
+class _ListCopy:
+    """Declares a read-API method of :class:`Net` that returns a tuple copy of the internal list
+    ``field``, or with ``per_layer`` of its entry ``i`` (a layer index). When the class is created,
+    the declaration puts in its place a plain method of that name, documented by ``doc``."""
+
+    def __init__(self, field, doc, per_layer=False):
+        self.field, self.doc, self.per_layer = field, doc, per_layer
+
+    def __set_name__(self, owner, name):
+        field = self.field
+        if self.per_layer:
+            def method(net, i):
+                return tuple(getattr(net, field)[i])
+        else:
+            def method(net):
+                return tuple(getattr(net, field))
+        method.__name__, method.__qualname__, method.__doc__ = name, f"{owner.__qualname__}.{name}", self.doc
+        setattr(owner, name, method)
+
+
 class Net:
     """A Caffe network: layers, blobs, learnable params, and the forward/backward sweeps.
 
@@ -220,17 +240,25 @@ class Net:
                 self._params[net_param_id].share_diff(self._params[owner])
 
     # -- public read API (Caffe's Net accessors) ----------------------------------------------------
-    def blob_names(self):
-        """Names of all blobs, by blob id (``Net::blob_names``)."""
-        return tuple(self._blob_names)
-
-    def layer_names(self):
-        """Names of all layers, by layer index (``Net::layer_names``)."""
-        return tuple(self._layer_names)
-
-    def blob_list(self):
-        """All blobs, by blob id (``Net::blobs``)."""
-        return tuple(self._blobs)
+    # Each returns a tuple copy of one internal list (or of one layer's entry in it), so that a
+    # caller cannot rewire the net through it.
+    blob_names = _ListCopy("_blob_names", "Names of all blobs, by blob id (``Net::blob_names``).")
+    layer_names = _ListCopy("_layer_names", "Names of all layers, by layer index (``Net::layer_names``).")
+    blob_list = _ListCopy("_blobs", "All blobs, by blob id (``Net::blobs``).")
+    bottom_ids = _ListCopy("_bottom_ids", "Blob ids of layer ``i``'s bottoms (``Net::bottom_ids``).", per_layer=True)
+    top_ids = _ListCopy("_top_ids", "Blob ids of layer ``i``'s tops (``Net::top_ids``).", per_layer=True)
+    bottom_need_backward = _ListCopy("_bottom_need_backward", "Per bottom of layer ``i``, whether its diff is "
+                                     "computed (``Net::bottom_need_backward``).", per_layer=True)
+    input_blob_indices = _ListCopy("_inputs", "Blob ids of the net's inputs (``Input`` layer tops; "
+                                   "``Net::input_blob_indices``).")
+    output_blob_indices = _ListCopy("_outputs", "Blob ids of the net's outputs, tops nothing consumes "
+                                    "(``Net::output_blob_indices``).")
+    param_layer_indices = _ListCopy("_param_layer_indices", "Per net param, its (layer index, blob index) "
+                                    "(``Net::param_layer_indices``).")
+    param_owners = _ListCopy("_param_owners", "Per net param, the net param id owning its data, or -1 "
+                             "(``Net::param_owners``).")
+    learnable_param_ids = _ListCopy("_learnable_index", "Per net param, its index in ``learnable_params`` "
+                                    "(``Net::learnable_param_ids``).")
 
     def blob_by_name(self, name):
         """The blob called ``name`` (``Net::blob_by_name``); NetError if there is none."""
@@ -250,14 +278,6 @@ class Net:
         except ValueError:
             raise NetError(f"Unknown layer name '{name}'") from None
 
-    def bottom_ids(self, i):
-        """Blob ids of layer ``i``'s bottoms (``Net::bottom_ids``)."""
-        return tuple(self._bottom_ids[i])
-
-    def top_ids(self, i):
-        """Blob ids of layer ``i``'s tops (``Net::top_ids``)."""
-        return tuple(self._top_ids[i])
-
     def bottom_vec(self, i):
         """Layer ``i``'s bottom blobs (``Net::bottom_vecs()[i]``)."""
         return [self._blobs[b] for b in self._bottom_ids[i]]
@@ -270,33 +290,9 @@ class Net:
         """Whether layer ``i`` runs backward (``Net::layer_need_backward``)."""
         return self._layer_need_backward[i]
 
-    def bottom_need_backward(self, i):
-        """Per bottom of layer ``i``, whether its diff is computed (``Net::bottom_need_backward``)."""
-        return tuple(self._bottom_need_backward[i])
-
-    def input_blob_indices(self):
-        """Blob ids of the net's inputs (``Input`` layer tops; ``Net::input_blob_indices``)."""
-        return tuple(self._inputs)
-
-    def output_blob_indices(self):
-        """Blob ids of the net's outputs, tops nothing consumes (``Net::output_blob_indices``)."""
-        return tuple(self._outputs)
-
     def blob_loss_weight(self, blob_id):
         """The loss weight of blob ``blob_id`` (``Net::blob_loss_weights()[id]``)."""
         return self._loss_weight_of_blob[blob_id]
-
-    def param_layer_indices(self):
-        """Per net param, its (layer index, blob index) (``Net::param_layer_indices``)."""
-        return tuple(self._param_layer_indices)
-
-    def param_owners(self):
-        """Per net param, the net param id owning its data, or -1 (``Net::param_owners``)."""
-        return tuple(self._param_owners)
-
-    def learnable_param_ids(self):
-        """Per net param, its index in ``learnable_params`` (``Net::learnable_param_ids``)."""
-        return tuple(self._learnable_index)
 
     def add_callback(self, when, fn):
         """Call ``fn(layer_index)`` around each layer's pass; ``when`` is ``before_forward``,

@@ -6,6 +6,7 @@ Files are built in memory and written with :func:`~pyskim.io.files.atomic_write`
 atomic rename, mode 0666 & ~umask; a failed write is a :class:`~pyskim.errors.FileWriteError`, and
 HDF5's own file I/O never meets a full disk).
 """
+import contextlib
 import io
 
 import h5py
@@ -59,18 +60,29 @@ def write_solver_state_hdf5(path, iteration, model_filename, current_step, histo
     _write_hdf5(path, fill)
 
 
-def load_net_hdf5(net, path):
+@contextlib.contextmanager
+def _reading(path, what):
+    """Open the HDF5 file ``path`` (a ``what``: weights file, solver state) for reading; failing to
+    open it, or h5py failing on a malformed file inside the block, is a ModelFileError naming it.
+    PyskimErrors raised in the block pass unchanged."""
     try:
         f = h5py.File(path, "r")
     except (OSError, ValueError) as e:
-        raise ModelFileError(f"Could not open HDF5 weights file {path}: {e}") from None
+        raise ModelFileError(f"Could not open HDF5 {what} {path}: {e}") from None
     with f:
         try:
-            _load_layers(net, f, path)
+            yield f
         except PyskimError:
             raise
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:   # h5py on a malformed file
-            raise ModelFileError(f"{path}: malformed HDF5 weights file: {e}") from None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, OverflowError) as e:
+            raise ModelFileError(f"{path}: malformed HDF5 {what}: {e}") from None
+
+
+def load_net_hdf5(net, path):
+    """Copy the weights of an HDF5 caffemodel into ``net``'s layers by name
+    (``Net::CopyTrainedLayersFromHDF5``), then tell each layer its weights changed."""
+    with _reading(path, "weights file") as f:
+        _load_layers(net, f, path)
     for layer in net.layers:
         if hasattr(layer, "weights_changed"):
             layer.weights_changed()
@@ -110,23 +122,14 @@ def read_net_hdf5(path):
     blobs ``0, 1, ...`` (shape and float data, and the ``diff/`` values when the file has them). An
     HDF5 caffemodel holds no layer definitions, so the layers have only names and blobs: what
     ``CopyTrainedLayersFrom`` reads."""
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as e:
-        raise ModelFileError(f"Could not open HDF5 weights file {path}: {e}") from None
     net = caffe_pb2.NetParameter()
-    with f:
-        try:
-            data = f.get("data")
-            if not isinstance(data, h5py.Group):
-                raise ModelFileError(f"{path}: HDF5 weights file has no 'data' group")
-            diff = f.get("diff")
-            for name, group in _layer_groups(data, ""):
-                _add_hdf5_layer(net, path, name, group, diff if isinstance(diff, h5py.Group) else None)
-        except PyskimError:
-            raise
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:   # h5py on a malformed file
-            raise ModelFileError(f"{path}: malformed HDF5 weights file: {e}") from None
+    with _reading(path, "weights file") as f:
+        data = f.get("data")
+        if not isinstance(data, h5py.Group):
+            raise ModelFileError(f"{path}: HDF5 weights file has no 'data' group")
+        diff = f.get("diff")
+        for name, group in _layer_groups(data, ""):
+            _add_hdf5_layer(net, path, name, group, diff if isinstance(diff, h5py.Group) else None)
     return net
 
 
@@ -190,34 +193,25 @@ def _scalar_int(f, name, path):
 def read_solver_state_hdf5(path):
     """(iter, learned_net or None, current_step, history arrays) of an HDF5 solverstate (Caffe's
     ``SnapshotSolverStateToHDF5`` layout), every field validated; errors are ModelFileError."""
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as e:
-        raise ModelFileError(f"Could not open HDF5 solver state {path}: {e}") from None
-    with f:
-        try:
-            learned_net = None
-            if "learned_net" in f:
-                node = f["learned_net"]
-                value = node[()] if isinstance(node, h5py.Dataset) and node.shape == () else None
-                if isinstance(value, np.bytes_):
-                    value = bytes(value)
-                if not isinstance(value, (bytes, str)):
-                    raise ModelFileError(f"{path}: 'learned_net' must be a string")
-                learned_net = value.rstrip(b"\0").decode("utf-8", "replace") if isinstance(value, bytes) else value
-            group = f.get("history")
-            if not isinstance(group, h5py.Group):
-                raise ModelFileError(f"{path}: not a solver state (no 'history' group)")
-            history = []
-            for i in range(len(group)):
-                if str(i) not in group:
-                    raise ModelFileError(f"{path}: history dataset '{i}' is missing")
-                history.append(read_float_dataset(group[str(i)], path, f"history/{i}"))
-            iteration, current_step = _scalar_int(f, "iter", path), _scalar_int(f, "current_step", path)
-        except PyskimError:
-            raise
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError, OverflowError) as e:
-            raise ModelFileError(f"{path}: malformed HDF5 solver state: {e}") from None
+    with _reading(path, "solver state") as f:
+        learned_net = None
+        if "learned_net" in f:
+            node = f["learned_net"]
+            value = node[()] if isinstance(node, h5py.Dataset) and node.shape == () else None
+            if isinstance(value, np.bytes_):
+                value = bytes(value)
+            if not isinstance(value, (bytes, str)):
+                raise ModelFileError(f"{path}: 'learned_net' must be a string")
+            learned_net = value.rstrip(b"\0").decode("utf-8", "replace") if isinstance(value, bytes) else value
+        group = f.get("history")
+        if not isinstance(group, h5py.Group):
+            raise ModelFileError(f"{path}: not a solver state (no 'history' group)")
+        history = []
+        for i in range(len(group)):
+            if str(i) not in group:
+                raise ModelFileError(f"{path}: history dataset '{i}' is missing")
+            history.append(read_float_dataset(group[str(i)], path, f"history/{i}"))
+        iteration, current_step = _scalar_int(f, "iter", path), _scalar_int(f, "current_step", path)
     return iteration, learned_net, current_step, history
 
 

@@ -22,6 +22,7 @@ cannot place and goes on without it; pyskim raises for that too unless ``strict=
 """
 import logging
 import os
+from collections import namedtuple
 
 from ..errors import NetError, SolverError
 from ..proto import caffe_pb2
@@ -175,6 +176,7 @@ def _v0_layer_to_v1(entry, out, source, problems):
 
 
 def _apply_v0(net, source, strict):
+    """Fold padding layers and turn every V0 layer into a V1 one; False when a field was dropped."""
     kept = _fold_padding_layers(net, source)
     # Like Caffe, the V1 net keeps only name, layers, input, input_dim and force_backward.
     out = caffe_pb2.NetParameter()
@@ -207,7 +209,8 @@ def _needs_data(net):
     return False
 
 
-def _apply_data(net):
+def _apply_data(net, source, strict):
+    """Move the transformation fields of data layers into transform_param; always compatible."""
     for layer in net.layers:
         param_name = _data_param_name(layer)
         if not param_name:
@@ -220,6 +223,7 @@ def _apply_data(net):
             if param.HasField(field):
                 setattr(layer.transform_param, field, getattr(param, field))
                 param.ClearField(field)
+    return True
 
 
 # --- step 3: V1 -> V2 ------------------------------------------------------------------------------
@@ -276,6 +280,7 @@ def _v1_layer_to_v2(v1, out, source):
 
 
 def _apply_v1(net, source, strict):
+    """Turn every V1 ``layers`` entry into a ``layer``; False when a V0 layer had to be ignored."""
     _check_not_mixed(net, source)
     ok = True
     for i, v1 in enumerate(net.layers):
@@ -295,7 +300,9 @@ def _needs_input(net):
     return len(net.input) > 0
 
 
-def _apply_input(net, source):
+def _apply_input(net, source, strict):
+    """Replace the input fields by a leading Input layer (or just drop them when they carry no
+    shape); always compatible."""
     has_shape, has_dim = len(net.input_shape) > 0, len(net.input_dim) > 0
     if has_shape or has_dim:
         layer = caffe_pb2.LayerParameter(name="input", type="Input")
@@ -317,6 +324,7 @@ def _apply_input(net, source):
     net.ClearField("input")
     net.ClearField("input_shape")
     net.ClearField("input_dim")
+    return True
 
 
 # --- step 5: BatchNorm with three ParamSpecs -------------------------------------------------------
@@ -329,67 +337,84 @@ def _needs_batch_norm(net):
     return bool(_old_batch_norms(net))
 
 
-def _apply_batch_norm(net):
+def _apply_batch_norm(net, source, strict):
+    """Freeze the 3 statistics blobs of old BatchNorm definitions; always compatible."""
     # The old BatchNorm definition asked users to freeze its 3 statistics blobs by hand; they are
     # never learned, so the multipliers are forced to 0 and the rest of each ParamSpec is kept.
     for layer in _old_batch_norms(net):
         for spec in layer.param:
             spec.lr_mult = 0.0
             spec.decay_mult = 0.0
+    return True
 
 
 # --- driver ----------------------------------------------------------------------------------------
 
+#: One upgrade step: its test, its action ``apply(net, source, strict)`` (False when something had to
+#: be dropped), and Caffe's log lines: the attempt (``%s`` is the source), the success, the failure
+#: and the deprecation note that follows (None where Caffe logs none).
+_UpgradeStep = namedtuple("_UpgradeStep", "needed apply attempt success failure note")
+
+_NET_UPGRADE_STEPS = (
+    _UpgradeStep(
+        _needs_v0, _apply_v0,
+        "Attempting to upgrade input file specified using deprecated V0LayerParameter: %s",
+        "Successfully upgraded file specified using deprecated V0LayerParameter",
+        "Warning: had one or more problems upgrading V0NetParameter to NetParameter (see above); "
+        "continuing anyway.",
+        "Note that future Caffe releases will not support V0NetParameter; use "
+        "tools/upgrade_net_proto.py for prototxt and tools/upgrade_net_proto.py --binary for model "
+        "weights to upgrade this and any other net protos to the new format."),
+    _UpgradeStep(
+        _needs_data, _apply_data,
+        "Attempting to upgrade input file specified using deprecated transformation parameters: %s",
+        "Successfully upgraded file specified using deprecated data transformation parameters.",
+        None,
+        "Note that future Caffe releases will only support transform_param messages for "
+        "transformation fields."),
+    _UpgradeStep(
+        _needs_v1, _apply_v1,
+        "Attempting to upgrade input file specified using deprecated V1LayerParameter: %s",
+        "Successfully upgraded file specified using deprecated V1LayerParameter",
+        "Warning: had one or more problems upgrading V1LayerParameter (see above); continuing anyway.",
+        None),
+    _UpgradeStep(
+        _needs_input, _apply_input,
+        "Attempting to upgrade input file specified using deprecated input fields: %s",
+        "Successfully upgraded file specified using deprecated input fields.",
+        None,
+        "Note that future Caffe releases will only support input layers and not input fields."),
+    _UpgradeStep(
+        _needs_batch_norm, _apply_batch_norm,
+        "Attempting to upgrade batch norm layers using deprecated params: %s",
+        "Successfully upgraded batch norm layers using deprecated params.",
+        None,
+        None),
+)
+
+
 def net_needs_upgrade(net_param):
     """Whether any upgrade step applies to ``net_param`` (Caffe's ``NetNeedsUpgrade``)."""
-    return (_needs_v0(net_param) or _needs_v1(net_param) or _needs_data(net_param)
-            or _needs_input(net_param) or _needs_batch_norm(net_param))
+    return any(step.needed(net_param) for step in _NET_UPGRADE_STEPS)
 
 
 def _run_net_upgrades(net, source, strict):
-    """Run every needed step in Caffe's order. Returns (changed, fully_compatible)."""
+    """Run every needed step in Caffe's order (``UpgradeNetAsNeeded``), logging Caffe's lines for each.
+    Returns (changed, fully_compatible)."""
     _check_not_mixed(net, source)
     changed, ok = False, True
-    if _needs_v0(net):
+    for step in _NET_UPGRADE_STEPS:
+        if not step.needed(net):
+            continue
         changed = True
-        log.info("Attempting to upgrade input file specified using deprecated V0LayerParameter: %s", source)
-        if _apply_v0(net, source, strict):
-            log.info("Successfully upgraded file specified using deprecated V0LayerParameter")
+        log.info(step.attempt, source)
+        if step.apply(net, source, strict):
+            log.info(step.success)
         else:
             ok = False
-            log.error("Warning: had one or more problems upgrading V0NetParameter to NetParameter "
-                      "(see above); continuing anyway.")
-        log.warning("Note that future Caffe releases will not support V0NetParameter; use "
-                    "tools/upgrade_net_proto.py for prototxt and tools/upgrade_net_proto.py --binary for "
-                    "model weights to upgrade this and any other net protos to the new format.")
-    if _needs_data(net):
-        changed = True
-        log.info("Attempting to upgrade input file specified using deprecated transformation "
-                 "parameters: %s", source)
-        _apply_data(net)
-        log.info("Successfully upgraded file specified using deprecated data transformation parameters.")
-        log.warning("Note that future Caffe releases will only support transform_param messages for "
-                    "transformation fields.")
-    if _needs_v1(net):
-        changed = True
-        log.info("Attempting to upgrade input file specified using deprecated V1LayerParameter: %s", source)
-        if _apply_v1(net, source, strict):
-            log.info("Successfully upgraded file specified using deprecated V1LayerParameter")
-        else:
-            ok = False
-            log.error("Warning: had one or more problems upgrading V1LayerParameter (see above); "
-                      "continuing anyway.")
-    if _needs_input(net):
-        changed = True
-        log.info("Attempting to upgrade input file specified using deprecated input fields: %s", source)
-        _apply_input(net, source)
-        log.info("Successfully upgraded file specified using deprecated input fields.")
-        log.warning("Note that future Caffe releases will only support input layers and not input fields.")
-    if _needs_batch_norm(net):
-        changed = True
-        log.info("Attempting to upgrade batch norm layers using deprecated params: %s", source)
-        _apply_batch_norm(net)
-        log.info("Successfully upgraded batch norm layers using deprecated params.")
+            log.error(step.failure)
+        if step.note:
+            log.warning(step.note)
     return changed, ok
 
 

@@ -121,28 +121,26 @@ class Lowering:
         return tuple(out)
 
     def lower(self, images, out):
-        """Unfold ``images`` (n, C, *S) into ``out`` (n, C * prod(kernel), P)."""
-        if self.identity:
-            out[...] = images.reshape(out.shape)
-            return
-        for i in range(images.shape[0]):
-            if self.use_2d:
-                kernels.im2col(images[i], self.kernel, self.pad, self.stride, self.dilation, out=out[i])
-            else:
-                out[i] = kernels.im2col_nd(images[i], self.kernel, self.pad, self.stride, self.dilation)
+        """Unfold ``images`` (n, C, *S) into ``out`` (n, C * prod(kernel), P) (Caffe's ``im2col``)."""
+        self._per_image(images, out, kernels.im2col, kernels.im2col_nd, ())
 
     def fold(self, cols, out):
-        """Sum columns ``cols`` (n, C * prod(kernel), P) back into ``out`` (n, C, *S), overwriting it."""
+        """Sum columns ``cols`` (n, C * prod(kernel), P) back into ``out`` (n, C, *S), overwriting it
+        (Caffe's ``col2im``)."""
+        self._per_image(cols, out, kernels.col2im, kernels.col2im_nd, (out.shape[1:],))
+
+    def _per_image(self, source, out, kernel_2d, kernel_nd, leading_args):
+        """Run the 2-D kernel (writing into ``out[i]``) or the N-D one (returning the result) on each
+        item of ``source`` with ``leading_args`` and this geometry; a 1x1 identity lowering copies."""
         if self.identity:
-            out[...] = cols.reshape(out.shape)
+            out[...] = source.reshape(out.shape)
             return
-        for i in range(cols.shape[0]):
+        geometry = (*leading_args, self.kernel, self.pad, self.stride, self.dilation)
+        for i in range(source.shape[0]):
             if self.use_2d:
-                kernels.col2im(cols[i], out.shape[1:], self.kernel, self.pad, self.stride, self.dilation,
-                               out=out[i])
+                kernel_2d(source[i], *geometry, out=out[i])
             else:
-                out[i] = kernels.col2im_nd(cols[i], out.shape[1:], self.kernel, self.pad, self.stride,
-                                           self.dilation)
+                out[i] = kernel_nd(source[i], *geometry)
 
 
 class BaseConvolutionLayer(Layer):
@@ -303,6 +301,17 @@ class BaseConvolutionLayer(Layer):
         """(n, C, P) -> (n, group, C/group, P) view."""
         return images.reshape(images.shape[0], self._group, -1, images.shape[2])
 
+    def _gradient_pairs(self, top, propagate_down, bottom):
+        """Caffe's backward loop over the (top, bottom) pairs: add each top's bias gradient, then
+        yield ``(propagate_down, top diff, bottom data, bottom diff)``, as (num, C, P) views, for
+        each pair that needs a weight or a bottom gradient."""
+        weight_grad = self.param_propagate_down[0]
+        for t, b, down in zip(top, bottom, propagate_down):
+            top_diff = self._images(t.diff)
+            self._accumulate_bias_diff(top_diff)
+            if weight_grad or down:
+                yield down, top_diff, self._images(b.data), self._images(b.diff)
+
 
 @register("Convolution", "CONVOLUTION")
 class ConvolutionLayer(BaseConvolutionLayer):
@@ -333,21 +342,15 @@ class ConvolutionLayer(BaseConvolutionLayer):
     def backward_cpu(self, top, propagate_down, bottom):
         weight_grad = self.param_propagate_down[0]
         batched = self._batched()
-        for i, (t, b) in enumerate(zip(top, bottom)):
-            top_diff = self._images(t.diff)
-            self._accumulate_bias_diff(top_diff)
-            if not (weight_grad or propagate_down[i]):
-                continue
-            x, bottom_diff = self._images(b.data), self._images(b.diff)
+        for down, top_diff, x, bottom_diff in self._gradient_pairs(top, propagate_down, bottom):
             for s, e in self._chunks(self._batch_chunk if batched else None):
                 if batched:
-                    self._backward_batched(top_diff[s:e], x[s:e], bottom_diff[s:e], weight_grad,
-                                           propagate_down[i])
+                    self._backward_batched(top_diff[s:e], x[s:e], bottom_diff[s:e], weight_grad, down)
                     continue
                 td = self._grouped(top_diff[s:e])
                 if weight_grad:
                     self._accumulate_weight_diff(td, self._lower(x[s:e]))
-                if propagate_down[i]:
+                if down:
                     self._fold(self._transposed_product(td), bottom_diff[s:e])
 
     # -- whole-chunk GEMMs: columns of all images side by side, (group, K, n * P) -------------------
@@ -464,17 +467,12 @@ class DeconvolutionLayer(BaseConvolutionLayer):
 
     def backward_cpu(self, top, propagate_down, bottom):
         weight_grad = self.param_propagate_down[0]
-        for i, (t, b) in enumerate(zip(top, bottom)):
-            top_diff = self._images(t.diff)
-            self._accumulate_bias_diff(top_diff)
-            if not (weight_grad or propagate_down[i]):
-                continue
-            x, bottom_diff = self._images(b.data), self._images(b.diff)
+        for down, top_diff, x, bottom_diff in self._gradient_pairs(top, propagate_down, bottom):
             for s, e in self._chunks():
                 cols = self._lower(top_diff[s:e])
                 if weight_grad:
                     self._accumulate_weight_diff(self._grouped(x[s:e]), cols)
-                if propagate_down[i]:
+                if down:
                     self._dense_product(cols, self._grouped(bottom_diff[s:e]))
 
 

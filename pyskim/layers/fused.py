@@ -118,7 +118,7 @@ class ConvolutionReLUPoolLRNLayer(FusedLayer):
     SkimCaffe's fused kernel exists only for AlexNet's conv2 geometry; any geometry works here."""
 
     stage_specs = (("Convolution", "convolution_param"), ("ReLU", "relu_param"), ("Pooling", "pooling_param"),
-              ("LRN", "lrn_param"))
+                   ("LRN", "lrn_param"))
 
 
 @register("ReLUPooling")
@@ -152,37 +152,21 @@ class AliasLayer(Layer):
         return resolved(param)
 
 
-@register("Winograd")
-class WinogradLayer(AliasLayer):
-    """SkimCaffe's ``Winograd`` convolution, computed as a plain Convolution (same parameters and
-    blob shapes as Convolution)."""
-
-    target = "Convolution"
-
-
-@register("MKLConvolution")
-class MKLConvolutionLayer(AliasLayer):
-    """Intel Caffe's ``MKLConvolution``: a Convolution."""
-
-    target = "Convolution"
+def register_alias(alias, target, description):
+    """Register type name ``alias`` as running the registered type ``target``: an :class:`AliasLayer`
+    subclass named ``<alias>Layer`` with the docstring ``description``, which is returned."""
+    cls = type(f"{alias}Layer", (AliasLayer,), {"target": target, "__doc__": description, "__module__": __name__})
+    return register(alias)(cls)
 
 
-@register("MKLReLU")
-class MKLReLULayer(AliasLayer):
-    """Intel Caffe's ``MKLReLU``: a ReLU."""
-
-    target = "ReLU"
-
-
-@register("MKLPooling")
-class MKLPoolingLayer(AliasLayer):
-    """Intel Caffe's ``MKLPooling``: a Pooling."""
-
-    target = "Pooling"
-
-
-@register("MKLLRN")
-class MKLLRNLayer(AliasLayer):
-    """Intel Caffe's ``MKLLRN``: an LRN."""
-
-    target = "LRN"
+#: The alias types: (alias, the type it runs, what it is).
+ALIASES = (
+    ("Winograd", "Convolution", ("SkimCaffe's ``Winograd`` convolution, computed as a plain Convolution "
+                                 "(same parameters and blob shapes as Convolution).")),
+    ("MKLConvolution", "Convolution", "Intel Caffe's ``MKLConvolution``: a Convolution."),
+    ("MKLReLU", "ReLU", "Intel Caffe's ``MKLReLU``: a ReLU."),
+    ("MKLPooling", "Pooling", "Intel Caffe's ``MKLPooling``: a Pooling."),
+    ("MKLLRN", "LRN", "Intel Caffe's ``MKLLRN``: an LRN."),
+)
+#: The registered alias classes, by alias.
+ALIAS_LAYERS = {alias: register_alias(alias, target, description) for alias, target, description in ALIASES}

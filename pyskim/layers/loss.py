@@ -163,33 +163,55 @@ class SoftmaxLayer(Layer):
         bottom[0].diff[...] = dx.reshape(bottom[0].shape)
 
 
+class SoftmaxProbabilityLossLayer(LossLayer):
+    """What SoftmaxWithLoss and InfogainLoss share (Caffe writes it in each): an internal Softmax over
+    the ``axis`` of the message :attr:`axis_param`, the prediction split around it into outer x
+    channels x inner with one label per (outer, inner) position, and an optional second top that
+    shares the probabilities."""
+
+    exact_num_top = None
+    min_top = 1
+    max_top = 2
+    #: The parameter message whose ``axis`` the softmax runs over.
+    axis_param = "softmax_param"
+    #: What the label-count error adds to Caffe's message.
+    label_count_hint = ""
+
+    def softmax_axis(self):
+        """The softmax axis as the prototxt gives it (``<axis_param>.axis``, may be negative)."""
+        return getattr(self.param, self.axis_param).axis
+
+    def layer_setup(self, bottom, top):
+        self._softmax, self._prob = _internal_softmax(self, bottom[0], self.softmax_axis())
+        self._ignore = self.ignore_label()
+
+    def reshape(self, bottom, top):
+        super().reshape(bottom, top)
+        self._softmax.reshape([bottom[0]], [self._prob])
+        self.outer_num, self._channels, self.inner_num, _ = _axis_split(self, bottom[0], self.softmax_axis())
+        if self.outer_num * self.inner_num != bottom[1].count:
+            raise NetError(f"layer '{self.name}': number of labels ({bottom[1].count}) must match number of "
+                           f"predictions ({self.outer_num * self.inner_num}){self.label_count_hint}")
+        if len(top) >= 2:
+            top[1].reshape(bottom[0].shape)
+
+    def probabilities(self):
+        """The internal Softmax's output as (outer, channels, inner)."""
+        return self._prob.data.reshape(self.outer_num, self._channels, self.inner_num)
+
+
 @register("SoftmaxWithLoss", "SOFTMAX_LOSS")
-class SoftmaxWithLossLayer(LossLayer):
+class SoftmaxWithLossLayer(SoftmaxProbabilityLossLayer):
     """Softmax (internal layer, ``softmax_param.axis``) then ``-sum log(max(p[label], FLT_MIN))`` over
     non-ignored positions, divided by the normalizer (default VALID). Optional second top: the
     probabilities (sharing the internal blob's data, loss weight 0). Backward: ``prob - onehot(label)``,
     zero at ignored positions, times ``top_diff / normalizer`` (``SoftmaxWithLossLayer``)."""
 
-    exact_num_top = None
-    min_top = 1
-    max_top = 2
+    label_count_hint = "; e.g. with softmax axis 1 and prediction shape (N, C, H, W) the label count must be N*H*W"
 
     def layer_setup(self, bottom, top):
-        self._softmax, self._prob = _internal_softmax(self, bottom[0], self.param.softmax_param.axis)
-        self._ignore = self.ignore_label()
+        super().layer_setup(bottom, top)
         self._mode = self.read_normalization(_MODES.VALID)
-
-    def reshape(self, bottom, top):
-        super().reshape(bottom, top)
-        self._softmax.reshape([bottom[0]], [self._prob])
-        self.outer_num, self._channels, self.inner_num, _ = _axis_split(
-            self, bottom[0], self.param.softmax_param.axis)
-        if self.outer_num * self.inner_num != bottom[1].count:
-            raise NetError(f"layer '{self.name}': number of labels ({bottom[1].count}) must match number of "
-                           f"predictions ({self.outer_num * self.inner_num}); e.g. with softmax axis 1 and "
-                           f"prediction shape (N, C, H, W) the label count must be N*H*W")
-        if len(top) >= 2:
-            top[1].reshape(bottom[0].shape)
 
     def _labels(self, bottom):
         return _int_labels(self, bottom[1], (self.outer_num, 1, self.inner_num), self._channels, self._ignore)
@@ -197,7 +219,7 @@ class SoftmaxWithLossLayer(LossLayer):
     def forward_cpu(self, bottom, top):
         self._softmax.forward([bottom[0]], [self._prob])
         label, valid = self._labels(bottom)
-        prob = self._prob.data.reshape(self.outer_num, self._channels, self.inner_num)
+        prob = self.probabilities()
         picked = np.take_along_axis(prob, label, axis=1)[valid]
         loss = -np.sum(np.log(np.maximum(picked, FLT_MIN)), dtype=np.float32)
         top[0].data[...] = loss / self.get_normalizer(self._mode, int(valid.sum()))
@@ -209,7 +231,7 @@ class SoftmaxWithLossLayer(LossLayer):
         if not propagate_down[0]:
             return
         label, valid = self._labels(bottom)
-        diff = self._prob.data.reshape(self.outer_num, self._channels, self.inner_num).copy()
+        diff = self.probabilities().copy()
         np.put_along_axis(diff, label, np.take_along_axis(diff, label, axis=1) - np.float32(1), axis=1)
         diff *= valid
         scale = top[0].diff.flat[0] / self.get_normalizer(self._mode, int(valid.sum()))
@@ -378,7 +400,7 @@ class HingeLossLayer(LossLayer):
 
 
 @register("InfogainLoss", "INFOGAIN_LOSS")
-class InfogainLossLayer(LossLayer):
+class InfogainLossLayer(SoftmaxProbabilityLossLayer):
     """Softmax over ``infogain_loss_param.axis`` (internal layer), then
     ``-sum_k H[label, k] log(max(p_k, 1e-20))`` over non-ignored positions / normalizer (default
     VALID). H (classes x classes) is the third bottom or the BlobProto ``infogain_loss_param.source``.
@@ -388,14 +410,11 @@ class InfogainLossLayer(LossLayer):
     exact_num_bottom = None
     min_bottom = 2
     max_bottom = 3
-    exact_num_top = None
-    min_top = 1
-    max_top = 2
+    axis_param = "infogain_loss_param"
 
     def layer_setup(self, bottom, top):
+        super().layer_setup(bottom, top)
         param = self.param.infogain_loss_param
-        self._softmax, self._prob = _internal_softmax(self, bottom[0], param.axis)
-        self._ignore = self.ignore_label()
         if self.param.loss_param.HasField("normalize"):
             raise NetError(f"layer '{self.name}': loss_param.normalize is deprecated for InfogainLoss; use "
                            f"loss_param.normalization")
@@ -409,18 +428,10 @@ class InfogainLossLayer(LossLayer):
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
-        self._softmax.reshape([bottom[0]], [self._prob])
-        self.outer_num, self._channels, self.inner_num, _ = _axis_split(
-            self, bottom[0], self.param.infogain_loss_param.axis)
-        if self.outer_num * self.inner_num != bottom[1].count:
-            raise NetError(f"layer '{self.name}': number of labels ({bottom[1].count}) must match number of "
-                           f"predictions ({self.outer_num * self.inner_num})")
         h_count = self._infogain.size if self._infogain is not None else bottom[2].count
         if h_count != self._channels ** 2:
             raise NetError(f"layer '{self.name}': the infogain matrix H must be {self._channels}x"
                            f"{self._channels} ({h_count} values given)")
-        if len(top) >= 2:
-            top[1].reshape(bottom[0].shape)
 
     def _matrix(self, bottom):
         h = self._infogain if self._infogain is not None else bottom[2].data
@@ -432,7 +443,7 @@ class InfogainLossLayer(LossLayer):
     def forward_cpu(self, bottom, top):
         self._softmax.forward([bottom[0]], [self._prob])
         label, valid = self._labels(bottom)
-        prob = self._prob.data.reshape(self.outer_num, self._channels, self.inner_num)
+        prob = self.probabilities()
         log_prob = np.log(np.maximum(prob, LOG_THRESHOLD))
         rows = self._matrix(bottom)[label]                      # (outer, inner, classes)
         terms = np.einsum("ijk,ikj->ij", rows, log_prob)
@@ -449,7 +460,7 @@ class InfogainLossLayer(LossLayer):
         label, valid = self._labels(bottom)
         h = self._matrix(bottom)
         row_sums = h.sum(axis=1, dtype=np.float32)
-        prob = self._prob.data.reshape(self.outer_num, self._channels, self.inner_num)
+        prob = self.probabilities()
         diff = prob * row_sums[label][:, None, :] - h[label].transpose(0, 2, 1)
         diff *= valid[:, None, :]
         scale = top[0].diff.flat[0] / self.get_normalizer(self._mode, int(valid.sum()))

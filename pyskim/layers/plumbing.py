@@ -16,6 +16,14 @@ def _need_axes(layer, blob, what="bottom"):
         raise layer_error(layer, f"the {what} needs at least one axis, got a scalar blob")
 
 
+def _refuse_axis_and_legacy(layer, param_name, legacy_field):
+    """Concat/Slice LayerSetUp: ``axis`` and the legacy ``*_dim`` may not both be given."""
+    param = getattr(layer.param, param_name)
+    if param.HasField("axis") and param.HasField(legacy_field):
+        raise layer_error(layer, f"either {param_name}.axis or {param_name}.{legacy_field} should be specified; "
+                                 "not both")
+
+
 def _legacy_axis(layer, blob, param, axis_field, legacy_field):
     """Concat/Slice axis: the legacy uint32 ``*_dim`` (no negative indexing) or the canonical ``axis``."""
     if param.HasField(legacy_field):
@@ -72,10 +80,7 @@ class ConcatLayer(Layer):
     min_bottom = exact_num_top = 1
 
     def layer_setup(self, bottom, top):
-        p = self.param.concat_param
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            raise layer_error(self, "either concat_param.axis or concat_param.concat_dim should be "
-                                    "specified; not both")
+        _refuse_axis_and_legacy(self, "concat_param", "concat_dim")
 
     def reshape(self, bottom, top):
         self.axis = _legacy_axis(self, bottom[0], self.param.concat_param, "axis", "concat_dim")
@@ -111,10 +116,7 @@ class SliceLayer(Layer):
     exact_num_bottom = min_top = 1
 
     def layer_setup(self, bottom, top):
-        p = self.param.slice_param
-        if p.HasField("axis") and p.HasField("slice_dim"):
-            raise layer_error(self, "either slice_param.axis or slice_param.slice_dim should be specified; "
-                                    "not both")
+        _refuse_axis_and_legacy(self, "slice_param", "slice_dim")
 
     def reshape(self, bottom, top):
         p = self.param.slice_param

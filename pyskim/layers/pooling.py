@@ -77,6 +77,12 @@ class PoolingLayer(Layer):
         self._method = pp.pool
         self._mask = None
 
+    @property
+    def window(self):
+        """The pooling window as ``(kernel, stride, pad)``, each an ``(h, w)`` pair (for global pooling
+        the kernel is the bottom's H x W, known after the first reshape)."""
+        return tuple(self._kernel), tuple(self._stride), tuple(self._pad)
+
     def reshape(self, bottom, top):
         b = bottom[0]
         if b.num_axes != 4:

@@ -57,6 +57,11 @@ class BlobVec(list):
         return blob
 
 
+def _undefined(layer, signature):
+    """The error for a method the user's Python ``layer`` needed but its class does not define."""
+    return NotImplementedError(f"Python layer {type(layer).__name__} defines no {signature}")
+
+
 class Layer:
     """Base class of Python layers, pycaffe's ``caffe.Layer`` (exported as ``pyskim.Layer``).
 
@@ -91,17 +96,17 @@ class Layer:
         """Read ``self.param_str``, check the bottoms, create blobs. Default: nothing."""
 
     def reshape(self, bottom, top):
-        raise NotImplementedError(f"Python layer {type(self).__name__} defines no reshape(bottom, top)")
+        """Size the tops from the bottoms; the subclass must define it."""
+        raise _undefined(self, "reshape(bottom, top)")
 
     def forward(self, bottom, top):
-        raise NotImplementedError(f"Python layer {type(self).__name__} defines no forward(bottom, top)")
+        """Compute the tops from the bottoms; the subclass must define it."""
+        raise _undefined(self, "forward(bottom, top)")
 
     def backward(self, top, propagate_down, bottom):
         """Default: nothing to do for a layer with no gradients to give; an error otherwise."""
         if any(propagate_down) or len(self.blobs):
-            raise NotImplementedError(
-                f"Python layer {type(self).__name__} defines no backward(top, propagate_down, bottom)")
-
+            raise _undefined(self, "backward(top, propagate_down, bottom)")
 
 @base.register("Python")
 class PythonLayer(base.Layer):

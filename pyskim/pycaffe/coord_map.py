@@ -103,6 +103,23 @@ def _mappable_bottoms(top):
     return bottoms[:1] if top.fn.type_name == 'Crop' else bottoms
 
 
+def _ancestor_maps(start):
+    """Walk the graph back from ``start`` through layers with a coordinate map, yielding each top as
+    it is reached with the composed map from ``start``'s coordinates to that top's."""
+    maps = {start: (None, 1, 0)}
+    frontier = {start}
+    while frontier:
+        top = frontier.pop()
+        yield top, maps[top]
+        try:
+            step = coord_map(top.fn)
+        except UndefinedMapException:
+            continue
+        for bottom in _mappable_bottoms(top):
+            maps[bottom] = compose(maps[top], step)
+            frontier.add(bottom)
+
+
 def coord_map_from_to(top_from, top_to):
     """The map from coordinates of ``top_from`` to those of ``top_to``.
 
@@ -110,32 +127,10 @@ def coord_map_from_to(top_from, top_to):
     from ``top_to`` until it meets one of them, and joins the two halves. Raises RuntimeError when the
     tops share no ancestor through spatial layers.
     """
-    identity = (None, 1, 0)
-    from_maps = {top_from: identity}
-    frontier = {top_from}
-    while frontier:
-        top = frontier.pop()
-        try:
-            step = coord_map(top.fn)
-        except UndefinedMapException:
-            continue
-        for bottom in _mappable_bottoms(top):
-            from_maps[bottom] = compose(from_maps[top], step)
-            frontier.add(bottom)
-
-    to_maps = {top_to: identity}
-    frontier = {top_to}
-    while frontier:
-        top = frontier.pop()
+    from_maps = dict(_ancestor_maps(top_from))
+    for top, to_map in _ancestor_maps(top_to):
         if top in from_maps:
-            return compose(to_maps[top], inverse(from_maps[top]))
-        try:
-            step = coord_map(top.fn)
-        except UndefinedMapException:
-            continue
-        for bottom in _mappable_bottoms(top):
-            to_maps[bottom] = compose(to_maps[top], step)
-            frontier.add(bottom)
+            return compose(to_map, inverse(from_maps[top]))
     raise RuntimeError('Could not compute map between tops; are they connected by spatial layers?')
 
 

@@ -11,16 +11,13 @@ class AdaDeltaSolver(SGDSolver):
     holds all gradient blobs, then all update blobs."""
 
     type = "AdaDelta"
-
-    def pre_solve(self):
-        super().pre_solve()
-        self.history += [np.zeros_like(h) for h in self.history]
+    history_sets = 2
 
     def compute_update_value(self, param_id, rate):
         momentum, delta = F32(self._param.momentum), F32(self._param.delta)
         diff = self.net.learnable_params[param_id].diff
         grad_history = self.history[param_id]
-        update_history = self.history[len(self.net.learnable_params) + param_id]
+        update_history = self.second_history(param_id)
         update, temp = self.scratch(param_id, "update"), self.scratch(param_id, "temp")
         work = self.scratch(param_id, "work")
         powx(diff, 2, update)

@@ -12,10 +12,7 @@ class AdamSolver(SGDSolver):
     holds all m blobs, then all v blobs."""
 
     type = "Adam"
-
-    def pre_solve(self):
-        super().pre_solve()
-        self.history += [np.zeros_like(h) for h in self.history]
+    history_sets = 2
 
     def compute_update_value(self, param_id, rate):
         p = self._param
@@ -28,7 +25,7 @@ class AdamSolver(SGDSolver):
                              / (1.0 - np.power(np.float64(beta1), t)))
         diff = self.net.learnable_params[param_id].diff
         m = self.history[param_id]
-        v = self.history[len(self.net.learnable_params) + param_id]
+        v = self.second_history(param_id)
         temp, work = self.scratch(param_id, "temp"), self.scratch(param_id, "work")
         axpby(F32(1) - beta1, diff, beta1, m, work)
         np.multiply(diff, diff, out=temp)

@@ -140,16 +140,19 @@ def _pow(base, exponent):
 
 class SGDSolver(Solver):
     """Stochastic gradient descent with momentum: history = momentum·history + local_rate·diff;
-    w -= history (``SGDSolver``). ``history`` holds one float32 array per learnable param."""
+    w -= history (``SGDSolver``). ``history`` holds :attr:`history_sets` float32 arrays per learnable
+    param: all of the first set, then all of the second (the order of Caffe's solverstate)."""
 
     type = "SGD"
+    #: How many history arrays each learnable param keeps (AdaDelta and Adam keep two).
+    history_sets = 1
 
     def pre_solve(self):
         p = self._param
         if p.lr_policy not in LR_POLICIES:
             raise SolverError(f"Unknown learning rate policy: '{p.lr_policy}' (known: {', '.join(LR_POLICIES)})")
         params = self.net.learnable_params
-        self.history = [np.zeros(blob.shape, dtype=F32) for blob in params]
+        self.history = [np.zeros(blob.shape, dtype=F32) for _ in range(self.history_sets) for blob in params]
         self._scratch = {}
         self.regularizers = {}
         self._param_regularizers = []
@@ -172,6 +175,11 @@ class SGDSolver(Solver):
         self._masks_checked = True
         for regularizer in getattr(self, "regularizers", {}).values():
             regularizer.weights_changed()
+
+    def second_history(self, param_id):
+        """The second-set history array of learnable param ``param_id`` (``history_sets`` 2): Caffe
+        keeps it at ``history_[param_id + learnable_params.size()]``."""
+        return self.history[len(self.net.learnable_params) + param_id]
 
     def scratch(self, param_id, slot):
         """A float32 work array shaped like learnable param ``param_id`` (Caffe's update_/temp_)."""
