@@ -239,7 +239,7 @@ def test_param_spec_override_and_empty_inherits():
     text_format.Parse(net, param.net_param)
     solver = get_solver(param)
     assert solver.net.params_regularization_type == ["L1_DNS", "", "L2", ""]
-    assert [r.name for r in solver._param_regularizers] == ["L1_DNS", "ISTA", "L2", "ISTA"]
+    assert [solver.regularizer_of(i).name for i in range(4)] == ["L1_DNS", "ISTA", "L2", "ISTA"]
     assert type(solver.regularizers["L1_DNS"]).__name__ == "L1DNSRegularizer"
 
 
@@ -492,9 +492,10 @@ def published_solver(models, solver_file, net_file, batch, size, **fields):
 def effective_types(solver):
     """Layer name -> the regularization type of each of its params, as the solver resolved them."""
     net, types = solver.net, {}
-    for k, (layer_index, _) in enumerate(net._param_layer_indices):
-        regularizer = solver._param_regularizers[net._learnable_index[k]]
-        types.setdefault(net._layer_names[layer_index], []).append(regularizer.name)
+    names, learnable_ids = net.layer_names(), net.learnable_param_ids()
+    for k, (layer_index, _) in enumerate(net.param_layer_indices()):
+        regularizer = solver.regularizer_of(learnable_ids[k])
+        types.setdefault(names[layer_index], []).append(regularizer.name)
     return types
 
 

@@ -168,6 +168,11 @@ class SGDSolver(Solver):
         self.total_regularization_term = F32(0)
         self._masks_checked = False
 
+    def regularizer_of(self, param_id):
+        """The regularizer hook applied to learnable param ``param_id`` (its ``ParamSpec``'s
+        ``regularization_type``, else the solver's, as SkimCaffe's per-param regularization)."""
+        return self._param_regularizers[param_id]
+
     def weights_changed(self):
         """Rebuild the connectivity masks and let the regularizers drop state derived from the old
         weights (e.g. DNS shadows, re-initialized from the new weights at the next update)."""
