@@ -433,7 +433,7 @@ def mutate_proto(message, program):
         elif name == "pnest":
             (depth,) = args
             # unknown field 1999 as a group (wire type 3) nested ``depth`` times, then its end tags
-            tail += _varint(1999 << 3 | 3) * depth + _varint(1999 << 3 | 4) * depth
+            tail += varint(1999 << 3 | 3) * depth + varint(1999 << 3 | 4) * depth
     return tail
 
 
@@ -454,7 +454,9 @@ def mutate_text_proto(text, message_cls, proto_program, text_program):
     return mutate_text(text, text_program)
 
 
-def _varint(value):
+def varint(value):
+    """Protobuf's base-128 varint of ``value`` (negative values as their 64-bit two's complement)."""
+    value &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -519,7 +521,7 @@ def _v1_texts(net):
 
 def _raw_string_field(number, payload):
     """The wire bytes of a length-delimited field ``number`` holding ``payload`` (any bytes)."""
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+    return varint((number << 3) | 2) + varint(len(payload)) + payload
 
 
 def _set_raw_text(layer, field, index, payload):
@@ -573,14 +575,14 @@ def mutate_v1(data, program):
                 _set_raw_text(target, field, index, _edit_text(current, *args))
         elif name == "v1type":
             layer.ClearField("type")
-            layer.MergeFromString(_varint(5 << 3) + _varint(args[0] & 0xFFFFFFFFFFFFFFFF))
+            layer.MergeFromString(varint(5 << 3) + varint(args[0] & 0xFFFFFFFFFFFFFFFF))
         elif name == "v1lists":
             field, values = args
             layer.ClearField(field)
             number = layer.DESCRIPTOR.fields_by_name[field].number
             for value in values:
                 if field == "blob_share_mode":               # enum values, unknown ones too: on the wire
-                    layer.MergeFromString(_varint(number << 3) + _varint(int(value) & 0xFFFFFFFFFFFFFFFF))
+                    layer.MergeFromString(varint(number << 3) + varint(int(value) & 0xFFFFFFFFFFFFFFFF))
                 else:
                     getattr(layer, field).append(float(value))
         elif name == "v1drop":

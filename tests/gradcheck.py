@@ -21,7 +21,11 @@ layers; the same threshold applies to the directional derivative).
 """
 import numpy as np
 
+from pyskim.core.blob import Blob
 from pyskim.core.state import set_random_seed
+from pyskim.io.protofiles import parse_text
+from pyskim.layers import create_layer
+from pyskim.proto import caffe_pb2
 
 #: Caffe's ``GetObjAndGradient`` weighs a single checked top element by 2.
 SINGLE_ELEMENT_WEIGHT = 2.0
@@ -239,3 +243,17 @@ class GradientChecker:
             f"gradient check of layer '{layer.name}' ({layer.type}) failed for {len(failures)} value(s) "
             f"({objective_name}, stepsize {self.stepsize:g}, threshold {self.threshold:g}):\n"
             + "\n".join(lines) + (f"\n  ... and {more} more" if more > 0 else ""))
+
+
+def build_layer(text, arrays, num_top=1):
+    """Set up the layer a LayerParameter text describes on bottoms holding ``arrays`` (and ``num_top``
+    empty tops), as Caffe's layer tests do before checking forward values and gradients."""
+    layer = create_layer(parse_text(text, caffe_pb2.LayerParameter()))
+    bottom = []
+    for i, array in enumerate(arrays):
+        blob = Blob(np.shape(array), name=f"b{i}")
+        blob.data[...] = array
+        bottom.append(blob)
+    top = [Blob(name=f"t{i}") for i in range(num_top)]
+    layer.setup(bottom, top)
+    return layer, bottom, top

@@ -2,27 +2,11 @@
 parameter settings, normalization modes, ties, the prob top, the infogain source file, and errors."""
 import numpy as np
 import pytest
-from gradcheck import GradientChecker
+from gradcheck import GradientChecker, build_layer
 
 from pyskim.core.blob import Blob
 from pyskim.errors import NetError
 from pyskim.io.blobproto import array_to_blobproto
-from pyskim.io.protofiles import parse_text
-from pyskim.layers import create_layer
-from pyskim.proto import caffe_pb2
-
-
-def build(text, arrays, num_top=1):
-    """Set up the layer a LayerParameter text describes on bottoms holding ``arrays``."""
-    layer = create_layer(parse_text(text, caffe_pb2.LayerParameter()))
-    bottom = []
-    for i, array in enumerate(arrays):
-        blob = Blob(np.shape(array), name=f"b{i}")
-        blob.data[...] = array
-        bottom.append(blob)
-    top = [Blob(name=f"t{i}") for i in range(num_top)]
-    layer.setup(bottom, top)
-    return layer, bottom, top
 
 
 def labels(rng, shape, classes):
@@ -32,7 +16,7 @@ def labels(rng, shape, classes):
 def check_loss(text, arrays, checker, check_bottom=0):
     """Caffe's loss-layer check: build the layer and check the chosen bottoms against its (one
     element) loss top, ``CheckGradientExhaustive(..., check_bottom)``."""
-    layer, bottom, top = build(text, arrays)
+    layer, bottom, top = build_layer(text, arrays)
     checker.check_gradient_exhaustive(layer, bottom, top, check_bottom)
 
 
@@ -70,13 +54,13 @@ def test_softmax_gradient(axis):
     """Caffe checks each top element in turn; one check against random coefficients on all 60 top
     elements covers the same Jacobian."""
     x = np.random.default_rng(2).standard_normal((3, 4, 5)).astype(np.float32)
-    layer, bottom, top = build(f'name: "sm" type: "Softmax" softmax_param {{ axis: {axis} }}', [x])
+    layer, bottom, top = build_layer(f'name: "sm" type: "Softmax" softmax_param {{ axis: {axis} }}', [x])
     GradientChecker(1e-2, 1e-3).check_gradient(layer, bottom, top)
 
 
 def test_softmax_in_place_matches_out_of_place():
     x = np.random.default_rng(3).standard_normal((2, 5, 2)).astype(np.float32)
-    layer, bottom, top = build('name: "sm" type: "Softmax"', [x])
+    layer, bottom, top = build_layer('name: "sm" type: "Softmax"', [x])
     layer.forward(bottom, top)
     top[0].diff[...] = 1.5 * x
     layer.backward(top, [True], bottom)
@@ -109,7 +93,7 @@ def test_sigmoid_cross_entropy_default_is_batch_size_and_normalize_true_is_valid
     p = 1 / (1 + np.exp(-x.astype(np.float64)))
     terms = -(t * np.log(p) + (1 - t) * np.log(1 - p))
     for extra, divisor in (("", 4), ("loss_param { normalize: true }", valid.sum())):
-        layer, bottom, top = build(f'name: "sce" type: "SigmoidCrossEntropyLoss" loss_param {{ '
+        layer, bottom, top = build_layer(f'name: "sce" type: "SigmoidCrossEntropyLoss" loss_param {{ '
                                    f'ignore_label: -1 }} {extra}', [x, t])
         layer.forward(bottom, top)
         np.testing.assert_allclose(top[0].data, terms[valid].sum() / divisor, rtol=1e-5)
@@ -157,7 +141,7 @@ def test_infogain_source_matches_third_bottom(tmp_path):
     results = []
     for text, arrays in ((f'name: "ig" type: "InfogainLoss" infogain_loss_param {{ source: "{path}" }}',
                           [x, lab]), ('name: "ig" type: "InfogainLoss"', [x, lab, h])):
-        layer, bottom, top = build(text, arrays, num_top=2)
+        layer, bottom, top = build_layer(text, arrays, num_top=2)
         layer.forward(bottom, top)
         layer.backward(top, [True, False, False][:len(bottom)], bottom)
         results.append((top[0].data.copy(), top[1].data.copy(), bottom[0].diff.copy()))
@@ -179,7 +163,7 @@ def test_multinomial_logistic_gradient():
 def test_all_ignored_gives_zero_loss_not_nan():
     rng = np.random.default_rng(11)
     x = rng.standard_normal((3, 4)).astype(np.float32)
-    layer, bottom, top = build('name: "sl" type: "SoftmaxWithLoss" loss_param { ignore_label: 2 }',
+    layer, bottom, top = build_layer('name: "sl" type: "SoftmaxWithLoss" loss_param { ignore_label: 2 }',
                                [x, np.full(3, 2, np.float32)])
     layer.forward(bottom, top)
     layer.backward(top, [True, False], bottom)
@@ -189,7 +173,7 @@ def test_all_ignored_gives_zero_loss_not_nan():
 def test_softmax_loss_prob_top():
     rng = np.random.default_rng(12)
     x = rng.standard_normal((3, 4)).astype(np.float32)
-    layer, bottom, top = build('name: "sl" type: "SoftmaxWithLoss"', [x, labels(rng, (3,), 4)], num_top=2)
+    layer, bottom, top = build_layer('name: "sl" type: "SoftmaxWithLoss"', [x, labels(rng, (3,), 4)], num_top=2)
     assert layer.loss_weights == [1.0, 0.0]
     layer.forward(bottom, top)
     np.testing.assert_allclose(top[1].data, np.exp(x) / np.exp(x).sum(1, keepdims=True), rtol=1e-5)
@@ -199,19 +183,19 @@ def test_softmax_loss_prob_top():
 def test_accuracy_ties_count_against_and_per_class():
     scores = np.array([[1, 1, 0], [0, 2, 1], [3, 1, 3], [0, 0, 5]], np.float32)
     lab = np.array([0, 1, 2, 1], np.float32)
-    layer, bottom, top = build('name: "a" type: "Accuracy"', [scores, lab], num_top=2)
+    layer, bottom, top = build_layer('name: "a" type: "Accuracy"', [scores, lab], num_top=2)
     layer.forward(bottom, top)
     # row 0: class 1 ties class 0 -> wrong; row 1 right; row 2: tie -> wrong; row 3 wrong.
     assert top[0].data == np.float32(0.25)
     np.testing.assert_array_equal(top[1].data, [0, 0.5, 0])
-    layer, bottom, top = build('name: "a" type: "Accuracy" accuracy_param { top_k: 2 ignore_label: 1 }',
+    layer, bottom, top = build_layer('name: "a" type: "Accuracy" accuracy_param { top_k: 2 ignore_label: 1 }',
                                [scores, lab])
     layer.forward(bottom, top)
     assert top[0].data == np.float32(1.0)
 
 
 def test_accuracy_all_ignored_is_zero():
-    layer, bottom, top = build('name: "a" type: "Accuracy" accuracy_param { ignore_label: 0 }',
+    layer, bottom, top = build_layer('name: "a" type: "Accuracy" accuracy_param { ignore_label: 0 }',
                                [np.ones((2, 3), np.float32), np.zeros(2, np.float32)])
     layer.forward(bottom, top)
     assert top[0].data == 0
@@ -236,7 +220,7 @@ def test_accuracy_all_ignored_is_zero():
 ])
 def test_bad_setup_names_layer(text, arrays, field):
     with pytest.raises(NetError, match=field) as info:
-        build(text, arrays)
+        build_layer(text, arrays)
     assert "'bad_" in str(info.value)
 
 
@@ -246,7 +230,7 @@ def test_out_of_range_label_raises(layer_type):
     arrays = [np.full((2, 3), 0.5, np.float32), np.array([1, 3], np.float32)]
     if layer_type == "InfogainLoss":
         arrays.append(np.eye(3, dtype=np.float32))
-    layer, bottom, top = build(f'name: "lbl" type: "{layer_type}"', arrays)
+    layer, bottom, top = build_layer(f'name: "lbl" type: "{layer_type}"', arrays)
     with pytest.raises(NetError, match="'lbl'.*label 3"):
         layer.forward(bottom, top)
 
@@ -254,7 +238,7 @@ def test_out_of_range_label_raises(layer_type):
 @pytest.mark.parametrize("layer_type", ["SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "HingeLoss",
                                         "MultinomialLogisticLoss"])
 def test_no_backward_to_labels(layer_type):
-    layer, bottom, top = build(f'name: "nolabel" type: "{layer_type}"',
+    layer, bottom, top = build_layer(f'name: "nolabel" type: "{layer_type}"',
                                [np.full((2, 3), 0.5, np.float32), np.array([1, 0], np.float32).reshape(2, 1)
                                 if layer_type != "SigmoidCrossEntropyLoss" else np.zeros((2, 3))])
     layer.forward(bottom, top)

@@ -2,7 +2,7 @@
 several parameter settings, Caffe's tie rules, blob sharing, the sparse-engine hooks, and errors."""
 import numpy as np
 import pytest
-from gradcheck import GradientChecker
+from gradcheck import GradientChecker, build_layer
 
 import pyskim
 from pyskim.core.blob import Blob
@@ -13,19 +13,6 @@ from pyskim.layers.inner_product import InnerProductLayer
 from pyskim.proto import caffe_pb2
 
 
-def build(text, arrays, num_top=1):
-    """Set up the layer a LayerParameter text describes on bottoms holding ``arrays``."""
-    layer = create_layer(parse_text(text, caffe_pb2.LayerParameter()))
-    bottom = []
-    for i, array in enumerate(arrays):
-        blob = Blob(np.shape(array), name=f"b{i}")
-        blob.data[...] = array
-        bottom.append(blob)
-    top = [Blob(name=f"t{i}") for i in range(num_top)]
-    layer.setup(bottom, top)
-    return layer, bottom, top
-
-
 def randn(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -33,7 +20,7 @@ def randn(*shape, seed=0):
 def checked(text, arrays, checker, num_top=1, check_bottom=None, eltwise=False):
     """Build the layer, run ``checker`` over it (Caffe's CheckGradient, or CheckGradientEltwise when
     ``eltwise``) and return ``(layer, bottom, top)`` as the unperturbed inputs leave them."""
-    layer, bottom, top = build(text, arrays, num_top)
+    layer, bottom, top = build_layer(text, arrays, num_top)
     if eltwise:
         checker.check_gradient_eltwise(layer, bottom, top)
     else:
@@ -67,7 +54,7 @@ def test_inner_product_gradient(extra, shape):
 
 def test_inner_product_param_diff_accumulates():
     text = f"name: 'ip' type: 'InnerProduct' inner_product_param {{ num_output: 2 {IP_FILLERS} }}"
-    layer, bottom, top = build(text, [randn(3, 4)])
+    layer, bottom, top = build_layer(text, [randn(3, 4)])
     layer.forward(bottom, top)
     top[0].diff[...] = randn(3, 2, seed=2)
     layer.backward(top, [True], bottom)
@@ -174,7 +161,7 @@ def test_batch_reindex_and_filter_gradients():
 
 
 def test_filter_setup_keeps_the_full_batch():
-    layer, bottom, top = build("name: 'f' type: 'Filter'", [randn(4, 2), np.array([0, 1, 0, 0])])
+    layer, bottom, top = build_layer("name: 'f' type: 'Filter'", [randn(4, 2), np.array([0, 1, 0, 0])])
     assert top[0].shape == (4, 2)  # Caffe's first Reshape ignores the selector
     layer.forward(bottom, top)
     assert top[0].shape == (1, 2)
@@ -194,12 +181,12 @@ def test_embed_gradient_accumulates_repeated_indices():
 # -- Caffe's tie rules ---------------------------------------------------------------------------------
 def test_argmax_ties_rank_larger_index_first():
     x = np.array([[1, 3, 3, 0, 3], [2, 2, 2, 2, 2]], dtype=np.float32)
-    layer, bottom, top = build("name: 'a' type: 'ArgMax' argmax_param { top_k: 3 out_max_val: true }", [x])
+    layer, bottom, top = build_layer("name: 'a' type: 'ArgMax' argmax_param { top_k: 3 out_max_val: true }", [x])
     layer.forward(bottom, top)
     assert top[0].shape == (2, 2, 3)
     np.testing.assert_array_equal(top[0].data[:, 0], [[4, 2, 1], [4, 3, 2]])
     np.testing.assert_array_equal(top[0].data[:, 1], [[3, 3, 3], [2, 2, 2]])
-    layer, bottom, top = build("name: 'a' type: 'ArgMax' argmax_param { axis: 0 top_k: 2 }", [x.T.copy()])
+    layer, bottom, top = build_layer("name: 'a' type: 'ArgMax' argmax_param { axis: 0 top_k: 2 }", [x.T.copy()])
     layer.forward(bottom, top)
     np.testing.assert_array_equal(top[0].data, [[4, 4], [2, 3]])
 
@@ -209,7 +196,7 @@ def test_eltwise_max_ties():
     a = np.array([1, 2, 5], dtype=np.float32)
     b = np.array([1, 0, 5], dtype=np.float32)
     c = np.array([0, 2, 5], dtype=np.float32)
-    layer, bottom, top = build("name: 'm' type: 'Eltwise' eltwise_param { operation: MAX }", [a, b, c])
+    layer, bottom, top = build_layer("name: 'm' type: 'Eltwise' eltwise_param { operation: MAX }", [a, b, c])
     layer.forward(bottom, top)
     top[0].diff[...] = 1
     layer.backward(top, [True] * 3, bottom)
@@ -227,7 +214,7 @@ def test_eltwise_max_ties():
     ("type: 'Slice'", (2, 3, 4)),
 ])
 def test_alias_tops_share_data_and_diff(text, shape):
-    layer, bottom, top = build(f"name: 'l' {text}", [randn(2, 3, 4)])
+    layer, bottom, top = build_layer(f"name: 'l' {text}", [randn(2, 3, 4)])
     layer.forward(bottom, top)
     assert top[0].shape == shape
     bottom[0].data[...] = 5
@@ -236,7 +223,7 @@ def test_alias_tops_share_data_and_diff(text, shape):
 
 
 def test_parameter_top_is_the_blob():
-    layer, bottom, top = build("name: 'p' type: 'Parameter' parameter_param { shape { dim: 2 dim: 3 } }", [])
+    layer, bottom, top = build_layer("name: 'p' type: 'Parameter' parameter_param { shape { dim: 2 dim: 3 } }", [])
     assert layer.blobs[0].shape == (2, 3) and (layer.blobs[0].data == 0).all()
     layer.forward(bottom, top)
     layer.blobs[0].data[...] = 4
@@ -245,7 +232,7 @@ def test_parameter_top_is_the_blob():
 
 
 def test_silence_zeroes_diffs():
-    layer, bottom, top = build("name: 's' type: 'Silence'", [randn(2), randn(3)], num_top=0)
+    layer, bottom, top = build_layer("name: 's' type: 'Silence'", [randn(2), randn(3)], num_top=0)
     for blob in bottom:
         blob.diff[...] = 9
     layer.backward(top, [True, False], bottom)
@@ -257,7 +244,7 @@ def test_dummy_data_refills_only_non_constant_tops():
     pyskim.set_random_seed(3)
     text = ("name: 'd' type: 'DummyData' dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 4 } "
             "data_filler { type: 'constant' value: 1.5 } data_filler { type: 'gaussian' } }")
-    layer, bottom, top = build(text, [], num_top=2)
+    layer, bottom, top = build_layer(text, [], num_top=2)
     assert top[0].shape == (2, 3) and top[1].shape == (4,)
     assert (top[0].data == 1.5).all() and (top[1].data == 0).all()  # gaussian tops wait for forward
     top[0].data[...] = 7
@@ -270,7 +257,7 @@ def test_dummy_data_refills_only_non_constant_tops():
 
 def test_dummy_data_legacy_dims_and_default_filler():
     text = "name: 'd' type: 'DummyData' dummy_data_param { num: 2 channels: 3 height: 1 width: 4 width: 5 }"
-    layer, bottom, top = build(text, [], num_top=2)
+    layer, bottom, top = build_layer(text, [], num_top=2)
     layer.forward(bottom, top)
     assert top[0].shape == (2, 3, 1, 4) and top[1].shape == (2, 3, 1, 5)
     assert (top[0].data == 0).all() and (top[1].data == 0).all()
@@ -316,7 +303,7 @@ BAD = [
 @pytest.mark.parametrize("text, shapes, num_top, field", BAD, ids=[f"{b[0][7:20]}-{b[3]}" for b in BAD])
 def test_bad_parameters_name_layer_and_field(text, shapes, num_top, field):
     with pytest.raises(NetError, match=field) as info:
-        build(f"name: 'bad' {text}", [np.zeros(s, dtype=np.float32) for s in shapes], num_top)
+        build_layer(f"name: 'bad' {text}", [np.zeros(s, dtype=np.float32) for s in shapes], num_top)
     assert "'bad'" in str(info.value)
 
 
@@ -331,7 +318,7 @@ def test_in_place_and_backward_refusals():
         ("type: 'BatchReindex'", [randn(2, 3), np.array([1.0])], [True, True], "index"),
     ]
     for text, arrays, down, word in cases:
-        layer, bottom, top = build(f"name: 'x' {text}", arrays)
+        layer, bottom, top = build_layer(f"name: 'x' {text}", arrays)
         layer.forward(bottom, top)
         with pytest.raises(NetError, match=word):
             layer.backward(top, down, bottom)
@@ -344,6 +331,6 @@ def test_in_place_and_backward_refusals():
     ("type: 'BatchReindex'", [np.zeros((2, 3)), np.array([2.0])]),
 ])
 def test_bad_indices(text, arrays):
-    layer, bottom, top = build(f"name: 'bad' {text}", arrays)
+    layer, bottom, top = build_layer(f"name: 'bad' {text}", arrays)
     with pytest.raises(NetError, match="'bad'.*indices"):
         layer.forward(bottom, top)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzz_harness import varint
 
 NEEDS_SHARED = True
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,21 +41,11 @@ def _record(label, rgb):
     return bytes([label & 0xFF]) + rgb.transpose(2, 0, 1).tobytes()
 
 
-def _varint(value):
-    value &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _caffe_datum(label_byte, rgb):
     """The bytes of Caffe's Datum for one record: channels, height, width, data, label (fields 1-5)."""
     data = rgb.transpose(2, 0, 1).tobytes()
     signed = label_byte - 256 if label_byte > 127 else label_byte      # Caffe reads it into a char
-    return (b"\x08\x03\x10\x20\x18\x20" + b"\x22" + _varint(len(data)) + data + b"\x28" + _varint(signed))
+    return (b"\x08\x03\x10\x20\x18\x20" + b"\x22" + varint(len(data)) + data + b"\x28" + varint(signed))
 
 
 @pytest.fixture(scope="module")
