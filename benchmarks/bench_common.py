@@ -1,10 +1,37 @@
-"""What the benchmark scripts share: AlexNet's convolution shapes, a one-Convolution pyskim net and the
-timing loop.
+"""What the benchmark scripts share: AlexNet's convolution shapes, the same seeded inputs and weights in
+every process, one worker process per framework, rounds interleaved across them, and the reports.
 
-pyskim (and so numpy) is imported only when a net is built, so that a script can still set the
-OpenBLAS / OpenMP thread variables after importing this module.
+How a comparison stays honest here:
+
+* Each framework runs in its own child process (:class:`Worker`), started with a clean copy of the
+  environment the benchmark was started with (:data:`START_ENVIRONMENT`, taken when this module is
+  imported, before anything else). The parent never imports pyskim, torch or onnxruntime, so no
+  variable one of them sets at import (pyskim sets ``OMP_WAIT_POLICY`` / ``OPENBLAS_THREAD_TIMEOUT``)
+  reaches another framework. Thread counts are set the way each framework documents:
+  ``pyskim.kernels.set_num_threads`` plus ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` for pyskim,
+  ``torch.set_num_threads`` for PyTorch, ``SessionOptions.intra_op_num_threads`` for onnxruntime.
+* The children are timed in rounds (:func:`interleaved_rounds`): round r times every framework once,
+  then round r + 1 starts, so that all of them see the same background load; a ratio is taken per
+  round and the median of the per-round ratios is reported beside them (:func:`ratio_text`).
+* Every child reports the BLAS / OpenMP libraries threadpoolctl finds in it (internal_api,
+  architecture, num_threads) and the thread variables of its environment; the parent prints the load
+  average before and after.
+
+This module imports only the standard library at module level (numpy and the frameworks are imported
+inside the functions that need them, in the child that needs them).
 """
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+
+#: The environment the benchmark was started with, before any framework could change it.
+START_ENVIRONMENT = dict(os.environ)
+#: Variables that choose threads, kernels or spinning of OpenMP / OpenBLAS / MKL (reported per process).
+THREAD_VARIABLE_PREFIXES = ("OMP_", "OPENBLAS_", "MKL_", "KMP_", "GOMP_")
 
 # AlexNet (bvlc_alexnet/deploy.prototxt): name, input C, H(=W), num_output, kernel, stride, pad, group
 ALEXNET_CONVS = [
@@ -16,22 +43,98 @@ ALEXNET_CONVS = [
 ]
 
 
-def conv_net(batch, channels, size, num_output, kernel, stride, pad, group):
-    """A TEST-phase pyskim Net: an Input "data" of batch x channels x size x size into one Convolution
-    "conv" with the given geometry (weights Gaussian, std 0.01; bias 0.1)."""
-    import pyskim
-    from pyskim.io.protofiles import parse_text
-    from pyskim.proto import caffe_pb2
-    param = caffe_pb2.NetParameter()
-    parse_text(f"""
-        layer {{ name: "data" type: "Input" top: "data"
-                 input_param {{ shape {{ dim: {batch} dim: {channels} dim: {size} dim: {size} }} }} }}
-        layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
-                 convolution_param {{ num_output: {num_output} kernel_size: {kernel} stride: {stride}
-                   pad: {pad} group: {group} weight_filler {{ type: "gaussian" std: 0.01 }}
-                   bias_filler {{ type: "constant" value: 0.1 }} }} }}""", param)
-    return pyskim.Net(param, pyskim.TEST)
+# -- the same data in every process -----------------------------------------------------------------
 
+def alexnet_conv(name):
+    """The ``ALEXNET_CONVS`` entry called ``name``."""
+    return next(conv for conv in ALEXNET_CONVS if conv[0] == name)
+
+
+def conv_arrays(name, batch, density=1.0, seed=0):
+    """Seeded float32 (input, weights, bias) for AlexNet layer ``name`` at ``batch``: input N(0, 1),
+    weights N(0, 0.01^2) kept with probability ``density`` (a uniform random element-wise mask),
+    bias N(0, 0.01^2). Every process computes the same arrays from the same arguments."""
+    import numpy as np
+    _, channels, size, num_output, kernel, _, _, group = alexnet_conv(name)
+    layer_index = ALEXNET_CONVS.index(alexnet_conv(name))
+    rng = np.random.default_rng([seed, layer_index, batch])
+    x = rng.standard_normal((batch, channels, size, size), dtype=np.float32)
+    w = 0.01 * rng.standard_normal((num_output, channels // group, kernel, kernel), dtype=np.float32)
+    bias = 0.01 * rng.standard_normal(num_output, dtype=np.float32)
+    if density < 1.0:
+        mask = np.random.default_rng([seed, layer_index, batch, round(density * 1e6)]).random(w.shape) < density
+        w = w * mask
+    return x, w, bias
+
+
+def conv_flops(name, batch):
+    """Dense FLOPs (2 x multiply-adds) of AlexNet layer ``name`` at ``batch``."""
+    _, channels, size, num_output, kernel, stride, pad, group = alexnet_conv(name)
+    out = (size + 2 * pad - kernel) // stride + 1
+    return 2.0 * batch * num_output * out * out * (channels // group) * kernel * kernel
+
+
+def conv_prototxt(name, batch, conv_mode="LOWERED_GEMM"):
+    """A deploy prototxt: an Input "data" into AlexNet's Convolution ``name`` (top "conv") in
+    SkimCaffe's ``conv_mode``."""
+    _, channels, size, num_output, kernel, stride, pad, group = alexnet_conv(name)
+    return f"""name: "{name}"
+layer {{ name: "data" type: "Input" top: "data"
+         input_param {{ shape {{ dim: {batch} dim: {channels} dim: {size} dim: {size} }} }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+         convolution_param {{ num_output: {num_output} kernel_size: {kernel} stride: {stride} pad: {pad}
+                              group: {group} conv_mode: {conv_mode} }} }}
+"""
+
+
+def pyskim_conv_net(name, batch, x, w, bias, conv_mode="LOWERED_GEMM"):
+    """A pycaffe-style TEST Net of :func:`conv_prototxt` (written to a file and loaded the way a user
+    does), with ``w`` / ``bias`` as the layer's weights and ``x`` in its input blob."""
+    import pyskim
+    with tempfile.TemporaryDirectory(prefix="bench_net_") as folder:
+        path = os.path.join(folder, f"{name}.prototxt")
+        with open(path, "w") as f:
+            f.write(conv_prototxt(name, batch, conv_mode))
+        net = pyskim.Net(path, pyskim.TEST)
+    net.params["conv"][0].data[...] = w
+    net.params["conv"][1].data[...] = bias
+    net.blobs["data"].data[...] = x
+    return net
+
+
+def torch_conv_call(name, x, w, bias):
+    """``torch.nn.functional.conv2d`` of AlexNet layer ``name`` under ``inference_mode`` (oneDNN); the
+    call allocates its output, as a user's does."""
+    import torch
+    _, _, _, _, _, stride, pad, group = alexnet_conv(name)
+    tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias)
+
+    def conv():
+        with torch.inference_mode():
+            return torch.nn.functional.conv2d(tx, tw, tb, stride, pad, 1, group)
+    return conv
+
+
+def ort_conv_call(name, x, w, bias, threads):
+    """An onnxruntime session (CPU provider, MLAS) running AlexNet's Conv ``name`` (opset 17) on ``x``,
+    ``intra_op_num_threads = threads`` (0: onnxruntime's default); returns the call to time."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    _, _, _, _, kernel, stride, pad, group = alexnet_conv(name)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride] * 2, pads=[pad] * 4, group=group,
+                            kernel_shape=[kernel, kernel])
+    graph = helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"x": x})[0]
+
+
+# -- timing -----------------------------------------------------------------------------------------
 
 def call_times(fn, repeats):
     """The wall time, in seconds, of each of ``repeats`` calls of ``fn()`` after one untimed warm-up call."""
@@ -42,3 +145,231 @@ def call_times(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def interleaved_rounds(timers, rounds, quiet_wait=0.0):
+    """Run ``timers`` (label -> callable returning seconds) in ``rounds`` rounds: round r calls each
+    timer once, in order, before round r + 1 starts; with ``quiet_wait`` > 0, each round first waits
+    (at most that many seconds) for the machine to be idle (:func:`wait_until_quiet`). Returns
+    label -> list of seconds, one per round."""
+    seconds = {label: [] for label in timers}
+    for _ in range(rounds):
+        if quiet_wait > 0:
+            wait_until_quiet(quiet_wait)
+        for label, timer in timers.items():
+            seconds[label].append(timer())
+    return seconds
+
+
+def busy_jiffies():
+    """Jiffies the whole machine spent busy (not idle, not waiting for I/O) since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return sum(values) - values[3] - values[4]
+
+
+def wait_until_quiet(max_wait, threshold=0.05):
+    """Wait until the machine uses less than ``threshold`` CPUs over half a second, or ``max_wait``
+    seconds passed; called while every worker is idle, so what it sees is other processes' work."""
+    hz = os.sysconf("SC_CLK_TCK")
+    end = time.perf_counter() + max_wait
+    while time.perf_counter() < end:
+        start = busy_jiffies()
+        time.sleep(0.5)
+        if (busy_jiffies() - start) / hz / 0.5 < threshold:
+            return
+
+
+def median_ratio(numerators, denominators):
+    """The median of the per-round ratios numerator / denominator."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators))
+
+
+def ratio_text(numerators, denominators):
+    """Per-round ratios numerator / denominator and their median, as ``"median (r1 r2 ...)"``."""
+    ratios = " ".join(f"{n / d:.2f}" for n, d in zip(numerators, denominators))
+    return f"{median_ratio(numerators, denominators):.2f} ({ratios})"
+
+
+def load_average_text():
+    """The 1/5/15-minute load averages of the machine."""
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+# -- worker processes -------------------------------------------------------------------------------
+
+def worker_environment(extra=None, drop=()):
+    """A clean copy of :data:`START_ENVIRONMENT` for a child, without the variables in ``drop``, with
+    those of ``extra``."""
+    env = {k: v for k, v in START_ENVIRONMENT.items() if k not in drop}
+    env.update(extra or {})
+    return env
+
+
+def pyskim_environment(threads, drop=(), extra=None):
+    """The pyskim child's environment: :func:`worker_environment` plus the OpenMP and OpenBLAS thread
+    variables (read when the kernels and numpy load) when ``threads`` > 0."""
+    thread_vars = {"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)} if threads else {}
+    return worker_environment({**thread_vars, **(extra or {})}, drop)
+
+
+class Worker:
+    """The parent's handle on one framework's child process: ``python script --worker NAME --threads N``
+    answering one JSON request per line (:func:`serve`)."""
+
+    def __init__(self, script, name, threads, env):
+        self.name = name
+        command = [sys.executable, os.path.abspath(script), "--worker", name, "--threads", str(threads)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+
+    def call(self, op, **kwargs):
+        """Ask the child to run ``op(**kwargs)``; its answer (an exception in the child is raised here)."""
+        self.process.stdin.write(json.dumps({"op": op, "kwargs": kwargs}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} worker exited with status {self.process.wait()}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"{self.name} worker: {reply['error']}")
+        return reply["result"]
+
+    def close(self):
+        """End the child (it exits when its input closes)."""
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve_if_worker(servers):
+    """In a child started by :class:`Worker` (``--worker NAME --threads N`` on the command line): serve
+    ``servers[NAME](N)`` until the parent closes the pipe, then exit. Otherwise return at once."""
+    if "--worker" not in sys.argv:
+        return
+    name = sys.argv[sys.argv.index("--worker") + 1]
+    threads = int(sys.argv[sys.argv.index("--threads") + 1])
+    serve(servers[name](threads))
+    sys.exit(0)
+
+
+def max_relative_error(path, reference_path):
+    """max |a - ref| / max |ref| of two saved outputs (.npy)."""
+    import numpy as np
+    a, ref = np.load(path), np.load(reference_path)
+    if a.shape != ref.shape:
+        return float("inf")
+    return float(np.abs(a - ref).max() / max(1e-30, float(np.abs(ref).max())))
+
+
+def serve(server):
+    """The child's loop: answer each JSON request line ``{"op", "kwargs"}`` from stdin with
+    ``server.<op>(**kwargs)`` on the original stdout. Anything the frameworks print goes to stderr."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = {"result": getattr(server, request["op"])(**request["kwargs"])}
+        except Exception as error:  # noqa: BLE001  (reported to the parent, which raises it)
+            reply = {"error": f"{type(error).__name__}: {error}"}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+
+def process_report(framework, extra=""):
+    """One line about this process: the framework, the thread variables of its environment and each
+    thread pool threadpoolctl finds (internal_api, architecture, num_threads). ``KMP_DUPLICATE_LIB_OK``
+    is left out: threadpoolctl itself sets it when imported, after the frameworks loaded."""
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(THREAD_VARIABLE_PREFIXES) and k != "KMP_DUPLICATE_LIB_OK"}
+    try:
+        from threadpoolctl import threadpool_info
+        pools = "; ".join(f"{p.get('internal_api')} {p.get('version') or ''} "
+                          f"({os.path.basename(p.get('filepath') or '?')}) arch={p.get('architecture')} "
+                          f"threads={p.get('num_threads')}" for p in threadpool_info())
+    except ImportError:
+        pools = "threadpoolctl not installed"
+    return f"{framework} (pid {os.getpid()}){extra}: env {env or '{}'}; pools: {pools or 'none'}"
+
+
+class Server:
+    """The child side of a framework: named methods (name -> (call, to_array)) set up by
+    :meth:`build`, timed (:meth:`time`), saved for the parent's output check (:meth:`save`) and the
+    process report (:meth:`info`). Subclasses import their framework in ``__init__`` and set
+    ``framework``."""
+
+    framework = "?"
+
+    def __init__(self, threads):
+        self.threads = threads
+        self.methods = {}
+        self.import_note = ""
+
+    def build(self, **case):
+        """Name -> (call, to_array) for ``case``."""
+        raise NotImplementedError
+
+    def setup(self, **case):
+        """Build ``case``'s methods, call each once (allocation, packing); their names."""
+        self.methods = self.build(**case)
+        for call, _ in self.methods.values():
+            call()
+        return list(self.methods)
+
+    def time(self, method, repeats):
+        """Median seconds of ``repeats`` calls of ``method`` after one untimed call."""
+        return statistics.median(call_times(self.methods[method][0], repeats))
+
+    def save(self, method, path):
+        """Write ``method``'s output to ``path`` (.npy)."""
+        import numpy as np
+        call, to_array = self.methods[method]
+        np.save(path, to_array(call()))
+
+    def info(self):
+        """:func:`process_report` of this process."""
+        return process_report(self.framework, self.import_note)
+
+
+class PyskimServer(Server):
+    """pyskim's child: numpy is imported first (as most user scripts do), then pyskim; the thread count
+    goes to ``pyskim.kernels.set_num_threads`` (the OpenMP / OpenBLAS variables were set at spawn).
+    The report names the variables pyskim itself set at import."""
+
+    framework = "pyskim"
+
+    def __init__(self, threads):
+        super().__init__(threads)
+        import numpy  # noqa: F401  (numpy first, as in most user scripts)
+        before = dict(os.environ)
+        import pyskim
+        import pyskim.kernels
+        set_at_import = {k: v for k, v in os.environ.items() if before.get(k) != v}
+        if threads:
+            pyskim.kernels.set_num_threads(threads)
+        self.import_note = (f" {pyskim.__version__}, kernel threads {pyskim.kernels.get_num_threads()}, "
+                            f"imported after numpy; set at import: {set_at_import or 'nothing'}")
+
+
+class TorchServer(Server):
+    """PyTorch's child, in its default environment; ``torch.set_num_threads`` when threads > 0."""
+
+    framework = "torch"
+
+    def __init__(self, threads):
+        super().__init__(threads)
+        import torch
+        if threads:
+            torch.set_num_threads(threads)
+        self.import_note = f" {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+class OrtServer(Server):
+    """onnxruntime's child, in its default environment; its sessions get ``intra_op_num_threads``."""
+
+    framework = "ort"
+
+    def __init__(self, threads):
+        super().__init__(threads)
+        import onnxruntime
+        self.import_note = (f" {onnxruntime.__version__}, intra_op_num_threads "
+                            f"{threads or 'default'}")

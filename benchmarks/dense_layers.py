@@ -1,74 +1,146 @@
-"""Dense forward time of AlexNet's conv layers: pyskim vs PyTorch CPU, measured in one run.
+"""Dense forward time of AlexNet's conv layers: pyskim's Net vs PyTorch and onnxruntime, one process
+per framework, interleaved in rounds.
 
-    python benchmarks/dense_layers.py [--batches 1 16] [--repeats 5] [--threads N]
+    python benchmarks/dense_layers.py [--batches 1 16] [--threads 1 2] [--rounds 5] [--repeats 5]
+                                      [--layers conv1 ...] [--peers torch ort]
 
-Prints, per layer and batch, the best-of-N forward time of pyskim's Convolution layer (im2col + BLAS
-GEMM) and of ``torch.nn.functional.conv2d`` on the same weights and input, the useful GFLOP/s and the
-ratio torch_time / pyskim_time (> 1 means pyskim is faster). Both use their default thread counts
-(OMP/OpenBLAS: all cores) unless ``--threads N`` limits both (OpenBLAS, OpenMP and torch) to N; the
-environment's OPENBLAS_* variables are reported.
+Needs: pyskim, and for the peers torch (``pip install torch``), onnxruntime and onnx; threadpoolctl
+(``pip install threadpoolctl``) for the thread-pool report. None of them is a pyskim dependency.
+
+* pyskim: a one-Convolution deploy prototxt (LOWERED_GEMM: im2col + BLAS GEMM) loaded as a pycaffe
+  ``Net`` with the layer's weights; the timed call is ``net.forward()``.
+* PyTorch: ``torch.nn.functional.conv2d`` under ``inference_mode`` (oneDNN); onnxruntime: one Conv node,
+  CPU provider (MLAS). Both allocate their output per call; same weights, input and bias as pyskim
+  (seeded in each process, :func:`bench_common.conv_arrays`); every output is checked against pyskim's.
+
+Each thread count in ``--threads`` (0: each framework's default) starts fresh children, one per
+framework, from a clean copy of this script's environment (see bench_common: the parent never imports
+a framework; pyskim's child imports numpy first, as most user scripts do). Per layer and batch, round r
+times pyskim, then each peer once (median of ``--repeats`` calls after one warm-up), then round r + 1.
+Printed: median times over the rounds, useful GFLOP/s, and the ratio peer_time / pyskim_time (> 1: pyskim
+is faster) per round with its median; conv1-5 summed per round the same way. Each child's thread pools
+(threadpoolctl) and the load average before and after are printed too.
 """
 import argparse
 import os
 import platform
-import sys
+import statistics
+import tempfile
 
-# Thread counts of OpenBLAS and OpenMP are read when the libraries load: set them before numpy.
-if "--threads" in sys.argv[1:-1]:
-    _threads = sys.argv[sys.argv.index("--threads") + 1]
-    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _threads
+from bench_common import (
+    ALEXNET_CONVS,
+    OrtServer,
+    PyskimServer,
+    TorchServer,
+    Worker,
+    conv_arrays,
+    conv_flops,
+    interleaved_rounds,
+    load_average_text,
+    max_relative_error,
+    ort_conv_call,
+    pyskim_conv_net,
+    pyskim_environment,
+    ratio_text,
+    serve_if_worker,
+    torch_conv_call,
+    worker_environment,
+)
 
-import numpy as np
-from bench_common import ALEXNET_CONVS, call_times, conv_net
+PEERS = ("torch", "ort")
+
+
+class PyskimConv(PyskimServer):
+    def build(self, name, batch):
+        x, w, bias = conv_arrays(name, batch)
+        net = pyskim_conv_net(name, batch, x, w, bias)
+        return {"conv": (net.forward, lambda outputs: outputs["conv"])}
+
+
+class TorchConv(TorchServer):
+    def build(self, name, batch):
+        return {"conv": (torch_conv_call(name, *conv_arrays(name, batch)), lambda y: y.numpy())}
+
+
+class OrtConv(OrtServer):
+    def build(self, name, batch):
+        return {"conv": (ort_conv_call(name, *conv_arrays(name, batch), self.threads), lambda y: y)}
+
+
+SERVERS = {"pyskim": PyskimConv, "torch": TorchConv, "ort": OrtConv}
+
+
+def start_workers(threads, peers):
+    """One child per framework: pyskim with its thread variables, each peer in its default environment."""
+    workers = {"pyskim": Worker(__file__, "pyskim", threads, pyskim_environment(threads))}
+    for peer in peers:
+        workers[peer] = Worker(__file__, peer, threads, worker_environment())
+    return workers
+
+
+def measure(threads, args, folder):
+    """All layers and batches at one thread count; prints the rows and the conv1-5 sums."""
+    print(f"\n=== threads {threads or 'default'}; {load_average_text()}", flush=True)
+    workers = start_workers(threads, args.peers)
+    try:
+        labels = ["pyskim", *args.peers]
+        header = f"{'layer':6s} {'batch':>5s} " + " ".join(f"{f + ' ms':>10s} {'GF/s':>6s}" for f in labels)
+        header += "".join(f"  {p + '/pyskim per round (median first)':>36s}  {'err':>7s}" for p in args.peers)
+        reported = False
+        for batch in args.batches:
+            sums = {label: [0.0] * args.rounds for label in labels}
+            for name in args.layers:
+                for worker in workers.values():
+                    worker.call("setup", name=name, batch=batch)
+                if not reported:
+                    for worker in workers.values():
+                        print("  " + worker.call("info"))
+                    print(header)
+                    reported = True
+                paths = {label: os.path.join(folder, f"{label}.npy") for label in labels}
+                for label, worker in workers.items():
+                    worker.call("save", method="conv", path=paths[label])
+                seconds = interleaved_rounds(
+                    {label: (lambda w=worker: w.call("time", method="conv", repeats=args.repeats))
+                     for label, worker in workers.items()}, args.rounds)
+                flops = conv_flops(name, batch)
+                line = f"{name:6s} {batch:5d} "
+                line += " ".join(f"{statistics.median(s) * 1e3:10.3f} {flops / statistics.median(s) / 1e9:6.1f}"
+                                 for s in seconds.values())
+                for peer in args.peers:
+                    error = max_relative_error(paths[peer], paths["pyskim"])
+                    line += f"  {ratio_text(seconds[peer], seconds['pyskim']):>36s}  {error:7.1e}"
+                print(line, flush=True)
+                for label in labels:
+                    sums[label] = [a + b for a, b in zip(sums[label], seconds[label])]
+            if len(args.layers) > 1:
+                medians = ", ".join(f"{label} {statistics.median(s) * 1e3:.2f} ms" for label, s in sums.items())
+                print(f"{'+'.join(args.layers)} batch {batch}: {medians}; " + "; ".join(
+                    f"{peer}/pyskim {ratio_text(sums[peer], sums['pyskim'])}" for peer in args.peers), flush=True)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    print(f"=== threads {threads or 'default'} done; {load_average_text()}", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="threads for both (default: all)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[0],
+                        help="thread counts, one set of processes each (0: each framework's default)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the frameworks")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per framework and round (median)")
+    parser.add_argument("--layers", nargs="+", default=[c[0] for c in ALEXNET_CONVS],
+                        choices=[c[0] for c in ALEXNET_CONVS])
+    parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
     args = parser.parse_args()
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    if args.threads and torch is not None:
-        torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
-          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}; "
-          f"torch {torch.__version__ if torch else 'not installed'} "
-          f"({torch.get_num_threads() if torch else '-'} threads)")
-    print(f"{'layer':8s} {'batch':>5s} {'pyskim ms':>10s} {'GFLOP/s':>8s} {'torch ms':>9s} {'GFLOP/s':>8s} "
-          f"{'torch/pyskim':>12s}")
-    totals = {}
-    for batch in args.batches:
-        for name, channels, size, num_output, kernel, stride, pad, group in ALEXNET_CONVS:
-            net = conv_net(batch, channels, size, num_output, kernel, stride, pad, group)
-            x = np.random.default_rng(0).standard_normal((batch, channels, size, size)).astype(np.float32)
-            net.blobs["data"].data[...] = x
-            out = net.blobs["conv"]
-            pyskim_s = min(call_times(net.forward, args.repeats))
-            flops = 2.0 * out.count * (channels // group) * kernel * kernel
-            line = f"{name:8s} {batch:5d} {pyskim_s * 1e3:10.2f} {flops / pyskim_s / 1e9:8.1f}"
-            totals.setdefault(batch, [0.0, 0.0])[0] += pyskim_s
-            if torch is not None:
-                weight = torch.from_numpy(net.params["conv"][0].data.copy())
-                bias = torch.from_numpy(net.params["conv"][1].data.copy())
-                tx = torch.from_numpy(x)
-                with torch.no_grad():
-                    def torch_conv(tx=tx, weight=weight, bias=bias, stride=stride, pad=pad, group=group):
-                        return torch.nn.functional.conv2d(tx, weight, bias, stride, pad, 1, group)
-                    torch_s = min(call_times(torch_conv, args.repeats))
-                    np.testing.assert_allclose(torch_conv().numpy(), out.data, rtol=1e-3, atol=1e-3)
-                totals[batch][1] += torch_s
-                line += f" {torch_s * 1e3:9.2f} {flops / torch_s / 1e9:8.1f} {torch_s / pyskim_s:12.2f}"
-            print(line)
-    for batch, (pyskim_s, torch_s) in totals.items():
-        ratio = f"{torch_s / pyskim_s:.2f}" if torch_s else "-"
-        print(f"conv1-5 batch {batch}: pyskim {pyskim_s * 1e3:.2f} ms, torch {torch_s * 1e3:.2f} ms, "
-              f"torch/pyskim {ratio}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python "
+          f"{platform.python_version()}; {load_average_text()}")
+    with tempfile.TemporaryDirectory(prefix="dense_layers_") as folder:
+        for threads in args.threads:
+            measure(threads, args, folder)
 
 
 if __name__ == "__main__":
+    serve_if_worker(SERVERS)
     main()

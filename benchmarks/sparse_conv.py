@@ -1,249 +1,247 @@
-"""AlexNet conv1-5: pyskim direct sparse conv vs pyskim dense (Net Convolution: im2col + BLAS GEMM)
-vs PyTorch CPU (oneDNN) vs onnxruntime (CPU provider, MLAS), all measured in the same process.
+"""AlexNet conv1-5: pyskim's direct sparse conv (through the Net, and the raw kernel) vs pyskim dense vs
+PyTorch CPU (oneDNN) vs onnxruntime (CPU provider, MLAS), one process per framework, interleaved in rounds.
 
     python benchmarks/sparse_conv.py [--threads 1 2] [--batches 1 16] [--openblas env unset]
                                      [--densities 1.0 0.3 0.2 0.1 0.05] [--layers conv1 ...]
+                                     [--rounds 3] [--repeats 20] [--quiet-wait 10]
 
-Each (OpenBLAS environment, thread count) runs in its own subprocess, because OpenBLAS reads
-``OPENBLAS_*`` only when numpy loads: ``env`` keeps ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` as
-they are in the environment, ``unset`` removes both, ``haswell`` sets ``OPENBLAS_CORETYPE=Haswell``
-and ``OPENBLAS_L2_SIZE=512`` (what research/peers.md found set). OMP/OpenBLAS/MKL thread counts are
-set in the child's environment, and pyskim.kernels.dense.set_num_threads / torch.set_num_threads are
-called too.
+Needs: pyskim, torch (``pip install torch``), onnxruntime and onnx; threadpoolctl (``pip install
+threadpoolctl``) for the thread-pool report. None of them is a pyskim dependency.
 
-Weights: Gaussian, pruned by a uniform random element-wise mask (density d = kept fraction).
-Times are medians of ``--repeats`` calls after a warm-up; all methods of a layer are timed
-round-robin for ``--rounds`` rounds and each keeps its fastest median, so that they all see the same
-background load. "useful GF/s" counts only the nonzero MACs (2 * nnz * output positions); "dense GF/s"
-counts all of them. Speedups are relative to the
-pyskim dense layer, to torch, to onnxruntime ("ort") and to the fastest of the three ("best"). Before each measurement the
-script waits (up to --quiet-wait s) for the machine to be idle and reports, per row, the CPU time
-other processes used while it was timing ("others", in CPUs; anything above ~0.05 means the row
-was measured on a shared machine).
+Methods, all on the same seeded input, weights and bias (:func:`bench_common.conv_arrays`; weights
+pruned by a uniform random element-wise mask, density d = kept fraction):
+
+* ``net``: a one-Convolution deploy prototxt with ``conv_mode: DIRECT_SCONV`` loaded as a pycaffe
+  ``Net`` with the pruned weights; timed call ``net.forward()`` (the engine packs at the first forward;
+  later forwards include its weight-change check).
+* ``kernel``: :func:`pyskim.kernels.sparse.sparse_conv_forward` on weights packed once, allocating its
+  output per call as the peers do.
+* ``pyskim dense``: the same Net in LOWERED_GEMM (im2col + BLAS GEMM) with the unpruned weights;
+  ``torch``: ``F.conv2d`` under ``inference_mode``; ``ort``: one Conv node. The dense peers do not skip
+  zeros, so they run the unpruned weights.
+
+Each (``--openblas`` setting, thread count) starts fresh children, one per framework, from a clean
+copy of this script's environment (the parent never imports a framework). ``--openblas`` changes only
+the pyskim child's OpenBLAS variables: ``env`` keeps ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` as
+they are, ``unset`` removes both, ``haswell`` sets ``OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512``.
+Threads: ``pyskim.kernels.set_num_threads`` + ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` for
+pyskim, ``torch.set_num_threads``, ``intra_op_num_threads``. Per layer and batch, round r times every
+method once (median of ``--repeats`` calls after a warm-up; batch > 1 uses a quarter of them, at
+least 3), after waiting up to ``--quiet-wait`` s for an idle machine; then round r + 1.
+
+Printed per row: median ms over the rounds, useful GF/s of the Net (2 * nonzero MACs / time), the
+speedup of the Net against the best dense of each round (the fastest of pyskim dense, torch and ort
+in that round) per round with its median, the median per-round speedups of the kernel against the
+best dense and of the Net against each dense method, and the largest relative error against PyTorch
+with the same pruned weights. Then conv1-5 (and conv2-5) summed per round. Each child's thread pools
+(threadpoolctl) and the load average before and after each configuration are printed too.
 """
 import argparse
 import os
 import platform
-import subprocess
-import sys
-import time
+import statistics
+import tempfile
 
-from bench_common import ALEXNET_CONVS, conv_net
+from bench_common import (
+    ALEXNET_CONVS,
+    OrtServer,
+    PyskimServer,
+    TorchServer,
+    Worker,
+    alexnet_conv,
+    conv_arrays,
+    conv_flops,
+    interleaved_rounds,
+    load_average_text,
+    max_relative_error,
+    median_ratio,
+    ort_conv_call,
+    pyskim_conv_net,
+    pyskim_environment,
+    ratio_text,
+    serve_if_worker,
+    torch_conv_call,
+    worker_environment,
+)
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+OPENBLAS_SETTINGS = {"env": "as in the environment", "unset": "unset", "haswell": "Haswell / 512"}
+DENSE_METHODS = ("pyskim dense", "torch", "ort")
 
 
-# -- machine load -----------------------------------------------------------------------------------
+class PyskimSparse(PyskimServer):
+    def build(self, name, batch, densities):
+        from pyskim.kernels.csr import conv_out_hw, pack_conv_weights
+        from pyskim.kernels.sparse import sparse_conv_forward
+        _, _, size, _, kernel, stride, pad, group = alexnet_conv(name)
+        out_hw = conv_out_hw((size, size), kernel, pad, stride, 1)
+        x, w, bias = conv_arrays(name, batch)
+        dense = pyskim_conv_net(name, batch, x, w, bias)
+        methods = {"pyskim dense": (dense.forward, lambda outputs: outputs["conv"])}
+        self.densities = {}
+        for d in densities:
+            wd = conv_arrays(name, batch, d)[1]
+            net = pyskim_conv_net(name, batch, x, wd, bias, "DIRECT_SCONV")
+            csr = pack_conv_weights(wd, group, (size, size), pad, 1)
+            self.densities[str(d)] = csr.density
 
-def _jiffies():
-    """(busy jiffies of the whole machine, jiffies of this process)."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]]
-    busy = sum(vals) - vals[3] - vals[4]          # minus idle and iowait
-    with open("/proc/self/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return busy, int(fields[11]) + int(fields[12])  # utime + stime
+            def kernel_call(csr=csr):
+                return sparse_conv_forward(x, csr, bias, stride, pad, 1, out_hw)
+            methods[f"net {d}"] = (net.forward, lambda outputs: outputs["conv"])
+            methods[f"kernel {d}"] = (kernel_call, lambda y: y)
+        return methods
 
-
-class Load:
-    """CPU used by other processes between start() and stop(), in CPUs (1.0 = one busy core)."""
-
-    def __init__(self):
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    def start(self):
-        self.t0, self.j0 = time.perf_counter(), _jiffies()
-
-    def stop(self):
-        busy, mine = _jiffies()
-        dt = time.perf_counter() - self.t0
-        others = (busy - self.j0[0]) - (mine - self.j0[1])
-        return max(0.0, others / self.hz / dt) if dt > 0 else 0.0
-
-
-def wait_quiet(max_wait, threshold=0.05):
-    """Wait until other processes use < threshold CPUs over 0.5 s (at most max_wait s)."""
-    end = time.perf_counter() + max_wait
-    load = Load()
-    while True:
-        load.start()
-        time.sleep(0.5)
-        if load.stop() < threshold or time.perf_counter() > end:
-            return
+    def weight_densities(self):
+        """Fraction of nonzero weights per requested density (as packed)."""
+        return self.densities
 
 
-def median_time(fn, repeats, load):
-    """(median of ``repeats`` timed calls after a warm-up, CPUs used by others meanwhile)."""
-    fn()
-    times = []
-    load.start()
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    others = load.stop()
-    times.sort()
-    return times[len(times) // 2], others
+class TorchConv(TorchServer):
+    def build(self, name, batch, densities):
+        x, w, bias = conv_arrays(name, batch)
+        methods = {"torch": (torch_conv_call(name, x, w, bias), lambda y: y.numpy())}
+        for d in densities:      # references for the output check, not timed
+            methods[f"pruned {d}"] = (torch_conv_call(name, x, conv_arrays(name, batch, d)[1], bias),
+                                      lambda y: y.numpy())
+        return methods
 
 
-def race(methods, repeats, rounds, quiet_wait, load):
-    """Time every method of ``methods`` (name -> callable) once per round, round-robin, so that
-    all of them see the same background load; keep each method's fastest median and the others'
-    CPU load of that round."""
-    best = {name: (float("inf"), 0.0) for name in methods}
-    for _ in range(rounds):
-        for name, fn in methods.items():
-            if quiet_wait:
-                wait_quiet(quiet_wait)
-            best[name] = min(best[name], median_time(fn, repeats, load))
-    return best
+class OrtConv(OrtServer):
+    def build(self, name, batch, densities):
+        return {"ort": (ort_conv_call(name, *conv_arrays(name, batch), self.threads), lambda y: y)}
 
 
-# -- one configuration (child process) --------------------------------------------------------------
-
-def ort_conv(x, w, bias, stride, pad, group, threads):
-    """An onnxruntime session running one Conv node (opset 17) on ``x``; returns the call to time."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride] * 2, pads=[pad] * 4, group=group,
-                            kernel_shape=list(w.shape[2:]))
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, {"x": x})[0]
+SERVERS = {"pyskim": PyskimSparse, "torch": TorchConv, "ort": OrtConv}
 
 
-def run_child(args):
-    import numpy as np
-    import onnxruntime
-    import torch
-
-    import pyskim.kernels.dense as pk
-    from pyskim.kernels.csr import conv_out_hw, pack_conv_weights
-    from pyskim.kernels.sparse import sparse_conv_forward
-
-    nt = args.child_threads
-    pk.set_num_threads(nt)
-    torch.set_num_threads(nt)
-    blas = os.environ.get("OPENBLAS_CORETYPE", "(unset)"), os.environ.get("OPENBLAS_L2_SIZE", "(unset)")
-    print(f"\n=== threads={nt}  OPENBLAS_CORETYPE={blas[0]} OPENBLAS_L2_SIZE={blas[1]}  "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)  onnxruntime {onnxruntime.__version__}  "
-          f"numpy {np.__version__}")
-    print(f"{'layer':6s} {'batch':>5s} {'dens':>5s} {'sparse ms':>9s} {'useful':>7s} {'dense':>7s} "
-          f"{'pysk-dense ms':>13s} {'torch ms':>9s} {'ort ms':>8s} {'vs pysk':>7s} {'vs torch':>8s} "
-          f"{'vs ort':>6s} {'vs best':>7s} {'others':>6s} {'err':>8s}")
-    rng = np.random.default_rng(0)
-    layers = [c for c in ALEXNET_CONVS if c[0] in args.layers]
-    load = Load()
-    for batch in args.batches:
-        reps = args.repeats if batch == 1 else max(3, args.repeats // 4)
-        totals = {}
-        for name, c, hw, oc, k, s, p, g in layers:
-            x = rng.standard_normal((batch, c, hw, hw)).astype(np.float32)
-            w = rng.standard_normal((oc, c // g, k, k)).astype(np.float32)
-            bias = rng.standard_normal(oc).astype(np.float32)
-            ohw = conv_out_hw((hw, hw), k, p, s, 1)
-            dense_flops = 2.0 * batch * oc * ohw[0] * ohw[1] * (c // g) * k * k
-            net = conv_net(batch, c, hw, oc, k, s, p, g)
-            net.blobs["data"].data[...] = x
-            net.params["conv"][1].data[...] = bias
-            tx, tb = torch.from_numpy(x), torch.from_numpy(bias)
-            out = np.empty((batch, oc) + ohw, np.float32)
-            net.params["conv"][0].data[...] = w
-
-            tw = torch.from_numpy(w)
-
-            def torch_conv(tx=tx, tw=tw, tb=tb, s=s, p=p, g=g):
-                with torch.inference_mode():
-                    return torch.nn.functional.conv2d(tx, tw, tb, s, p, 1, g)
-
-            methods = {"dense": net.forward, "torch": torch_conv, "ort": ort_conv(x, w, bias, s, p, g, nt)}
-            pruned = {}
-            for d in args.densities:
-                wd = w * (rng.random(w.shape) < d) if d < 1.0 else w
-                csr = pack_conv_weights(wd, g, (hw, hw), p, 1)
-                pruned[d] = wd, csr
-
-                def sparse(x=x, csr=csr, bias=bias, s=s, p=p, ohw=ohw, out=out):
-                    return sparse_conv_forward(x, csr, bias, s, p, 1, ohw, out=out)
-
-                methods[d] = sparse
-            res = race(methods, reps, args.rounds, args.quiet_wait, load)
-            (td, o_dense), (tt, o_torch), (to, o_ort) = res["dense"], res["torch"], res["ort"]
-            best = min(td, tt, to)
-            for d in args.densities:
-                wd, csr = pruned[d]
-                ts, others = res[d]
-                tw = torch.from_numpy(wd)
-                with torch.inference_mode():
-                    ref = torch.nn.functional.conv2d(tx, tw, tb, s, p, 1, g).numpy()
-                err = float(np.abs(methods[d]() - ref).max() / max(1e-30, np.abs(ref).max()))
-                net.params["conv"][0].data[...] = wd
-                net.forward()
-                err = max(err, float(np.abs(net.blobs["conv"].data - ref).max() / np.abs(ref).max()))
-                useful = dense_flops * csr.density
-                print(f"{name:6s} {batch:5d} {d:5.2f} {ts * 1e3:9.3f} {useful / ts / 1e9:7.1f} "
-                      f"{dense_flops / ts / 1e9:7.1f} {td * 1e3:13.3f} {tt * 1e3:9.3f} {to * 1e3:8.3f} "
-                      f"{td / ts:7.2f} {tt / ts:8.2f} {to / ts:6.2f} {best / ts:7.2f} "
-                      f"{max(others, o_dense, o_torch, o_ort):6.2f} {err:8.1e}", flush=True)
-                totals[name, d] = (ts, td, tt, to, best)
-        names = [c[0] for c in layers]
-        for i, subset in enumerate((names, [n for n in names if n != "conv1"])):
-            if len(subset) < 2 or (i and len(subset) == len(names)):
-                continue
-            for d in args.densities:
-                ts, td, tt, to, best = (sum(totals[n, d][i] for n in subset) for i in range(5))
-                print(f"sum {'+'.join(subset)} batch {batch} d={d:.2f}: sparse {ts * 1e3:.2f} ms, "
-                      f"pyskim dense {td * 1e3:.2f}, torch {tt * 1e3:.2f}, ort {to * 1e3:.2f}, per-layer best "
-                      f"dense {best * 1e3:.2f}; speedup vs pyskim {td / ts:.2f}x, vs torch {tt / ts:.2f}x, "
-                      f"vs ort {to / ts:.2f}x, vs best {best / ts:.2f}x")
+def start_workers(threads, openblas):
+    """The three children: pyskim with its thread variables and ``openblas`` setting, the peers in
+    their default environment."""
+    if openblas == "unset":
+        pyskim_env = pyskim_environment(threads, drop=OPENBLAS_VARS)
+    elif openblas == "haswell":
+        pyskim_env = pyskim_environment(threads, extra={"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"})
+    else:
+        pyskim_env = pyskim_environment(threads)
+    return {"pyskim": Worker(__file__, "pyskim", threads, pyskim_env),
+            "torch": Worker(__file__, "torch", threads, worker_environment()),
+            "ort": Worker(__file__, "ort", threads, worker_environment())}
 
 
-# -- driver -----------------------------------------------------------------------------------------
+def check_errors(workers, densities, folder):
+    """Largest relative error, per density, of the Net and the kernel against PyTorch with the same
+    pruned weights (and of each dense method against PyTorch's dense output)."""
+    def saved(worker, method):
+        path = os.path.join(folder, f"{method.replace(' ', '_')}.npy")
+        worker.call("save", method=method, path=path)
+        return path
+    torch_dense = saved(workers["torch"], "torch")
+    error = max(max_relative_error(saved(workers["pyskim"], "pyskim dense"), torch_dense),
+                max_relative_error(saved(workers["ort"], "ort"), torch_dense))
+    errors = {}
+    for d in densities:
+        ref = saved(workers["torch"], f"pruned {d}")
+        errors[d] = max(error, *(max_relative_error(saved(workers["pyskim"], f"{m} {d}"), ref)
+                                 for m in ("net", "kernel")))
+    return errors
+
+
+def measure(threads, openblas, args, folder):
+    """Every layer, batch and density in one (OpenBLAS setting, thread count) configuration."""
+    print(f"\n=== threads {threads}, pyskim's OpenBLAS variables {OPENBLAS_SETTINGS[openblas]}; "
+          f"{load_average_text()}", flush=True)
+    workers = start_workers(threads, openblas)
+    try:
+        reported = False
+        for batch in args.batches:
+            repeats = args.repeats if batch == 1 else max(3, args.repeats // 4)
+            rows = {}
+            for name in args.layers:
+                methods = {label: worker.call("setup", name=name, batch=batch, densities=args.densities)
+                           for label, worker in workers.items()}
+                if not reported:
+                    for worker in workers.values():
+                        print("  " + worker.call("info"))
+                    print(f"{'layer':6s} {'batch':>5s} {'dens':>5s} {'net ms':>8s} {'kernel ms':>9s} {'useful':>6s} "
+                          f"{'pysk-dense':>10s} {'torch ms':>8s} {'ort ms':>8s}  {'net vs best dense per round':>28s} "
+                          f"{'kernel':>6s} {'vs pysk':>7s} {'vs torch':>8s} {'vs ort':>6s} {'err':>7s}")
+                    reported = True
+                errors = check_errors(workers, args.densities, folder)
+                kept = workers["pyskim"].call("weight_densities")
+                timers = {}
+                for label, worker in workers.items():
+                    for method in methods[label]:
+                        if not method.startswith("pruned"):
+                            timers[method] = (lambda w=worker, m=method, r=repeats: w.call("time", method=m, repeats=r))
+                seconds = interleaved_rounds(timers, args.rounds, args.quiet_wait)
+                best = [min(t) for t in zip(*(seconds[m] for m in DENSE_METHODS))]
+                seconds["best dense"] = best
+                rows[name] = seconds
+                median = {m: statistics.median(s) for m, s in seconds.items()}
+                flops = conv_flops(name, batch)
+                for d in args.densities:
+                    net, kernel = seconds[f"net {d}"], seconds[f"kernel {d}"]
+
+                    def speedup(dense, sparse=net):
+                        return f"{median_ratio(dense, sparse):.2f}"
+                    print(f"{name:6s} {batch:5d} {d:5.2f} {median[f'net {d}'] * 1e3:8.3f} "
+                          f"{median[f'kernel {d}'] * 1e3:9.3f} {flops * kept[str(d)] / median[f'net {d}'] / 1e9:6.1f} "
+                          f"{median['pyskim dense'] * 1e3:10.3f} {median['torch'] * 1e3:8.3f} "
+                          f"{median['ort'] * 1e3:8.3f}  {ratio_text(best, net):>28s} {speedup(best, kernel):>6s} "
+                          f"{speedup(seconds['pyskim dense']):>7s} {speedup(seconds['torch']):>8s} "
+                          f"{speedup(seconds['ort']):>6s} {errors[d]:7.1e}", flush=True)
+            print_sums(rows, batch, args)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    print(f"=== threads {threads}, OpenBLAS {OPENBLAS_SETTINGS[openblas]} done; {load_average_text()}", flush=True)
+
+
+def print_sums(rows, batch, args):
+    """conv1-5 and conv2-5 (when measured) summed per round: the Net and the kernel against each dense
+    method and against the sum of each round's per-layer best dense."""
+    names = list(rows)
+    for subset in (names, [n for n in names if n != "conv1"]):
+        if len(subset) < 2 or (subset is not names and len(subset) == len(names)):
+            continue
+
+        def total(method, subset=subset):
+            return [sum(t) for t in zip(*(rows[n][method] for n in subset))]
+        best = total("best dense")
+        for d in args.densities:
+            net, kernel = total(f"net {d}"), total(f"kernel {d}")
+            print(f"sum {'+'.join(subset)} batch {batch} d={d:.2f}: net {statistics.median(net) * 1e3:.2f} ms, "
+                  f"kernel {statistics.median(kernel) * 1e3:.2f}, pyskim dense "
+                  f"{statistics.median(total('pyskim dense')) * 1e3:.2f}, torch "
+                  f"{statistics.median(total('torch')) * 1e3:.2f}, ort {statistics.median(total('ort')) * 1e3:.2f}, "
+                  f"per-layer best dense {statistics.median(best) * 1e3:.2f}; net vs best {ratio_text(best, net)}, "
+                  f"kernel vs best {ratio_text(best, kernel)}, net vs pyskim dense "
+                  f"{ratio_text(total('pyskim dense'), net)}, vs torch {ratio_text(total('torch'), net)}, "
+                  f"vs ort {ratio_text(total('ort'), net)}", flush=True)
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.3, 0.2, 0.1, 0.05])
-    parser.add_argument("--layers", nargs="+", default=[c[0] for c in ALEXNET_CONVS])
-    parser.add_argument("--openblas", nargs="+", choices=["env", "unset", "haswell"],
-                        default=["env", "unset"])
+    parser.add_argument("--layers", nargs="+", default=[c[0] for c in ALEXNET_CONVS],
+                        choices=[c[0] for c in ALEXNET_CONVS])
+    parser.add_argument("--openblas", nargs="+", choices=list(OPENBLAS_SETTINGS), default=["env", "unset"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--quiet-wait", type=float, default=10.0,
-                        help="seconds to wait for an idle machine before each measurement")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="round-robin rounds over the methods; each method's fastest median is kept")
-    parser.add_argument("--child-threads", type=int, help=argparse.SUPPRESS)
+                        help="seconds to wait for an idle machine before each round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the methods")
     args = parser.parse_args()
-    if args.child_threads:
-        run_child(args)
-        return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}; environment: "
-          + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in OPENBLAS_VARS))
-    argv = [a for a in sys.argv[1:]]
-    for blas in args.openblas:
-        for nt in args.threads:
-            env = dict(os.environ)
-            for v in THREAD_VARS:
-                env[v] = str(nt)
-            if blas == "unset":
-                for v in OPENBLAS_VARS:
-                    env.pop(v, None)
-            elif blas == "haswell":
-                env.update(OPENBLAS_CORETYPE="Haswell", OPENBLAS_L2_SIZE="512")
-            what = {"env": "as in the environment", "unset": "unset", "haswell": "set to Haswell / 512"}
-            print(f"\n##### OpenBLAS variables: {what[blas]}", flush=True)
-            subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--child-threads", str(nt)],
-                           env=env, check=True)
+          + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in OPENBLAS_VARS) + f"; {load_average_text()}")
+    with tempfile.TemporaryDirectory(prefix="sparse_conv_") as folder:
+        for openblas in args.openblas:
+            for threads in args.threads:
+                measure(threads, openblas, args, folder)
 
 
 if __name__ == "__main__":
+    serve_if_worker(SERVERS)
     main()
