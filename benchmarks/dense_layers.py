@@ -27,44 +27,26 @@ import platform
 import statistics
 import tempfile
 
-from bench_common import (
-    ALEXNET_CONVS,
-    OrtServer,
-    PyskimServer,
-    TorchServer,
-    Worker,
-    conv_arrays,
-    conv_flops,
-    interleaved_rounds,
-    load_average_text,
-    max_relative_error,
-    ort_conv_call,
-    pyskim_conv_net,
-    pyskim_environment,
-    ratio_text,
-    serve_if_worker,
-    torch_conv_call,
-    worker_environment,
-)
+import bench_common as bench
 
 PEERS = ("torch", "ort")
 
 
-class PyskimConv(PyskimServer):
+class PyskimConv(bench.PyskimServer):
     def build(self, name, batch):
-        x, w, bias = conv_arrays(name, batch)
-        net = pyskim_conv_net(name, batch, x, w, bias)
+        x, w, bias = bench.conv_arrays(name, batch)
+        net = bench.pyskim_conv_net(name, batch, x, w, bias)
         return {"conv": (net.forward, lambda outputs: outputs["conv"])}
 
 
-class TorchConv(TorchServer):
+class TorchConv(bench.TorchServer):
     def build(self, name, batch):
-        return {"conv": (torch_conv_call(name, *conv_arrays(name, batch)), lambda y: y.numpy())}
+        return {"conv": (bench.torch_conv_call(name, *bench.conv_arrays(name, batch)), lambda y: y.numpy())}
 
 
-class OrtConv(OrtServer):
+class OrtConv(bench.OrtServer):
     def build(self, name, batch):
-        return {"conv": (ort_conv_call(name, *conv_arrays(name, batch), self.threads), lambda y: y)}
+        return {"conv": (bench.ort_conv_call(name, *bench.conv_arrays(name, batch), self.threads), lambda y: y)}
 
 
 SERVERS = {"pyskim": PyskimConv, "torch": TorchConv, "ort": OrtConv}
@@ -72,15 +54,15 @@ SERVERS = {"pyskim": PyskimConv, "torch": TorchConv, "ort": OrtConv}
 
 def start_workers(threads, peers):
     """One child per framework: pyskim with its thread variables, each peer in its default environment."""
-    workers = {"pyskim": Worker(__file__, "pyskim", threads, pyskim_environment(threads))}
+    workers = {"pyskim": bench.Worker(__file__, "pyskim", threads, bench.pyskim_environment(threads))}
     for peer in peers:
-        workers[peer] = Worker(__file__, peer, threads, worker_environment())
+        workers[peer] = bench.Worker(__file__, peer, threads, bench.worker_environment())
     return workers
 
 
 def measure(threads, args, folder):
     """All layers and batches at one thread count; prints the rows and the conv1-5 sums."""
-    print(f"\n=== threads {threads or 'default'}; {load_average_text()}", flush=True)
+    print(f"\n=== threads {threads or 'default'}; {bench.load_average_text()}", flush=True)
     workers = start_workers(threads, args.peers)
     try:
         labels = ["pyskim", *args.peers]
@@ -100,27 +82,27 @@ def measure(threads, args, folder):
                 paths = {label: os.path.join(folder, f"{label}.npy") for label in labels}
                 for label, worker in workers.items():
                     worker.call("save", method="conv", path=paths[label])
-                seconds = interleaved_rounds(
+                seconds = bench.interleaved_rounds(
                     {label: (lambda w=worker: w.call("time", method="conv", repeats=args.repeats))
                      for label, worker in workers.items()}, args.rounds)
-                flops = conv_flops(name, batch)
+                flops = bench.conv_flops(name, batch)
                 line = f"{name:6s} {batch:5d} "
                 line += " ".join(f"{statistics.median(s) * 1e3:10.3f} {flops / statistics.median(s) / 1e9:6.1f}"
                                  for s in seconds.values())
                 for peer in args.peers:
-                    error = max_relative_error(paths[peer], paths["pyskim"])
-                    line += f"  {ratio_text(seconds[peer], seconds['pyskim']):>36s}  {error:7.1e}"
+                    error = bench.max_relative_error(paths[peer], paths["pyskim"])
+                    line += f"  {bench.ratio_text(seconds[peer], seconds['pyskim']):>36s}  {error:7.1e}"
                 print(line, flush=True)
                 for label in labels:
                     sums[label] = [a + b for a, b in zip(sums[label], seconds[label])]
             if len(args.layers) > 1:
                 medians = ", ".join(f"{label} {statistics.median(s) * 1e3:.2f} ms" for label, s in sums.items())
                 print(f"{'+'.join(args.layers)} batch {batch}: {medians}; " + "; ".join(
-                    f"{peer}/pyskim {ratio_text(sums[peer], sums['pyskim'])}" for peer in args.peers), flush=True)
+                    f"{peer}/pyskim {bench.ratio_text(sums[peer], sums['pyskim'])}" for peer in args.peers), flush=True)
     finally:
         for worker in workers.values():
             worker.close()
-    print(f"=== threads {threads or 'default'} done; {load_average_text()}", flush=True)
+    print(f"=== threads {threads or 'default'} done; {bench.load_average_text()}", flush=True)
 
 
 def main():
@@ -130,17 +112,17 @@ def main():
                         help="thread counts, one set of processes each (0: each framework's default)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the frameworks")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per framework and round (median)")
-    parser.add_argument("--layers", nargs="+", default=[c[0] for c in ALEXNET_CONVS],
-                        choices=[c[0] for c in ALEXNET_CONVS])
+    parser.add_argument("--layers", nargs="+", default=[c[0] for c in bench.ALEXNET_CONVS],
+                        choices=[c[0] for c in bench.ALEXNET_CONVS])
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python "
-          f"{platform.python_version()}; {load_average_text()}")
+          f"{platform.python_version()}; {bench.load_average_text()}")
     with tempfile.TemporaryDirectory(prefix="dense_layers_") as folder:
         for threads in args.threads:
             measure(threads, args, folder)
 
 
 if __name__ == "__main__":
-    serve_if_worker(SERVERS)
+    bench.serve_if_worker(SERVERS)
     main()

@@ -42,46 +42,26 @@ import platform
 import statistics
 import tempfile
 
-from bench_common import (
-    ALEXNET_CONVS,
-    OrtServer,
-    PyskimServer,
-    TorchServer,
-    Worker,
-    alexnet_conv,
-    conv_arrays,
-    conv_flops,
-    interleaved_rounds,
-    load_average_text,
-    max_relative_error,
-    median_ratio,
-    ort_conv_call,
-    pyskim_conv_net,
-    pyskim_environment,
-    ratio_text,
-    serve_if_worker,
-    torch_conv_call,
-    worker_environment,
-)
+import bench_common as bench
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 OPENBLAS_SETTINGS = {"env": "as in the environment", "unset": "unset", "haswell": "Haswell / 512"}
 DENSE_METHODS = ("pyskim dense", "torch", "ort")
 
 
-class PyskimSparse(PyskimServer):
+class PyskimSparse(bench.PyskimServer):
     def build(self, name, batch, densities):
         from pyskim.kernels.csr import conv_out_hw, pack_conv_weights
         from pyskim.kernels.sparse import sparse_conv_forward
-        _, _, size, _, kernel, stride, pad, group = alexnet_conv(name)
+        _, _, size, _, kernel, stride, pad, group = bench.alexnet_conv(name)
         out_hw = conv_out_hw((size, size), kernel, pad, stride, 1)
-        x, w, bias = conv_arrays(name, batch)
-        dense = pyskim_conv_net(name, batch, x, w, bias)
+        x, w, bias = bench.conv_arrays(name, batch)
+        dense = bench.pyskim_conv_net(name, batch, x, w, bias)
         methods = {"pyskim dense": (dense.forward, lambda outputs: outputs["conv"])}
         self.densities = {}
         for d in densities:
-            wd = conv_arrays(name, batch, d)[1]
-            net = pyskim_conv_net(name, batch, x, wd, bias, "DIRECT_SCONV")
+            wd = bench.conv_arrays(name, batch, d)[1]
+            net = bench.pyskim_conv_net(name, batch, x, wd, bias, "DIRECT_SCONV")
             csr = pack_conv_weights(wd, group, (size, size), pad, 1)
             self.densities[str(d)] = csr.density
 
@@ -96,19 +76,19 @@ class PyskimSparse(PyskimServer):
         return self.densities
 
 
-class TorchConv(TorchServer):
+class TorchConv(bench.TorchServer):
     def build(self, name, batch, densities):
-        x, w, bias = conv_arrays(name, batch)
-        methods = {"torch": (torch_conv_call(name, x, w, bias), lambda y: y.numpy())}
+        x, w, bias = bench.conv_arrays(name, batch)
+        methods = {"torch": (bench.torch_conv_call(name, x, w, bias), lambda y: y.numpy())}
         for d in densities:      # references for the output check, not timed
-            methods[f"pruned {d}"] = (torch_conv_call(name, x, conv_arrays(name, batch, d)[1], bias),
+            methods[f"pruned {d}"] = (bench.torch_conv_call(name, x, bench.conv_arrays(name, batch, d)[1], bias),
                                       lambda y: y.numpy())
         return methods
 
 
-class OrtConv(OrtServer):
+class OrtConv(bench.OrtServer):
     def build(self, name, batch, densities):
-        return {"ort": (ort_conv_call(name, *conv_arrays(name, batch), self.threads), lambda y: y)}
+        return {"ort": (bench.ort_conv_call(name, *bench.conv_arrays(name, batch), self.threads), lambda y: y)}
 
 
 SERVERS = {"pyskim": PyskimSparse, "torch": TorchConv, "ort": OrtConv}
@@ -118,14 +98,14 @@ def start_workers(threads, openblas):
     """The three children: pyskim with its thread variables and ``openblas`` setting, the peers in
     their default environment."""
     if openblas == "unset":
-        pyskim_env = pyskim_environment(threads, drop=OPENBLAS_VARS)
+        pyskim_env = bench.pyskim_environment(threads, drop=OPENBLAS_VARS)
     elif openblas == "haswell":
-        pyskim_env = pyskim_environment(threads, extra={"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"})
+        pyskim_env = bench.pyskim_environment(threads, extra={"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"})
     else:
-        pyskim_env = pyskim_environment(threads)
-    return {"pyskim": Worker(__file__, "pyskim", threads, pyskim_env),
-            "torch": Worker(__file__, "torch", threads, worker_environment()),
-            "ort": Worker(__file__, "ort", threads, worker_environment())}
+        pyskim_env = bench.pyskim_environment(threads)
+    return {"pyskim": bench.Worker(__file__, "pyskim", threads, pyskim_env),
+            "torch": bench.Worker(__file__, "torch", threads, bench.worker_environment()),
+            "ort": bench.Worker(__file__, "ort", threads, bench.worker_environment())}
 
 
 def check_errors(workers, densities, folder):
@@ -136,12 +116,12 @@ def check_errors(workers, densities, folder):
         worker.call("save", method=method, path=path)
         return path
     torch_dense = saved(workers["torch"], "torch")
-    error = max(max_relative_error(saved(workers["pyskim"], "pyskim dense"), torch_dense),
-                max_relative_error(saved(workers["ort"], "ort"), torch_dense))
+    error = max(bench.max_relative_error(saved(workers["pyskim"], "pyskim dense"), torch_dense),
+                bench.max_relative_error(saved(workers["ort"], "ort"), torch_dense))
     errors = {}
     for d in densities:
         ref = saved(workers["torch"], f"pruned {d}")
-        errors[d] = max(error, *(max_relative_error(saved(workers["pyskim"], f"{m} {d}"), ref)
+        errors[d] = max(error, *(bench.max_relative_error(saved(workers["pyskim"], f"{m} {d}"), ref)
                                  for m in ("net", "kernel")))
     return errors
 
@@ -149,7 +129,7 @@ def check_errors(workers, densities, folder):
 def measure(threads, openblas, args, folder):
     """Every layer, batch and density in one (OpenBLAS setting, thread count) configuration."""
     print(f"\n=== threads {threads}, pyskim's OpenBLAS variables {OPENBLAS_SETTINGS[openblas]}; "
-          f"{load_average_text()}", flush=True)
+          f"{bench.load_average_text()}", flush=True)
     workers = start_workers(threads, openblas)
     try:
         reported = False
@@ -173,28 +153,28 @@ def measure(threads, openblas, args, folder):
                     for method in methods[label]:
                         if not method.startswith("pruned"):
                             timers[method] = (lambda w=worker, m=method, r=repeats: w.call("time", method=m, repeats=r))
-                seconds = interleaved_rounds(timers, args.rounds, args.quiet_wait)
+                seconds = bench.interleaved_rounds(timers, args.rounds, args.quiet_wait)
                 best = [min(t) for t in zip(*(seconds[m] for m in DENSE_METHODS))]
                 seconds["best dense"] = best
                 rows[name] = seconds
                 median = {m: statistics.median(s) for m, s in seconds.items()}
-                flops = conv_flops(name, batch)
+                flops = bench.conv_flops(name, batch)
                 for d in args.densities:
                     net, kernel = seconds[f"net {d}"], seconds[f"kernel {d}"]
 
                     def speedup(dense, sparse=net):
-                        return f"{median_ratio(dense, sparse):.2f}"
+                        return f"{bench.median_ratio(dense, sparse):.2f}"
                     print(f"{name:6s} {batch:5d} {d:5.2f} {median[f'net {d}'] * 1e3:8.3f} "
                           f"{median[f'kernel {d}'] * 1e3:9.3f} {flops * kept[str(d)] / median[f'net {d}'] / 1e9:6.1f} "
                           f"{median['pyskim dense'] * 1e3:10.3f} {median['torch'] * 1e3:8.3f} "
-                          f"{median['ort'] * 1e3:8.3f}  {ratio_text(best, net):>28s} {speedup(best, kernel):>6s} "
+                          f"{median['ort'] * 1e3:8.3f}  {bench.ratio_text(best, net):>28s} {speedup(best, kernel):>6s} "
                           f"{speedup(seconds['pyskim dense']):>7s} {speedup(seconds['torch']):>8s} "
                           f"{speedup(seconds['ort']):>6s} {errors[d]:7.1e}", flush=True)
             print_sums(rows, batch, args)
     finally:
         for worker in workers.values():
             worker.close()
-    print(f"=== threads {threads}, OpenBLAS {OPENBLAS_SETTINGS[openblas]} done; {load_average_text()}", flush=True)
+    print(f"=== threads {threads}, OpenBLAS {OPENBLAS_SETTINGS[openblas]} done; {bench.load_average_text()}", flush=True)
 
 
 def print_sums(rows, batch, args):
@@ -214,10 +194,10 @@ def print_sums(rows, batch, args):
                   f"kernel {statistics.median(kernel) * 1e3:.2f}, pyskim dense "
                   f"{statistics.median(total('pyskim dense')) * 1e3:.2f}, torch "
                   f"{statistics.median(total('torch')) * 1e3:.2f}, ort {statistics.median(total('ort')) * 1e3:.2f}, "
-                  f"per-layer best dense {statistics.median(best) * 1e3:.2f}; net vs best {ratio_text(best, net)}, "
-                  f"kernel vs best {ratio_text(best, kernel)}, net vs pyskim dense "
-                  f"{ratio_text(total('pyskim dense'), net)}, vs torch {ratio_text(total('torch'), net)}, "
-                  f"vs ort {ratio_text(total('ort'), net)}", flush=True)
+                  f"per-layer best dense {statistics.median(best) * 1e3:.2f}; net vs best {bench.ratio_text(best, net)}, "
+                  f"kernel vs best {bench.ratio_text(best, kernel)}, net vs pyskim dense "
+                  f"{bench.ratio_text(total('pyskim dense'), net)}, vs torch {bench.ratio_text(total('torch'), net)}, "
+                  f"vs ort {bench.ratio_text(total('ort'), net)}", flush=True)
 
 
 def main():
@@ -225,8 +205,8 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.3, 0.2, 0.1, 0.05])
-    parser.add_argument("--layers", nargs="+", default=[c[0] for c in ALEXNET_CONVS],
-                        choices=[c[0] for c in ALEXNET_CONVS])
+    parser.add_argument("--layers", nargs="+", default=[c[0] for c in bench.ALEXNET_CONVS],
+                        choices=[c[0] for c in bench.ALEXNET_CONVS])
     parser.add_argument("--openblas", nargs="+", choices=list(OPENBLAS_SETTINGS), default=["env", "unset"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--quiet-wait", type=float, default=10.0,
@@ -235,7 +215,7 @@ def main():
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}; environment: "
-          + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in OPENBLAS_VARS) + f"; {load_average_text()}")
+          + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in OPENBLAS_VARS) + f"; {bench.load_average_text()}")
     with tempfile.TemporaryDirectory(prefix="sparse_conv_") as folder:
         for openblas in args.openblas:
             for threads in args.threads:
@@ -243,5 +223,5 @@ def main():
 
 
 if __name__ == "__main__":
-    serve_if_worker(SERVERS)
+    bench.serve_if_worker(SERVERS)
     main()
