@@ -124,6 +124,10 @@ class Layer:
     def layer_setup(self, bottom, top):
         """Read parameters and create learnable blobs (``LayerSetUp``)."""
 
+    def weights_changed(self):
+        """Called after ``blobs`` got new values from outside (a caffemodel load); a layer that keeps
+        state derived from its weights (an attached sparse engine) drops it here. Nothing by default."""
+
     def reshape(self, bottom, top):
         """Size the tops (and internal buffers) from the bottoms (``Reshape``); every layer defines it."""
         raise NotImplementedError(f"{type(self).__name__}.reshape")

@@ -117,7 +117,7 @@ class Net:
             if lp.type == "Input":
                 self._inputs.extend(top_ids)
             with _naming_layer_on_oom(layer):
-                layer.setup(self.bottom_vec(layer_index), self.top_vec(layer_index))
+                layer.setup([self._blobs[b] for b in bottom_ids], [self._blobs[t] for t in top_ids])
             for j, blob_id in enumerate(top_ids):
                 self._loss_weight_of_blob[blob_id] = layer.loss(j)
                 log.debug("Top shape: %s", self._blobs[blob_id].shape)
@@ -136,6 +136,9 @@ class Net:
         self._decide_backward(param.force_backward)
         self._outputs = [name_to_blob[name] for name in available]
         self._share_weights()
+        # the blob vectors of each layer, built once (Caffe's bottom_vecs_ / top_vecs_)
+        self._bottom_vecs = [[self._blobs[b] for b in ids] for ids in self._bottom_ids]
+        self._top_vecs = [[self._blobs[t] for t in ids] for ids in self._top_ids]
         for hook in _POST_BUILD_HOOKS:
             hook(self)
 
@@ -279,12 +282,12 @@ class Net:
             raise NetError(f"Unknown layer name '{name}'") from None
 
     def bottom_vec(self, i):
-        """Layer ``i``'s bottom blobs (``Net::bottom_vecs()[i]``)."""
-        return [self._blobs[b] for b in self._bottom_ids[i]]
+        """Layer ``i``'s bottom blobs (``Net::bottom_vecs()[i]``; the net's own list: do not modify it)."""
+        return self._bottom_vecs[i]
 
     def top_vec(self, i):
-        """Layer ``i``'s top blobs (``Net::top_vecs()[i]``)."""
-        return [self._blobs[t] for t in self._top_ids[i]]
+        """Layer ``i``'s top blobs (``Net::top_vecs()[i]``; the net's own list: do not modify it)."""
+        return self._top_vecs[i]
 
     def layer_need_backward(self, i):
         """Whether layer ``i`` runs backward (``Net::layer_need_backward``)."""
@@ -360,8 +363,7 @@ class Net:
             for j, proto in enumerate(source_layer.blobs):
                 _copy_blobproto(proto, target.blobs[j], source_name, source_layer.name, j)
         for layer in self.layers:
-            if hasattr(layer, "weights_changed"):
-                layer.weights_changed()
+            layer.weights_changed()
 
     def to_proto(self, write_diff=False):
         """NetParameter holding every layer (Split layers too) with its blobs (``Net::ToProto``)."""

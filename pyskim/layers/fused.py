@@ -76,9 +76,7 @@ class FusedLayer(Layer):
 
     def weights_changed(self):
         """Pass the hook on to the stage that owns the weights (a sparse engine may use it)."""
-        hook = getattr(self._layers[0], "weights_changed", None)
-        if hook is not None:
-            hook()
+        self._layers[0].weights_changed()
 
     def reshape(self, bottom, top):
         for layer, (layer_bottom, layer_top) in zip(self._layers, self._vectors):

@@ -36,10 +36,9 @@ class ReLUFusion:
     in its store (SkimCaffe fuses ReLU into the sparse convolution). The producer sets ``applied``
     when its forward already rectified the blob; the ReLU's next forward then only clears it."""
 
-    __slots__ = ("applied", "producer")
+    __slots__ = ("applied",)
 
-    def __init__(self, producer):
-        self.producer = producer        # the producing layer's name
+    def __init__(self):
         self.applied = False
 
 

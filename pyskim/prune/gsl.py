@@ -32,8 +32,6 @@ import pathlib
 import shutil
 import time
 
-import numpy as np
-
 from ..core.glog import LogToFile, progress_bar
 from ..core.net import Net
 from ..core.state import log
@@ -42,10 +40,12 @@ from ..io.protofiles import write_text
 from ..io.upgrade import read_net_text, read_solver_text
 from ..perf.calibrate import set_threads
 from ..perf.model import predict
-from ..perf.profile import use_profile
+from ..perf.profile import get_profile, use_profile
 from ..proto import caffe_pb2
 from ..solvers import get_solver
 from ..solvers.signals import SignalHandler
+from ..sparse.modes import CONV_TYPES, IP_TYPES
+from ..sparse.sparsity import density
 from . import plan as gsl_perf
 
 __all__ = ["DEFAULTS", "GSLError", "GSLResult", "LayerPlan", "StageResult", "plan_layers", "run_gsl"]
@@ -157,7 +157,7 @@ def plan_layers(shapes, counts, min_density=0.02, target_speedup=None, profile=N
     for name, (kind, shape) in shapes.items():
         p = perfs[name]
         floor = max(p.saturation, min_density)
-        at_floor = predict(shape, floor, profile or gsl_perf.model_profile())
+        at_floor = predict(shape, floor, profile or get_profile())
         gain = at_floor.dense / at_floor.sparse
         share = (p.dense_ms - p.dense_ms / gain) / total_dense if total_dense else 0.0
         ok = gain >= MIN_LAYER_SPEEDUP and p.break_even > floor and share >= MIN_TIME_SHARE
@@ -213,7 +213,7 @@ def stage_net(net_param, pruned, stage):
     net = caffe_pb2.NetParameter()
     net.CopyFrom(net_param)
     for lp in net.layer:
-        if lp.type not in gsl_perf.CONV_TYPES + gsl_perf.FC_TYPES:
+        if lp.type not in CONV_TYPES + IP_TYPES:
             continue
         if not len(lp.param):
             lp.param.add()
@@ -296,8 +296,7 @@ def _densities(net, names):
     """``{name: fraction of nonzero weights}`` of the named layers of ``net``."""
     out = {}
     for n in names:
-        w = net.layer_by_name(n).blobs[0].data
-        out[n] = float(np.count_nonzero(w)) / w.size if w.size else 1.0
+        out[n] = density(net.layer_by_name(n).blobs[0].readonly_data)
     return out
 
 

@@ -25,9 +25,8 @@ from ..perf.timing import compare_nets
 from ..proto import caffe_pb2
 from ..pycaffe.net import Net
 from ..sparse import apply_mode, decide_mode, describe, layer_workload
+from ..sparse.modes import CONV_TYPES, IP_TYPES
 
-CONV_TYPES = ("Convolution", "ConvolutionReLU", "ConvolutionReLUPool", "ConvolutionReLUPoolLRN")
-FC_TYPES = ("InnerProduct", "InnerProductReLUDropout")
 DATA_TYPES = ("Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData", "Input")
 
 
@@ -107,21 +106,16 @@ def _data_shape(net_param, data_layer):
 
 def layer_shapes(net):
     """``{layer name: (type, ConvShape | FcShape)}`` of the conv (2-D) and inner-product layers
-    (:data:`CONV_TYPES`, :data:`FC_TYPES`) of a built :class:`pyskim.core.net.Net`, in net order, as
+    (:data:`pyskim.sparse.modes.CONV_TYPES`, ``IP_TYPES``) of a built :class:`pyskim.core.net.Net`, in net order, as
     the sparse engine sees them (:func:`pyskim.sparse.layer_workload`)."""
     shapes = {}
     for i, (name, layer) in enumerate(zip(net.layer_names(), net.layers)):
         bottoms = net.bottom_vec(i)
-        modelled = bottoms and layer.type in CONV_TYPES + FC_TYPES
+        modelled = bottoms and layer.type in CONV_TYPES + IP_TYPES
         workload = layer_workload(layer, bottoms[0]) if modelled else None
         if workload is not None:
             shapes[name] = (layer.type, workload[0])
     return shapes
-
-
-def model_profile():
-    """The machine profile the model uses: the cached calibration, else the default profile."""
-    return get_profile()
 
 
 def predict_layers(shapes, densities=None, profile=None, column_densities=None):
@@ -129,7 +123,7 @@ def predict_layers(shapes, densities=None, profile=None, column_densities=None):
     fraction of nonzero weights; missing names are dense). ``column_densities`` (name → fraction of
     lowered weight columns that are not all zero, convolutions) refines AUTO's choice as the engine
     makes it; missing names have no all-zero columns."""
-    profile = profile or model_profile()
+    profile = profile or get_profile()
     densities = densities or {}
     column_densities = column_densities or {}
     out = {}

@@ -40,7 +40,7 @@ def link_relu(engine, relu):
     for a leaky ReLU or one already linked."""
     if relu.negative_slope != 0 or relu.fusion is not None:
         return False
-    relu.fusion = engine.relu = ReLUFusion(engine.layer.name)
+    relu.fusion = engine.relu = ReLUFusion()
     return True
 
 
