@@ -269,6 +269,10 @@ def test_flags_may_come_before_the_command(caplog):
         ("device_query", ["-model", "m.prototxt", "-gpu=0"])
     assert cli.main(["-model", "m.prototxt", "device_query"]) == 0
     assert "no GPU devices to query" in caplog.text
+    # a flag's value that happens to name a command is the value, not the command
+    assert cli.split_command(["-stage", "test", "time", "-model", "m.prototxt"]) == \
+        ("time", ["-stage", "test", "-model", "m.prototxt"])
+    assert cli.split_command(["-stage=test", "time"]) == ("time", ["-stage=test"])
 
 
 def test_a_tool_error_is_one_log_line(tmp_path):

@@ -28,7 +28,7 @@ from collections import namedtuple
 
 from ..core.glog import init_logging
 from ..errors import PyskimError
-from . import flags
+from . import caffe_command, flags
 
 log = logging.getLogger("pyskim")
 
@@ -105,9 +105,14 @@ def split_command(argv):
         return None, []
     if not argv[0].startswith("-"):
         return argv[0], argv[1:]
-    for i, arg in enumerate(argv):
+    value_flags = caffe_command.build_parser().gflags_values
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
         if arg in COMMANDS:
             return arg, argv[:i] + argv[i + 1:]
+        # the value of a Caffe flag written as "-flag value" is not a command (-stage test)
+        i += 2 if arg.startswith("-") and "=" not in arg and arg.lstrip("-") in value_flags else 1
     return None, argv
 
 

@@ -106,7 +106,7 @@ def run(args):
         else:
             detections = detector.detect_selective_search([fname for fname, _ in images_windows])
     else:
-        raise PyskimError("Unknown input file type: not in txt or csv.")
+        raise PyskimError(f"{args.input_file}: unknown input file type: not in txt or csv.")
     print(f"Processed {len(detections)} windows in {time.time() - t:.3f} s.")
     t = time.time()
     save_detections(args.output_file, detections)

@@ -49,8 +49,14 @@ def layer_rows(model, weights, threshold=0.0):
         rows.append({"name": lp.name, "type": lp.type, "shape": list(array.shape),
                      **sparsity_report(array, threshold)})
     if not rows:
-        raise NetError("no layer of the model has weights in the caffemodel (do the layer names match?)")
+        raise NetError(f"no layer of {_source(model)} has weights in {_source(weights)} "
+                       f"(do the layer names match?)")
     return rows
+
+
+def _source(item):
+    """How an error names a model or weights argument: its path, else the net's name."""
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"net '{item.name}'"
 
 
 def total_row(rows):
@@ -161,12 +167,13 @@ def run(args):
     """Print the table (and write the plot with ``--plot``)."""
     if args.threads > 0:
         set_threads(args.threads)
-    rows = layer_rows(args.model, args.weights, args.measure_threshold)
+    model = read_net_text(args.model)
+    rows = layer_rows(model, args.weights, args.measure_threshold)
     perfs = None
     if not args.no_predict:
         try:
-            perfs = predicted_speedups(args.model, rows, args.batch)
-        except (OSError, ValueError, PyskimError) as e:   # the table is still useful without the model
+            perfs = predicted_speedups(model, rows, args.batch)
+        except (OSError, PyskimError) as e:   # the table is still useful without the model
             print(f"sparsity.py: no speedup prediction ({e})", file=sys.stderr)
     print(format_table(rows, perfs))
     if args.plot:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.netgraph import filter_net
 from ..core.state import log
+from ..errors import NetError
 from ..io.upgrade import read_net_text
 from ..perf.model import predict
 from ..perf.profile import get_profile
@@ -71,7 +72,7 @@ def deploy_param(net_param, batch=64, phase=caffe_pb2.TEST, input_shape=None):
     filtered = filter_net(net_param, caffe_pb2.NetState(phase=phase))
     data_layers = [lp for lp in filtered.layer if lp.type in DATA_TYPES or (not lp.bottom and lp.top)]
     if not data_layers:
-        raise ValueError(f"net '{net_param.name}' has no data layer to turn into an Input")
+        raise NetError(f"net '{net_param.name}' has no data layer to turn into an Input")
     data_top = data_layers[0].top[0]
     shape = tuple(input_shape) if input_shape else _data_shape(filtered, data_layers[0])
     out = caffe_pb2.NetParameter(name=net_param.name)
