@@ -2,9 +2,10 @@
 ``pyskim-caffe-alias.pth`` into site-packages.
 
 Project metadata lives in ``pyproject.toml``; this file only declares the extension modules and the
-``.pth`` file. Compiled with ``-O3 -fopenmp -fno-math-errno`` (lets ``sqrtf`` vectorise) and
-``-march=native`` unless ``PYSKIM_NO_NATIVE=1`` is set (set it when building wheels meant for other
-machines).
+``.pth`` file. Compiled with ``-O3 -fno-math-errno`` (lets ``sqrtf`` vectorise), ``-pthread`` (pyskim's
+thread pool, ``pool_impl.h``; no OpenMP) and ``-march=native`` unless ``PYSKIM_NO_NATIVE=1`` is set (set
+it when building wheels meant for other machines). Each extension depends on every header and ``.pxi``
+include, so editing one rebuilds them.
 
 The ``.pth`` file (the opt-in ``PYSKIM_CAFFE_ALIAS=1`` switch, see ``pyskim_caffe_alias.py``) is a data
 file whose target is site-packages relative to the installation prefix, as the building interpreter
@@ -26,10 +27,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _extensions():
-    compile_args = ["-O3", "-fopenmp", "-fno-math-errno"]
+    compile_args = ["-O3", "-fno-math-errno", "-pthread"]
     if os.environ.get("PYSKIM_NO_NATIVE", "") != "1":
         compile_args.append("-march=native")
-    link_args = ["-fopenmp"]
+    link_args = ["-pthread"]
+    headers = sorted(glob.glob(os.path.join(HERE, "cython_kernels", "*.h"))
+                     + glob.glob(os.path.join(HERE, "cython_kernels", "*.pxi")))
     exts = []
     for pyx in sorted(glob.glob(os.path.join(HERE, "cython_kernels", "*.pyx"))):
         name = os.path.splitext(os.path.basename(pyx))[0]
@@ -41,6 +44,7 @@ def _extensions():
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=compile_args,
                 extra_link_args=link_args,
+                depends=[os.path.relpath(h, HERE) for h in headers],
             )
         )
     return cythonize(

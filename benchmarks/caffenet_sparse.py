@@ -105,10 +105,10 @@ def per_layer(net, reps):
 def run_config(batch, threads, rounds, reps):
     import torch
 
-    from pyskim.perf.calibrate import set_threads
+    from pyskim.kernels.threads import set_num_threads
     from pyskim.perf.profile import get_profile
     from pyskim.sparse import describe
-    set_threads(threads)
+    set_num_threads(threads)
     torch.set_num_threads(threads)
     dense, auto = pyskim_nets(batch)
     x = np.random.default_rng(1).uniform(-1, 1, (batch, 3, 227, 227)).astype(np.float32)

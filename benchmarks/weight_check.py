@@ -81,8 +81,8 @@ def main(argv=None):
     from make_pruned_caffenet import main as make_model
 
     import pyskim
-    from pyskim.perf.calibrate import set_threads
-    set_threads(1)
+    from pyskim.kernels.threads import set_num_threads
+    set_num_threads(1)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory() as tmp:
         model = pathlib.Path(args.keep_model or tmp) / "caffenet_pruned.caffemodel"

@@ -6,12 +6,14 @@
 group for the whole batch (W_g . col_g) instead of one per image; every column of the matrix is
 exactly Caffe's column for that image and output position, so every product is the same dot
 product Caffe computes. ``col2im_batch`` sums the taps in Caffe's per-pixel order (bit-identical to
-``col2im_cpu`` on each image). Shapes are re-checked here, so no call can index out of bounds.
+``col2im_cpu`` on each image). Both run on pyskim's thread pool, one (image, channel) plane per task
+or a run of them. Shapes are re-checked here, so no call can index out of bounds.
 """
 
-from cython.parallel cimport prange
+from libc.stdint cimport int64_t
 from libc.string cimport memset
 
+include "pool_client.pxi"
 include "conv_geometry.pxi"
 
 
@@ -96,24 +98,45 @@ cdef inline void _task(bint to_col, const float* src0, float* dst0, int task, Py
                       stride_w, dil_h, dil_w)
 
 
+cdef struct BatchJob:
+    bint to_col             # im2col (else col2im)
+    const float* src0
+    float* dst0
+    ConvGeometry g
+    Py_ssize_t ld           # columns of the column matrix: N*OH*OW
+    int chunk               # (image, channel) planes per task
+
+
+cdef void _batch_task(void* ctx, int64_t task, int worker) noexcept nogil:
+    """Planes ``[task*chunk, (task+1)*chunk)`` of the ``N*C`` (image, channel) planes of :func:`_task`."""
+    cdef const BatchJob* jb = <const BatchJob*>ctx
+    cdef ConvGeometry g = jb.g
+    cdef int plane
+    cdef int end = (task + 1) * jb.chunk if (task + 1) * jb.chunk < g.N * g.C else g.N * g.C
+    cdef bint unit = g.stride_h == 1 and g.stride_w == 1 and g.dil_h == 1 and g.dil_w == 1
+    for plane in range(task * jb.chunk, end):
+        if unit:   # constant strides let the compiler vectorise the row loops
+            _task(jb.to_col, jb.src0, jb.dst0, plane, jb.ld, g.C, g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.pad_h,
+                  g.pad_w, 1, 1, 1, 1)
+        else:
+            _task(jb.to_col, jb.src0, jb.dst0, plane, jb.ld, g.C, g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.pad_h,
+                  g.pad_w, g.stride_h, g.stride_w, g.dil_h, g.dil_w)
+
+
 cdef void _run_tasks(bint to_col, const float* src0, float* dst0, ConvGeometry g,
                      int num_threads) noexcept nogil:
-    """Every (image, channel) task of :func:`_task`; the column matrix has ``N*OH*OW`` columns."""
-    cdef Py_ssize_t ld = <Py_ssize_t>g.N * g.OH * g.OW
-    cdef int task
-    cdef bint unit = g.stride_h == 1 and g.stride_w == 1 and g.dil_h == 1 and g.dil_w == 1
-    if num_threads <= 1:
-        for task in range(g.N * g.C):
-            if unit:   # constant strides let the compiler vectorise the row loops
-                _task(to_col, src0, dst0, task, ld, g.C, g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.pad_h, g.pad_w,
-                      1, 1, 1, 1)
-            else:
-                _task(to_col, src0, dst0, task, ld, g.C, g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.pad_h, g.pad_w,
-                      g.stride_h, g.stride_w, g.dil_h, g.dil_w)
+    """Every (image, channel) task of :func:`_task` on up to ``num_threads`` threads: about four
+    pool tasks per thread (planes can be small), one on one thread."""
+    cdef int planes = g.N * g.C
+    if planes <= 0:
         return
-    for task in prange(g.N * g.C, schedule="static", num_threads=num_threads):
-        _task(to_col, src0, dst0, task, ld, g.C, g.H, g.W, g.OH, g.OW, g.kh, g.kw, g.pad_h, g.pad_w,
-              g.stride_h, g.stride_w, g.dil_h, g.dil_w)
+    cdef Py_ssize_t tasks = 4 * <Py_ssize_t>num_threads if num_threads > 1 else 1
+    if tasks > planes:
+        tasks = planes
+    cdef BatchJob jb
+    jb.to_col, jb.src0, jb.dst0, jb.g = to_col, src0, dst0, g
+    jb.ld, jb.chunk = <Py_ssize_t>g.N * g.OH * g.OW, (planes + tasks - 1) // tasks
+    pk_parallel_for((planes + jb.chunk - 1) // jb.chunk, _batch_task, &jb, num_threads)
 
 
 def im2col_batch(const float[:, :, :, ::1] img, int kh, int kw, int pad_h, int pad_w,

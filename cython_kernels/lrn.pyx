@@ -7,16 +7,18 @@ pixel, so they reproduce Caffe's ``CrossChannelForward_cpu`` / ``CrossChannelBac
 to FMA contraction and the power function: ``scale**-beta`` is ``powf``, except for
 ``beta == 0.75`` (CaffeNet, GoogLeNet) where it is ``r*sqrtf(r)``, ``r = 1/sqrtf(scale)``
 (vectorisable, at most ~3 ulp from the exact value, deterministic across machines).
-Work is split over (image, block of ``_BLOCK`` pixels); the channel walk inside a block is
-sequential, with the pixel loop innermost (contiguous, ``restrict``-qualified C helpers so that
-it vectorises). The constants ``alpha_over_size`` and ``cache_ratio`` are computed by the
-caller exactly as Caffe computes them. Call them through :mod:`pyskim.kernels`; these
-functions re-check that all arrays have the same shape.
+Work is split over (image, block of ``_BLOCK`` pixels), one task of pyskim's thread pool each;
+the channel walk inside a block is sequential, with the pixel loop innermost (contiguous,
+``restrict``-qualified C helpers so that it vectorises). The constants ``alpha_over_size`` and
+``cache_ratio`` are computed by the caller exactly as Caffe computes them. Call them through
+:mod:`pyskim.kernels`; these functions re-check that all arrays have the same shape.
 """
 
 import numpy as np
 
-from cython.parallel cimport prange, threadid
+from libc.stdint cimport int64_t
+
+include "pool_client.pxi"
 
 
 cdef extern from *:
@@ -97,9 +99,88 @@ cdef _check_same(Py_ssize_t* a, Py_ssize_t* b):
 
 cdef inline int _block_length(int HW, int p0) noexcept nogil:
     """Pixels in the block of an image's ``HW`` that starts at ``p0``: ``_BLOCK``, less for the last.
-    (Work item ``t`` of ``N * nblk`` is image ``t // nblk``, block start ``(t % nblk) * _BLOCK``; the
-    callers assign those inside their ``prange`` so that Cython makes them thread-private.)"""
+    (Task ``t`` of ``N * nblk`` is image ``t // nblk``, block start ``(t % nblk) * _BLOCK``.)"""
     return HW - p0 if HW - p0 < _BLOCK else _BLOCK
+
+
+cdef struct ForwardJob:
+    const float* bottom
+    float* scale
+    float* top
+    int C, HW, nblk, size, pre_pad
+    float alpha_over_size, k, nbeta
+
+
+cdef struct BackwardJob:
+    const float* bottom
+    const float* top
+    const float* scale
+    const float* top_diff
+    float* bottom_diff
+    float* acc_rows         # one running-sum row of _BLOCK floats per worker
+    int C, HW, nblk, size, pre_pad
+    float nbeta, ncr
+
+
+cdef void _forward_task(void* ctx, int64_t t, int worker) noexcept nogil:
+    """Block ``t`` of :func:`across_forward`; channel ``c`` of its pixels is at ``o + c*HW``."""
+    cdef const ForwardJob* j = <const ForwardJob*>ctx
+    cdef int C = j.C, size = j.size, pre_pad = j.pre_pad
+    cdef Py_ssize_t HW = j.HW
+    cdef int p0 = (t % j.nblk) * _BLOCK
+    cdef int m = _block_length(j.HW, p0)
+    cdef Py_ssize_t o = (t // j.nblk) * C * HW + p0
+    cdef int p, c, cc
+    cdef const float* head
+    cdef const float* tail
+    # channel 0: k plus the window terms in padded-channel order
+    cdef float* s = j.scale + o
+    for p in range(m):
+        s[p] = j.k
+    for cc in range(size):
+        c = cc - pre_pad
+        if c >= 0 and c < C:
+            pyskim_lrn_axpy_sq(s, j.bottom + o + c * HW, j.alpha_over_size, m)
+    # the running window: copy previous, add head, subtract tail
+    for c in range(1, C):
+        cc = c + size - 1 - pre_pad
+        head = j.bottom + o + cc * HW if cc < C else NULL
+        cc = c - 1 - pre_pad
+        tail = j.bottom + o + cc * HW if cc >= 0 else NULL
+        pyskim_lrn_step(j.scale + o + c * HW, j.scale + o + (c - 1) * HW, head, tail, j.alpha_over_size, m)
+    for c in range(C):
+        pyskim_lrn_pow_mul(j.top + o + c * HW, j.scale + o + c * HW, j.bottom + o + c * HW, j.nbeta, m)
+
+
+cdef void _backward_task(void* ctx, int64_t t, int worker) noexcept nogil:
+    """Block ``t`` of :func:`across_backward`, its running sum in the worker's row of ``acc_rows``."""
+    cdef const BackwardJob* j = <const BackwardJob*>ctx
+    cdef int C = j.C, size = j.size, pre_pad = j.pre_pad
+    cdef Py_ssize_t HW = j.HW
+    cdef int p0 = (t % j.nblk) * _BLOCK
+    cdef int m = _block_length(j.HW, p0)
+    cdef Py_ssize_t o = (t // j.nblk) * C * HW + p0
+    cdef float* acc = j.acc_rows + <Py_ssize_t>worker * _BLOCK
+    cdef int p, c, cc
+    for c in range(C):
+        pyskim_lrn_pow_mul(j.bottom_diff + o + c * HW, j.scale + o + c * HW, j.top_diff + o + c * HW,
+                           j.nbeta, m)
+    for p in range(m):
+        acc[p] = 0
+    for cc in range(size - 1):
+        c = cc - pre_pad
+        if c >= 0 and c < C:
+            pyskim_lrn_ratio(acc, j.top_diff + o + c * HW, j.top + o + c * HW, j.scale + o + c * HW, 0, m)
+    for c in range(C):
+        cc = c + size - 1 - pre_pad
+        if cc < C:
+            pyskim_lrn_ratio(acc, j.top_diff + o + cc * HW, j.top + o + cc * HW, j.scale + o + cc * HW, 0,
+                             m)
+        pyskim_lrn_diff(j.bottom_diff + o + c * HW, j.bottom + o + c * HW, acc, j.ncr, m)
+        cc = c - pre_pad
+        if cc >= 0:
+            pyskim_lrn_ratio(acc, j.top_diff + o + cc * HW, j.top + o + cc * HW, j.scale + o + cc * HW, 1,
+                             m)
 
 
 def across_forward(const float[:, :, :, ::1] bottom, int size, float alpha_over_size,
@@ -113,43 +194,18 @@ def across_forward(const float[:, :, :, ::1] bottom, int size, float alpha_over_
     by one to ``k``; ``scale[c] = scale[c-1] + a*head - a*tail`` (zero terms from the channel
     padding are skipped, which does not change any value).
     """
-    cdef int N = bottom.shape[0]
-    cdef int C = bottom.shape[1]
-    cdef int HW = bottom.shape[2] * bottom.shape[3]
-    cdef int pre_pad = (size - 1) // 2
-    cdef int nblk = (HW + _BLOCK - 1) // _BLOCK
-    cdef float nbeta = -beta
-    cdef int t, n, p0, m, p, c, cc
-    cdef const float* head
-    cdef const float* tail
-    cdef float* s
     if size <= 0:
         raise ValueError("size must be positive")
     _check_same(bottom.shape, scale.shape)
     _check_same(bottom.shape, top.shape)
-    for t in prange(N * nblk, nogil=True, schedule="static", num_threads=num_threads):
-        n = t // nblk
-        p0 = (t % nblk) * _BLOCK
-        m = _block_length(HW, p0)
-        # channel 0: k plus the window terms in padded-channel order
-        s = &scale[n, 0, 0, 0] + p0
-        for p in range(m):
-            s[p] = k
-        for cc in range(size):
-            c = cc - pre_pad
-            if c >= 0 and c < C:
-                pyskim_lrn_axpy_sq(s, &bottom[n, c, 0, 0] + p0, alpha_over_size, m)
-        # the running window: copy previous, add head, subtract tail
-        for c in range(1, C):
-            cc = c + size - 1 - pre_pad
-            head = &bottom[n, cc, 0, 0] + p0 if cc < C else NULL
-            cc = c - 1 - pre_pad
-            tail = &bottom[n, cc, 0, 0] + p0 if cc >= 0 else NULL
-            pyskim_lrn_step(&scale[n, c, 0, 0] + p0, &scale[n, c - 1, 0, 0] + p0, head, tail,
-                            alpha_over_size, m)
-        for c in range(C):
-            pyskim_lrn_pow_mul(&top[n, c, 0, 0] + p0, &scale[n, c, 0, 0] + p0,
-                               &bottom[n, c, 0, 0] + p0, nbeta, m)
+    cdef int N = bottom.shape[0]
+    cdef ForwardJob j
+    j.bottom, j.scale, j.top = &bottom[0, 0, 0, 0], &scale[0, 0, 0, 0], &top[0, 0, 0, 0]
+    j.C, j.HW, j.size, j.pre_pad = bottom.shape[1], bottom.shape[2] * bottom.shape[3], size, (size - 1) // 2
+    j.nblk = (j.HW + _BLOCK - 1) // _BLOCK
+    j.alpha_over_size, j.k, j.nbeta = alpha_over_size, k, -beta
+    with nogil:
+        pk_parallel_for(<int64_t>N * j.nblk, _forward_task, &j, num_threads)
 
 
 def across_backward(const float[:, :, :, ::1] bottom, const float[:, :, :, ::1] top,
@@ -162,15 +218,6 @@ def across_backward(const float[:, :, :, ::1] bottom, const float[:, :, :, ::1] 
     Like Caffe: the ratio window sum starts with the first ``size - 1`` padded terms, then per
     channel adds the head, updates ``bottom_diff`` and subtracts the tail.
     """
-    cdef int N = bottom.shape[0]
-    cdef int C = bottom.shape[1]
-    cdef int HW = bottom.shape[2] * bottom.shape[3]
-    cdef int pre_pad = size - (size + 1) // 2
-    cdef int nblk = (HW + _BLOCK - 1) // _BLOCK
-    cdef float nbeta = -beta
-    cdef float ncr = -cache_ratio
-    cdef int t, n, p0, m, p, c, cc
-    cdef float* acc
     if size <= 0:
         raise ValueError("size must be positive")
     _check_same(bottom.shape, top.shape)
@@ -179,30 +226,15 @@ def across_backward(const float[:, :, :, ::1] bottom, const float[:, :, :, ::1] 
     _check_same(bottom.shape, bottom_diff.shape)
     if num_threads < 1:
         num_threads = 1
-    # one running-sum row per thread (indexed by threadid(); the team is at most num_threads)
+    # one running-sum row per worker (the pool's worker ids are below num_threads)
     cdef float[:, ::1] acc_rows = np.empty((num_threads, _BLOCK), dtype=np.float32)
-    for t in prange(N * nblk, nogil=True, schedule="static", num_threads=num_threads):
-        acc = &acc_rows[threadid(), 0]
-        n = t // nblk
-        p0 = (t % nblk) * _BLOCK
-        m = _block_length(HW, p0)
-        for c in range(C):
-            pyskim_lrn_pow_mul(&bottom_diff[n, c, 0, 0] + p0, &scale[n, c, 0, 0] + p0,
-                               &top_diff[n, c, 0, 0] + p0, nbeta, m)
-        for p in range(m):
-            acc[p] = 0
-        for cc in range(size - 1):
-            c = cc - pre_pad
-            if c >= 0 and c < C:
-                pyskim_lrn_ratio(acc, &top_diff[n, c, 0, 0] + p0, &top[n, c, 0, 0] + p0,
-                                 &scale[n, c, 0, 0] + p0, 0, m)
-        for c in range(C):
-            cc = c + size - 1 - pre_pad
-            if cc < C:
-                pyskim_lrn_ratio(acc, &top_diff[n, cc, 0, 0] + p0, &top[n, cc, 0, 0] + p0,
-                                 &scale[n, cc, 0, 0] + p0, 0, m)
-            pyskim_lrn_diff(&bottom_diff[n, c, 0, 0] + p0, &bottom[n, c, 0, 0] + p0, acc, ncr, m)
-            cc = c - pre_pad
-            if cc >= 0:
-                pyskim_lrn_ratio(acc, &top_diff[n, cc, 0, 0] + p0, &top[n, cc, 0, 0] + p0,
-                                 &scale[n, cc, 0, 0] + p0, 1, m)
+    cdef int N = bottom.shape[0]
+    cdef BackwardJob j
+    j.bottom, j.top, j.scale = &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], &scale[0, 0, 0, 0]
+    j.top_diff, j.bottom_diff, j.acc_rows = &top_diff[0, 0, 0, 0], &bottom_diff[0, 0, 0, 0], &acc_rows[0, 0]
+    j.C, j.HW, j.size = bottom.shape[1], bottom.shape[2] * bottom.shape[3], size
+    j.pre_pad = size - (size + 1) // 2
+    j.nblk = (j.HW + _BLOCK - 1) // _BLOCK
+    j.nbeta, j.ncr = -beta, -cache_ratio
+    with nogil:
+        pk_parallel_for(<int64_t>N * j.nblk, _backward_task, &j, num_threads)

@@ -3,15 +3,18 @@
 
 Arrays are (N, C, H, W) / (N, C, PH, PW) float32; the output size is chosen by the caller.
 Every plane ``(n, c)`` is independent, so each kernel checks the geometry once and runs its
-plane function over the ``N*C`` planes in parallel. Windows are clipped to the image
-(:func:`_window`, shared by all four), so any positive output size is memory-safe.
+plane function over the ``N*C`` planes on pyskim's thread pool, in tasks of contiguous planes.
+Windows are clipped to the image (:func:`_window`, shared by all four), so any positive output
+size is memory-safe.
 Call them through :mod:`pyskim.kernels`, which validates and converts arguments; these
 functions still re-check shapes and geometry, so they cannot index out of bounds.
 """
 
-from cython.parallel cimport prange
 from libc.float cimport FLT_MAX
+from libc.stdint cimport int64_t
 from libc.string cimport memset
+
+include "pool_client.pxi"
 
 
 cdef struct PoolGeometry:
@@ -19,6 +22,14 @@ cdef struct PoolGeometry:
     Py_ssize_t in_plane     # H*W floats per bottom plane
     Py_ssize_t out_plane    # PH*PW values per top plane
     int H, W, PH, PW, kh, kw, pad_h, pad_w, stride_h, stride_w
+
+
+cdef struct PoolJob:
+    PoolGeometry g
+    const float* src        # bottom (forward) or top diff (backward)
+    float* dst              # top (forward) or bottom diff (backward)
+    int* mask               # MAX only: written forward, read backward
+    Py_ssize_t chunk        # planes per task
 
 
 cdef PoolGeometry _geometry(Py_ssize_t* bottom_shape, Py_ssize_t* top_shape, int kh, int kw, int pad_h,
@@ -133,6 +144,59 @@ cdef inline void _ave_backward_plane(const float* top_diff, float* bottom_diff,
                     row[w] += grad
 
 
+# The pool's tasks: task ``t`` runs its plane function over planes ``[t*chunk, (t+1)*chunk)``.
+
+cdef inline Py_ssize_t _last(const PoolJob* j, int64_t task) noexcept nogil:
+    """One past the last plane of ``task``."""
+    cdef Py_ssize_t end = (task + 1) * j.chunk
+    return end if end < j.g.planes else j.g.planes
+
+
+cdef void _max_forward_task(void* ctx, int64_t task, int worker) noexcept nogil:
+    cdef const PoolJob* j = <const PoolJob*>ctx
+    cdef Py_ssize_t p
+    for p in range(task * j.chunk, _last(j, task)):
+        _max_forward_plane(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.mask + p * j.g.out_plane,
+                           j.g)
+
+
+cdef void _max_backward_task(void* ctx, int64_t task, int worker) noexcept nogil:
+    cdef const PoolJob* j = <const PoolJob*>ctx
+    cdef Py_ssize_t p
+    for p in range(task * j.chunk, _last(j, task)):
+        _max_backward_plane(j.src + p * j.g.out_plane, j.mask + p * j.g.out_plane, j.dst + p * j.g.in_plane,
+                            j.g)
+
+
+cdef void _ave_forward_task(void* ctx, int64_t task, int worker) noexcept nogil:
+    cdef const PoolJob* j = <const PoolJob*>ctx
+    cdef Py_ssize_t p
+    for p in range(task * j.chunk, _last(j, task)):
+        _ave_forward_plane(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.g)
+
+
+cdef void _ave_backward_task(void* ctx, int64_t task, int worker) noexcept nogil:
+    cdef const PoolJob* j = <const PoolJob*>ctx
+    cdef Py_ssize_t p
+    for p in range(task * j.chunk, _last(j, task)):
+        _ave_backward_plane(j.src + p * j.g.out_plane, j.dst + p * j.g.in_plane, j.g)
+
+
+cdef void _run(pk_task_fn fn, PoolGeometry g, const float* src, float* dst, int* mask,
+               int num_threads) noexcept:
+    """Run ``fn`` over all planes on up to ``num_threads`` threads: about four tasks per thread
+    (planes are often tiny), one task on one thread."""
+    if g.planes <= 0:
+        return
+    cdef Py_ssize_t tasks = 4 * <Py_ssize_t>num_threads if num_threads > 1 else 1
+    if tasks > g.planes:
+        tasks = g.planes
+    cdef PoolJob j
+    j.g, j.src, j.dst, j.mask, j.chunk = g, src, dst, mask, (g.planes + tasks - 1) // tasks
+    with nogil:
+        pk_parallel_for((g.planes + j.chunk - 1) // j.chunk, fn, &j, num_threads)
+
+
 def max_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int pad_w,
                 int stride_h, int stride_w, float[:, :, :, ::1] top, int[:, :, :, ::1] mask,
                 int num_threads=1):
@@ -144,10 +208,7 @@ def max_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int
     """
     cdef PoolGeometry g = _geometry(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
     _check_mask(mask.shape, top.shape)
-    cdef Py_ssize_t p
-    for p in prange(g.planes, nogil=True, schedule="static", num_threads=num_threads):
-        _max_forward_plane(&bottom[0, 0, 0, 0] + p * g.in_plane, &top[0, 0, 0, 0] + p * g.out_plane,
-                           &mask[0, 0, 0, 0] + p * g.out_plane, g)
+    _run(_max_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], &mask[0, 0, 0, 0], num_threads)
 
 
 def max_backward(const float[:, :, :, ::1] top_diff, const int[:, :, :, ::1] mask,
@@ -159,10 +220,8 @@ def max_backward(const float[:, :, :, ::1] top_diff, const int[:, :, :, ::1] mas
     """
     cdef PoolGeometry g = _geometry(bottom_diff.shape, top_diff.shape, 1, 1, 0, 0, 1, 1)
     _check_mask(mask.shape, top_diff.shape)
-    cdef Py_ssize_t p
-    for p in prange(g.planes, nogil=True, schedule="static", num_threads=num_threads):
-        _max_backward_plane(&top_diff[0, 0, 0, 0] + p * g.out_plane, &mask[0, 0, 0, 0] + p * g.out_plane,
-                            &bottom_diff[0, 0, 0, 0] + p * g.in_plane, g)
+    _run(_max_backward_task, g, &top_diff[0, 0, 0, 0], &bottom_diff[0, 0, 0, 0], <int*>&mask[0, 0, 0, 0],
+         num_threads)
 
 
 def ave_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int pad_w,
@@ -174,9 +233,7 @@ def ave_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int
     the window clipped to the image, accumulated in float32 in row-major order, then divided.
     """
     cdef PoolGeometry g = _geometry(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
-    cdef Py_ssize_t p
-    for p in prange(g.planes, nogil=True, schedule="static", num_threads=num_threads):
-        _ave_forward_plane(&bottom[0, 0, 0, 0] + p * g.in_plane, &top[0, 0, 0, 0] + p * g.out_plane, g)
+    _run(_ave_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], NULL, num_threads)
 
 
 def ave_backward(const float[:, :, :, ::1] top_diff, int kh, int kw, int pad_h, int pad_w,
@@ -186,7 +243,4 @@ def ave_backward(const float[:, :, :, ::1] top_diff, int kh, int kw, int pad_h, 
     """
     cdef PoolGeometry g = _geometry(bottom_diff.shape, top_diff.shape, kh, kw, pad_h, pad_w, stride_h,
                                     stride_w)
-    cdef Py_ssize_t p
-    for p in prange(g.planes, nogil=True, schedule="static", num_threads=num_threads):
-        _ave_backward_plane(&top_diff[0, 0, 0, 0] + p * g.out_plane,
-                            &bottom_diff[0, 0, 0, 0] + p * g.in_plane, g)
+    _run(_ave_backward_task, g, &top_diff[0, 0, 0, 0], &bottom_diff[0, 0, 0, 0], NULL, num_threads)

@@ -1,4 +1,4 @@
-/* Direct sparse convolution and sparse fully-connected kernels (float32, OpenMP).
+/* Direct sparse convolution and sparse fully-connected kernels (float32, on pyskim's thread pool).
  *
  * Included by sparse_conv.pyx; everything here is static. The Cython wrapper validates every
  * array and geometry before calling in, so these functions do no checking of their own.
@@ -18,7 +18,7 @@
  * Work item = (image, group, block of OCB output channels, tile of T <= SC_TMAX vectors). The T
  * accumulators of one output channel stay in registers while its nonzeros of one input-channel
  * block are applied (SkimCaffe's register tile); partial sums over input-channel blocks live in a
- * small per-thread scratch, so that one block of input channels is reused from cache by all OCB
+ * small per-worker scratch, so that one block of input channels is reused from cache by all OCB
  * output channels before the next block is touched. The bias initialises the accumulators of the
  * first block; ReLU is applied when the finished tile is written out (dropping the thrown-away
  * positions).
@@ -38,6 +38,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "pool_api.h"
 
 #define SC_VL 16 /* floats per tile vector: the layout unit, the same on every ISA */
 
@@ -235,19 +237,16 @@ static inline void sc_prepare_il_channel(const sc_prep_t *pp, int q, int c, floa
     }
 }
 
-/* Fill the prepared buffers of pp->N images, one by one or (interleaved) in groups of SC_VL, each
- * image or group pp->img_stride floats; the tail of each, after its C*S channel-phase planes, is
- * zeroed. A worksharing loop over (image or group, channel): call it inside a parallel region
- * (the convolution's, so that a call starts the threads once); it ends with a barrier. */
-static void sc_prepare_for(const sc_prep_t *pp, float *buf, int interleaved) {
+/* Jobs [j0, j1) of filling the prepared buffers of pp->N images, one by one or (interleaved) in
+ * groups of SC_VL, each image or group pp->img_stride floats: job = (image or group) * C + channel.
+ * The tail of each image or group, after its C*S channel-phase planes, is zeroed with its last
+ * channel. */
+static void sc_prepare_jobs(const sc_prep_t *pp, float *buf, int interleaved, int64_t j0, int64_t j1) {
     const int C = pp->C, S = pp->sh * pp->sw;
     const int64_t img_stride = pp->img_stride;
     const int64_t plane = (int64_t)pp->Hq * pp->Wq * (interleaved ? SC_VL : 1);
     const int64_t used = (int64_t)C * S * plane;
-    const int64_t jobs = (interleaved ? (pp->N + SC_VL - 1) / SC_VL : pp->N) * (int64_t)C;
-    int64_t job;
-#pragma omp for schedule(static)
-    for (job = 0; job < jobs; ++job) {
+    for (int64_t job = j0; job < j1; ++job) {
         const int64_t n = job / C;
         const int c = (int)(job % C);
         float *dst = buf + n * img_stride + (int64_t)c * S * plane;
@@ -258,6 +257,12 @@ static void sc_prepare_for(const sc_prep_t *pp, float *buf, int interleaved) {
         if (c == C - 1 && img_stride > used)
             memset(buf + n * img_stride + used, 0, sizeof(float) * (img_stride - used));
     }
+}
+
+/* Iterations per pool task when n short iterations are cut into about 4 tasks per thread. */
+static inline int64_t sc_chunk(int64_t n, int nthreads) {
+    const int64_t tasks = nthreads > 1 ? 4 * (int64_t)nthreads : 1;
+    return n > tasks ? (n + tasks - 1) / tasks : 1;
 }
 
 /* A register tile request clamped to [1, SC_TMAX] vectors. */
@@ -291,8 +296,9 @@ static int sc_il_tile_max(int OH, int OW, int Wq, int tile) {
 
 /* ---- the convolution ----------------------------------------------------------------------------
  * One driver for both layouts: the input is prepared, then work items (image or 16-image group,
- * group, block of OCB output channels, tile) are shared out dynamically; each thread accumulates
- * an item's output channels in its scratch (sstride floats per channel) and writes them out. */
+ * group, block of OCB output channels, tile) are shared out dynamically, one pool task each; each
+ * worker accumulates an item's output channels in its scratch (sstride floats per channel) and
+ * writes them out. */
 
 /* One convolution call: its arguments (see sc_conv) and its cut into work items. */
 typedef struct {
@@ -311,18 +317,10 @@ typedef struct {
     int64_t sstride;       /* scratch floats per output channel */
     int64_t L, NV;         /* spatial: flat positions and vectors of an output plane */
     int chunk, rows, nchunk; /* interleaved: see sc_il_tiles; chunks per row */
+    int64_t jobs, jchunk;  /* preparation jobs (image or group, channel), jobs per task */
+    float **scratch;       /* per worker: OCB * sstride floats, allocated on its first item */
+    int failed;            /* a scratch could not be allocated */
 } sc_conv_t;
-
-/* Scratch of n floats (64-byte aligned) for the calling thread; NULL, with *failed set, when it
- * cannot be allocated. */
-static inline float *sc_thread_scratch(int64_t n, int *failed) {
-    float *s = (float *)aligned_alloc(64, sizeof(float) * n);
-    if (!s) {
-#pragma omp atomic write
-        *failed = 1;
-    }
-    return s;
-}
 
 /* Output channels [oc0, oc1) of group g on the tile whose input starts at `in`: the register tile
  * `fn` runs over their nonzeros input-channel block by input-channel block (the bias starts the
@@ -452,11 +450,32 @@ static void sc_plan_items(sc_conv_t *cv, int tile) {
     cv->sstride = (int64_t)cv->T * SC_VL;
 }
 
+/* Pool task: preparation jobs [task*jchunk, (task+1)*jchunk). */
+static void sc_prepare_task(void *ctx, int64_t task, int worker) {
+    const sc_conv_t *cv = (const sc_conv_t *)ctx;
+    const int64_t j1 = (task + 1) * cv->jchunk;
+    (void)worker;
+    sc_prepare_jobs(cv->prep, cv->buf, cv->interleaved, task * cv->jchunk, j1 < cv->jobs ? j1 : cv->jobs);
+}
+
+/* Pool task: work item `it` in the worker's scratch, allocated on its first item (an item without
+ * scratch is skipped and fails the call). */
+static void sc_item_task(void *ctx, int64_t it, int worker) {
+    sc_conv_t *cv = (sc_conv_t *)ctx;
+    float **scr = cv->scratch + worker;
+    if (!*scr) *scr = (float *)aligned_alloc(64, sizeof(float) * cv->sstride * cv->OCB);
+    if (!*scr)
+        __atomic_store_n(&cv->failed, 1, __ATOMIC_RELAXED);
+    else if (cv->interleaved)
+        sc_interleaved_item(cv, it, *scr);
+    else
+        sc_spatial_item(cv, it, *scr);
+}
+
 /* The convolution of prep->N images, prepared as *prep says (interleaved: in groups of 16) into
- * buf inside the same parallel region, so that a call starts the threads once. blk has (G*OCg)
- * rows of NB+1 pointers into col/val: row r's nonzeros of input-channel block b are
- * [blk[r*(NB+1)+b], blk[r*(NB+1)+b+1]). Returns 0, or -1 when a thread's scratch could not be
- * allocated. */
+ * buf, on up to nthreads threads. blk has (G*OCg) rows of NB+1 pointers into col/val: row r's
+ * nonzeros of input-channel block b are [blk[r*(NB+1)+b], blk[r*(NB+1)+b+1]). Returns 0, or -1
+ * when a worker's scratch could not be allocated. */
 static int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G, int OCg, int NB,
                    const int32_t *blk, const int32_t *col, const float *val, const float *bias, int OH,
                    int OW, int tile, int OCB, int relu, int interleaved, float *out, int nthreads) {
@@ -464,23 +483,15 @@ static int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G,
                     .blk = blk, .col = col, .val = val, .bias = bias, .OH = OH, .OW = OW, .relu = relu,
                     .out = out, .interleaved = interleaved, .OCB = OCB};
     sc_plan_items(&cv, tile);
-    int failed = 0;
-#pragma omp parallel num_threads(nthreads)
-    {
-        sc_prepare_for(prep, buf, interleaved); /* ends with a barrier */
-        float *scr = sc_thread_scratch(cv.sstride * cv.OCB, &failed);
-        int64_t it;
-#pragma omp for schedule(dynamic, 1)
-        for (it = 0; it < cv.items; ++it) {
-            if (!scr) continue;
-            if (interleaved)
-                sc_interleaved_item(&cv, it, scr);
-            else
-                sc_spatial_item(&cv, it, scr);
-        }
-        free(scr);
-    }
-    return failed ? -1 : 0;
+    cv.scratch = (float **)calloc(nthreads, sizeof(float *));
+    if (!cv.scratch) return -1;
+    cv.jobs = (interleaved ? (prep->N + SC_VL - 1) / SC_VL : prep->N) * (int64_t)prep->C;
+    cv.jchunk = sc_chunk(cv.jobs, nthreads);
+    pk_parallel_for((cv.jobs + cv.jchunk - 1) / cv.jchunk, sc_prepare_task, &cv, nthreads);
+    pk_parallel_for(cv.items, sc_item_task, &cv, nthreads);
+    for (int w = 0; w < nthreads; ++w) free(cv.scratch[w]);
+    free(cv.scratch);
+    return cv.failed ? -1 : 0;
 }
 
 /* ---- sparse x dense fully-connected ----------------------------------------------------------
@@ -543,51 +554,73 @@ __attribute__((optimize("no-tree-vectorize"))) static float sc_dot(
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
-static int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const int32_t *col,
-                 const float *val, const float *bias, int relu, float *y, int nthreads) {
-    int64_t n;
-    if (M == 1) {
-#pragma omp parallel for schedule(dynamic, 64) num_threads(nthreads)
-        for (n = 0; n < N; ++n) {
-            float s = sc_dot(x, col, val, rowptr[n], rowptr[n + 1]) + (bias ? bias[n] : 0.0f);
-            y[n] = relu && s < 0.0f ? 0.0f : s;
+/* One fully-connected call: its arguments (see sc_fc), XT, and the iterations per pool task. */
+typedef struct {
+    const float *x, *val, *bias;
+    const int32_t *rowptr, *col;
+    int64_t M, K, N, Mp, chunk;
+    int relu;
+    float *y, *xt;
+} sc_fc_t;
+
+/* Pool task: rows [task*chunk, (task+1)*chunk) of XT (input columns), zero-padded to Mp. */
+static void sc_fc_transpose_task(void *ctx, int64_t task, int worker) {
+    const sc_fc_t *f = (const sc_fc_t *)ctx;
+    const int64_t end = (task + 1) * f->chunk < f->K ? (task + 1) * f->chunk : f->K;
+    (void)worker;
+    for (int64_t k = task * f->chunk; k < end; ++k) {
+        float *d = f->xt + k * f->Mp;
+        for (int64_t m = 0; m < f->M; ++m) d[m] = f->x[m * f->K + k];
+        for (int64_t m = f->M; m < f->Mp; ++m) d[m] = 0.0f;
+    }
+}
+
+/* Pool task: outputs [task*chunk, (task+1)*chunk); batch 1: one sparse dot product each, else
+ * SC_FMT vectors of batch columns at a time. */
+static void sc_fc_task(void *ctx, int64_t task, int worker) {
+    const sc_fc_t *f = (const sc_fc_t *)ctx;
+    float acc[SC_VL * SC_FMT] __attribute__((aligned(64)));
+    const int64_t nvec = f->Mp / SC_VL, end = (task + 1) * f->chunk < f->N ? (task + 1) * f->chunk : f->N;
+    (void)worker;
+    for (int64_t nn = task * f->chunk; nn < end; ++nn) {
+        const float b0 = f->bias ? f->bias[nn] : 0.0f;
+        if (f->M == 1) {
+            const float s = sc_dot(f->x, f->col, f->val, f->rowptr[nn], f->rowptr[nn + 1]) + b0;
+            f->y[nn] = f->relu && s < 0.0f ? 0.0f : s;
+            continue;
         }
-        return 0;
-    }
-    const int64_t Mp = ((int64_t)M + SC_VL - 1) / SC_VL * SC_VL;
-    float *xt = (float *)aligned_alloc(64, sizeof(float) * Mp * (K > 0 ? K : 1));
-    if (!xt) return -1;
-    int64_t k;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (k = 0; k < K; ++k) {
-        float *d = xt + k * Mp;
-        for (int64_t m = 0; m < M; ++m) d[m] = x[m * K + k];
-        for (int64_t m = M; m < Mp; ++m) d[m] = 0.0f;
-    }
-    const int64_t nvec = Mp / SC_VL;
-    int failed = 0;
-#pragma omp parallel num_threads(nthreads)
-    {
-        float *acc = sc_thread_scratch(SC_VL * SC_FMT, &failed);
-        int64_t nn;
-#pragma omp for schedule(dynamic, 16)
-        for (nn = 0; nn < N; ++nn) {
-            if (!acc) continue;
-            const float b0 = bias ? bias[nn] : 0.0f;
-            for (int64_t v0 = 0; v0 < nvec; v0 += SC_FMT) {
-                const int tv = (int)(nvec - v0 < SC_FMT ? nvec - v0 : SC_FMT);
-                sc_ftiles[tv](xt + v0 * SC_VL, Mp, col, val, rowptr[nn], rowptr[nn + 1], b0, acc);
-                const int64_t m1 = (v0 + tv) * SC_VL < M ? (v0 + tv) * SC_VL : M;
-                for (int64_t m = v0 * SC_VL; m < m1; ++m) {
-                    const float s = acc[m - v0 * SC_VL];
-                    y[m * N + nn] = relu && s < 0.0f ? 0.0f : s;
-                }
+        for (int64_t v0 = 0; v0 < nvec; v0 += SC_FMT) {
+            const int tv = (int)(nvec - v0 < SC_FMT ? nvec - v0 : SC_FMT);
+            sc_ftiles[tv](f->xt + v0 * SC_VL, f->Mp, f->col, f->val, f->rowptr[nn], f->rowptr[nn + 1], b0,
+                          acc);
+            const int64_t m1 = (v0 + tv) * SC_VL < f->M ? (v0 + tv) * SC_VL : f->M;
+            for (int64_t m = v0 * SC_VL; m < m1; ++m) {
+                const float s = acc[m - v0 * SC_VL];
+                f->y[m * f->N + nn] = f->relu && s < 0.0f ? 0.0f : s;
             }
         }
-        free(acc);
     }
-    free(xt);
-    return failed ? -1 : 0;
+}
+
+/* Y on up to nthreads threads, batch 1 in tasks of 64 outputs, else 16; 0, or -1 when XT could not
+ * be allocated. */
+static int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const int32_t *col,
+                 const float *val, const float *bias, int relu, float *y, int nthreads) {
+    sc_fc_t f = {.x = x, .val = val, .bias = bias, .rowptr = rowptr, .col = col, .M = M, .K = K, .N = N,
+                 .chunk = 64, .relu = relu, .y = y};
+    if (M == 1) {
+        pk_parallel_for((f.N + 63) / 64, sc_fc_task, &f, nthreads);
+        return 0;
+    }
+    f.Mp = ((int64_t)M + SC_VL - 1) / SC_VL * SC_VL;
+    f.xt = (float *)aligned_alloc(64, sizeof(float) * f.Mp * (K > 0 ? K : 1));
+    if (!f.xt) return -1;
+    f.chunk = sc_chunk(f.K, nthreads);
+    pk_parallel_for((f.K + f.chunk - 1) / f.chunk, sc_fc_transpose_task, &f, nthreads);
+    f.chunk = 16;
+    pk_parallel_for((f.N + 15) / 16, sc_fc_task, &f, nthreads);
+    free(f.xt);
+    return 0;
 }
 
 #endif /* PYSKIM_SCONV_IMPL_H */

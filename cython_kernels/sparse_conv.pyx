@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Direct sparse convolution and sparse x dense fully-connected kernels (float32, OpenMP).
+"""Direct sparse convolution and sparse x dense fully-connected kernels (float32, on pyskim's thread
+pool).
 
 The C side is ``sconv_impl.h`` (vector-extension register tiles; AVX-512 with -march=native).
 Call these through :mod:`pyskim.sparse.ops`, which packs the weights and picks the blocking.
@@ -11,6 +12,8 @@ from Python can make the kernels read or write out of bounds.
 import numpy as np
 
 from libc.stdint cimport int32_t, int64_t
+
+include "pool_client.pxi"
 
 
 cdef extern from "sconv_impl.h" nogil:

@@ -1,19 +1,12 @@
 """pyskim: a Caffe-compatible framework for sparse CNNs (a reimplementation of SkimCaffe).
 
 ``import pyskim as caffe`` gives pycaffe's API: ``caffe.Net``, ``caffe.TRAIN``/``caffe.TEST``,
-``caffe.io``, ``caffe.layer_type_list()`` and the mode/seed functions.
+``caffe.io``, ``caffe.layer_type_list()`` and the mode/seed functions. ``set_num_threads(n)`` /
+``get_num_threads()`` size pyskim's one thread pool (default: ``OMP_NUM_THREADS``, else the CPUs the
+process may use); importing pyskim sets no environment variable and changes no other library's
+threads.
 """
 import importlib
-import os
-
-# Worker threads that spin after a parallel region compete with the other pool's threads for the same
-# cores: OpenBLAS's GEMM workers spin for about 0.1 s after each call, and a multi-threaded sparse
-# kernel that starts meanwhile runs at the speed of its slowest thread (a 2-thread DIRECT_SCONV right
-# after a GEMM measured 1.8x slower). Both pools sleep right away instead. Each variable takes effect
-# only if set before its library loads: OpenMP's with the kernels, OpenBLAS's with numpy (so only when
-# pyskim is imported before numpy, as the ``pyskim`` command and tools do).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from . import io, sparse  # noqa: F401  (sparse attaches its engines to every Net built)
 from .core.blob import get_max_blob_bytes, set_max_blob_bytes
@@ -32,6 +25,7 @@ from .core.state import (
 )
 from .core.state import log_info as log
 from .errors import PyskimError
+from .kernels.threads import get_num_threads, set_num_threads
 from .layers import layer_type_list
 from .layers.python_layer import Layer
 from .proto import caffe_pb2
@@ -67,40 +61,42 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-                     "TEST",
-                     "TRAIN",
-                     "AdaDeltaSolver",
-                     "AdaGradSolver",
-                     "AdamSolver",
-                     "Classifier",
-                     "Detector",
-                     "Layer",
-                     "NesterovSolver",
-                     "Net",
-                     "NetSpec",
-                     "PyskimError",
-                     "RMSPropSolver",
-                     "SGDSolver",
-                     "Timer",
-                     "get_max_blob_bytes",
-                     "get_solver",
-                     "has_nccl",
-                     "init_log",
-                     "install_caffe_alias",
-                     "io",
-                     "layer_type_list",
-                     "layers",
-                     "log",
-                     "params",
-                     "set_device",
-                     "set_max_blob_bytes",
-                     "set_mode_cpu",
-                     "set_mode_gpu",
-                     "set_multiprocess",
-                     "set_random_seed",
-                     "set_solver_count",
-                     "set_solver_rank",
-                     "solver_count",
-                     "solver_rank",
-                     "to_proto",
+    "TEST",
+    "TRAIN",
+    "AdaDeltaSolver",
+    "AdaGradSolver",
+    "AdamSolver",
+    "Classifier",
+    "Detector",
+    "Layer",
+    "NesterovSolver",
+    "Net",
+    "NetSpec",
+    "PyskimError",
+    "RMSPropSolver",
+    "SGDSolver",
+    "Timer",
+    "get_max_blob_bytes",
+    "get_num_threads",
+    "get_solver",
+    "has_nccl",
+    "init_log",
+    "install_caffe_alias",
+    "io",
+    "layer_type_list",
+    "layers",
+    "log",
+    "params",
+    "set_device",
+    "set_max_blob_bytes",
+    "set_mode_cpu",
+    "set_mode_gpu",
+    "set_multiprocess",
+    "set_num_threads",
+    "set_random_seed",
+    "set_solver_count",
+    "set_solver_rank",
+    "solver_count",
+    "solver_rank",
+    "to_proto",
 ]

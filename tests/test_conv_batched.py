@@ -1,5 +1,6 @@
-"""The whole-chunk convolution path (batched im2col/col2im + one GEMM per group) against the per-image
-path Caffe's loop follows: the kernels bit for bit, the layer within float32 rounding."""
+"""The fused convolution path (im2col inside pyskim's products, the whole batch per call, batched
+col2im) against the per-image path Caffe's loop follows: the batched im2col/col2im kernels bit for
+bit, the layer within float32 rounding."""
 import numpy as np
 import pytest
 
@@ -88,13 +89,12 @@ def test_batched_layer_matches_per_image_path(monkeypatch, phase, group, geometr
     top_diff = rng.standard_normal(net.blobs["conv"].shape).astype(np.float32)
     batched = _run(net, x, top_diff)
     if phase == caffe.TRAIN:
-        # The columns kept by forward are used only for the same bottom: change it, and backward
-        # lowers the new values.
+        # Backward reads the bottom as it is now, not as forward saw it (as Caffe).
         net.blobs["data"].data[...] = x[::-1]
         net.params["conv"][0].diff[...] = 0
         net.backward()
         changed = net.params["conv"][0].diff.copy()
-    monkeypatch.setattr(vision, "_conv_batch", None)
+    monkeypatch.setattr(vision, "_fused", None)
     assert not layer._batched()
     per_image = _run(net, x, top_diff)
     for name, got, expected in zip(("top", "bottom diff", "weight diff", "bias diff"), batched, per_image):
@@ -104,3 +104,23 @@ def test_batched_layer_matches_per_image_path(monkeypatch, phase, group, geometr
         net.params["conv"][0].diff[...] = 0
         net.backward()
         np.testing.assert_allclose(changed, net.params["conv"][0].diff, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_weights_follow_every_change_of_the_weights():
+    """The fused forward keeps its weights packed between calls; any write to them, through any
+    array handed out before or after, is seen by the next forward."""
+    net = _conv_net(2, 3, 9, 9, 4, 1, (3, 3), (1, 1), (1, 1), (1, 1), caffe.TEST)
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    net.blobs["data"].data[...] = x
+    bias = net.params["conv"][1].data.copy()
+    first = net.forward()["conv"].copy()
+    assert np.array_equal(net.forward()["conv"], first)            # packed once, reused
+    held = net.params["conv"][0].data                               # kept alive across forwards
+    held *= 2
+    np.testing.assert_allclose(net.forward()["conv"] - bias[:, None, None], 2 * (first - bias[:, None, None]),
+                               rtol=1e-6, atol=1e-6)
+    held[0] = 0
+    assert np.allclose(net.forward()["conv"][:, 0], bias[0])
+    del held
+    net.params["conv"][0].data[...] = 0
+    assert np.allclose(net.forward()["conv"], bias[:, None, None])

@@ -14,7 +14,6 @@ from pyskim.io.blobproto import blobproto_to_array
 from pyskim.io.idx import read_idx
 from pyskim.io.protofiles import read_text, write_text
 from pyskim.io.upgrade import read_net_binary, read_net_text
-from pyskim.perf import calibrate as perfcalib
 from pyskim.perf import model as perfmodel
 from pyskim.perf import profile as perfprofile
 from pyskim.proto import caffe_pb2
@@ -40,13 +39,12 @@ def _lmdb(images, labels, path):
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """One kernel and BLAS thread: on a busy 2-core machine multithreaded OpenBLAS is ~10x slower on
-    LeNet-size GEMMs (docs/pruning.md)."""
-    from pyskim.kernels.dense import get_num_threads
+    """One kernel thread: the GSL runs here are small and the machine may be busy."""
+    from pyskim.kernels.threads import get_num_threads, set_num_threads
     previous = get_num_threads()
-    perfcalib.set_threads(1)
+    set_num_threads(1)
     yield
-    perfcalib.set_threads(previous)
+    set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def build_parser():
                                                       "received: snapshot, stop or none.")
     flags.define(parser, "forward_only", False, "Optional; time the forward pass only (SkimCaffe).")
     flags.define(parser, "batch", 0, "Optional; batch size of the net's inputs (0: as in the prototxt).")
-    flags.define(parser, "threads", 0, "Optional; threads for pyskim's kernels and the BLAS (0: default).")
+    flags.define(parser, "threads", 0, "Optional; threads of pyskim's thread pool (0: default, OMP_NUM_THREADS or the CPUs).")
     flags.define(parser, "mode", "auto", "Optional; dense, sparse or auto: conv_mode/gemm_mode of the "
                                          "convolution and inner-product layers (auto: the performance "
                                          "model picks, where the prototxt sets no mode).")

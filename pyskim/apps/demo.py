@@ -35,7 +35,7 @@ from ..errors import DataError, PyskimError
 from ..io.idx import read_idx
 from ..io.protofiles import write_text
 from ..io.upgrade import read_net_text, read_solver_text
-from ..perf.calibrate import set_threads
+from ..kernels.threads import set_num_threads
 from ..proto import caffe_pb2
 from ..prune import gsl
 from ..prune import plan as gsl_perf
@@ -250,7 +250,7 @@ def run_demo(out_dir=None, quick=False, data_dir=None, threads=1, prototxt_dir=N
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     if threads:
-        set_threads(int(threads))
+        set_num_threads(int(threads))
     started = time.perf_counter()
     log.info("pyskim demo (%s): writing to %s", "quick" if quick else "full", out)
 

@@ -19,7 +19,7 @@ from ..core.net import Net
 from ..errors import NetError, PyskimError
 from ..io.blobproto import blobproto_to_array
 from ..io.upgrade import read_net_binary, read_net_text
-from ..perf.calibrate import set_threads
+from ..kernels.threads import set_num_threads
 from ..prune.plan import deploy_param, layer_shapes, predict_layers
 from ..sparse.sparsity import FIBER_SLICE_NAMES, sparsity_report
 
@@ -166,7 +166,7 @@ def build_parser():
 def run(args):
     """Print the table (and write the plot with ``--plot``)."""
     if args.threads > 0:
-        set_threads(args.threads)
+        set_num_threads(args.threads)
     model = read_net_text(args.model)
     rows = layer_rows(model, args.weights, args.measure_threshold)
     perfs = None

@@ -16,7 +16,7 @@ for the mode it ran (:mod:`pyskim.perf.model`); the timing itself is :mod:`pyski
   weights stays dense); ``--mode sparse`` forces DIRECT_SCONV / SPMDM and ``--mode dense``
   LOWERED_GEMM / GEMM on every such layer.
 * ``--batch B`` replaces the batch size of the inputs (Input, DummyData, data layers).
-* ``--threads T`` sets the threads of pyskim's kernels and of the BLAS.
+* ``--threads T`` sets the size of pyskim's thread pool.
 * The performance model's machine profile: when none is cached for this machine and thread count (or
   the cached one was measured on a busy machine that is quiet now), or with ``--recalibrate``, the
   tool first calibrates it (:mod:`pyskim.perf.calibrate`, about a second, a progress line on stderr)
@@ -30,7 +30,8 @@ import logging
 
 from ..errors import PyskimError
 from ..io.upgrade import read_net_text
-from ..perf.calibrate import calibrate_and_save, set_threads
+from ..kernels.threads import set_num_threads
+from ..perf.calibrate import calibrate_and_save
 from ..perf.profile import default_profile_forced, get_profile, needs_calibration
 from ..perf.timing import compare_nets, time_layers
 from ..proto import caffe_pb2
@@ -95,11 +96,11 @@ def load_param(model, mode="auto", batch=0):
 
 
 def apply_threads(threads):
-    """``-threads T``: use ``T`` threads in pyskim's kernels and the BLAS (0: leave them as they are)."""
+    """``-threads T``: use ``T`` threads in pyskim's thread pool (0: leave it as it is)."""
     if threads < 0:
         raise PyskimError(f"threads must be positive, got {threads}")
     if threads:
-        set_threads(threads)
+        set_num_threads(threads)
         log.info("Using %d threads.", threads)
 
 

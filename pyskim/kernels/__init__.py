@@ -1,8 +1,8 @@
 """The Python side of the compiled kernels (``pyskim._kernels``), the only way to them: validated
 wrappers for the dense kernels (:mod:`.dense`: im2col/col2im, batched im2col/col2im, pooling, LRN,
-OpenMP threads), CSR packing (:mod:`.csr`) and the sparse kernels (:mod:`.sparse`), all checking
+the thread pool size in :mod:`.threads`), CSR packing (:mod:`.csr`) and the sparse kernels (:mod:`.sparse`), all checking
 their arguments with :mod:`.validate`, with slow NumPy references beside them for the tests
 (:mod:`.reference`, :mod:`.sparse_reference`)."""
-from .dense import get_num_threads, set_num_threads
+from .threads import get_num_threads, set_num_threads
 
 __all__ = ["get_num_threads", "set_num_threads"]

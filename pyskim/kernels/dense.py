@@ -22,6 +22,7 @@ from .._kernels import im2col as _im2col
 from .._kernels import lrn as _lrn
 from .._kernels import pooling as _pool
 from ..core.blob import check_allocation
+from .threads import get_num_threads, set_num_threads
 from .validate import (
     INT_MAX,
     KernelArgumentError,
@@ -58,28 +59,13 @@ __all__ = [
 
 # -- threads ----------------------------------------------------------------------------------------
 
-_num_threads = max(1, int(_im2col.omp_get_max_threads()))
-
-
-def set_num_threads(n):
-    """Set the number of OpenMP threads the kernels use (and ``omp_set_num_threads``)."""
-    global _num_threads
-    _num_threads = positive_int("set_num_threads", "n", n, maximum=4096)
-    _im2col.omp_set_num_threads(_num_threads)
-
-
-#: Below this many output elements a kernel runs on one thread: waking OpenMP workers costs more than
-#: the work, and on a busy machine a descheduled worker stalls the whole region.
+#: Below this many output elements a kernel runs on one thread: waking the pool's threads costs more
+#: than the work.
 PARALLEL_MIN_ELEMENTS = 1 << 20
 
 
 def _threads_for(elements):
-    return _num_threads if elements >= PARALLEL_MIN_ELEMENTS else 1
-
-
-def get_num_threads():
-    """Threads used by the kernels; defaults to ``omp_get_max_threads()`` (``OMP_NUM_THREADS``)."""
-    return _num_threads
+    return get_num_threads() if elements >= PARALLEL_MIN_ELEMENTS else 1
 
 
 def conv_output_size(in_size, kernel, pad, stride, dilation):

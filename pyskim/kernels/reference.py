@@ -175,3 +175,40 @@ def lrn_across_backward_ref(x, top, scale, top_diff, size, alpha, beta):
     ratio = _window_sum(top_diff * top / scale, size)
     out = top_diff * scale ** -beta - 2.0 * alpha * beta / size * x * ratio
     return out.astype(np.float32)
+
+
+def conv2d_forward_ref(x, weights, bias, kernel, pad, stride, dilation, group):
+    """Caffe's Convolution forward through explicit im2col columns and one NumPy product per image
+    and group (float64 accumulation, rounded to float32)."""
+    n, m = x.shape[0], weights.shape[0]
+    w = weights.reshape(group, m // group, -1).astype(np.float64)
+    tops = []
+    for img in x:
+        cols = im2col_ref(img, kernel, pad, stride, dilation)
+        cols = cols.reshape(group, -1, cols.shape[1]).astype(np.float64)
+        tops.append(np.matmul(w, cols).reshape(m, -1))
+    out = np.stack(tops)
+    if bias is not None:
+        out = out + np.asarray(bias, np.float64)[None, :, None]
+    spatial = [_out(s, k, p, st, d) for s, k, p, st, d in zip(x.shape[2:], kernel, pad, stride, dilation)]
+    return out.reshape((n, m, *spatial)).astype(np.float32)
+
+
+def conv2d_weight_grad_ref(x, top_diff, kernel, pad, stride, dilation, group):
+    """sum over images of top_diff_g . im2col(x)_g^T, as (M, C/group*kh*kw), float64 then float32."""
+    m = top_diff.shape[1]
+    total = 0.0
+    for img, td in zip(x, top_diff):
+        cols = im2col_ref(img, kernel, pad, stride, dilation)
+        cols = cols.reshape(group, -1, cols.shape[1]).astype(np.float64)
+        total = total + np.matmul(td.reshape(group, m // group, -1).astype(np.float64), cols.transpose(0, 2, 1))
+    return np.asarray(total).reshape(m, -1).astype(np.float32)
+
+
+def conv2d_column_grad_ref(weights, top_diff, group):
+    """The bottom gradient's column matrix: group g's rows W_g^T . top_diff_g, images side by side."""
+    m = top_diff.shape[1]
+    w = weights.reshape(group, m // group, -1).astype(np.float64)
+    blocks = [np.matmul(w.transpose(0, 2, 1), td.reshape(group, m // group, -1).astype(np.float64))
+              .reshape(-1, td[0].size) for td in top_diff]
+    return np.concatenate(blocks, axis=1).astype(np.float32)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._kernels import sparse_conv as _sc
 from .csr import ConvCSR, FcCSR
-from .dense import get_num_threads
+from .threads import get_num_threads
 from .validate import KernelArgumentError, conv_output_shape, flag, float_input, int_tuple, output_array
 
 __all__ = ["choose_conv_blocking", "sparse_conv_forward", "sparse_fc_forward"]

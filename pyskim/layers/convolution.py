@@ -2,22 +2,24 @@
 ``conv_layer``, ``deconv_layer``, ``im2col_layer``). Pooling and SPP live in :mod:`.pooling`, LRN
 in :mod:`.lrn`.
 
-Lowering follows Caffe: each image is unfolded by im2col (the 2-D Cython kernel when there are two
-spatial axes and ``force_nd_im2col`` is off, the N-d one otherwise) into a (group * K) x P column
-matrix, K = in_channels/group * prod(kernel), P = output positions; each group is then one float32
-GEMM. Several images are lowered at once (bounded by :data:`COL_BUFFER_BYTES`) so that one NumPy
-call runs the GEMMs of a whole chunk; every image's product is the same GEMM Caffe runs. The column
-buffers are per-thread scratch arrays shared by all convolution layers (where Caffe keeps one
-``col_buffer_`` per layer), so no pages are faulted in again on every call.
+Convolution's 2-D (and 1x1) dense path runs the whole batch through pyskim's own products
+(:mod:`pyskim.kernels.gemm`, on pyskim's thread pool): im2col is fused into the packing of the
+product, so no column matrix is written. Forward is one call (W_g . im2col(x)_g + bias per group);
+backward is the weight gradient td_g . im2col(x)_g^T summed image by image as Caffe does, and the
+bottom gradient col2im(W_g^T . td_g): for stride 1 computed as the convolution of the padded top diff
+with the flipped weights (no column matrix), otherwise through a column matrix and col2im, in chunks
+of images bounded by :data:`BATCH_COL_BUFFER_BYTES`.
+The layer keeps its weights packed for the product between forwards and packs them again whenever
+they may have changed (:meth:`pyskim.core.blob.Blob.data_untouched_since`).
 
-Convolution's 2-D (and 1x1) dense path goes further (:func:`pyskim.kernels.dense.im2col_batch`): the columns
-of a chunk of images (bounded by :data:`BATCH_COL_BUFFER_BYTES`) sit side by side in one
-(group * K) x (n * P) matrix, so forward, the weight gradient and the bottom gradient are each one
-GEMM per group for the whole chunk instead of one per image. Every output is the same dot product
-over K as Caffe's (the weight gradient sums over all positions of the chunk at once, where Caffe
-accumulates image by image). In a TRAIN net, forward keeps its columns for backward when the whole
-batch is one chunk; backward reuses them only if the bottom is still bit for bit the one forward
-lowered.
+The other lowerings (N-d, Deconvolution, and the per-image path the tests compare with) follow
+Caffe's loop: each image is unfolded by im2col (the 2-D Cython kernel, or the N-d one when
+``force_nd_im2col`` is set or there are not two spatial axes) into a (group * K) x P column matrix,
+K = in_channels/group * prod(kernel), P = output positions, and each group is one product
+(:func:`pyskim.kernels.gemm.matmul`). Several images are lowered at once (bounded by
+:data:`COL_BUFFER_BYTES`); the column buffers are per-thread scratch arrays shared by all
+convolution layers (where Caffe keeps one ``col_buffer_`` per layer), so no pages are faulted in again
+on every call.
 
 Sparse modes. A Convolution has one engine slot, :attr:`BaseConvolutionLayer.engine`: ``None`` (the
 dense path above), or an object that :mod:`pyskim.sparse` attaches after the Net is built for a
@@ -34,18 +36,18 @@ from ..core.blob import check_allocation
 from ..core.layer import Layer, register
 from ..errors import NetError
 from ..kernels import dense as kernels
+from ..kernels import gemm
 from ..kernels.validate import check_span
-from ..proto import caffe_pb2
 
-#: Where the whole-chunk im2col / col2im come from (:func:`pyskim.kernels.dense.im2col_batch`,
-#: ``col2im_batch``); None makes Convolution lower image by image (the tests compare both paths).
-_conv_batch = kernels
+#: The fused convolution products (:mod:`pyskim.kernels.gemm`); None makes Convolution lower image by
+#: image as Caffe's loop does (the tests compare both paths).
+_fused = gemm
 
 #: Upper bound on the column buffer of one chunk of images (the chunk holds at least one image).
 COL_BUFFER_BYTES = 64 << 20
-#: Bound for the whole-chunk GEMM path (columns of all images side by side): small enough to stay in
-#: the last-level cache between im2col and the GEMM that reads it.
-BATCH_COL_BUFFER_BYTES = 8 << 20
+#: Bound on the column matrix of the fused path's bottom gradient (a chunk of images at a time, at
+#: least one image).
+BATCH_COL_BUFFER_BYTES = 32 << 20
 
 _scratch = threading.local()
 
@@ -196,6 +198,7 @@ class BaseConvolutionLayer(Layer):
     def weights_changed(self):
         """Hook called after the weights were replaced (e.g. loaded from a caffemodel, as SkimCaffe's
         ``WeightAlign``): the attached engine, if any, repacks its weights. The dense path keeps nothing."""
+        self._packed = None
         if self.engine is not None:
             self.engine.weights_changed()
 
@@ -224,6 +227,7 @@ class BaseConvolutionLayer(Layer):
         self._num = b0.count_range(0, axis)
         in_spatial = tuple(b0.shape[axis + 1:])
         out_spatial = self._output_spatial(in_spatial)
+        self._in_spatial, self._out_spatial = in_spatial, out_spatial
         low = self._lowering      # the compiled kernels index in 32 bits: refuse wider geometry here
         for spatial in (in_spatial, out_spatial):
             check_span(f"layer '{self.name}'", spatial, low.kernel, low.pad, low.stride, low.dilation)
@@ -274,19 +278,24 @@ class BaseConvolutionLayer(Layer):
 
     def _dense_product(self, cols, out):
         """``out`` (n, group, conv_out/group, P) = W_g . col_g for every image and group."""
-        np.matmul(self._weights(self.blobs[0].readonly_data), cols, out=out)
+        weights = self._weights(self.blobs[0].readonly_data)
+        for i, g in np.ndindex(out.shape[:2]):
+            gemm.matmul(weights[g], cols[i, g], out=out[i, g])
 
     def _transposed_product(self, values):
         """W_g^T . values_g for ``values`` (n, group, conv_out/group, P) -> (n, group, K, P)."""
         out = _workspace("product", (values.shape[0], self._group, self._kdim, self._positions))
-        return np.matmul(self._weights(self.blobs[0].readonly_data).transpose(0, 2, 1), values, out=out)
+        weights = self._weights(self.blobs[0].readonly_data)
+        for i, g in np.ndindex(out.shape[:2]):
+            gemm.matmul(weights[g].T, values[i, g], out=out[i, g])
+        return out
 
     def _accumulate_weight_diff(self, values, cols):
-        """weight diff += sum over images of values_g . col_g^T (one GEMM per group; Caffe's beta=1)."""
-        g, m, k = self._weights(self.blobs[0].diff).shape
-        flat_values = values.transpose(1, 2, 0, 3).reshape(g, m, -1)
-        flat_cols = cols.transpose(1, 2, 0, 3).reshape(g, k, -1)
-        self._weights(self.blobs[0].diff)[...] += np.matmul(flat_values, flat_cols.transpose(0, 2, 1))
+        """weight diff += values_g . col_g^T, image by image (one GEMM per image and group with
+        Caffe's beta = 1)."""
+        weight_diff = self._weights(self.blobs[0].diff)
+        for i, g in np.ndindex(values.shape[:2]):
+            gemm.matmul(values[i, g], cols[i, g].T, out=weight_diff[g], accumulate=True)
 
     def _add_bias(self, top_images):
         if self._bias_term:
@@ -323,19 +332,21 @@ class ConvolutionLayer(BaseConvolutionLayer):
     """
 
     def _batched(self):
-        """Whether the whole-chunk GEMM path applies: 2-D (or 1x1) lowering."""
-        return _conv_batch is not None and (self._lowering.use_2d or self._lowering.identity)
+        """Whether the fused whole-batch path applies: 2-D lowering or a 1x1 identity, and no empty
+        axis (the per-image path handles empty blobs)."""
+        return (_fused is not None and (self._lowering.use_2d or self._lowering.identity)
+                and min(self._num, self._kdim, self._positions) > 0)
 
     def forward_cpu(self, bottom, top):
         if self.engine is not None and self.engine.forward(bottom, top):
             return
         batched = self._batched()
         for b, t in zip(bottom, top):
+            if batched:
+                self._forward_fused(b.data, t.data)
+                continue
             x, y = self._images(b.data), self._images(t.data)
-            for s, e in self._chunks(self._batch_chunk if batched else None):
-                if batched:
-                    self._forward_batched(x[s:e], y[s:e], self._keeps_columns(s, e))
-                    continue
+            for s, e in self._chunks():
                 self._dense_product(self._lower(x[s:e]), self._grouped(y[s:e]))
                 self._add_bias(y[s:e])
 
@@ -343,99 +354,66 @@ class ConvolutionLayer(BaseConvolutionLayer):
         weight_grad = self.param_propagate_down[0]
         batched = self._batched()
         for down, top_diff, x, bottom_diff in self._gradient_pairs(top, propagate_down, bottom):
-            for s, e in self._chunks(self._batch_chunk if batched else None):
-                if batched:
-                    self._backward_batched(top_diff[s:e], x[s:e], bottom_diff[s:e], weight_grad, down)
-                    continue
+            if batched:
+                self._backward_fused(top_diff, x, bottom_diff, weight_grad, down)
+                continue
+            for s, e in self._chunks():
                 td = self._grouped(top_diff[s:e])
                 if weight_grad:
                     self._accumulate_weight_diff(td, self._lower(x[s:e]))
                 if down:
                     self._fold(self._transposed_product(td), bottom_diff[s:e])
 
-    # -- whole-chunk GEMMs: columns of all images side by side, (group, K, n * P) -------------------
-    # The batched im2col/col2im run on the kernels' threads once the columns reach
-    # kernels.PARALLEL_MIN_ELEMENTS (one task per image and channel); smaller ones stay on one thread.
-    def _keeps_columns(self, start, end):
-        """Whether forward keeps the columns of images ``start:end`` for backward: a TRAIN net's layer
-        that learns its weights and lowers the whole batch in one chunk."""
-        return (self.phase == caffe_pb2.TRAIN and self.param_propagate_down[0] and start == 0
-                and end == self._num)
+    # -- the fused path: im2col inside the products, the whole batch per call ------------------------
+    def _as_2d(self, array, channels, spatial):
+        """(num, channels, H, W) view of a blob array; a 1x1 identity lowering of any number of
+        spatial axes is a 2-D one over (P, 1)."""
+        shape = spatial if len(spatial) == 2 else (_prod(spatial), 1)
+        return array.reshape((self._num, channels) + tuple(shape))
 
-    def _kept_columns(self, images):
-        """The columns forward kept, if they were lowered from exactly ``images`` (bit for bit: a
-        bottom changed between forward and backward is lowered again, as Caffe always does)."""
-        kept = getattr(self, "_kept", None)
-        if kept is None or kept[0].shape != images.shape or not np.array_equal(kept[0], images):
-            return None
-        return kept[1].reshape(self._group, self._kdim, -1)
-
-    def _lower_batch(self, images, keep=False):
-        """im2col of ``images`` (n, C, P_in) into columns (group, K, n * P), image-major columns;
-        ``keep``: into this layer's own buffer, remembered (with a copy of ``images``) for backward."""
-        n, p = images.shape[0], self._positions
-        if keep:
-            kept = getattr(self, "_kept", None)
-            if kept is None or kept[0].shape != images.shape:
-                kept = self._kept = (np.empty_like(images), np.empty((self._group * self._kdim, n * p), np.float32))
-            np.copyto(kept[0], images)
-            cols = kept[1]
-        else:
-            cols = _workspace("batch_cols", (self._group * self._kdim, n * p))
-        if self._lowering.identity:
-            cols.reshape(-1, n, p)[...] = images.transpose(1, 0, 2)
-        else:
-            low = self._lowering
-            _conv_batch.im2col_batch(images.reshape((n,) + self._col_image), *low.kernel, *low.pad, *low.stride,
-                                 *low.dilation, col=cols)
-        return cols.reshape(self._group, self._kdim, n * p)
-
-    def _fold_batch(self, cols, images):
-        """col2im of columns (group, K, n * P) into ``images`` (n, C, P_in), overwriting them."""
-        n, p = images.shape[0], self._positions
-        if self._lowering.identity:
-            images[...] = cols.reshape(-1, n, p).transpose(1, 0, 2)
-            return
+    def _geometry_2d(self):
         low = self._lowering
-        flat = cols.reshape(self._group * self._kdim, n * p)
-        _conv_batch.col2im_batch(flat, *low.kernel, *low.pad, *low.stride, *low.dilation,
-                             images.reshape((n,) + self._col_image))
+        if len(low.kernel) == 2:
+            return low.kernel, low.pad, low.stride, low.dilation
+        return (1, 1), (0, 0), (1, 1), (1, 1)
 
-    def _forward_batched(self, x, y, keep=False):
-        """y (n, num_output, P) = W_g . cols_g + bias: one GEMM per group for the whole chunk."""
-        n, p, g = x.shape[0], self._positions, self._group
-        mg = self._num_output // g
-        cols = self._lower_batch(x, keep)
-        out = y.reshape(n, g, mg, p)
-        if n == 1:              # one image: the product's layout is the top's, no reordering copy
-            np.matmul(self._weights(self.blobs[0].readonly_data), cols, out=out[0])
-            if self._bias_term:
-                out += self.blobs[1].readonly_data.reshape(1, g, mg, 1)
-            return
-        product = _workspace("batch_product", (g, mg, n * p))
-        np.matmul(self._weights(self.blobs[0].readonly_data), cols, out=product)
-        images = product.reshape(g, mg, n, p).transpose(2, 0, 1, 3)
-        if self._bias_term:
-            np.add(images, self.blobs[1].readonly_data.reshape(1, g, mg, 1), out=out)
-        else:
-            out[...] = images
+    def _forward_fused(self, x, y):
+        """top = W_g . im2col(x)_g + bias for the whole batch in one product per call."""
+        bias = self.blobs[1].readonly_data if self._bias_term else None
+        weights = self.blobs[0].readonly_data
+        _fused.conv2d_forward(self._as_2d(x, self._channels, self._in_spatial), weights, bias,
+                              *self._geometry_2d(), group=self._group,
+                              out=self._as_2d(y, self._num_output, self._out_spatial),
+                              packed=self._packed_weights(weights))
 
-    def _backward_batched(self, top_diff, x, bottom_diff, weight_grad, propagate_down):
-        """Weight diff += td_g . cols_g^T and bottom diff = col2im(W_g^T . td_g), whole chunk at once."""
-        n, p, g = x.shape[0], self._positions, self._group
-        mg = self._num_output // g
-        td = _workspace("batch_top_diff", (g, mg, n * p))
-        td.reshape(g, mg, n, p)[...] = top_diff.reshape(n, g, mg, p).transpose(1, 2, 0, 3)
-        if weight_grad:
-            cols = self._kept_columns(x)
-            if cols is None:
-                cols = self._lower_batch(x)
-            weight_diff = self._weights(self.blobs[0].diff)
-            weight_diff += np.matmul(td, cols.transpose(0, 2, 1))
-        if propagate_down:
-            col_diff = _workspace("batch_cols", (g, self._kdim, n * p))
-            np.matmul(self._weights(self.blobs[0].readonly_data).transpose(0, 2, 1), td, out=col_diff)
-            self._fold_batch(col_diff, bottom_diff)
+    def _packed_weights(self, weights):
+        """The weights packed for the product, packed again only when they may have changed since
+        (:meth:`pyskim.core.blob.Blob.data_untouched_since`: exact, never a stale copy)."""
+        blob = self.blobs[0]
+        cached = getattr(self, "_packed", None)
+        if cached is None or not blob.data_untouched_since(cached[0]):
+            cached = self._packed = (blob.data_mark(), gemm.PackedConvWeights(weights, self._group))
+        return cached[1]
+
+    def _backward_fused(self, top_diff, x, bottom_diff, weight_grad, propagate_down):
+        """weight diff += td_g . im2col(x)_g^T; bottom diff = col2im(W_g^T . td_g), in chunks of
+        images that bound the packed top diff and the column matrix (:data:`BATCH_COL_BUFFER_BYTES`)."""
+        x4 = self._as_2d(x, self._channels, self._in_spatial)
+        b4 = self._as_2d(bottom_diff, self._channels, self._in_spatial)
+        td4 = self._as_2d(top_diff, self._num_output, self._out_spatial)
+        geometry = self._geometry_2d()
+        flat_geometry = [v for pair in geometry for v in pair]
+        input_grad = _fused.input_grad_applies(*geometry[1:], geometry[0])
+        for s, e in self._chunks(self._batch_chunk):
+            if weight_grad:
+                _fused.conv2d_weight_grad(x4[s:e], td4[s:e], self.blobs[0].diff, *geometry, group=self._group)
+            if propagate_down and input_grad:
+                _fused.conv2d_input_grad(self.blobs[0].readonly_data, td4[s:e], geometry[0], geometry[1],
+                                         geometry[3], group=self._group, out=b4[s:e])
+            elif propagate_down:
+                col = _workspace("batch_cols", (self._group * self._kdim, (e - s) * self._positions))
+                _fused.conv2d_column_grad(self.blobs[0].readonly_data, td4[s:e], self._group, out=col)
+                kernels.col2im_batch(col, *flat_geometry, b4[s:e])
 
 
 @register("Deconvolution", "DECONVOLUTION")

@@ -1,4 +1,5 @@
-"""InnerProduct (Caffe's ``inner_product_layer``): ``top = bottom . W^T + bias`` as one float32 GEMM.
+"""InnerProduct (Caffe's ``inner_product_layer``): ``top = bottom . W^T + bias`` as one float32 GEMM
+(:func:`pyskim.kernels.gemm.matmul`, on pyskim's thread pool), backward as two more.
 
 Sparse modes. The layer has one engine slot, :attr:`InnerProductLayer.engine`: ``None`` (the dense
 GEMM), or an object that :mod:`pyskim.sparse` attaches after the Net is built for a ``gemm_mode`` other
@@ -9,6 +10,7 @@ path; ``weights_changed()`` tells it that new weights were loaded. The layer rea
 import numpy as np
 
 from ..core.layer import Layer, canonical_axis, layer_error, register
+from ..kernels.gemm import matmul
 
 
 @register("InnerProduct", "INNER_PRODUCT")
@@ -50,27 +52,28 @@ class InnerProductLayer(Layer):
         self.M = bottom[0].count_range(0, axis)
         top[0].reshape(tuple(bottom[0].shape[:axis]) + (self.num_output,))
 
-    def _forward_product(self, x):
-        """The M x N product ``x . W^T`` (one float32 GEMM, as Caffe's ``caffe_cpu_gemm``)."""
-        weight = self.blobs[0].readonly_data
-        return x @ (weight if self.transpose else weight.T)
+    def _weight_as_kn(self, weight):
+        """The weights as the (K, N) right-hand side of ``x . W^T`` (a view)."""
+        return weight if self.transpose else weight.T
 
     def forward_cpu(self, bottom, top):
         if self.engine is not None and self.engine.forward(bottom, top):
             return
-        out = top[0].data.reshape(self.M, self.num_output)
-        out[...] = self._forward_product(bottom[0].data.reshape(self.M, self.K))
-        if self.bias_term:
-            out += self.blobs[1].readonly_data
+        bias = self.blobs[1].readonly_data if self.bias_term else None
+        matmul(bottom[0].data.reshape(self.M, self.K), self._weight_as_kn(self.blobs[0].readonly_data),
+               out=top[0].data.reshape(self.M, self.num_output), bias=bias)
 
     def backward_cpu(self, top, propagate_down, bottom):
         top_diff = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
         if self.param_propagate_down[0]:
             weight_diff = self.blobs[0].diff
-            weight_diff += x.T @ top_diff if self.transpose else top_diff.T @ x
+            if self.transpose:
+                matmul(x.T, top_diff, out=weight_diff, accumulate=True)
+            else:
+                matmul(top_diff.T, x, out=weight_diff, accumulate=True)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff[...] += top_diff.sum(axis=0, dtype=np.float32)
         if propagate_down[0]:
             weight = self.blobs[0].readonly_data
-            bottom[0].diff.reshape(self.M, self.K)[...] = top_diff @ (weight.T if self.transpose else weight)
+            matmul(top_diff, weight.T if self.transpose else weight, out=bottom[0].diff.reshape(self.M, self.K))

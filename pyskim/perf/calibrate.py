@@ -8,11 +8,9 @@ Each time is the best of several calls; a busy machine still slows them (the pro
 records the load average per CPU at calibration time). :func:`calibrate_and_save` adds a progress
 line on stderr and stores the result in the cache of :mod:`pyskim.perf.profile`; only the commands
 that are asked to measure call it (``pyskim calibrate``, ``pyskim time``, ``tools/perf_model.py
---recalibrate``), never a forward pass. :func:`set_threads` sets the threads of pyskim's OpenMP
-kernels and of the BLAS.
+--recalibrate``), never a forward pass.
 """
 import concurrent.futures
-import ctypes
 import dataclasses
 import math
 import sys
@@ -22,8 +20,8 @@ import numpy as np
 
 from ..core.blob import Blob
 from ..kernels.csr import pack_conv_weights, pack_fc_weights
-from ..kernels.dense import get_num_threads, set_num_threads
 from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
+from ..kernels.threads import get_num_threads, set_num_threads
 from ..layers import create_layer
 from ..proto import caffe_pb2
 from .model import ConvShape, FcShape, lane_utilization
@@ -35,41 +33,6 @@ CALIBRATION_FC = FcShape(batch=16, num_input=1024, num_output=1024)
 CALIBRATION_DENSITY = 0.1
 #: Calls per measurement (the best one counts): full calibration, quick one (``quick=True``).
 REPEATS = {False: (20, 50), True: (3, 5)}
-
-# -- threads ---------------------------------------------------------------------------------------
-
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                 "openblas_set_num_threads64_", "openblas_set_num_threads", "MKL_Set_Num_Threads")
-
-
-def set_blas_threads(n):
-    """Set the thread count of the BLAS numpy loaded (OpenBLAS or MKL, found in this process's
-    mapped libraries); returns True when a BLAS took it."""
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {line.split()[-1] for line in f if ".so" in line and ("blas" in line or "mkl" in line)}
-    except OSError:
-        return False
-    done = False
-    for path in sorted(libs):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _BLAS_SETTERS:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(ctypes.c_int(int(n)))
-                done = True
-                break
-    return done
-
-
-def set_threads(n):
-    """Use ``n`` threads in pyskim's OpenMP kernels and in the BLAS (dense GEMMs)."""
-    set_num_threads(int(n))
-    set_blas_threads(int(n))
-
 
 # -- calibration -----------------------------------------------------------------------------------
 
@@ -136,7 +99,7 @@ def calibrate(threads=None, quick=False, progress=None):
     repeats, overhead_repeats = REPEATS[bool(quick)]
     report = progress or (lambda stage: None)
     previous = get_num_threads()
-    set_threads(threads)
+    set_num_threads(threads)
     try:
         base = default_profile(threads)
         report("bandwidth")
@@ -183,7 +146,7 @@ def calibrate(threads=None, quick=False, progress=None):
         t_mv = _best(lambda: sparse_fc_forward(xf[:1], fc, None, out=yf[:1]), repeats)
         spmv_eff = fc.density * f.flops / f.batch / (compute * _net(t_mv, o_s))
     finally:
-        set_threads(previous)
+        set_num_threads(previous)
 
     def clip(v, lo, hi):
         return float(min(max(v, lo), hi))

@@ -23,7 +23,7 @@ import platform
 import threading
 
 from ..core.state import log
-from ..kernels.dense import get_num_threads
+from ..kernels.threads import get_num_threads
 from .model import MachineProfile, default_bandwidth, peak_gflops_for_isa
 
 CACHE_FILE = "perfmodel.json"

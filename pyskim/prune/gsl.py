@@ -38,7 +38,7 @@ from ..core.state import log
 from ..errors import PyskimError
 from ..io.protofiles import write_text
 from ..io.upgrade import read_net_text, read_solver_text
-from ..perf.calibrate import set_threads
+from ..kernels.threads import set_num_threads
 from ..perf.model import predict
 from ..perf.profile import get_profile, use_profile
 from ..proto import caffe_pb2
@@ -457,7 +457,7 @@ def run_gsl(solver, weights, out_dir, *, resume=False, threads=None, progress=Tr
                "solver": os.path.abspath(solver), "weights": os.path.abspath(weights)}
     out.mkdir(parents=True, exist_ok=True)
     if threads:
-        set_threads(int(threads))
+        set_num_threads(int(threads))
     with use_profile(profile) if profile is not None else contextlib.nullcontext():
         return _run(cfg, out, progress, use_bar, on_iteration)
 

@@ -54,6 +54,13 @@ def axpy(alpha, x, y, scratch):
     np.add(y, scratch, out=y)
 
 
+def sum_of_squares(x):
+    """The float32 sum of ``x``'s squared values (``caffe_cpu_dot(x, x)``), computed by NumPy's own
+    loops: no BLAS call, so no BLAS thread pool wakes up beside pyskim's."""
+    flat = x.reshape(-1)
+    return np.einsum("i,i->", flat, flat)
+
+
 def powx(x, exponent, out):
     """Elementwise float32 ``pow`` (``caffe_powx``; numpy's ``power`` calls ``powf`` as Caffe's vsPowx)."""
     np.power(x, F32(exponent), out=out)
@@ -112,8 +119,7 @@ class L2Regularizer(Regularizer):
 
     def regularize(self, param_id, blob, local_decay):
         axpy(local_decay, blob.data, blob.diff, self.solver.scratch(param_id, "temp"))
-        flat = blob.data.ravel()
-        return F32(np.dot(flat, flat)) * (F32(local_decay) / F32(2))
+        return F32(sum_of_squares(blob.data)) * (F32(local_decay) / F32(2))
 
 
 @register_regularizer("L1")
@@ -275,8 +281,7 @@ class SGDSolver(Solver):
         params = self.net.learnable_params
         sumsq = F32(0)
         for blob in params:
-            diff = blob.diff.ravel()
-            sumsq += F32(np.dot(diff, diff))
+            sumsq += F32(sum_of_squares(blob.diff))
         l2norm = F32(np.sqrt(sumsq))
         if l2norm > clip:
             scale = clip / l2norm

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import KernelArgumentError
 from ..kernels.csr import pack_conv_weights, pack_fc_weights
+from ..kernels.gemm import matmul
 from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
 from ..perf.model import ConvShape, FcShape
 from ..perf.profile import get_profile
@@ -273,7 +274,8 @@ class ConvEngine(_Engine):
                 for i in range(g):
                     block = y[s:e, i * ocg:(i + 1) * ocg]
                     if bounds[i + 1] > bounds[i]:
-                        np.matmul(columns[i], taken[:, bounds[i]:bounds[i + 1]], out=block)
+                        for n in range(e - s):
+                            matmul(columns[i], taken[n, bounds[i]:bounds[i + 1]], out=block[n])
                     else:
                         block[...] = 0
             if bias is not None:
