@@ -147,16 +147,20 @@ def call_times(fn, repeats):
     return times
 
 
-def interleaved_rounds(timers, rounds, quiet_wait=0.0):
+def interleaved_rounds(timers, rounds, quiet_wait=0.0, settle=0.0):
     """Run ``timers`` (label -> callable returning seconds) in ``rounds`` rounds: round r calls each
     timer once, in order, before round r + 1 starts; with ``quiet_wait`` > 0, each round first waits
-    (at most that many seconds) for the machine to be idle (:func:`wait_until_quiet`). Returns
-    label -> list of seconds, one per round."""
+    (at most that many seconds) for the machine to be idle (:func:`wait_until_quiet`). Each timer
+    starts ``settle`` seconds after the previous one ended, so that the worker threads the previous
+    framework leaves spinning (OpenMP and onnxruntime pools spin-wait after a call) have gone to
+    sleep instead of taking the next framework's cores. Returns label -> list of seconds, one per
+    round."""
     seconds = {label: [] for label in timers}
     for _ in range(rounds):
         if quiet_wait > 0:
             wait_until_quiet(quiet_wait)
         for label, timer in timers.items():
+            time.sleep(settle)
             seconds[label].append(timer())
     return seconds
 

@@ -17,6 +17,8 @@ Each thread count in ``--threads`` (0: each framework's default) starts fresh ch
 framework, from a clean copy of this script's environment (see bench_common: the parent never imports
 a framework; pyskim's child imports numpy first, as most user scripts do). Per layer and batch, round r
 times pyskim, then each peer once (median of ``--repeats`` calls after one warm-up), then round r + 1.
+Each framework's timing starts ``--settle`` seconds after the previous one ended (the
+peers' OpenMP / onnxruntime pools spin-wait after a call and would take the next framework's cores).
 Printed: median times over the rounds, useful GFLOP/s, and the ratio peer_time / pyskim_time (> 1: pyskim
 is faster) per round with its median; conv1-5 summed per round the same way. Each child's thread pools
 (threadpoolctl) and the load average before and after are printed too.
@@ -84,7 +86,7 @@ def measure(threads, args, folder):
                     worker.call("save", method="conv", path=paths[label])
                 seconds = bench.interleaved_rounds(
                     {label: (lambda w=worker: w.call("time", method="conv", repeats=args.repeats))
-                     for label, worker in workers.items()}, args.rounds)
+                     for label, worker in workers.items()}, args.rounds, settle=args.settle)
                 flops = bench.conv_flops(name, batch)
                 line = f"{name:6s} {batch:5d} "
                 line += " ".join(f"{statistics.median(s) * 1e3:10.3f} {flops / statistics.median(s) / 1e9:6.1f}"
@@ -112,6 +114,8 @@ def main():
                         help="thread counts, one set of processes each (0: each framework's default)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the frameworks")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per framework and round (median)")
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="seconds between one framework's timing and the next (their pools go to sleep)")
     parser.add_argument("--layers", nargs="+", default=[c[0] for c in bench.ALEXNET_CONVS],
                         choices=[c[0] for c in bench.ALEXNET_CONVS])
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)

@@ -229,3 +229,4 @@ def matmul(const float[:, :] a, const float[:, :] b, float[:, ::1] c, bint accum
     jb.c_gstride, jb.c_rs, jb.c_cblk, jb.c_cbs = 0, N, _UNBLOCKED, 0
     jb.bias_cols, jb.beta, jb.kseg, jb.kc_max, jb.apacked = 1, 1 if accumulate else 0, 0, 0, NULL
     _run(&jb, threads)
+

@@ -8,9 +8,11 @@
  * implicit im2col of a batch of images (im2col is fused into the packing: no column matrix is ever
  * written). The product is BLIS-style: A is packed once into MR-row panels, each task packs a
  * KC x (its columns) block of B into NR-column panels and runs an MR x NR register kernel over
- * them. Every element of C is the same sum in the same order (K blocks of gm_kc(K) in order, each
- * summed k by k) whatever the thread count or the cut into tasks, so results do not depend on the
- * number of threads. */
+ * them. K is summed in blocks (at most kc_max long, none crossing a segment of kseg: the weight
+ * gradient sums image by image, as Caffe, in short blocks that keep its long, cancelling sums
+ * accurate), each block k by k in registers, then added to C in order. Every element of C is the
+ * same sum in the same order whatever the thread count or the cut into tasks, so results do not
+ * depend on the number of threads. */
 #ifndef PYSKIM_GEMM_IMPL_H
 #define PYSKIM_GEMM_IMPL_H
 
@@ -36,6 +38,7 @@ typedef float gm_v __attribute__((vector_size(32), aligned(32)));
 #define GM_NV (GM_NR / GM_VL)
 #define GM_KC 384
 #define GM_NC_PANELS 24
+#define GM_MAX_KW 16     /* widest kernel of the row-run im2col packing */
 
 enum { GM_DENSE = 0, GM_IM2COL = 1, GM_IM2COL_T = 2 };
 
@@ -173,22 +176,68 @@ static void gm_pack_b_dense(const gm_operand_t *o, int g, int64_t p0, int64_t kb
     }
 }
 
-/* The image-relative start (b*img_stride + ih0*W + iw0) and window corner (ih0, iw0) of output
- * position n. */
-static inline void gm_position(const gm_operand_t *o, int64_t n, int64_t *start, int *ih0, int *iw0) {
-    const int64_t P = (int64_t)o->OH * o->OW;
-    const int64_t b = n / P, p = n % P;
-    *ih0 = (int)(p / o->OW) * o->sh - o->ph;
-    *iw0 = (int)(p % o->OW) * o->sw - o->pw;
-    *start = b * o->img_stride + (int64_t)*ih0 * o->W + *iw0;
+/* Walks output positions n = (b*OH + oh)*OW + ow in order: the image-relative start
+ * (b*img_stride + ih0*W + iw0) and window corner (ih0, iw0) of each, without a division per step. */
+typedef struct {
+    int64_t b;
+    int oh, ow, ih0, iw0;
+    int64_t start;
+} gm_pos_t;
+
+static inline void gm_pos_set(const gm_operand_t *o, gm_pos_t *q) {
+    q->ih0 = q->oh * o->sh - o->ph;
+    q->iw0 = q->ow * o->sw - o->pw;
+    q->start = q->b * o->img_stride + (int64_t)q->ih0 * o->W + q->iw0;
 }
 
-/* The channel-relative offset (ch*H*W + i*dh*W + j*dw) and window offsets of tap k. */
-static inline void gm_tap(const gm_operand_t *o, int64_t k, int64_t *off, int *di, int *dj) {
-    const int ch = (int)(k / (o->kh * o->kw)), i = (int)(k / o->kw % o->kh), j = (int)(k % o->kw);
-    *di = i * o->dh;
-    *dj = j * o->dw;
-    *off = (int64_t)ch * o->H * o->W + (int64_t)*di * o->W + *dj;
+static inline void gm_pos_init(const gm_operand_t *o, int64_t n, gm_pos_t *q) {
+    const int64_t P = (int64_t)o->OH * o->OW;
+    q->b = n / P;
+    q->oh = (int)(n % P / o->OW);
+    q->ow = (int)(n % o->OW);
+    gm_pos_set(o, q);
+}
+
+static inline void gm_pos_next(const gm_operand_t *o, gm_pos_t *q) {
+    if (++q->ow == o->OW) {
+        q->ow = 0;
+        if (++q->oh == o->OH) {
+            q->oh = 0;
+            ++q->b;
+        }
+    }
+    gm_pos_set(o, q);
+}
+
+/* Walks kernel taps k = (ch*kh + i)*kw + j in order: the channel-relative offset (ch*H*W +
+ * i*dh*W + j*dw) and window offsets (i*dh, j*dw) of each. */
+typedef struct {
+    int ch, i, j, di, dj;
+    int64_t off;
+} gm_tap_t;
+
+static inline void gm_tap_set(const gm_operand_t *o, gm_tap_t *q) {
+    q->di = q->i * o->dh;
+    q->dj = q->j * o->dw;
+    q->off = (int64_t)q->ch * o->H * o->W + (int64_t)q->di * o->W + q->dj;
+}
+
+static inline void gm_tap_init(const gm_operand_t *o, int64_t k, gm_tap_t *q) {
+    q->ch = (int)(k / (o->kh * o->kw));
+    q->i = (int)(k / o->kw % o->kh);
+    q->j = (int)(k % o->kw);
+    gm_tap_set(o, q);
+}
+
+static inline void gm_tap_next(const gm_operand_t *o, gm_tap_t *q) {
+    if (++q->j == o->kw) {
+        q->j = 0;
+        if (++q->i == o->kh) {
+            q->i = 0;
+            ++q->ch;
+        }
+    }
+    gm_tap_set(o, q);
 }
 
 #if defined(__AVX512F__)
@@ -211,23 +260,26 @@ static void gm_pack_b_im2col_rows(const gm_operand_t *o, const float *base, cons
         t = e;
     }
     const int H = o->H, W = o->W;
-    for (int64_t k = 0; k < kb; ++k, dst += GM_NR) {
-        int64_t off;
-        int di, dj;
-        gm_tap(o, p0 + k, &off, &di, &dj);
-        __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
-        for (int r = 0; r < nruns; ++r) {
-            if ((unsigned)(run_ih[r] + di) >= (unsigned)H) continue;
-            /* lanes L of the run with 0 <= run_iw + dj + L < W */
+    /* lane masks per run and horizontal tap: lanes L of the run with 0 <= run_iw + j + L < W */
+    uint32_t masks[GM_NR][GM_MAX_KW];
+    for (int r = 0; r < nruns; ++r)
+        for (int j = 0; j < o->kw; ++j) {
             int a = lane_lo[r], b = lane_hi[r];
-            const int first = -(run_iw[r] + dj), last = W - (run_iw[r] + dj);
+            const int first = -(run_iw[r] + j), last = W - (run_iw[r] + j);
             if (a < first) a = first;
             if (b > last) b = last;
-            if (a >= b) continue;
-            const uint32_t m = (uint32_t)(((uint64_t)1 << b) - ((uint64_t)1 << a));
-            const float *src = base + run_at[r] + off;
-            if ((__mmask16)m) lo = _mm512_mask_loadu_ps(lo, (__mmask16)m, src);
-            if ((__mmask16)(m >> 16)) hi = _mm512_mask_loadu_ps(hi, (__mmask16)(m >> 16), src + 16);
+            masks[r][j] = a < b ? (uint32_t)(((uint64_t)1 << b) - ((uint64_t)1 << a)) : 0;
+        }
+    gm_tap_t tap;
+    gm_tap_init(o, p0, &tap);
+    for (int64_t k = 0; k < kb; ++k, dst += GM_NR, gm_tap_next(o, &tap)) {
+        const float *src = base + tap.off;
+        __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+        for (int r = 0; r < nruns; ++r) {
+            /* a row outside the image loads nothing (mask 0) */
+            const uint32_t m = (unsigned)(run_ih[r] + tap.di) < (unsigned)H ? masks[r][tap.j] : 0;
+            lo = _mm512_mask_loadu_ps(lo, (__mmask16)m, src + run_at[r]);
+            hi = _mm512_mask_loadu_ps(hi, (__mmask16)(m >> 16), src + run_at[r] + 16);
         }
         _mm512_store_ps(dst, lo);
         _mm512_store_ps(dst + 16, hi);
@@ -241,10 +293,16 @@ static void gm_pack_b_im2col(const gm_operand_t *o, int g, int64_t p0, int64_t k
     const float *base = o->base + g * o->gstride;
     int64_t start[GM_NR];
     int ih0[GM_NR], iw0[GM_NR];
-    for (int t = 0; t < nr; ++t) gm_position(o, j0 + t, &start[t], &ih0[t], &iw0[t]);
+    gm_pos_t pos;
+    gm_pos_init(o, j0, &pos);
+    for (int t = 0; t < nr; ++t, gm_pos_next(o, &pos)) {
+        start[t] = pos.start;
+        ih0[t] = pos.ih0;
+        iw0[t] = pos.iw0;
+    }
     const int H = o->H, W = o->W;
 #if defined(__AVX512F__)
-    if (o->sw == 1 && o->dw == 1) {
+    if (o->sw == 1 && o->dw == 1 && o->kw <= GM_MAX_KW) {
         gm_pack_b_im2col_rows(o, base, start, ih0, iw0, p0, kb, nr, dst);
         return;
     }
@@ -260,10 +318,11 @@ static void gm_pack_b_im2col(const gm_operand_t *o, int g, int64_t p0, int64_t k
             viw[t] = t < nr ? iw0[t] : -0x40000000;
         }
         const __m512i hmax = _mm512_set1_epi32(H), wmax = _mm512_set1_epi32(W);
-        for (int64_t k = 0; k < kb; ++k, dst += GM_NR) {
-            int64_t off;
-            int di, dj;
-            gm_tap(o, p0 + k, &off, &di, &dj);
+        gm_tap_t tap;
+        gm_tap_init(o, p0, &tap);
+        for (int64_t k = 0; k < kb; ++k, dst += GM_NR, gm_tap_next(o, &tap)) {
+            const int64_t off = tap.off;
+            const int di = tap.di, dj = tap.dj;
             const __m512i voff = _mm512_set1_epi32((int32_t)off);
             const __m512i vdi = _mm512_set1_epi32(di), vdj = _mm512_set1_epi32(dj);
             for (int v = 0; v < GM_NV; ++v) {
@@ -278,10 +337,11 @@ static void gm_pack_b_im2col(const gm_operand_t *o, int g, int64_t p0, int64_t k
         return;
     }
 #endif
-    for (int64_t k = 0; k < kb; ++k, dst += GM_NR) {
-        int64_t off;
-        int di, dj;
-        gm_tap(o, p0 + k, &off, &di, &dj);
+    gm_tap_t tap;
+    gm_tap_init(o, p0, &tap);
+    for (int64_t k = 0; k < kb; ++k, dst += GM_NR, gm_tap_next(o, &tap)) {
+        const int64_t off = tap.off;
+        const int di = tap.di, dj = tap.dj;
         int t = 0;
         for (; t < nr; ++t) {
             const int ih = ih0[t] + di, iw = iw0[t] + dj;
@@ -297,7 +357,13 @@ static void gm_pack_b_im2col_t(const gm_operand_t *o, int g, int64_t p0, int64_t
     const float *base = o->base + g * o->gstride;
     int64_t toff[GM_NR];
     int di[GM_NR], dj[GM_NR];
-    for (int t = 0; t < nr; ++t) gm_tap(o, j0 + t, &toff[t], &di[t], &dj[t]);
+    gm_tap_t tap;
+    gm_tap_init(o, j0, &tap);
+    for (int t = 0; t < nr; ++t, gm_tap_next(o, &tap)) {
+        toff[t] = tap.off;
+        di[t] = tap.di;
+        dj[t] = tap.dj;
+    }
     const int H = o->H, W = o->W;
 #if defined(__AVX512F__)
     if (toff[nr - 1] < 0x7fffffffLL) {
@@ -309,10 +375,11 @@ static void gm_pack_b_im2col_t(const gm_operand_t *o, int g, int64_t p0, int64_t
             vdj[t] = t < nr ? dj[t] : 0x40000000;
         }
         const __m512i hmax = _mm512_set1_epi32(H), wmax = _mm512_set1_epi32(W);
-        for (int64_t k = 0; k < kb; ++k, dst += GM_NR) {
-            int64_t start;
-            int ih0, iw0;
-            gm_position(o, p0 + k, &start, &ih0, &iw0);
+        gm_pos_t pos;
+        gm_pos_init(o, p0, &pos);
+        for (int64_t k = 0; k < kb; ++k, dst += GM_NR, gm_pos_next(o, &pos)) {
+            const int64_t start = pos.start;
+            const int ih0 = pos.ih0, iw0 = pos.iw0;
             const __m512i vih0 = _mm512_set1_epi32(ih0), viw0 = _mm512_set1_epi32(iw0);
             const float *pb = base + start;
             for (int v = 0; v < GM_NV; ++v) {
@@ -326,10 +393,11 @@ static void gm_pack_b_im2col_t(const gm_operand_t *o, int g, int64_t p0, int64_t
         return;
     }
 #endif
-    for (int64_t k = 0; k < kb; ++k, dst += GM_NR) {
-        int64_t start;
-        int ih0, iw0;
-        gm_position(o, p0 + k, &start, &ih0, &iw0);
+    gm_pos_t pos;
+    gm_pos_init(o, p0, &pos);
+    for (int64_t k = 0; k < kb; ++k, dst += GM_NR, gm_pos_next(o, &pos)) {
+        const int64_t start = pos.start;
+        const int ih0 = pos.ih0, iw0 = pos.iw0;
         int t = 0;
         for (; t < nr; ++t) {
             const int ih = ih0 + di[t], iw = iw0 + dj[t];
@@ -350,41 +418,56 @@ static void gm_pack_b(const gm_operand_t *o, int g, int64_t p0, int64_t kb, int6
 
 /* ---- storing a tile --------------------------------------------------------------------------- */
 
-/* Rows [i0, i0 + mr) x columns [j0, j0 + nr) of C (group g) from tile: the first K block sets
- * them (beta: adds to them) with the bias, later blocks add. */
-static void gm_store(const gm_job_t *jb, int g, int64_t i0, int mr, int64_t j0, int nr,
-                     const float *__restrict tile, int first) {
-    /* the tile's columns as runs inside C's column blocks */
-    int64_t seg_at[GM_NR + 1];
-    int seg_t[GM_NR + 1], nseg = 0;
+/* A panel's columns [j0, j0 + nr) of C as runs inside C's column blocks: run s covers tile
+ * columns [t[s], t[s + 1]) at offset at[s] - t[s] from a row's start. */
+typedef struct {
+    int n, t[GM_NR + 1];
+    int64_t at[GM_NR + 1];
+} gm_runs_t;
+
+static void gm_column_runs(const gm_job_t *jb, int64_t j0, int nr, gm_runs_t *runs) {
+    runs->n = 0;
     for (int t = 0; t < nr;) {
         const int64_t col = j0 + t, off = col % jb->c_cblk;
-        int len = (int)(jb->c_cblk - off < nr - t ? jb->c_cblk - off : nr - t);
-        seg_at[nseg] = (col / jb->c_cblk) * jb->c_cbs + off;
-        seg_t[nseg++] = t;
+        const int len = (int)(jb->c_cblk - off < nr - t ? jb->c_cblk - off : nr - t);
+        runs->at[runs->n] = (col / jb->c_cblk) * jb->c_cbs + off - t;
+        runs->t[runs->n++] = t;
         t += len;
     }
-    seg_t[nseg] = nr;
+    runs->t[runs->n] = nr;
+}
+
+/* d[t0, t1) = [d +] src + b (b: one value, or bcol[t] per column when bcol is given). */
+static inline void gm_store_run(float *__restrict d, const float *__restrict src, const float *bcol, float b,
+                                int t0, int t1, int set) {
+#if defined(__AVX512F__)
+    const __m512 vb = _mm512_set1_ps(b);
+    for (int t = t0; t < t1; t += 16) {
+        const __mmask16 m = (__mmask16)(t1 - t >= 16 ? 0xffff : (1u << (t1 - t)) - 1);
+        __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, src + t),
+                                 bcol ? _mm512_maskz_loadu_ps(m, bcol + t) : vb);
+        if (!set) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, d + t), v);
+        _mm512_mask_storeu_ps(d + t, m, v);
+    }
+#else
+    for (int t = t0; t < t1; ++t) {
+        const float v = src[t] + (bcol ? bcol[t] : b);
+        d[t] = set ? v : d[t] + v;
+    }
+#endif
+}
+
+/* Rows [i0, i0 + mr) x the panel's columns of C (group g) from tile: the first K block sets them
+ * (beta: adds to them) with the bias, later blocks add. */
+static void gm_store(const gm_job_t *jb, int g, int64_t i0, int mr, int64_t j0, const gm_runs_t *runs,
+                     const float *__restrict tile, int first) {
     const int set = first && !jb->beta;
+    const float *bcol = first && jb->bias && jb->bias_cols ? jb->bias + j0 : 0;
     for (int r = 0; r < mr; ++r) {
         float *row = jb->c + g * jb->c_gstride + (i0 + r) * jb->c_rs;
-        const float *src = tile + r * GM_NR;
         const float rb = (first && jb->bias && !jb->bias_cols) ? jb->bias[g * jb->M + i0 + r] : 0.0f;
-        for (int s = 0; s < nseg; ++s) {
-            float *__restrict d = row + seg_at[s] - seg_t[s];
-            const int t0 = seg_t[s], t1 = seg_t[s + 1];
-            if (first && jb->bias && jb->bias_cols) {
-                const float *bc = jb->bias + j0;
-                if (set)
-                    for (int t = t0; t < t1; ++t) d[t] = src[t] + bc[t];
-                else
-                    for (int t = t0; t < t1; ++t) d[t] += src[t] + bc[t];
-            } else if (set) {
-                for (int t = t0; t < t1; ++t) d[t] = src[t] + rb;
-            } else {
-                for (int t = t0; t < t1; ++t) d[t] += src[t] + rb;
-            }
-        }
+        for (int s = 0; s < runs->n; ++s)
+            gm_store_run(row + runs->at[s], tile + r * GM_NR, bcol, rb, runs->t[s], runs->t[s + 1], set);
     }
 }
 
@@ -419,6 +502,11 @@ static void gm_product_task(void *ctx, int64_t task, int worker) {
         return;
     }
     float tile[GM_MR * GM_NR] __attribute__((aligned(64)));
+    gm_runs_t runs[GM_NC_PANELS];
+    for (int64_t jp = jp0; jp < jp1; ++jp) {
+        const int64_t j0 = jp * GM_NR;
+        gm_column_runs(jb, j0, (int)(jb->N - j0 < GM_NR ? jb->N - j0 : GM_NR), &runs[jp - jp0]);
+    }
     for (int64_t p0 = 0, kb = 0; p0 < jb->K; p0 += kb) {
         /* K blocks of at most kc, none crossing a segment end */
         const int64_t seg_end = p0 / jb->kseg * jb->kseg + jb->kseg;
@@ -440,7 +528,7 @@ static void gm_product_task(void *ctx, int64_t task, int worker) {
                     gm_kernel_half(kb, apanel, bbuf + (jp - jp0) * kb * GM_NR, tile);
                 else
                     gm_kernel(kb, apanel, bbuf + (jp - jp0) * kb * GM_NR, tile);
-                gm_store(jb, g, i0, mr, j0, nr, tile, p0 == 0);
+                gm_store(jb, g, i0, mr, j0, &runs[jp - jp0], tile, p0 == 0);
             }
         }
     }
@@ -455,7 +543,7 @@ static void gm_plan(gm_job_t *jb, int threads) {
     jb->npanels = (jb->N + GM_NR - 1) / GM_NR;
     int64_t nchunks = (jb->npanels + GM_NC_PANELS - 1) / GM_NC_PANELS, mchunks = 1;
     if (threads > 1) {
-        const int64_t want = 4 * (int64_t)threads;
+        const int64_t want = 4 * (int64_t)threads;   /* a few tasks per thread: a late thread does fewer */
         while (jb->G * nchunks < want && nchunks < jb->npanels) ++nchunks;
         while (jb->G * nchunks * mchunks < 2 * (int64_t)threads && mchunks * 2 <= jb->mpanels) ++mchunks;
     }

@@ -72,15 +72,100 @@ cdef inline int _window(int o, int stride, int pad, int kernel, int size, int* s
     return padded_length
 
 
+cdef extern from *:
+    """
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    #include <float.h>
+    /* MAX pooling of 16 consecutive outputs of one row whose windows lie inside the image
+     * horizontally (columns ws0 + lane*stride_w + [0, kw)), rows [hs, he): per lane Caffe's loop
+     * (from -FLT_MAX and index -1, taps in (h, w) order, strict >), the taps gathered. */
+    static inline void pyskim_max16_at(const float *x, __m512i corner, int W, int hs, int he, int kw,
+                                       float *top, int *mask) {
+        __m512 best = _mm512_set1_ps(-FLT_MAX);
+        __m512i best_i = _mm512_set1_epi32(-1);
+        for (int h = hs; h < he; ++h)
+            for (int w = 0; w < kw; ++w) {
+                const __m512i idx = _mm512_add_epi32(corner, _mm512_set1_epi32(h * W + w));
+                const __m512 v = _mm512_i32gather_ps(idx, x, 4);
+                const __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
+                best = _mm512_mask_mov_ps(best, gt, v);
+                best_i = _mm512_mask_mov_epi32(best_i, gt, idx);
+            }
+        _mm512_storeu_ps(top, best);
+        _mm512_storeu_si512(mask, best_i);
+    }
+    static inline void pyskim_max16(const float *x, int W, int hs, int he, int ws0, int kw, int stride_w,
+                                    float *top, int *mask) {
+        const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,
+                                                                  3, 2, 1, 0), _mm512_set1_epi32(stride_w));
+        pyskim_max16_at(x, _mm512_add_epi32(lanes, _mm512_set1_epi32(ws0)), W, hs, he, kw, top, mask);
+    }
+    /* 16 outputs whose kh x kw windows lie inside the plane, window corners at corners[0..15] */
+    static inline void pyskim_max16_corners(const float *x, const int *corners, int W, int kh, int kw,
+                                            float *top, int *mask) {
+        pyskim_max16_at(x, _mm512_loadu_si512(corners), W, 0, kh, kw, top, mask);
+    }
+    #define PYSKIM_MAX16 1
+    #else
+    static inline void pyskim_max16(const float *x, int W, int hs, int he, int ws0, int kw, int stride_w,
+                                    float *top, int *mask) {}
+    static inline void pyskim_max16_corners(const float *x, const int *corners, int W, int kh, int kw,
+                                            float *top, int *mask) {}
+    #define PYSKIM_MAX16 0
+    #endif
+    """
+    bint PYSKIM_MAX16
+    void pyskim_max16(const float* x, int W, int hs, int he, int ws0, int kw, int stride_w, float* top,
+                      int* mask) noexcept nogil
+    void pyskim_max16_corners(const float* x, const int* corners, int W, int kh, int kw, float* top,
+                              int* mask) noexcept nogil
+
+
 cdef inline void _max_forward_plane(const float* x, float* top, int* mask,
                                     PoolGeometry g) noexcept nogil:
-    """One plane of MAX forward: Caffe's loop (max from ``-FLT_MAX``, index ``-1``, strict ``>``)."""
-    cdef int ph, pw, hs, he, ws, we, h, w, best_i
+    """One plane of MAX forward: Caffe's loop (max from ``-FLT_MAX``, index ``-1``, strict ``>``);
+    runs of 16 outputs whose windows lie inside the image horizontally go 16 at a time
+    (``pyskim_max16``, AVX-512 builds), with the same comparisons in the same order; a plane whose
+    windows all lie inside it goes 16 outputs at a time across rows."""
+    cdef int ph, pw, hs, he, ws, we, h, w, best_i, o, lane
     cdef float best
     cdef const float* row
+    cdef int corners[16]
+    if PYSKIM_MAX16 and g.pad_h == 0 and g.pad_w == 0 and (g.PH - 1) * g.stride_h + g.kh <= g.H \
+            and (g.PW - 1) * g.stride_w + g.kw <= g.W and g.PH * g.PW >= 16:
+        ph = pw = 0
+        for o in range(0, g.PH * g.PW - 15, 16):
+            for lane in range(16):
+                corners[lane] = ph * g.stride_h * g.W + pw * g.stride_w
+                pw += 1
+                if pw == g.PW:
+                    pw = 0
+                    ph += 1
+            pyskim_max16_corners(x, corners, g.W, g.kh, g.kw, top + o, mask + o)
+        o = (g.PH * g.PW) // 16 * 16
+        if o < g.PH * g.PW:        # the last 16 outputs again (recomputing a few: same values)
+            o = g.PH * g.PW - 16
+            for lane in range(16):
+                corners[lane] = (o + lane) // g.PW * g.stride_h * g.W + (o + lane) % g.PW * g.stride_w
+            pyskim_max16_corners(x, corners, g.W, g.kh, g.kw, top + o, mask + o)
+        return
+    # outputs [inner_lo, inner_hi) have horizontal windows inside [0, W)
+    cdef int inner_lo = (g.pad_w + g.stride_w - 1) // g.stride_w
+    cdef int inner_hi = (g.W + g.pad_w - g.kw) // g.stride_w + 1 if g.W + g.pad_w >= g.kw else 0
+    if inner_hi > g.PW:
+        inner_hi = g.PW
+    if not PYSKIM_MAX16 or inner_hi - inner_lo < 16:
+        inner_lo = inner_hi = 0
     for ph in range(g.PH):
         _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
-        for pw in range(g.PW):
+        pw = 0
+        while pw < g.PW:
+            if pw >= inner_lo and pw + 16 <= inner_hi:
+                pyskim_max16(x, g.W, hs, he, pw * g.stride_w - g.pad_w, g.kw, g.stride_w, top + ph * g.PW + pw,
+                             mask + ph * g.PW + pw)
+                pw += 16
+                continue
             _window(pw, g.stride_w, g.pad_w, g.kw, g.W, &ws, &we)
             best = -FLT_MAX
             best_i = -1
@@ -92,6 +177,7 @@ cdef inline void _max_forward_plane(const float* x, float* top, int* mask,
                         best_i = h * g.W + w
             top[ph * g.PW + pw] = best
             mask[ph * g.PW + pw] = best_i
+            pw += 1
 
 
 cdef inline void _max_backward_plane(const float* top_diff, const int* mask, float* bottom_diff,

@@ -2,7 +2,7 @@
 """Direct sparse convolution and sparse x dense fully-connected kernels (float32, on pyskim's thread
 pool).
 
-The C side is ``sconv_impl.h`` (vector-extension register tiles; AVX-512 with -march=native).
+The C side is ``sconv_impl.h`` and ``sfc_impl.h`` (vector-extension register tiles; AVX-512 with -march=native).
 Call these through :mod:`pyskim.sparse.ops`, which packs the weights and picks the blocking.
 The plan objects copy and validate their index arrays once, when they are built, and keep them
 private; ``forward`` then checks every array it is given against the plan's geometry, so no call
@@ -28,6 +28,9 @@ cdef extern from "sconv_impl.h" nogil:
     int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G, int OCg, int NB,
                 const int32_t *blk, const int32_t *col, const float *val, const float *bias, int OH,
                 int OW, int tile, int OCB, int relu, int interleaved, float *out, int nthreads)
+
+
+cdef extern from "sfc_impl.h" nogil:
     int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const int32_t *col,
               const float *val, const float *bias, int relu, float *y, int nthreads)
 

@@ -132,6 +132,13 @@ POOL_CASES = [
     (1, 2, 8, 8, (2, 2), (2, 2), (0, 0)),
     (1, 1, 5, 5, (1, 1), (3, 3), (0, 0)),     # Caffe quirk: last window starts outside the image
 ]
+#: Geometries of the 16-outputs-at-a-time paths of MAX pooling.
+VECTOR_POOL_CASES = [
+    (2, 3, 24, 24, (2, 2), (2, 2), (0, 0)),   # LeNet: every window inside, 16 outputs at a time
+    (1, 2, 27, 27, (3, 3), (2, 2), (0, 0)),   # AlexNet-like interior plane with a partial last 16
+    (1, 2, 9, 40, (3, 3), (2, 1), (1, 1)),    # padded: runs of 16 inner outputs along a row
+    (1, 1, 6, 70, (2, 3), (1, 3), (0, 1)),
+]
 
 
 def _pooled(h, w, kern, stride, pad):
@@ -180,6 +187,20 @@ def test_ave_pool_divisor_counts_padding():
     top = K.ave_pool_forward(x, 3, 2, 1, (2, 2))
     # window rows/cols [-1, 2) and [1, 4): 4 of 9 inputs inside the image, divisor 9
     np.testing.assert_allclose(top, np.full((1, 1, 2, 2), 4 / 9, np.float32), rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", VECTOR_POOL_CASES)
+def test_max_pool_ties_and_nans_in_vector_paths(case):
+    """Many equal values (the first maximum in (h, w) order wins) and NaNs (never a maximum, as
+    Caffe's strict ``>``) where outputs go 16 at a time."""
+    n, c, h, w, kern, stride, pad = case
+    x = np.round(np.random.default_rng(7).standard_normal((n, c, h, w)) * 2).astype(np.float32)
+    x[..., ::5, ::3] = np.nan
+    out_hw = _pooled(h, w, kern, stride, pad)
+    top, mask = K.max_pool_forward(x, kern, stride, pad, out_hw)
+    top_r, mask_r = R.max_pool_forward_ref(x, kern, stride, pad, out_hw)
+    np.testing.assert_array_equal(top, top_r)
+    np.testing.assert_array_equal(mask, mask_r)
 
 
 def test_max_pool_special_values():

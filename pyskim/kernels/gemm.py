@@ -179,10 +179,19 @@ def conv2d_column_grad(weights, top_diff, group=1, out=None):
     return col
 
 
-def input_grad_applies(pad, stride, dilation, kernel):
+#: The flipped convolution of :func:`conv2d_input_grad` runs over every input position, taps in the
+#: padding included; above this many input positions per output position the column path (column
+#: gradient + col2im) does less work.
+INPUT_GRAD_MAX_GROWTH = 1.25
+
+
+def input_grad_applies(pad, stride, dilation, kernel, in_hw=None, out_hw=None):
     """Whether :func:`conv2d_input_grad` handles this geometry: stride 1 and a pad no larger than the
-    dilated kernel's reach ((kernel - 1) * dilation) on both axes."""
-    return all(st == 1 and 0 <= p <= (k - 1) * d for p, st, d, k in zip(pad, stride, dilation, kernel))
+    dilated kernel's reach ((kernel - 1) * dilation) on both axes; given the input and output
+    extents, also whether it is the cheaper way (:data:`INPUT_GRAD_MAX_GROWTH`)."""
+    if not all(st == 1 and 0 <= p <= (k - 1) * d for p, st, d, k in zip(pad, stride, dilation, kernel)):
+        return False
+    return in_hw is None or in_hw[0] * in_hw[1] <= INPUT_GRAD_MAX_GROWTH * out_hw[0] * out_hw[1]
 
 
 def conv2d_input_grad(weights, top_diff, kernel, pad=0, dilation=1, group=1, out=None):

@@ -6,9 +6,9 @@ Convolution's 2-D (and 1x1) dense path runs the whole batch through pyskim's own
 (:mod:`pyskim.kernels.gemm`, on pyskim's thread pool): im2col is fused into the packing of the
 product, so no column matrix is written. Forward is one call (W_g . im2col(x)_g + bias per group);
 backward is the weight gradient td_g . im2col(x)_g^T summed image by image as Caffe does, and the
-bottom gradient col2im(W_g^T . td_g): for stride 1 computed as the convolution of the padded top diff
-with the flipped weights (no column matrix), otherwise through a column matrix and col2im, in chunks
-of images bounded by :data:`BATCH_COL_BUFFER_BYTES`.
+bottom gradient col2im(W_g^T . td_g): for stride 1 (when it does not grow the work much) computed as
+the convolution of the padded top diff with the flipped weights (no column matrix), otherwise
+through a column matrix and col2im, in chunks of images bounded by :data:`BATCH_COL_BUFFER_BYTES`.
 The layer keeps its weights packed for the product between forwards and packs them again whenever
 they may have changed (:meth:`pyskim.core.blob.Blob.data_untouched_since`).
 
@@ -403,7 +403,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         td4 = self._as_2d(top_diff, self._num_output, self._out_spatial)
         geometry = self._geometry_2d()
         flat_geometry = [v for pair in geometry for v in pair]
-        input_grad = _fused.input_grad_applies(*geometry[1:], geometry[0])
+        input_grad = _fused.input_grad_applies(*geometry[1:], geometry[0], x4.shape[2:], td4.shape[2:])
         for s, e in self._chunks(self._batch_chunk):
             if weight_grad:
                 _fused.conv2d_weight_grad(x4[s:e], td4[s:e], self.blobs[0].diff, *geometry, group=self._group)
