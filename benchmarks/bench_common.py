@@ -74,11 +74,11 @@ def conv_flops(name, batch):
     return 2.0 * batch * num_output * out * out * (channels // group) * kernel * kernel
 
 
-def conv_prototxt(name, batch, conv_mode="LOWERED_GEMM"):
+def conv_prototxt(name, batch, conv_mode="LOWERED_GEMM", backward=False):
     """A deploy prototxt: an Input "data" into AlexNet's Convolution ``name`` (top "conv") in
-    SkimCaffe's ``conv_mode``."""
+    SkimCaffe's ``conv_mode``; ``backward``: with ``force_backward`` (the bottom gradient too)."""
     _, channels, size, num_output, kernel, stride, pad, group = alexnet_conv(name)
-    return f"""name: "{name}"
+    return ("force_backward: true\n" if backward else "") + f"""name: "{name}"
 layer {{ name: "data" type: "Input" top: "data"
          input_param {{ shape {{ dim: {batch} dim: {channels} dim: {size} dim: {size} }} }} }}
 layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
@@ -87,14 +87,14 @@ layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
 """
 
 
-def pyskim_conv_net(name, batch, x, w, bias, conv_mode="LOWERED_GEMM"):
+def pyskim_conv_net(name, batch, x, w, bias, conv_mode="LOWERED_GEMM", backward=False):
     """A pycaffe-style TEST Net of :func:`conv_prototxt` (written to a file and loaded the way a user
     does), with ``w`` / ``bias`` as the layer's weights and ``x`` in its input blob."""
     import pyskim
     with tempfile.TemporaryDirectory(prefix="bench_net_") as folder:
         path = os.path.join(folder, f"{name}.prototxt")
         with open(path, "w") as f:
-            f.write(conv_prototxt(name, batch, conv_mode))
+            f.write(conv_prototxt(name, batch, conv_mode, backward))
         net = pyskim.Net(path, pyskim.TEST)
     net.params["conv"][0].data[...] = w
     net.params["conv"][1].data[...] = bias
@@ -113,6 +113,36 @@ def torch_conv_call(name, x, w, bias):
         with torch.inference_mode():
             return torch.nn.functional.conv2d(tx, tw, tb, stride, pad, 1, group)
     return conv
+
+
+def top_diff_array(name, batch, seed=1):
+    """Seeded float32 top diff N(0, 1) of AlexNet layer ``name`` at ``batch`` (same in every process)."""
+    import numpy as np
+    _, _, size, num_output, kernel, stride, pad, _ = alexnet_conv(name)
+    out = (size + 2 * pad - kernel) // stride + 1
+    rng = np.random.default_rng([seed, ALEXNET_CONVS.index(alexnet_conv(name)), batch])
+    return rng.standard_normal((batch, num_output, out, out), dtype=np.float32)
+
+
+def torch_conv_backward_call(name, x, w, bias, top_diff):
+    """The backward pass of ``torch.nn.functional.conv2d`` (autograd: input, weight and bias
+    gradients for ``top_diff``); the forward runs once, outside the timed call. Returns (call,
+    to_array) where to_array flattens the input and weight gradients."""
+    import torch
+    _, _, _, _, _, stride, pad, group = alexnet_conv(name)
+    tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, w, bias))
+    y = torch.nn.functional.conv2d(tx, tw, tb, stride, pad, 1, group)
+    td = torch.from_numpy(top_diff)
+
+    def backward():
+        return torch.autograd.grad(y, (tx, tw, tb), td, retain_graph=True)
+    return backward, lambda grads: np_concat(grads[0].numpy(), grads[1].numpy())
+
+
+def np_concat(*arrays):
+    """The arrays flattened into one."""
+    import numpy as np
+    return np.concatenate([a.ravel() for a in arrays])
 
 
 def ort_conv_call(name, x, w, bias, threads):

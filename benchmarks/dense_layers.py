@@ -1,17 +1,21 @@
-"""Dense forward time of AlexNet's conv layers: pyskim's Net vs PyTorch and onnxruntime, one process
-per framework, interleaved in rounds.
+"""Dense forward (and backward) time of AlexNet's conv layers: pyskim's Net vs PyTorch and onnxruntime,
+one process per framework, interleaved in rounds.
 
     python benchmarks/dense_layers.py [--batches 1 16] [--threads 1 2] [--rounds 5] [--repeats 5]
-                                      [--layers conv1 ...] [--peers torch ort]
+                                      [--passes forward backward] [--layers conv1 ...] [--peers torch ort]
 
 Needs: pyskim, and for the peers torch (``pip install torch``), onnxruntime and onnx; threadpoolctl
 (``pip install threadpoolctl``) for the thread-pool report. None of them is a pyskim dependency.
 
-* pyskim: a one-Convolution deploy prototxt (LOWERED_GEMM: im2col + BLAS GEMM) loaded as a pycaffe
-  ``Net`` with the layer's weights; the timed call is ``net.forward()``.
+* pyskim: a one-Convolution deploy prototxt (LOWERED_GEMM: pyskim's dense products) loaded as a
+  pycaffe ``Net`` with the layer's weights; the timed call is ``net.forward()``, or for the backward
+  pass ``net.clear_param_diffs(); net.backward()`` of the same net with ``force_backward`` (weight,
+  bias and bottom gradients, as a training iteration does).
 * PyTorch: ``torch.nn.functional.conv2d`` under ``inference_mode`` (oneDNN); onnxruntime: one Conv node,
   CPU provider (MLAS). Both allocate their output per call; same weights, input and bias as pyskim
   (seeded in each process, :func:`bench_common.conv_arrays`); every output is checked against pyskim's.
+  PyTorch's backward is ``torch.autograd.grad`` of the conv2d output (input, weight and bias gradients;
+  the forward runs once, untimed); onnxruntime has none.
 
 Each thread count in ``--threads`` (0: each framework's default) starts fresh children, one per
 framework, from a clean copy of this script's environment (see bench_common: the parent never imports
@@ -38,12 +42,23 @@ class PyskimConv(bench.PyskimServer):
     def build(self, name, batch):
         x, w, bias = bench.conv_arrays(name, batch)
         net = bench.pyskim_conv_net(name, batch, x, w, bias)
-        return {"conv": (net.forward, lambda outputs: outputs["conv"])}
+        train = bench.pyskim_conv_net(name, batch, x, w, bias, backward=True)
+        train.forward()
+        train.blobs["conv"].diff[...] = bench.top_diff_array(name, batch)
+
+        def backward():          # as a solver iteration: clear the parameter diffs, then backward
+            train.clear_param_diffs()
+            train.backward()
+            return train
+        grads = lambda n: bench.np_concat(n.blobs["data"].diff, n.params["conv"][0].diff)
+        return {"conv": (net.forward, lambda outputs: outputs["conv"]), "conv_backward": (backward, grads)}
 
 
 class TorchConv(bench.TorchServer):
     def build(self, name, batch):
-        return {"conv": (bench.torch_conv_call(name, *bench.conv_arrays(name, batch)), lambda y: y.numpy())}
+        arrays = bench.conv_arrays(name, batch)
+        return {"conv": (bench.torch_conv_call(name, *arrays), lambda y: y.numpy()),
+                "conv_backward": bench.torch_conv_backward_call(name, *arrays, bench.top_diff_array(name, batch))}
 
 
 class OrtConv(bench.OrtServer):
@@ -62,49 +77,62 @@ def start_workers(threads, peers):
     return workers
 
 
+#: The timed method of each pass, and the peers that have it (onnxruntime has no backward).
+PASSES = {"forward": ("conv", ("torch", "ort")), "backward": ("conv_backward", ("torch",))}
+
+
 def measure(threads, args, folder):
-    """All layers and batches at one thread count; prints the rows and the conv1-5 sums."""
+    """All passes, layers and batches at one thread count; prints the rows and the conv1-5 sums."""
     print(f"\n=== threads {threads or 'default'}; {bench.load_average_text()}", flush=True)
     workers = start_workers(threads, args.peers)
     try:
-        labels = ["pyskim", *args.peers]
-        header = f"{'layer':6s} {'batch':>5s} " + " ".join(f"{f + ' ms':>10s} {'GF/s':>6s}" for f in labels)
-        header += "".join(f"  {p + '/pyskim per round (median first)':>36s}  {'err':>7s}" for p in args.peers)
         reported = False
-        for batch in args.batches:
-            sums = {label: [0.0] * args.rounds for label in labels}
-            for name in args.layers:
-                for worker in workers.values():
-                    worker.call("setup", name=name, batch=batch)
-                if not reported:
-                    for worker in workers.values():
-                        print("  " + worker.call("info"))
-                    print(header)
-                    reported = True
-                paths = {label: os.path.join(folder, f"{label}.npy") for label in labels}
-                for label, worker in workers.items():
-                    worker.call("save", method="conv", path=paths[label])
-                seconds = bench.interleaved_rounds(
-                    {label: (lambda w=worker: w.call("time", method="conv", repeats=args.repeats))
-                     for label, worker in workers.items()}, args.rounds, settle=args.settle)
-                flops = bench.conv_flops(name, batch)
-                line = f"{name:6s} {batch:5d} "
-                line += " ".join(f"{statistics.median(s) * 1e3:10.3f} {flops / statistics.median(s) / 1e9:6.1f}"
-                                 for s in seconds.values())
-                for peer in args.peers:
-                    error = bench.max_relative_error(paths[peer], paths["pyskim"])
-                    line += f"  {bench.ratio_text(seconds[peer], seconds['pyskim']):>36s}  {error:7.1e}"
-                print(line, flush=True)
-                for label in labels:
-                    sums[label] = [a + b for a, b in zip(sums[label], seconds[label])]
-            if len(args.layers) > 1:
-                medians = ", ".join(f"{label} {statistics.median(s) * 1e3:.2f} ms" for label, s in sums.items())
-                print(f"{'+'.join(args.layers)} batch {batch}: {medians}; " + "; ".join(
-                    f"{peer}/pyskim {bench.ratio_text(sums[peer], sums['pyskim'])}" for peer in args.peers), flush=True)
+        for pass_name in args.passes:
+            method, able = PASSES[pass_name]
+            peers = [p for p in args.peers if p in able]
+            labels = ["pyskim", *peers]
+            header = f"{pass_name}\n{'layer':6s} {'batch':>5s} " + " ".join(f"{f + ' ms':>10s} {'GF/s':>6s}" for f in labels)
+            header += "".join(f"  {p + '/pyskim per round (median first)':>36s}  {'err':>7s}" for p in peers)
+            for batch in args.batches:
+                sums = {label: [0.0] * args.rounds for label in labels}
+                for name in args.layers:
+                    for label in labels:
+                        workers[label].call("setup", name=name, batch=batch)
+                    if not reported:
+                        for worker in workers.values():
+                            print("  " + worker.call("info"))
+                        reported = True
+                    if header:
+                        print(header)
+                        header = ""
+                    sums = _layer_row(workers, labels, peers, method, name, batch, args, folder, sums)
+                if len(args.layers) > 1:
+                    medians = ", ".join(f"{label} {statistics.median(s) * 1e3:.2f} ms" for label, s in sums.items())
+                    print(f"{'+'.join(args.layers)} batch {batch} {pass_name}: {medians}; " + "; ".join(
+                        f"{peer}/pyskim {bench.ratio_text(sums[peer], sums['pyskim'])}" for peer in peers), flush=True)
     finally:
         for worker in workers.values():
             worker.close()
     print(f"=== threads {threads or 'default'} done; {bench.load_average_text()}", flush=True)
+
+
+def _layer_row(workers, labels, peers, method, name, batch, args, folder, sums):
+    """Time ``method`` of one layer and batch in interleaved rounds, print its row; the sums with it."""
+    paths = {label: os.path.join(folder, f"{label}.npy") for label in labels}
+    for label in labels:
+        workers[label].call("save", method=method, path=paths[label])
+    seconds = bench.interleaved_rounds(
+        {label: (lambda w=workers[label]: w.call("time", method=method, repeats=args.repeats)) for label in labels},
+        args.rounds, settle=args.settle)
+    flops = bench.conv_flops(name, batch) * (2 if method == "conv_backward" else 1)
+    line = f"{name:6s} {batch:5d} "
+    line += " ".join(f"{statistics.median(s) * 1e3:10.3f} {flops / statistics.median(s) / 1e9:6.1f}"
+                     for s in seconds.values())
+    for peer in peers:
+        error = bench.max_relative_error(paths[peer], paths["pyskim"])
+        line += f"  {bench.ratio_text(seconds[peer], seconds['pyskim']):>36s}  {error:7.1e}"
+    print(line, flush=True)
+    return {label: [a + b for a, b in zip(sums[label], seconds[label])] for label in labels}
 
 
 def main():
@@ -114,6 +142,8 @@ def main():
                         help="thread counts, one set of processes each (0: each framework's default)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the frameworks")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per framework and round (median)")
+    parser.add_argument("--passes", nargs="+", default=["forward"], choices=list(PASSES),
+                        help="forward (net.forward) and/or backward (net.backward: weight and bottom gradients)")
     parser.add_argument("--settle", type=float, default=0.3,
                         help="seconds between one framework's timing and the next (their pools go to sleep)")
     parser.add_argument("--layers", nargs="+", default=[c[0] for c in bench.ALEXNET_CONVS],

@@ -30,7 +30,7 @@ cdef extern from "gemm_impl.h" nogil:
         int64_t c_gstride, c_rs, c_cblk, c_cbs
         const float *bias
         int bias_cols, beta
-        int64_t kseg, kc_max
+        int64_t kseg, kc_max, ksub
         const float *apacked
     int gm_run(gm_job_t *jb, int threads)
     int64_t gm_packed_size(int64_t M, int64_t K, int G)
@@ -127,7 +127,7 @@ def conv_forward(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, int k
     jb.b = _images(GM_IM2COL, &x[0, 0, 0, 0], g, group)
     jb.c = &y[0, 0, 0, 0]
     jb.c_gstride, jb.c_rs, jb.c_cblk, jb.c_cbs = mg * p, p, p, w.shape[0] * p
-    jb.bias_cols, jb.beta, jb.kseg, jb.kc_max = 0, 0, 0, 0
+    jb.bias_cols, jb.beta, jb.kseg, jb.kc_max, jb.ksub = 0, 0, 0, 0, 0
     jb.apacked = NULL
     if packed is not None:
         if packed.shape[0] != gm_packed_size(mg, kg, group):
@@ -138,8 +138,9 @@ def conv_forward(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, int k
 
 def conv_weight_grad(const float[:, :, :, ::1] x, const float[:, :, :, ::1] top_diff, int kh, int kw, int pad_h,
                      int pad_w, int stride_h, int stride_w, int dil_h, int dil_w, int group,
-                     float[:, ::1] weight_diff, int threads=1):
-    """weight_diff (M, C/group*kh*kw) += top_diff_g . im2col(x)_g^T, per group (Caffe accumulates)."""
+                     float[:, ::1] weight_diff, int threads=1, int block=32):
+    """weight_diff (M, C/group*kh*kw) += top_diff_g . im2col(x)_g^T, per group (Caffe accumulates),
+    summed image by image in blocks of at most ``block`` positions."""
     cdef ConvGeometry g = _checked(x.shape, kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w,
                                    group, top_diff.shape[2], top_diff.shape[3])
     cdef int64_t m = weight_diff.shape[0], mg = m // group, kg = (g.C // group) * kh * kw
@@ -154,8 +155,8 @@ def conv_weight_grad(const float[:, :, :, ::1] x, const float[:, :, :, ::1] top_
     jb.c_gstride, jb.c_rs, jb.c_cblk, jb.c_cbs = mg * kg, kg, _UNBLOCKED, 0
     jb.bias, jb.bias_cols, jb.beta = NULL, 0, 1
     # image by image, as Caffe accumulates, in short sums: the gradient is a long sum of products
-    # that largely cancel
-    jb.kseg, jb.kc_max, jb.apacked = p, 32, NULL
+    # that largely cancel, and a long sum in one register loses the accuracy Caffe has
+    jb.kseg, jb.kc_max, jb.ksub, jb.apacked = p, 0, max(1, block), NULL
     _run(&jb, threads)
 
 
@@ -174,7 +175,7 @@ def conv_column_grad(const float[:, ::1] w, const float[:, :, :, ::1] top_diff, 
     jb.b = _dense(&top_diff[0, 0, 0, 0], mg * p, p, 1, p, m * p)
     jb.c = &col[0, 0]
     jb.c_gstride, jb.c_rs, jb.c_cblk, jb.c_cbs = kg * n * p, n * p, _UNBLOCKED, 0
-    jb.bias, jb.bias_cols, jb.beta, jb.kseg, jb.kc_max, jb.apacked = NULL, 0, 0, 0, 0, NULL
+    jb.bias, jb.bias_cols, jb.beta, jb.kseg, jb.kc_max, jb.ksub, jb.apacked = NULL, 0, 0, 0, 0, 0, NULL
     _run(&jb, threads)
 
 
@@ -201,7 +202,7 @@ def conv_input_grad(const float[:, ::1] w, const float[:, :, :, ::1] top_diff, i
     jb.b = _images(GM_IM2COL, &top_diff[0, 0, 0, 0], g, group)
     jb.c = &bottom_diff[0, 0, 0, 0]
     jb.c_gstride, jb.c_rs, jb.c_cblk, jb.c_cbs = cg * p, p, p, c * p
-    jb.bias, jb.bias_cols, jb.beta, jb.kseg, jb.kc_max, jb.apacked = NULL, 0, 0, 0, 0, NULL
+    jb.bias, jb.bias_cols, jb.beta, jb.kseg, jb.kc_max, jb.ksub, jb.apacked = NULL, 0, 0, 0, 0, 0, NULL
     _run(&jb, threads)
 
 
@@ -227,6 +228,6 @@ def matmul(const float[:, :] a, const float[:, :] b, float[:, ::1] c, bint accum
     jb.b = _dense(&b[0, 0], 0, b.strides[0] // 4, b.strides[1] // 4)
     jb.c = &c[0, 0]
     jb.c_gstride, jb.c_rs, jb.c_cblk, jb.c_cbs = 0, N, _UNBLOCKED, 0
-    jb.bias_cols, jb.beta, jb.kseg, jb.kc_max, jb.apacked = 1, 1 if accumulate else 0, 0, 0, NULL
+    jb.bias_cols, jb.beta, jb.kseg, jb.kc_max, jb.ksub, jb.apacked = 1, 1 if accumulate else 0, 0, 0, 0, NULL
     _run(&jb, threads)
 

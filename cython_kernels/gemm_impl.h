@@ -9,8 +9,9 @@
  * written). The product is BLIS-style: A is packed once into MR-row panels, each task packs a
  * KC x (its columns) block of B into NR-column panels and runs an MR x NR register kernel over
  * them. K is summed in blocks (at most kc_max long, none crossing a segment of kseg: the weight
- * gradient sums image by image, as Caffe, in short blocks that keep its long, cancelling sums
- * accurate), each block k by k in registers, then added to C in order. Every element of C is the
+ * gradient sums image by image, as Caffe), each block k by k in registers (in runs of at most ksub,
+ * whose sums are added up: short runs keep the weight gradient's long, cancelling sums accurate),
+ * then added to C in order. Every element of C is the
  * same sum in the same order whatever the thread count or the cut into tasks, so results do not
  * depend on the number of threads. */
 #ifndef PYSKIM_GEMM_IMPL_H
@@ -64,7 +65,8 @@ typedef struct {
     const float *bias;           /* NULL, or per row (bias + g*M + r), or per column (bias_cols) */
     int bias_cols, beta;
     int64_t kseg;                /* K runs in segments of kseg (0: one segment), each in K blocks */
-    int64_t kc_max;              /* the longest K block (0: GM_KC); each block is one sum in registers */
+    int64_t kc_max;              /* the longest K block (0: GM_KC) */
+    int64_t ksub;                /* the longest sum in registers inside a block (0: the block) */
     const float *apacked;        /* A already packed by gm_pack_a_all, or NULL */
     /* the plan */
     int64_t kc, mpanels, npanels, mcp, ncp, mchunks, nchunks;
@@ -92,27 +94,32 @@ static float *gm_thread_buffer(int slot, int64_t n) {
 /* ---- the register kernel: tile (MR x NR, row-major) = a-panel (kb x MR) . b-panel (kb x NR) ---- */
 
 /* GM_KERNEL(name, NV): tile columns [0, NV*VL) of (MR x NR, row-major) = a-panel (kb x MR) .
- * b-panel (kb x NR). The full kernel has NV = NR / VL; the half one serves a last panel of at most
- * NR / 2 columns. */
+ * b-panel (kb x NR), summed in registers over runs of ksub k, the runs' sums added in the tile.
+ * The full kernel has NV = NR / VL; the half one serves a last panel of at most NR / 2 columns. */
 #define GM_KERNEL(name, NV)                                                                         \
-    static inline void name(int64_t kb, const float *__restrict a, const float *__restrict b,       \
+    static inline void name(int64_t kb, int64_t ksub, const float *__restrict a, const float *__restrict b, \
                             float *__restrict tile) {                                               \
-        gm_v acc[GM_MR][NV];                                                                        \
-        _Pragma("GCC unroll 16") for (int r = 0; r < GM_MR; ++r)                                    \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = (gm_v){0};             \
-        for (int64_t k = 0; k < kb; ++k) {                                                          \
-            gm_v bv[NV];                                                                            \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = *(const gm_v *)(b + v * GM_VL); \
-            _Pragma("GCC unroll 16") for (int r = 0; r < GM_MR; ++r) {                              \
-                const gm_v av = GM_BROADCAST(a[r]);                                                 \
-                _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];       \
+        for (int64_t k0 = 0; k0 < kb; k0 += ksub) {                                                 \
+            const int64_t k1 = k0 + ksub < kb ? k0 + ksub : kb;                                     \
+            gm_v acc[GM_MR][NV];                                                                    \
+            _Pragma("GCC unroll 16") for (int r = 0; r < GM_MR; ++r)                                \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = (gm_v){0};         \
+            for (int64_t k = k0; k < k1; ++k) {                                                     \
+                gm_v bv[NV];                                                                        \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = *(const gm_v *)(b + v * GM_VL); \
+                _Pragma("GCC unroll 16") for (int r = 0; r < GM_MR; ++r) {                          \
+                    const gm_v av = GM_BROADCAST(a[r]);                                             \
+                    _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];   \
+                }                                                                                   \
+                a += GM_MR;                                                                         \
+                b += GM_NR;                                                                         \
             }                                                                                       \
-            a += GM_MR;                                                                             \
-            b += GM_NR;                                                                             \
+            _Pragma("GCC unroll 16") for (int r = 0; r < GM_MR; ++r)                                \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) {                              \
+                    gm_v *t = (gm_v *)(tile + r * GM_NR + v * GM_VL);                               \
+                    *t = k0 ? *t + acc[r][v] : acc[r][v];                                           \
+                }                                                                                   \
         }                                                                                           \
-        _Pragma("GCC unroll 16") for (int r = 0; r < GM_MR; ++r)                                    \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v)                                    \
-                *(gm_v *)(tile + r * GM_NR + v * GM_VL) = acc[r][v];                                \
     }
 
 #if defined(__AVX512F__)
@@ -166,6 +173,22 @@ static void gm_pack_b_dense(const gm_operand_t *o, int g, int64_t p0, int64_t kb
         }
         return;
     }
+#if defined(__AVX512F__)
+    if (off + nr <= o->cblk && o->cs > 0 && o->cs * (GM_NR - 1) < 0x7fffffffLL) {
+        /* columns cs apart (a transposed operand): one gather per 16 columns and row */
+        const float *src = gm_dense_at(o, g, p0, j0);
+        const __m512i step = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2,
+                                                                 1, 0), _mm512_set1_epi32((int)o->cs));
+        const __m512i step_hi = _mm512_add_epi32(step, _mm512_set1_epi32((int)(16 * o->cs)));
+        const __mmask16 m_lo = (__mmask16)(nr >= 16 ? 0xffff : (1u << nr) - 1);
+        const __mmask16 m_hi = (__mmask16)(nr >= 32 ? 0xffff : nr > 16 ? (1u << (nr - 16)) - 1 : 0);
+        for (int64_t k = 0; k < kb; ++k, src += o->rs, dst += GM_NR) {
+            _mm512_store_ps(dst, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m_lo, step, src, 4));
+            _mm512_store_ps(dst + 16, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m_hi, step_hi, src, 4));
+        }
+        return;
+    }
+#endif
     int64_t cof[GM_NR];
     for (int t = 0; t < nr; ++t) cof[t] = ((j0 + t) / o->cblk) * o->cbs + ((j0 + t) % o->cblk) * o->cs;
     const float *src = o->base + g * o->gstride + p0 * o->rs;
@@ -524,10 +547,11 @@ static void gm_product_task(void *ctx, int64_t task, int worker) {
             for (int64_t jp = jp0; jp < jp1; ++jp) {
                 const int64_t j0 = jp * GM_NR;
                 const int nr = (int)(jb->N - j0 < GM_NR ? jb->N - j0 : GM_NR);
+                const int64_t ksub = jb->ksub > 0 ? jb->ksub : kb;
                 if (nr <= GM_NR / 2)
-                    gm_kernel_half(kb, apanel, bbuf + (jp - jp0) * kb * GM_NR, tile);
+                    gm_kernel_half(kb, ksub, apanel, bbuf + (jp - jp0) * kb * GM_NR, tile);
                 else
-                    gm_kernel(kb, apanel, bbuf + (jp - jp0) * kb * GM_NR, tile);
+                    gm_kernel(kb, ksub, apanel, bbuf + (jp - jp0) * kb * GM_NR, tile);
                 gm_store(jb, g, i0, mr, j0, &runs[jp - jp0], tile, p0 == 0);
             }
         }
