@@ -20,7 +20,6 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # as pyskim sets it; numpy loads OpenBLAS below
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

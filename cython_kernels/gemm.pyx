@@ -34,6 +34,15 @@ cdef extern from "gemm_impl.h" nogil:
         const float *apacked
     int gm_run(gm_job_t *jb, int threads)
     int64_t gm_packed_size(int64_t M, int64_t K, int G)
+    int GM_DOT_MAX_M
+    ctypedef struct gm_dot_t:
+        int64_t M, N, K, lda, ldw, ldc
+        const float *a
+        const float *w
+        const float *bias
+        float *c
+        int beta
+    void gm_dot_run(gm_dot_t *d, int threads)
     void gm_pack_a_all(gm_job_t *jb, float *dst, int threads)
 
 
@@ -223,6 +232,15 @@ def matmul(const float[:, :] a, const float[:, :] b, float[:, ::1] c, bint accum
         if bv.shape[0] != N:
             raise ValueError("matmul: bias must have one value per column")
         jb.bias = &bv[0]
+    cdef gm_dot_t d
+    if M <= GM_DOT_MAX_M and a.strides[1] == 4 and b.strides[0] == 4:
+        # a few rows against a transposed row-major matrix (the inner product at a small batch)
+        d.M, d.N, d.K = M, N, K
+        d.lda, d.ldw, d.ldc = a.strides[0] // 4, b.strides[1] // 4, N
+        d.a, d.w, d.bias, d.c, d.beta = &a[0, 0], &b[0, 0], jb.bias, &c[0, 0], 1 if accumulate else 0
+        with nogil:
+            gm_dot_run(&d, threads)
+        return
     jb.M, jb.N, jb.K, jb.G = M, N, K, 1
     jb.a = _dense(&a[0, 0], 0, a.strides[0] // 4, a.strides[1] // 4)
     jb.b = _dense(&b[0, 0], 0, b.strides[0] // 4, b.strides[1] // 4)
