@@ -136,3 +136,19 @@ def test_net_values_are_the_same_on_one_and_two_threads(monkeypatch):
     assert one.keys() == two.keys()
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_threads_flag_of_the_caffe_commands(caplog):
+    """``-threads T`` of ``pyskim train/test/time`` sizes the pool; 0 leaves it; negative is refused."""
+    from pyskim.apps.caffe_command import apply_threads
+    from pyskim.errors import PyskimError
+    previous = caffe.get_num_threads()
+    try:
+        apply_threads(3)
+        assert caffe.get_num_threads() == 3
+        apply_threads(0)
+        assert caffe.get_num_threads() == 3
+        with pytest.raises(PyskimError, match="threads"):
+            apply_threads(-2)
+    finally:
+        caffe.set_num_threads(previous)

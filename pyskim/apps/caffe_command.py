@@ -13,6 +13,8 @@ import sys
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..errors import PyskimError
+from ..kernels.threads import set_num_threads
 from . import flags
 
 log = logging.getLogger("pyskim")
@@ -47,6 +49,15 @@ def build_parser():
     flags.define(parser, "compare", False, "Optional; also time the net dense and sparse and print the "
                                            "per-layer speedups.")
     return parser
+
+
+def apply_threads(threads):
+    """``-threads T``: use ``T`` threads in pyskim's thread pool (0: leave it as it is)."""
+    if threads < 0:
+        raise PyskimError(f"threads must be positive, got {threads}")
+    if threads:
+        set_num_threads(threads)
+        log.info("Using %d threads.", threads)
 
 
 def stages(args):

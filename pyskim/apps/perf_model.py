@@ -25,7 +25,8 @@ from ..proto import caffe_pb2
 from ..pycaffe.net import Net
 from ..sparse import layer_workload
 from . import flags
-from .time_net import apply_threads, load_param
+from .caffe_command import apply_threads
+from .time_net import load_param
 
 log = logging.getLogger("pyskim")
 

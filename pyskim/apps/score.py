@@ -12,8 +12,8 @@ import numpy as np
 
 from ..errors import PyskimError
 from ..pycaffe.net import Net
-from .caffe_command import build_parser, stages, terminal_progress, use_cpu
-from .time_net import apply_threads, load_param
+from .caffe_command import apply_threads, build_parser, stages, terminal_progress, use_cpu
+from .time_net import load_param
 
 __all__ = ["build_parser", "run"]
 

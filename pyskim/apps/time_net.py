@@ -30,7 +30,6 @@ import logging
 
 from ..errors import PyskimError
 from ..io.upgrade import read_net_text
-from ..kernels.threads import set_num_threads
 from ..perf.calibrate import calibrate_and_save
 from ..perf.profile import default_profile_forced, get_profile, needs_calibration
 from ..perf.timing import compare_nets, time_layers
@@ -93,15 +92,6 @@ def load_param(model, mode="auto", batch=0):
     if batch:
         set_batch(param, batch)
     return param
-
-
-def apply_threads(threads):
-    """``-threads T``: use ``T`` threads in pyskim's thread pool (0: leave it as it is)."""
-    if threads < 0:
-        raise PyskimError(f"threads must be positive, got {threads}")
-    if threads:
-        set_num_threads(threads)
-        log.info("Using %d threads.", threads)
 
 
 def _phase(args):
@@ -207,7 +197,7 @@ def run(args):
         raise PyskimError("Need a model definition to time.")
     _phase(args)
     caffe_command.use_cpu(args)
-    apply_threads(args.threads)
+    caffe_command.apply_threads(args.threads)
     ensure_profile(args.recalibrate)
     net = build_net(args, args.mode)
     timing = caffe_time(net, args.iterations, args.forward_only)

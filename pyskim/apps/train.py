@@ -11,7 +11,7 @@ from ..errors import PyskimError
 from ..io.upgrade import read_solver_text
 from ..solvers import get_solver
 from ..solvers.signals import SignalHandler
-from .caffe_command import build_parser, stages, terminal_progress, use_cpu
+from .caffe_command import apply_threads, build_parser, stages, terminal_progress, use_cpu
 
 __all__ = ["build_parser", "run"]
 
@@ -38,6 +38,7 @@ def run(args):
     """Train (or resume, or fine-tune) until the solver's ``max_iter`` or a stop signal."""
     param = solver_parameter(args)
     use_cpu(args)
+    apply_threads(args.threads)
     handler = SignalHandler(args.sigint_effect, args.sighup_effect)
     try:
         solver = get_solver(param)
