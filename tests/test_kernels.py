@@ -378,3 +378,35 @@ def test_inputs_are_converted():
     np.testing.assert_array_equal(top, TOP)
     bd = K.max_pool_backward(TOP, MASK.astype(np.int64), (5, 5))
     np.testing.assert_array_equal(bd, K.max_pool_backward(TOP, MASK, (5, 5)))
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.01, 0.9), (-1.0, 1.0), (0.5, 0.0), (0.0, 0.7), (3.0, -0.25)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_axpby_matches_caffe_rounding(alpha, beta, threads, monkeypatch):
+    """y = alpha*x + beta*y with each product rounded to float32 (no fused multiply-add), bit for bit;
+    a zero coefficient drops its term (0 * inf stays out)."""
+    monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", 0)
+    previous = K.get_num_threads()
+    K.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(11)
+        x = rng.standard_normal(100_003).astype(np.float32)
+        y = rng.standard_normal(100_003).astype(np.float32)
+        x[5], y[7] = np.inf, np.inf
+        a, b = np.float32(alpha), np.float32(beta)
+        with np.errstate(invalid="ignore"):
+            if b == 0:
+                expected = a * x
+            elif a == 0:
+                expected = b * y
+            else:
+                expected = (b * y) + (a * x)
+        got = y.copy()
+        assert K.axpby(alpha, x, beta, got) is got
+        np.testing.assert_array_equal(got, expected)
+    finally:
+        K.set_num_threads(previous)
+    with pytest.raises(K.KernelArgumentError, match="y must"):
+        K.axpby(1.0, x, 1.0, y.astype(np.float64))
+    with pytest.raises(K.KernelArgumentError, match="shape"):
+        K.axpby(1.0, x[:5], 1.0, y)

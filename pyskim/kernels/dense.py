@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .._kernels import batch_kernels as _batch
+from .._kernels import blas1 as _blas1
 from .._kernels import im2col as _im2col
 from .._kernels import lrn as _lrn
 from .._kernels import pooling as _pool
@@ -41,6 +42,7 @@ __all__ = [
     "KernelArgumentError",
     "ave_pool_backward",
     "ave_pool_forward",
+    "axpby",
     "col2im",
     "col2im_batch",
     "col2im_nd",
@@ -242,6 +244,24 @@ def col2im_nd(col, img_shape, kernel, pad=0, stride=1, dilation=1):
         padded[(slice(None),) + sl] += taps[:, t]
     crop = tuple(slice(p, p + s) for p, s in zip(pad, img_shape[1:]))
     return np.ascontiguousarray(padded[(slice(None),) + crop])
+
+
+# -- level-1 updates ------------------------------------------------------------------------------
+
+def axpby(alpha, x, beta, y):
+    """``y = alpha*x + beta*y`` in place, float32 (Caffe's ``caffe_cpu_axpby``; ``beta = 1`` is
+    ``caffe_axpy``): each product rounded, then the sum (no fused multiply-add); a zero ``alpha`` or
+    ``beta`` drops its term as BLAS ``saxpby`` does. ``y`` must be a writeable C-contiguous float32
+    array and ``x`` an array of the same shape. Returns ``y``."""
+    fn = "axpby"
+    if not (isinstance(y, np.ndarray) and y.dtype == np.float32 and y.flags.c_contiguous and y.flags.writeable):
+        raise KernelArgumentError(f"{fn}: y must be a writeable C-contiguous float32 array")
+    x = float_input(fn, "x", x, y.ndim)
+    if x.shape != y.shape:
+        raise KernelArgumentError(f"{fn}: x has shape {x.shape}, y {y.shape}")
+    _blas1.axpby(float(np.float32(alpha)), x.reshape(-1), float(np.float32(beta)), y.reshape(-1),
+                 _threads_for(y.size))
+    return y
 
 
 # -- pooling ----------------------------------------------------------------------------------------

@@ -19,9 +19,8 @@ class AdaDeltaSolver(SGDSolver):
         grad_history = self.history[param_id]
         update_history = self.second_history(param_id)
         update, temp = self.scratch(param_id, "update"), self.scratch(param_id, "temp")
-        work = self.scratch(param_id, "work")
         powx(diff, 2, update)
-        axpby(F32(1) - momentum, update, momentum, grad_history, work)
+        axpby(F32(1) - momentum, update, momentum, grad_history)
         temp.fill(delta)
         np.add(temp, update_history, out=update)
         np.add(temp, grad_history, out=temp)
@@ -29,5 +28,5 @@ class AdaDeltaSolver(SGDSolver):
         powx(update, 0.5, update)
         np.multiply(diff, update, out=diff)
         powx(diff, 2, update)
-        axpby(F32(1) - momentum, update, momentum, update_history, work)
+        axpby(F32(1) - momentum, update, momentum, update_history)
         np.multiply(diff, self.local_rate(param_id, rate), out=diff)

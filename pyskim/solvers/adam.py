@@ -26,10 +26,10 @@ class AdamSolver(SGDSolver):
         diff = self.net.learnable_params[param_id].diff
         m = self.history[param_id]
         v = self.second_history(param_id)
-        temp, work = self.scratch(param_id, "temp"), self.scratch(param_id, "work")
-        axpby(F32(1) - beta1, diff, beta1, m, work)
+        temp = self.scratch(param_id, "temp")
+        axpby(F32(1) - beta1, diff, beta1, m)
         np.multiply(diff, diff, out=temp)
-        axpby(F32(1) - beta2, temp, beta2, v, work)
+        axpby(F32(1) - beta2, temp, beta2, v)
         powx(v, 0.5, temp)
         np.add(temp, F32(p.delta), out=temp)
         np.divide(m, temp, out=temp)

@@ -12,8 +12,8 @@ class NesterovSolver(SGDSolver):
         momentum = F32(self._param.momentum)
         diff = self.net.learnable_params[param_id].diff
         history = self.history[param_id]
-        update, temp = self.scratch(param_id, "update"), self.scratch(param_id, "temp")
+        update = self.scratch(param_id, "update")
         update[...] = history
-        axpby(self.local_rate(param_id, rate), diff, momentum, history, temp)
-        axpby(F32(1) + momentum, history, -momentum, update, temp)
+        axpby(self.local_rate(param_id, rate), diff, momentum, history)
+        axpby(F32(1) + momentum, history, -momentum, update)
         diff[...] = update

@@ -23,9 +23,9 @@ class RMSPropSolver(SGDSolver):
         rms_decay = F32(self._param.rms_decay)
         diff = self.net.learnable_params[param_id].diff
         history = self.history[param_id]
-        update, temp = self.scratch(param_id, "update"), self.scratch(param_id, "temp")
+        update = self.scratch(param_id, "update")
         powx(diff, 2, update)
-        axpby(F32(1) - rms_decay, update, rms_decay, history, temp)
+        axpby(F32(1) - rms_decay, update, rms_decay, history)
         powx(history, 0.5, update)
         np.add(update, F32(self._param.delta), out=update)
         np.divide(diff, update, out=update)

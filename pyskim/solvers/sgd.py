@@ -26,6 +26,7 @@ from ..errors import SolverError
 from ..io.blobproto import array_to_blobproto, blobproto_to_array
 from ..io.hdf5 import read_solver_state_hdf5, write_solver_state_hdf5
 from ..io.protofiles import read_binary, write_binary
+from ..kernels import dense
 from ..proto import caffe_pb2
 from ..sparse.sparsity import connectivity_mask, display_lines, regularization_line
 from .base import F32, Solver, fmt
@@ -35,23 +36,15 @@ REGULARIZERS = {}
 
 
 # -- float32 BLAS-like helpers (caffe_cpu_* semantics) --------------------------------------------------
-def axpby(alpha, x, beta, y, scratch):
+def axpby(alpha, x, beta, y):
     """y = alpha·x + beta·y in float32 (``caffe_cpu_axpby``); a zero alpha or beta drops its term, as
-    BLAS ``saxpby`` does (so 0·inf never turns into NaN)."""
-    if beta == 0:
-        np.multiply(x, alpha, out=y)
-    elif alpha == 0:
-        np.multiply(y, beta, out=y)
-    else:
-        np.multiply(x, alpha, out=scratch)
-        np.multiply(y, beta, out=y)
-        np.add(y, scratch, out=y)
+    BLAS ``saxpby`` does (so 0·inf never turns into NaN). One pass on pyskim's thread pool."""
+    dense.axpby(alpha, x, beta, y)
 
 
-def axpy(alpha, x, y, scratch):
+def axpy(alpha, x, y):
     """y += alpha·x in float32 (``caffe_axpy``)."""
-    np.multiply(x, alpha, out=scratch)
-    np.add(y, scratch, out=y)
+    dense.axpby(alpha, x, F32(1), y)
 
 
 def sum_of_squares(x):
@@ -118,7 +111,7 @@ class L2Regularizer(Regularizer):
     """diff += local_decay · w (Caffe's L2 weight decay); penalty local_decay/2 · ‖w‖²."""
 
     def regularize(self, param_id, blob, local_decay):
-        axpy(local_decay, blob.data, blob.diff, self.solver.scratch(param_id, "temp"))
+        axpy(local_decay, blob.data, blob.diff)
         return F32(sum_of_squares(blob.data)) * (F32(local_decay) / F32(2))
 
 
@@ -305,8 +298,7 @@ class SGDSolver(Solver):
         """history = momentum·history + local_rate·diff; diff = history."""
         diff = self.net.learnable_params[param_id].diff
         history = self.history[param_id]
-        axpby(self.local_rate(param_id, rate), diff, F32(self._param.momentum), history,
-              self.scratch(param_id, "temp"))
+        axpby(self.local_rate(param_id, rate), diff, F32(self._param.momentum), history)
         diff[...] = history
 
     # -- solver state (SnapshotSolverState, RestoreSolverStateFrom*) ----------------------------------

@@ -1,0 +1,65 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Caffe's level-1 float32 updates (``caffe_cpu_axpby``, ``caffe_axpy``) in one pass over the arrays,
+on pyskim's thread pool, in runs of 16,384 elements.
+
+``y = alpha*x + beta*y`` rounds each product to float32, then their sum (no fused multiply-add, as
+NumPy's ``multiply`` / ``add`` sequence the solvers used and Caffe's reference); a zero ``alpha`` or
+``beta`` drops its term, as BLAS ``saxpby`` does (so 0*inf never turns into NaN). Call it through
+:func:`pyskim.kernels.dense.axpby`, which validates the arrays.
+"""
+
+from libc.stdint cimport int64_t
+
+include "pool_client.pxi"
+
+
+cdef extern from *:
+    """
+    /* products and sum rounded separately: never contracted into a fused multiply-add */
+    __attribute__((optimize("fp-contract=off")))
+    static void pyskim_axpby_run(const float *x, float *y, int64_t n, float alpha, float beta) {
+        if (beta == 0.0f) {
+            for (int64_t i = 0; i < n; ++i) y[i] = alpha * x[i];
+        } else if (alpha == 0.0f) {
+            for (int64_t i = 0; i < n; ++i) y[i] = beta * y[i];
+        } else if (beta == 1.0f) {
+            for (int64_t i = 0; i < n; ++i) y[i] = y[i] + alpha * x[i];
+        } else {
+            for (int64_t i = 0; i < n; ++i) {
+                const float a = alpha * x[i], b = beta * y[i];
+                y[i] = b + a;
+            }
+        }
+    }
+    """
+    void pyskim_axpby_run(const float* x, float* y, int64_t n, float alpha, float beta) noexcept nogil
+
+
+cdef enum:
+    RUN = 16384
+
+
+cdef struct Axpby:
+    const float* x
+    float* y
+    int64_t n
+    float alpha, beta
+
+
+cdef void _axpby_task(void* ctx, int64_t task, int worker) noexcept nogil:
+    cdef Axpby* a = <Axpby*>ctx
+    cdef int64_t start = task * RUN
+    cdef int64_t n = a.n - start if a.n - start < RUN else RUN
+    pyskim_axpby_run(a.x + start, a.y + start, n, a.alpha, a.beta)
+
+
+def axpby(float alpha, const float[::1] x, float beta, float[::1] y, int num_threads=1):
+    """y = alpha*x + beta*y (float32, in place)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError("axpby: x and y differ in length")
+    if y.shape[0] == 0:
+        return
+    cdef Axpby a
+    a.x, a.y, a.n, a.alpha, a.beta = &x[0], &y[0], y.shape[0], alpha, beta
+    with nogil:
+        pk_parallel_for((a.n + RUN - 1) // RUN, _axpby_task, &a, num_threads)
