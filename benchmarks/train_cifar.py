@@ -12,19 +12,19 @@ The job is Caffe's ``cifar10_full_solver.prototxt`` / ``cifar10_full_train_test.
 (``prototxt/cifar10``): batch 100, SGD momentum 0.9, weight decay 0.004 (x250 on ip1's weights, none
 on its bias), lr 0.001 ``fixed``, bias lr x2 (not on conv3), gaussian fillers, the mean file
 subtracted, LRN ``WITHIN_CHANNEL``. It is cut to ``--iters`` iterations (default 1000), snapshots and
-display off. Test passes are the solver's: ``--test-iter`` (default 100) x 100 test images at
-iteration 0 and every ``--test-interval`` (default 1000) iterations, the last one included; the
-default run (2 passes in 1000 iterations) thus spends about twice the share of its time testing that
-the full 60,000-iteration job does (61 passes).
+display off, ``random_seed: 1`` (PyTorch: ``manual_seed(1)``). Test passes are the solver's:
+``--test-iter`` (default 100) x 100 test images at iteration 0 and every ``--test-interval`` (default
+1000) iterations, the last one included; the default run (2 passes in 1000 iterations) thus spends
+about twice the share of its time testing that the full 60,000-iteration job does (61 passes).
 
 Data, built once into ``--work`` (kept when present): the JPEG tars of ``../shared/datasets/cifar10``
 are extracted to a temporary folder there, listed (``--train-images`` N: the first N of a list that
 takes the classes in turn, default all 50,000; the test LMDB always holds the 10,000 test images),
 and converted as a Caffe user does, with ``tools/convert_imageset.py`` (``-shuffle`` for the train
-list). That tool stores BGR planes, so ``mean_rgb_train.binaryproto`` (RGB) is written there with its
-channels reversed. The LMDBs' uint8 Datums (in key order, the order the Data layer reads them) and
-that BGR mean are also saved as .npy files, which PyTorch's child reads: both frameworks see the same
-images, labels, order and mean.
+list; about 15 s for all of it on 2 cores). That tool stores BGR planes, so
+``mean_rgb_train.binaryproto`` (RGB) is written there with its channels reversed. The LMDBs' uint8
+Datums (in key order, the order the Data layer reads them) and that BGR mean are also saved as .npy
+files, which PyTorch's child reads: both frameworks see the same images, labels, order and mean.
 
 * pyskim: ``pyskim.get_solver`` on a copy of the solver (net copy with absolute LMDB / mean paths);
   the timed part is ``Solver.solve()``, its Data layers reading the LMDBs (prefetch thread).
@@ -44,6 +44,7 @@ import argparse
 import os
 import pathlib
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,8 +82,9 @@ def train_name(n):
 
 def make_data(work, n_train):
     """The LMDBs, the BGR mean and their .npy copies in ``work`` (made once, by a pyskim child)."""
-    needed = [work / f"{train_name(n_train)}_lmdb" / "data.mdb", work / "cifar10_test_lmdb" / "data.mdb",
-              work / f"{train_name(n_train)}_images.npy", work / "cifar10_test_images.npy", work / "mean_bgr.npy",
+    name = train_name(n_train)
+    needed = [work / f"{name}_lmdb" / "data.mdb", work / "cifar10_test_lmdb" / "data.mdb",
+              work / f"{name}_images.npy", work / "cifar10_test_images.npy", work / "mean_bgr.npy",
               work / "mean.binaryproto"]
     if all(p.exists() for p in needed):
         return
@@ -103,7 +105,8 @@ def image_list(split, n):
 
 class PyskimTrain(PyskimServer):
     def prepare(self, work, n_train):
-        """Extract, list and convert (``tools/convert_imageset.py``) the JPEGs; the BGR mean; the .npy copies."""
+        """Extract, list and convert (``tools/convert_imageset.py``) the JPEGs; the BGR mean; the .npy
+        copies."""
         import numpy as np
 
         import pyskim
@@ -120,12 +123,19 @@ class PyskimTrain(PyskimServer):
                         tar.extractall(tmp, [members[path] for path, _ in lines], filter="data")
                     listfile = pathlib.Path(tmp) / "list.txt"
                     listfile.write_text("".join(f"{path} {label}\n" for path, label in lines))
-                    subprocess.run([sys.executable, str(REPO / "tools" / "convert_imageset.py"), *shuffle,
-                                    tmp + "/", str(listfile), str(db)], check=True, capture_output=True)
+                    partial = work / f"{name}_lmdb.partial"          # renamed once complete
+                    shutil.rmtree(partial, ignore_errors=True)
+                    tool = [sys.executable, str(REPO / "tools" / "convert_imageset.py"), *shuffle]
+                    done = subprocess.run([*tool, tmp + "/", str(listfile), str(partial)], check=False,
+                                          capture_output=True, text=True)
+                    if done.returncode:
+                        raise RuntimeError(f"convert_imageset failed: {done.stderr[-2000:]}")
+                    partial.rename(db)
             if not (work / f"{name}_images.npy").exists():
                 images, labels = read_lmdb(db)
                 np.save(work / f"{name}_labels.npy", labels)
-                np.save(work / f"{name}_images.npy", images)
+                np.save(work / "images.partial.npy", images)
+                os.replace(work / "images.partial.npy", work / f"{name}_images.npy")
         mean = pyskim.io.blobproto_to_array(read_binary(DATA / "mean_rgb_train.binaryproto",
                                                         pyskim.proto.caffe_pb2.BlobProto()))
         bgr = np.ascontiguousarray(mean[:, ::-1], dtype=np.float32)           # RGB -> BGR planes
@@ -143,8 +153,8 @@ class PyskimTrain(PyskimServer):
         net = read_text(PROTOTXT / "cifar10_full_train_test.prototxt", caffe_pb2.NetParameter())
         for layer in net.layer:
             if layer.type == "Data":
-                train = layer.include[0].phase == caffe_pb2.TRAIN
-                layer.data_param.source = str(work / f"{train_name(n_train) if train else 'cifar10_test'}_lmdb")
+                name = train_name(n_train) if layer.include[0].phase == caffe_pb2.TRAIN else "cifar10_test"
+                layer.data_param.source = str(work / f"{name}_lmdb")
                 layer.transform_param.mean_file = str(work / "mean.binaryproto")
             elif layer.name in LAYERS:
                 check_layer(layer)
@@ -160,6 +170,7 @@ class PyskimTrain(PyskimServer):
         solver.display = 0
         solver.snapshot = 0
         solver.snapshot_after_train = False
+        solver.random_seed = 1                # repeatable fillers, as torch.manual_seed(1) on the other side
         write_text(work / "bench_cifar10_full_solver.prototxt", solver)
         logging.getLogger("pyskim").setLevel(logging.WARNING)
         s = pyskim.get_solver(str(work / "bench_cifar10_full_solver.prototxt"))
@@ -204,12 +215,31 @@ def check_layer(layer):
         raise ValueError(f"layer {layer.name} differs from the one PyTorch copies: {LAYERS[layer.name]}")
 
 
+def torch_net():
+    """cifar10_full_train_test's net in ``torch.nn`` (default init; :class:`TorchTrain` refills it)."""
+    import torch.nn.functional as F
+    from torch import nn
+    size, alpha, beta = LRN
+
+    class WithinChannelLRN(nn.Module):
+        """Caffe's LRN WITHIN_CHANNEL: x * (1 + alpha * mean of x^2 over size x size, zero padded)
+        ** -beta (the mean always over size^2, padding counted, as Caffe's AVE pooling there)."""
+        def forward(self, x):
+            pooled = F.avg_pool2d(x * x, size, 1, (size - 1) // 2, count_include_pad=True)
+            return x * (1 + alpha * pooled).pow(-beta)
+
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU(), WithinChannelLRN(),
+        nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True), WithinChannelLRN(),
+        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+
+
 class TorchTrain(TorchServer):
     def train(self, work, iters, n_train, test_interval, test_iter):
         """Seconds for the same job in PyTorch; final accuracy; the pooled shapes."""
         import numpy as np
         import torch
-        import torch.nn.functional as F
         from torch import nn
         torch.manual_seed(1)
         work = pathlib.Path(work)
@@ -218,19 +248,7 @@ class TorchTrain(TorchServer):
         test_x = np.load(work / "cifar10_test_images.npy")
         test_y = torch.from_numpy(np.load(work / "cifar10_test_labels.npy"))
         mean = np.load(work / "mean_bgr.npy")
-        size, alpha, beta = LRN
-
-        class WithinChannelLRN(nn.Module):
-            """Caffe's LRN WITHIN_CHANNEL: x * (1 + alpha * mean of x^2 over size x size, zero padded) ** -beta."""
-            def forward(self, x):
-                pooled = F.avg_pool2d(x * x, size, 1, (size - 1) // 2, count_include_pad=True)
-                return x * (1 + alpha * pooled).pow(-beta)
-
-        net = nn.Sequential(
-            nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU(), WithinChannelLRN(),
-            nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True), WithinChannelLRN(),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
-            nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+        net = torch_net()
         named = dict(zip(LAYERS, [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]))
         base_lr, wd = SOLVER["base_lr"], SOLVER["weight_decay"]
         groups = []
@@ -298,8 +316,9 @@ def measure(threads, args, work):
                 run = worker.call("train", **job)
                 seconds[label].append(run["seconds"])
                 shapes[label] = run["shapes"]
-                print(f"round {r + 1} {label:6s}: {run['seconds']:7.1f} s  {args.iters / run['seconds']:6.2f} "
-                      f"iterations/s  final test accuracy {run['accuracy']:.4f}", flush=True)
+                rate = args.iters / run["seconds"]
+                print(f"round {r + 1} {label:6s}: {run['seconds']:7.1f} s  {rate:6.2f} iterations/s  "
+                      f"final test accuracy {run['accuracy']:.4f}", flush=True)
         for worker in workers.values():       # after training: every library the run loaded
             print("  " + worker.call("info"), flush=True)
     finally:
@@ -317,7 +336,8 @@ def measure(threads, args, work):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one run of each framework)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds (one run of each framework)")
     parser.add_argument("--threads", type=int, nargs="+", default=[0],
                         help="thread counts, one pair of processes each (0: each framework's default)")
     parser.add_argument("--work", type=pathlib.Path, default=None,
@@ -334,7 +354,7 @@ def main():
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}; {load_average_text()}")
     print(f"job: CIFAR-10 full, batch {BATCH}, {args.train_images} train images, {args.iters} iterations, "
-          f"{passes} test passes of {args.test_iter} x {BATCH}")
+          f"{passes} test pass(es) of {args.test_iter} x {BATCH}")
     with tempfile.TemporaryDirectory(prefix="train_cifar_") as tmp:
         work = (args.work or pathlib.Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ functions still re-check shapes and geometry, so they cannot index out of bounds
 
 from libc.float cimport FLT_MAX
 from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 include "pool_client.pxi"
@@ -24,12 +25,28 @@ cdef struct PoolGeometry:
     int H, W, PH, PW, kh, kw, pad_h, pad_w, stride_h, stride_w
 
 
+cdef struct AveTable:
+    # per output: its clipped window (corner h*W + w, rows, columns) and Caffe's pool_size
+    int* start
+    int* hlen
+    int* wlen
+    float* size
+    # per input pixel: the outputs whose clipped windows cover it (rows ph0 .. ph0 + nph - 1, likewise
+    # columns), and the most of either over the plane
+    int* ph0
+    int* nph
+    int* pw0
+    int* npw
+    int max_h, max_w
+
+
 cdef struct PoolJob:
     PoolGeometry g
     const float* src        # bottom (forward) or top diff (backward)
     float* dst              # top (forward) or bottom diff (backward)
     int* mask               # MAX only: written forward, read backward
     Py_ssize_t chunk        # planes per task
+    AveTable* ave           # AVE with AVX-512: the window tables (else NULL)
 
 
 cdef PoolGeometry _geometry(Py_ssize_t* bottom_shape, Py_ssize_t* top_shape, int kh, int kw, int pad_h,
@@ -106,12 +123,57 @@ cdef extern from *:
                                             float *top, int *mask) {
         pyskim_max16_at(x, _mm512_loadu_si512(corners), W, 0, kh, kw, top, mask);
     }
+    /* AVE forward of outputs [o, o + n) (n <= 16) of one plane: lane l sums the taps of its clipped
+     * window (corner start[o+l], hlen x wlen taps) in row-major order, then divides by its pool size:
+     * Caffe's arithmetic per output, taps gathered (masked-off taps add nothing). */
+    static inline void pyskim_ave16(const float *x, int W, int kh, int kw, const int *start, const int *hlen,
+                                    const int *wlen, const float *size, int n, float *top) {
+        const __mmask16 lanes = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+        const __m512i s0 = _mm512_maskz_loadu_epi32(lanes, start), hl = _mm512_maskz_loadu_epi32(lanes, hlen),
+                      wl = _mm512_maskz_loadu_epi32(lanes, wlen);
+        __m512 acc = _mm512_setzero_ps();
+        for (int i = 0; i < kh; ++i)
+            for (int j = 0; j < kw; ++j) {
+                const __mmask16 m = _mm512_cmpgt_epi32_mask(hl, _mm512_set1_epi32(i)) &
+                                    _mm512_cmpgt_epi32_mask(wl, _mm512_set1_epi32(j));
+                const __m512i idx = _mm512_add_epi32(s0, _mm512_set1_epi32(i * W + j));
+                acc = _mm512_add_ps(acc, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, x, 4));
+            }
+        _mm512_mask_storeu_ps(top, lanes, _mm512_div_ps(acc, _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), lanes, size)));
+    }
+    /* AVE backward of pixels [p, p + n) (n <= 16) of one plane: lane l adds top_diff / pool_size of
+     * the outputs whose clipped windows cover it, in Caffe's (ph, pw) order, starting from 0. */
+    static inline void pyskim_ave_back16(const float *top_diff, const float *size, int PW, int max_h, int max_w,
+                                         const int *ph0, const int *nph, const int *pw0, const int *npw, int n,
+                                         float *bottom) {
+        const __mmask16 lanes = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+        const __m512i h0 = _mm512_maskz_loadu_epi32(lanes, ph0), hn = _mm512_maskz_loadu_epi32(lanes, nph),
+                      w0 = _mm512_maskz_loadu_epi32(lanes, pw0), wn = _mm512_maskz_loadu_epi32(lanes, npw);
+        __m512 acc = _mm512_setzero_ps();
+        for (int a = 0; a < max_h; ++a)
+            for (int b = 0; b < max_w; ++b) {
+                const __mmask16 m = _mm512_cmpgt_epi32_mask(hn, _mm512_set1_epi32(a)) &
+                                    _mm512_cmpgt_epi32_mask(wn, _mm512_set1_epi32(b));
+                const __m512i idx = _mm512_add_epi32(
+                    _mm512_mullo_epi32(_mm512_add_epi32(h0, _mm512_set1_epi32(a)), _mm512_set1_epi32(PW)),
+                    _mm512_add_epi32(w0, _mm512_set1_epi32(b)));
+                const __m512 g = _mm512_div_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, top_diff, 4),
+                                               _mm512_mask_i32gather_ps(_mm512_set1_ps(1.0f), m, idx, size, 4));
+                acc = _mm512_add_ps(acc, g);
+            }
+        _mm512_mask_storeu_ps(bottom, lanes, acc);
+    }
     #define PYSKIM_MAX16 1
     #else
     static inline void pyskim_max16(const float *x, int W, int hs, int he, int ws0, int kw, int stride_w,
                                     float *top, int *mask) {}
     static inline void pyskim_max16_corners(const float *x, const int *corners, int W, int kh, int kw,
                                             float *top, int *mask) {}
+    static inline void pyskim_ave16(const float *x, int W, int kh, int kw, const int *start, const int *hlen,
+                                    const int *wlen, const float *size, int n, float *top) {}
+    static inline void pyskim_ave_back16(const float *top_diff, const float *size, int PW, int max_h, int max_w,
+                                         const int *ph0, const int *nph, const int *pw0, const int *npw, int n,
+                                         float *bottom) {}
     #define PYSKIM_MAX16 0
     #endif
     """
@@ -120,6 +182,10 @@ cdef extern from *:
                       int* mask) noexcept nogil
     void pyskim_max16_corners(const float* x, const int* corners, int W, int kh, int kw, float* top,
                               int* mask) noexcept nogil
+    void pyskim_ave16(const float* x, int W, int kh, int kw, const int* start, const int* hlen, const int* wlen,
+                      const float* size, int n, float* top) noexcept nogil
+    void pyskim_ave_back16(const float* top_diff, const float* size, int PW, int max_h, int max_w, const int* ph0,
+                           const int* nph, const int* pw0, const int* npw, int n, float* bottom) noexcept nogil
 
 
 cdef inline void _max_forward_plane(const float* x, float* top, int* mask,
@@ -230,6 +296,92 @@ cdef inline void _ave_backward_plane(const float* top_diff, float* bottom_diff,
                     row[w] += grad
 
 
+cdef inline void _ave_forward_plane16(const float* x, float* top, PoolGeometry g, const AveTable* t) noexcept nogil:
+    """One plane of AVE forward, 16 outputs at a time (``pyskim_ave16``): the same sums and divisions."""
+    cdef int o, n = g.PH * g.PW
+    for o in range(0, n, 16):
+        pyskim_ave16(x, g.W, g.kh, g.kw, t.start + o, t.hlen + o, t.wlen + o, t.size + o, min(16, n - o), top + o)
+
+
+cdef inline void _ave_backward_plane16(const float* top_diff, float* bottom_diff, PoolGeometry g,
+                                       const AveTable* t) noexcept nogil:
+    """One plane of AVE backward, 16 pixels at a time (``pyskim_ave_back16``): each pixel sums its
+    outputs' ``top_diff / pool_size`` in Caffe's order, from 0."""
+    cdef int p, n = g.H * g.W
+    for p in range(0, n, 16):
+        pyskim_ave_back16(top_diff, t.size, g.PW, t.max_h, t.max_w, t.ph0 + p, t.nph + p, t.pw0 + p, t.npw + p,
+                          min(16, n - p), bottom_diff + p)
+
+
+cdef int _covering(int size, int n_out, int stride, int pad, int kernel, int* first, int* count) noexcept nogil:
+    """For each input index along one axis, the run of outputs whose clipped windows hold it
+    (``first``, ``count``); returns the longest run."""
+    cdef int i, o, s, e, longest = 0
+    for i in range(size):
+        first[i] = 0
+        count[i] = 0
+    for o in range(n_out):
+        _window(o, stride, pad, kernel, size, &s, &e)
+        for i in range(max(s, 0), min(e, size)):
+            if count[i] == 0:
+                first[i] = o
+            count[i] += 1
+    for i in range(size):
+        longest = max(longest, count[i])
+    return longest
+
+
+cdef AveTable* _ave_table(PoolGeometry g) noexcept nogil:
+    """The window tables of AVE pooling for this geometry (malloc'd, :func:`_free_ave_table`); NULL when
+    the build has no 16-lane kernels or the memory is not there."""
+    if not PYSKIM_MAX16:
+        return NULL
+    cdef int P = g.PH * g.PW, HW = g.H * g.W, ph, pw, h, w, hs, he, ws, we, pool_h, pool_w
+    cdef AveTable* t = <AveTable*>calloc(1, sizeof(AveTable))
+    cdef int* rows = <int*>malloc(2 * (g.H + g.W) * sizeof(int))
+    if t == NULL or rows == NULL:
+        free(rows)
+        free(t)
+        return NULL
+    t.start, t.hlen, t.wlen = <int*>malloc(P * sizeof(int)), <int*>malloc(P * sizeof(int)), <int*>malloc(P * sizeof(int))
+    t.size = <float*>malloc(P * sizeof(float))
+    t.ph0, t.nph = <int*>malloc(HW * sizeof(int)), <int*>malloc(HW * sizeof(int))
+    t.pw0, t.npw = <int*>malloc(HW * sizeof(int)), <int*>malloc(HW * sizeof(int))
+    if not (t.start and t.hlen and t.wlen and t.size and t.ph0 and t.nph and t.pw0 and t.npw):
+        free(rows)
+        _free_ave_table(t)
+        return NULL
+    for ph in range(g.PH):
+        pool_h = _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
+        for pw in range(g.PW):
+            pool_w = _window(pw, g.stride_w, g.pad_w, g.kw, g.W, &ws, &we)
+            t.start[ph * g.PW + pw] = hs * g.W + ws
+            t.hlen[ph * g.PW + pw] = he - hs
+            t.wlen[ph * g.PW + pw] = we - ws
+            t.size[ph * g.PW + pw] = <float>(pool_h * pool_w)
+    t.max_h = _covering(g.H, g.PH, g.stride_h, g.pad_h, g.kh, rows, rows + g.H)
+    t.max_w = _covering(g.W, g.PW, g.stride_w, g.pad_w, g.kw, rows + 2 * g.H, rows + 2 * g.H + g.W)
+    for h in range(g.H):
+        for w in range(g.W):
+            t.ph0[h * g.W + w], t.nph[h * g.W + w] = rows[h], rows[g.H + h]
+            t.pw0[h * g.W + w], t.npw[h * g.W + w] = rows[2 * g.H + w], rows[2 * g.H + g.W + w]
+    free(rows)
+    return t
+
+
+cdef void _free_ave_table(AveTable* t) noexcept nogil:
+    if t != NULL:
+        free(t.start)
+        free(t.hlen)
+        free(t.wlen)
+        free(t.size)
+        free(t.ph0)
+        free(t.nph)
+        free(t.pw0)
+        free(t.npw)
+        free(t)
+
+
 # The pool's tasks: task ``t`` runs its plane function over planes ``[t*chunk, (t+1)*chunk)``.
 
 cdef inline Py_ssize_t _last(const PoolJob* j, int64_t task) noexcept nogil:
@@ -258,20 +410,27 @@ cdef void _ave_forward_task(void* ctx, int64_t task, int worker) noexcept nogil:
     cdef const PoolJob* j = <const PoolJob*>ctx
     cdef Py_ssize_t p
     for p in range(task * j.chunk, _last(j, task)):
-        _ave_forward_plane(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.g)
+        if j.ave != NULL:
+            _ave_forward_plane16(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.g, j.ave)
+        else:
+            _ave_forward_plane(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.g)
 
 
 cdef void _ave_backward_task(void* ctx, int64_t task, int worker) noexcept nogil:
     cdef const PoolJob* j = <const PoolJob*>ctx
     cdef Py_ssize_t p
     for p in range(task * j.chunk, _last(j, task)):
-        _ave_backward_plane(j.src + p * j.g.out_plane, j.dst + p * j.g.in_plane, j.g)
+        if j.ave != NULL:
+            _ave_backward_plane16(j.src + p * j.g.out_plane, j.dst + p * j.g.in_plane, j.g, j.ave)
+        else:
+            _ave_backward_plane(j.src + p * j.g.out_plane, j.dst + p * j.g.in_plane, j.g)
 
 
 cdef void _run(pk_task_fn fn, PoolGeometry g, const float* src, float* dst, int* mask,
-               int num_threads) noexcept:
+               int num_threads, bint ave=False) noexcept:
     """Run ``fn`` over all planes on up to ``num_threads`` threads: about four tasks per thread
-    (planes are often tiny), one task on one thread."""
+    (planes are often tiny), one task on one thread. ``ave``: with AVE's window tables (built once
+    for all planes; without them the planes run the scalar loops)."""
     if g.planes <= 0:
         return
     cdef Py_ssize_t tasks = 4 * <Py_ssize_t>num_threads if num_threads > 1 else 1
@@ -280,7 +439,9 @@ cdef void _run(pk_task_fn fn, PoolGeometry g, const float* src, float* dst, int*
     cdef PoolJob j
     j.g, j.src, j.dst, j.mask, j.chunk = g, src, dst, mask, (g.planes + tasks - 1) // tasks
     with nogil:
+        j.ave = _ave_table(g) if ave else NULL
         pk_parallel_for((g.planes + j.chunk - 1) // j.chunk, fn, &j, num_threads)
+        _free_ave_table(j.ave)
 
 
 def max_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int pad_w,
@@ -319,7 +480,7 @@ def ave_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int
     the window clipped to the image, accumulated in float32 in row-major order, then divided.
     """
     cdef PoolGeometry g = _geometry(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
-    _run(_ave_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], NULL, num_threads)
+    _run(_ave_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], NULL, num_threads, True)
 
 
 def ave_backward(const float[:, :, :, ::1] top_diff, int kh, int kw, int pad_h, int pad_w,
@@ -329,4 +490,4 @@ def ave_backward(const float[:, :, :, ::1] top_diff, int kh, int kw, int pad_h, 
     """
     cdef PoolGeometry g = _geometry(bottom_diff.shape, top_diff.shape, kh, kw, pad_h, pad_w, stride_h,
                                     stride_w)
-    _run(_ave_backward_task, g, &top_diff[0, 0, 0, 0], &bottom_diff[0, 0, 0, 0], NULL, num_threads)
+    _run(_ave_backward_task, g, &top_diff[0, 0, 0, 0], &bottom_diff[0, 0, 0, 0], NULL, num_threads, True)

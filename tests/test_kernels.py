@@ -170,7 +170,7 @@ def test_max_pool_matches_reference(case):
                                   R.max_pool_backward_ref(g, mask, (h, w)))
 
 
-@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("case", POOL_CASES + VECTOR_POOL_CASES)
 def test_ave_pool_matches_reference(case):
     n, c, h, w, kern, stride, pad = case
     x = rand(n, c, h, w)
