@@ -6,9 +6,9 @@ How a comparison stays honest here:
 * Each framework runs in its own child process (:class:`Worker`), started with a clean copy of the
   environment the benchmark was started with (:data:`START_ENVIRONMENT`, taken when this module is
   imported, before anything else). The parent never imports pyskim, torch or onnxruntime, so no
-  variable one of them sets at import (pyskim sets ``OMP_WAIT_POLICY`` / ``OPENBLAS_THREAD_TIMEOUT``)
-  reaches another framework. Thread counts are set the way each framework documents:
-  ``pyskim.kernels.set_num_threads`` plus ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` for pyskim,
+  variable one of them might set at import reaches another framework (pyskim sets none; its child
+  reports what changed). Thread counts are set the way each framework documents:
+  ``pyskim.set_num_threads`` (and ``OMP_NUM_THREADS``, the default of pyskim's pool) for pyskim,
   ``torch.set_num_threads`` for PyTorch, ``SessionOptions.intra_op_num_threads`` for onnxruntime.
 * The children are timed in rounds (:func:`interleaved_rounds`): round r times every framework once,
   then round r + 1 starts, so that all of them see the same background load; a ratio is taken per
@@ -241,8 +241,9 @@ def worker_environment(extra=None, drop=()):
 
 
 def pyskim_environment(threads, drop=(), extra=None):
-    """The pyskim child's environment: :func:`worker_environment` plus the OpenMP and OpenBLAS thread
-    variables (read when the kernels and numpy load) when ``threads`` > 0."""
+    """The pyskim child's environment: :func:`worker_environment` plus ``OMP_NUM_THREADS`` (the
+    default of pyskim's pool) and ``OPENBLAS_NUM_THREADS`` (numpy's BLAS, which pyskim does not call)
+    when ``threads`` > 0."""
     thread_vars = {"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)} if threads else {}
     return worker_environment({**thread_vars, **(extra or {})}, drop)
 
@@ -366,8 +367,8 @@ class Server:
 
 class PyskimServer(Server):
     """pyskim's child: numpy is imported first (as most user scripts do), then pyskim; the thread count
-    goes to ``pyskim.kernels.set_num_threads`` (the OpenMP / OpenBLAS variables were set at spawn).
-    The report names the variables pyskim itself set at import."""
+    goes to ``pyskim.kernels.set_num_threads`` (``OMP_NUM_THREADS`` was set at spawn too). The report
+    names the variables pyskim itself set at import (none)."""
 
     framework = "pyskim"
 

@@ -4,8 +4,8 @@ OpenMP runtime is involved, so the pool does not depend on import order or on th
 setting it changes no other library's threads.
 
 The default is ``OMP_NUM_THREADS`` when the process starts with it set to a positive integer (its
-first entry, as OpenMP reads a list), else the number of CPUs this process may run on. Caffe's
-``-threads``-less tools and pycaffe behave the same way.
+first entry, as OpenMP reads a list), else the number of CPUs this process may run on. The ``pyskim``
+command's ``-threads`` and the tools' ``--threads`` call :func:`set_num_threads`.
 """
 import os
 
