@@ -275,6 +275,33 @@ class Worker:
         self.process.wait()
 
 
+def training_workers(script, threads, no_torch):
+    """The children of a training benchmark: pyskim with its thread variable, PyTorch (unless
+    ``no_torch``) in its default environment."""
+    workers = {"pyskim": Worker(script, "pyskim", threads, pyskim_environment(threads))}
+    if not no_torch:
+        workers["torch"] = Worker(script, "torch", threads, worker_environment())
+    return workers
+
+
+def training_rounds(workers, rounds, iters, job):
+    """``rounds`` interleaved rounds: round r has each worker ``train(**job(label))`` once (a dict
+    with ``seconds`` and ``accuracy``), then round r + 1. Prints each run and every worker's report
+    before and after (after training: every library the run loaded). Returns label -> runs."""
+    runs = {label: [] for label in workers}
+    for worker in workers.values():
+        print("  " + worker.call("info"), flush=True)
+    for r in range(rounds):
+        for label, worker in workers.items():
+            run = worker.call("train", **job(label))
+            runs[label].append(run)
+            print(f"round {r + 1} {label:6s}: {run['seconds']:7.1f} s  {iters / run['seconds']:6.2f} iterations/s  "
+                  f"final test accuracy {run['accuracy']:.4f}", flush=True)
+    for worker in workers.values():
+        print("  " + worker.call("info"), flush=True)
+    return runs
+
+
 def serve_if_worker(servers):
     """In a child started by :class:`Worker` (``--worker NAME --threads N`` on the command line): serve
     ``servers[NAME](N)`` until the parent closes the pipe, then exit. Otherwise return at once."""

@@ -60,7 +60,8 @@ from bench_common import (
     pyskim_environment,
     ratio_text,
     serve_if_worker,
-    worker_environment,
+    training_rounds,
+    training_workers,
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -302,28 +303,16 @@ SERVERS = {"pyskim": PyskimTrain, "torch": TorchTrain}
 def measure(threads, args, work):
     """``args.rounds`` interleaved rounds at one thread count; prints each run and the ratios."""
     print(f"\n=== threads {threads or 'default'}; {load_average_text()}", flush=True)
-    workers = {"pyskim": Worker(__file__, "pyskim", threads, pyskim_environment(threads))}
-    if not args.no_torch:
-        workers["torch"] = Worker(__file__, "torch", threads, worker_environment())
-    seconds, shapes = {label: [] for label in workers}, {}
+    workers = training_workers(__file__, threads, args.no_torch)
     job = {"work": str(work), "iters": args.iters, "n_train": args.train_images,
            "test_interval": args.test_interval, "test_iter": args.test_iter}
     try:
-        for worker in workers.values():
-            print("  " + worker.call("info"), flush=True)
-        for r in range(args.rounds):
-            for label, worker in workers.items():
-                run = worker.call("train", **job)
-                seconds[label].append(run["seconds"])
-                shapes[label] = run["shapes"]
-                rate = args.iters / run["seconds"]
-                print(f"round {r + 1} {label:6s}: {run['seconds']:7.1f} s  {rate:6.2f} iterations/s  "
-                      f"final test accuracy {run['accuracy']:.4f}", flush=True)
-        for worker in workers.values():       # after training: every library the run loaded
-            print("  " + worker.call("info"), flush=True)
+        runs = training_rounds(workers, args.rounds, args.iters, lambda label: job)
     finally:
         for worker in workers.values():
             worker.close()
+    seconds = {label: [run["seconds"] for run in done] for label, done in runs.items()}
+    shapes = {label: done[-1]["shapes"] for label, done in runs.items()}
     if "torch" in shapes and shapes["torch"] != shapes["pyskim"]:
         print(f"WARNING: pooled shapes differ: pyskim {shapes['pyskim']}, PyTorch {shapes['torch']}")
     print(f"pyskim median {args.iters / statistics.median(seconds['pyskim']):.2f} iterations/s", end="")

@@ -41,11 +41,11 @@ import time
 from bench_common import (
     PyskimServer,
     TorchServer,
-    Worker,
     load_average_text,
-    pyskim_environment,
     ratio_text,
     serve_if_worker,
+    training_rounds,
+    training_workers,
     worker_environment,
 )
 
@@ -168,25 +168,14 @@ SERVERS = {"pyskim": PyskimTrain, "torch": TorchTrain}
 def measure(threads, args, work):
     """``args.rounds`` interleaved rounds at one thread count; prints each run and the ratios."""
     print(f"\n=== threads {threads or 'default'}; {load_average_text()}", flush=True)
-    workers = {"pyskim": Worker(__file__, "pyskim", threads, pyskim_environment(threads))}
-    if not args.no_torch:
-        workers["torch"] = Worker(__file__, "torch", threads, worker_environment())
-    seconds = {label: [] for label in workers}
-    try:
-        for worker in workers.values():
-            print("  " + worker.call("info"), flush=True)
-        for r in range(args.rounds):
-            for label, worker in workers.items():
-                where = {"work": str(work)} if label == "pyskim" else {}   # pyskim's LMDBs
-                run = worker.call("train", iters=args.iters, **where)
-                seconds[label].append(run["seconds"])
-                print(f"round {r + 1} {label:6s}: {run['seconds']:7.1f} s  {args.iters / run['seconds']:6.1f} "
-                      f"iterations/s  final test accuracy {run['accuracy']:.4f}", flush=True)
-        for worker in workers.values():       # after training: every library the run loaded
-            print("  " + worker.call("info"), flush=True)
+    workers = training_workers(__file__, threads, args.no_torch)
+    try:   # pyskim reads its LMDBs in work
+        runs = training_rounds(workers, args.rounds, args.iters,
+                               lambda label: {"iters": args.iters, **({"work": str(work)} if label == "pyskim" else {})})
     finally:
         for worker in workers.values():
             worker.close()
+    seconds = {label: [run["seconds"] for run in done] for label, done in runs.items()}
     pyskim_rate = args.iters / statistics.median(seconds["pyskim"])
     print(f"pyskim median {pyskim_rate:.1f} iterations/s", end="")
     if "torch" in seconds:
