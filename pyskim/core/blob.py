@@ -175,6 +175,8 @@ class Blob:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, np.ndarray)):
             shape = tuple(shape[0])
         shape = tuple(int(d) for d in shape)
+        if shape == self._shape and self._count <= self._data.array.size:
+            return              # every layer reshapes its tops on every forward: mostly to the same shape
         if len(shape) > MAX_BLOB_AXES:
             raise NetError(f"blob '{self.name}': {len(shape)} axes exceed the maximum of {MAX_BLOB_AXES}")
         if any(d < 0 for d in shape):
@@ -206,7 +208,7 @@ class Blob:
 
     def count_range(self, start, end=None):
         """Product of the dims in [start, end), like ``Blob::count(start, end)``."""
-        return int(np.prod(self._shape[start:end], dtype=np.int64))
+        return math.prod(self._shape[start:end])
 
     @property
     def num_axes(self):
