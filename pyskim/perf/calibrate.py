@@ -1,9 +1,10 @@
-"""Calibration of the roofline model's machine profile (:mod:`pyskim.perf.model`), and thread control.
+"""Calibration of the roofline model's machine profile (:mod:`pyskim.perf.model`).
 
 :func:`calibrate` measures, on this machine and thread count, the copy bandwidth and the
 efficiencies and per-call overheads of pyskim's own kernels on a mid-size layer (about a second):
-pyskim's dense Convolution layer (im2col + BLAS) and a 1x1 one for the overhead, the direct sparse
-convolution at density 0.1 with stride 1 and 2, and the sparse inner product at batch 16 and 1.
+pyskim's dense Convolution layer (its own product, im2col fused into the packing) and a 1x1 one for
+the overhead, the direct sparse convolution at density 0.1 with stride 1 and 2, and the sparse inner
+product at batch 16 and 1.
 Each time is the best of several calls; a busy machine still slows them (the profile's ``source``
 records the load average per CPU at calibration time). :func:`calibrate_and_save` adds a progress
 line on stderr and stores the result in the cache of :mod:`pyskim.perf.profile`; only the commands
@@ -107,7 +108,7 @@ def calibrate(threads=None, quick=False, progress=None):
         compute = base.peak_flops * threads
         rng = np.random.default_rng(0)
         s = CALIBRATION_CONV
-        # dense: pyskim's Convolution layer (im2col + BLAS), and its per-call overhead on a tiny layer
+        # dense: pyskim's Convolution layer (its own product), and its per-call overhead on a tiny layer
         report("dense convolution")
         layer, bottom, top = _conv_layer(s.channels, s.num_output, s.height, 3, 1)
         t_dense = _best(lambda: layer.forward([bottom], [top]), repeats)
