@@ -5,7 +5,9 @@ Arrays are (N, C, H, W) / (N, C, PH, PW) float32; the output size is chosen by t
 Every plane ``(n, c)`` is independent, so each kernel checks the geometry once and runs its
 plane function over the ``N*C`` planes on pyskim's thread pool, in tasks of contiguous planes.
 Windows are clipped to the image (:func:`_window`, shared by all four), so any positive output
-size is memory-safe.
+size is memory-safe. In AVX-512 builds MAX forward and AVE forward / backward run 16 outputs (AVE
+backward: 16 input pixels) at a time from window tables built once per call for all planes
+(:func:`_window_table`), with Caffe's comparisons and sums in Caffe's order per element.
 Call them through :mod:`pyskim.kernels`, which validates and converts arguments; these
 functions still re-check shapes and geometry, so they cannot index out of bounds.
 """
@@ -25,7 +27,7 @@ cdef struct PoolGeometry:
     int H, W, PH, PW, kh, kw, pad_h, pad_w, stride_h, stride_w
 
 
-cdef struct AveTable:
+cdef struct WindowTable:
     # per output: its clipped window (corner h*W + w, rows, columns) and Caffe's pool_size
     int* start
     int* hlen
@@ -46,7 +48,7 @@ cdef struct PoolJob:
     float* dst              # top (forward) or bottom diff (backward)
     int* mask               # MAX only: written forward, read backward
     Py_ssize_t chunk        # planes per task
-    AveTable* ave           # AVE with AVX-512: the window tables (else NULL)
+    WindowTable* windows    # with AVX-512: the window tables (else NULL)
 
 
 cdef PoolGeometry _geometry(Py_ssize_t* bottom_shape, Py_ssize_t* top_shape, int kh, int kw, int pad_h,
@@ -97,31 +99,28 @@ cdef extern from *:
     /* MAX pooling of 16 consecutive outputs of one row whose windows lie inside the image
      * horizontally (columns ws0 + lane*stride_w + [0, kw)), rows [hs, he): per lane Caffe's loop
      * (from -FLT_MAX and index -1, taps in (h, w) order, strict >), the taps gathered. */
-    static inline void pyskim_max16_at(const float *x, __m512i corner, int W, int hs, int he, int kw,
-                                       float *top, int *mask) {
+    /* MAX forward of outputs [o, o + n) (n <= 16) of one plane: lane l runs Caffe's loop over its
+     * clipped window (corner start[o+l], hlen x wlen taps, row-major; from -FLT_MAX and index -1,
+     * strict >), the taps gathered. */
+    static inline void pyskim_max16(const float *x, int W, int kh, int kw, const int *start, const int *hlen,
+                                    const int *wlen, int n, float *top, int *mask) {
+        const __mmask16 lanes = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+        const __m512i s0 = _mm512_maskz_loadu_epi32(lanes, start), hl = _mm512_maskz_loadu_epi32(lanes, hlen),
+                      wl = _mm512_maskz_loadu_epi32(lanes, wlen);
         __m512 best = _mm512_set1_ps(-FLT_MAX);
         __m512i best_i = _mm512_set1_epi32(-1);
-        for (int h = hs; h < he; ++h)
-            for (int w = 0; w < kw; ++w) {
-                const __m512i idx = _mm512_add_epi32(corner, _mm512_set1_epi32(h * W + w));
-                const __m512 v = _mm512_i32gather_ps(idx, x, 4);
-                const __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
+        for (int i = 0; i < kh; ++i)
+            for (int j = 0; j < kw; ++j) {
+                const __mmask16 m = _mm512_cmpgt_epi32_mask(hl, _mm512_set1_epi32(i)) &
+                                    _mm512_cmpgt_epi32_mask(wl, _mm512_set1_epi32(j));
+                const __m512i idx = _mm512_add_epi32(s0, _mm512_set1_epi32(i * W + j));
+                const __m512 v = _mm512_mask_i32gather_ps(best, m, idx, x, 4);
+                const __mmask16 gt = _mm512_mask_cmp_ps_mask(m, v, best, _CMP_GT_OQ);
                 best = _mm512_mask_mov_ps(best, gt, v);
                 best_i = _mm512_mask_mov_epi32(best_i, gt, idx);
             }
-        _mm512_storeu_ps(top, best);
-        _mm512_storeu_si512(mask, best_i);
-    }
-    static inline void pyskim_max16(const float *x, int W, int hs, int he, int ws0, int kw, int stride_w,
-                                    float *top, int *mask) {
-        const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,
-                                                                  3, 2, 1, 0), _mm512_set1_epi32(stride_w));
-        pyskim_max16_at(x, _mm512_add_epi32(lanes, _mm512_set1_epi32(ws0)), W, hs, he, kw, top, mask);
-    }
-    /* 16 outputs whose kh x kw windows lie inside the plane, window corners at corners[0..15] */
-    static inline void pyskim_max16_corners(const float *x, const int *corners, int W, int kh, int kw,
-                                            float *top, int *mask) {
-        pyskim_max16_at(x, _mm512_loadu_si512(corners), W, 0, kh, kw, top, mask);
+        _mm512_mask_storeu_ps(top, lanes, best);
+        _mm512_mask_storeu_epi32(mask, lanes, best_i);
     }
     /* AVE forward of outputs [o, o + n) (n <= 16) of one plane: lane l sums the taps of its clipped
      * window (corner start[o+l], hlen x wlen taps) in row-major order, then divides by its pool size:
@@ -163,25 +162,21 @@ cdef extern from *:
             }
         _mm512_mask_storeu_ps(bottom, lanes, acc);
     }
-    #define PYSKIM_MAX16 1
+    #define PYSKIM_POOL16 1
     #else
-    static inline void pyskim_max16(const float *x, int W, int hs, int he, int ws0, int kw, int stride_w,
-                                    float *top, int *mask) {}
-    static inline void pyskim_max16_corners(const float *x, const int *corners, int W, int kh, int kw,
-                                            float *top, int *mask) {}
+    static inline void pyskim_max16(const float *x, int W, int kh, int kw, const int *start, const int *hlen,
+                                    const int *wlen, int n, float *top, int *mask) {}
     static inline void pyskim_ave16(const float *x, int W, int kh, int kw, const int *start, const int *hlen,
                                     const int *wlen, const float *size, int n, float *top) {}
     static inline void pyskim_ave_back16(const float *top_diff, const float *size, int PW, int max_h, int max_w,
                                          const int *ph0, const int *nph, const int *pw0, const int *npw, int n,
                                          float *bottom) {}
-    #define PYSKIM_MAX16 0
+    #define PYSKIM_POOL16 0
     #endif
     """
-    bint PYSKIM_MAX16
-    void pyskim_max16(const float* x, int W, int hs, int he, int ws0, int kw, int stride_w, float* top,
-                      int* mask) noexcept nogil
-    void pyskim_max16_corners(const float* x, const int* corners, int W, int kh, int kw, float* top,
-                              int* mask) noexcept nogil
+    bint PYSKIM_POOL16
+    void pyskim_max16(const float* x, int W, int kh, int kw, const int* start, const int* hlen, const int* wlen,
+                      int n, float* top, int* mask) noexcept nogil
     void pyskim_ave16(const float* x, int W, int kh, int kw, const int* start, const int* hlen, const int* wlen,
                       const float* size, int n, float* top) noexcept nogil
     void pyskim_ave_back16(const float* top_diff, const float* size, int PW, int max_h, int max_w, const int* ph0,
@@ -190,48 +185,13 @@ cdef extern from *:
 
 cdef inline void _max_forward_plane(const float* x, float* top, int* mask,
                                     PoolGeometry g) noexcept nogil:
-    """One plane of MAX forward: Caffe's loop (max from ``-FLT_MAX``, index ``-1``, strict ``>``);
-    runs of 16 outputs whose windows lie inside the image horizontally go 16 at a time
-    (``pyskim_max16``, AVX-512 builds), with the same comparisons in the same order; a plane whose
-    windows all lie inside it goes 16 outputs at a time across rows."""
-    cdef int ph, pw, hs, he, ws, we, h, w, best_i, o, lane
+    """One plane of MAX forward: Caffe's loop (max from ``-FLT_MAX``, index ``-1``, strict ``>``)."""
+    cdef int ph, pw, hs, he, ws, we, h, w, best_i
     cdef float best
     cdef const float* row
-    cdef int corners[16]
-    if PYSKIM_MAX16 and g.pad_h == 0 and g.pad_w == 0 and (g.PH - 1) * g.stride_h + g.kh <= g.H \
-            and (g.PW - 1) * g.stride_w + g.kw <= g.W and g.PH * g.PW >= 16:
-        ph = pw = 0
-        for o in range(0, g.PH * g.PW - 15, 16):
-            for lane in range(16):
-                corners[lane] = ph * g.stride_h * g.W + pw * g.stride_w
-                pw += 1
-                if pw == g.PW:
-                    pw = 0
-                    ph += 1
-            pyskim_max16_corners(x, corners, g.W, g.kh, g.kw, top + o, mask + o)
-        o = (g.PH * g.PW) // 16 * 16
-        if o < g.PH * g.PW:        # the last 16 outputs again (recomputing a few: same values)
-            o = g.PH * g.PW - 16
-            for lane in range(16):
-                corners[lane] = (o + lane) // g.PW * g.stride_h * g.W + (o + lane) % g.PW * g.stride_w
-            pyskim_max16_corners(x, corners, g.W, g.kh, g.kw, top + o, mask + o)
-        return
-    # outputs [inner_lo, inner_hi) have horizontal windows inside [0, W)
-    cdef int inner_lo = (g.pad_w + g.stride_w - 1) // g.stride_w
-    cdef int inner_hi = (g.W + g.pad_w - g.kw) // g.stride_w + 1 if g.W + g.pad_w >= g.kw else 0
-    if inner_hi > g.PW:
-        inner_hi = g.PW
-    if not PYSKIM_MAX16 or inner_hi - inner_lo < 16:
-        inner_lo = inner_hi = 0
     for ph in range(g.PH):
         _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
-        pw = 0
-        while pw < g.PW:
-            if pw >= inner_lo and pw + 16 <= inner_hi:
-                pyskim_max16(x, g.W, hs, he, pw * g.stride_w - g.pad_w, g.kw, g.stride_w, top + ph * g.PW + pw,
-                             mask + ph * g.PW + pw)
-                pw += 16
-                continue
+        for pw in range(g.PW):
             _window(pw, g.stride_w, g.pad_w, g.kw, g.W, &ws, &we)
             best = -FLT_MAX
             best_i = -1
@@ -243,7 +203,15 @@ cdef inline void _max_forward_plane(const float* x, float* top, int* mask,
                         best_i = h * g.W + w
             top[ph * g.PW + pw] = best
             mask[ph * g.PW + pw] = best_i
-            pw += 1
+
+
+cdef inline void _max_forward_plane16(const float* x, float* top, int* mask, PoolGeometry g,
+                                      const WindowTable* t) noexcept nogil:
+    """One plane of MAX forward, 16 outputs at a time (``pyskim_max16``): the same comparisons in the
+    same order."""
+    cdef int o, n = g.PH * g.PW
+    for o in range(0, n, 16):
+        pyskim_max16(x, g.W, g.kh, g.kw, t.start + o, t.hlen + o, t.wlen + o, min(16, n - o), top + o, mask + o)
 
 
 cdef inline void _max_backward_plane(const float* top_diff, const int* mask, float* bottom_diff,
@@ -296,7 +264,7 @@ cdef inline void _ave_backward_plane(const float* top_diff, float* bottom_diff,
                     row[w] += grad
 
 
-cdef inline void _ave_forward_plane16(const float* x, float* top, PoolGeometry g, const AveTable* t) noexcept nogil:
+cdef inline void _ave_forward_plane16(const float* x, float* top, PoolGeometry g, const WindowTable* t) noexcept nogil:
     """One plane of AVE forward, 16 outputs at a time (``pyskim_ave16``): the same sums and divisions."""
     cdef int o, n = g.PH * g.PW
     for o in range(0, n, 16):
@@ -304,7 +272,7 @@ cdef inline void _ave_forward_plane16(const float* x, float* top, PoolGeometry g
 
 
 cdef inline void _ave_backward_plane16(const float* top_diff, float* bottom_diff, PoolGeometry g,
-                                       const AveTable* t) noexcept nogil:
+                                       const WindowTable* t) noexcept nogil:
     """One plane of AVE backward, 16 pixels at a time (``pyskim_ave_back16``): each pixel sums its
     outputs' ``top_diff / pool_size`` in Caffe's order, from 0."""
     cdef int p, n = g.H * g.W
@@ -331,13 +299,13 @@ cdef int _covering(int size, int n_out, int stride, int pad, int kernel, int* fi
     return longest
 
 
-cdef AveTable* _ave_table(PoolGeometry g) noexcept nogil:
-    """The window tables of AVE pooling for this geometry (malloc'd, :func:`_free_ave_table`); NULL when
+cdef WindowTable* _window_table(PoolGeometry g) noexcept nogil:
+    """The window tables of this geometry (malloc'd, :func:`_free_window_table`); NULL when
     the build has no 16-lane kernels or the memory is not there."""
-    if not PYSKIM_MAX16:
+    if not PYSKIM_POOL16:
         return NULL
     cdef int P = g.PH * g.PW, HW = g.H * g.W, ph, pw, h, w, hs, he, ws, we, pool_h, pool_w
-    cdef AveTable* t = <AveTable*>calloc(1, sizeof(AveTable))
+    cdef WindowTable* t = <WindowTable*>calloc(1, sizeof(WindowTable))
     cdef int* rows = <int*>malloc(2 * (g.H + g.W) * sizeof(int))
     if t == NULL or rows == NULL:
         free(rows)
@@ -349,7 +317,7 @@ cdef AveTable* _ave_table(PoolGeometry g) noexcept nogil:
     t.pw0, t.npw = <int*>malloc(HW * sizeof(int)), <int*>malloc(HW * sizeof(int))
     if not (t.start and t.hlen and t.wlen and t.size and t.ph0 and t.nph and t.pw0 and t.npw):
         free(rows)
-        _free_ave_table(t)
+        _free_window_table(t)
         return NULL
     for ph in range(g.PH):
         pool_h = _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
@@ -369,7 +337,7 @@ cdef AveTable* _ave_table(PoolGeometry g) noexcept nogil:
     return t
 
 
-cdef void _free_ave_table(AveTable* t) noexcept nogil:
+cdef void _free_window_table(WindowTable* t) noexcept nogil:
     if t != NULL:
         free(t.start)
         free(t.hlen)
@@ -394,8 +362,12 @@ cdef void _max_forward_task(void* ctx, int64_t task, int worker) noexcept nogil:
     cdef const PoolJob* j = <const PoolJob*>ctx
     cdef Py_ssize_t p
     for p in range(task * j.chunk, _last(j, task)):
-        _max_forward_plane(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.mask + p * j.g.out_plane,
-                           j.g)
+        if j.windows != NULL:
+            _max_forward_plane16(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.mask + p * j.g.out_plane,
+                                 j.g, j.windows)
+        else:
+            _max_forward_plane(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.mask + p * j.g.out_plane,
+                               j.g)
 
 
 cdef void _max_backward_task(void* ctx, int64_t task, int worker) noexcept nogil:
@@ -410,8 +382,8 @@ cdef void _ave_forward_task(void* ctx, int64_t task, int worker) noexcept nogil:
     cdef const PoolJob* j = <const PoolJob*>ctx
     cdef Py_ssize_t p
     for p in range(task * j.chunk, _last(j, task)):
-        if j.ave != NULL:
-            _ave_forward_plane16(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.g, j.ave)
+        if j.windows != NULL:
+            _ave_forward_plane16(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.g, j.windows)
         else:
             _ave_forward_plane(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.g)
 
@@ -420,16 +392,16 @@ cdef void _ave_backward_task(void* ctx, int64_t task, int worker) noexcept nogil
     cdef const PoolJob* j = <const PoolJob*>ctx
     cdef Py_ssize_t p
     for p in range(task * j.chunk, _last(j, task)):
-        if j.ave != NULL:
-            _ave_backward_plane16(j.src + p * j.g.out_plane, j.dst + p * j.g.in_plane, j.g, j.ave)
+        if j.windows != NULL:
+            _ave_backward_plane16(j.src + p * j.g.out_plane, j.dst + p * j.g.in_plane, j.g, j.windows)
         else:
             _ave_backward_plane(j.src + p * j.g.out_plane, j.dst + p * j.g.in_plane, j.g)
 
 
 cdef void _run(pk_task_fn fn, PoolGeometry g, const float* src, float* dst, int* mask,
-               int num_threads, bint ave=False) noexcept:
+               int num_threads, bint windows=False) noexcept:
     """Run ``fn`` over all planes on up to ``num_threads`` threads: about four tasks per thread
-    (planes are often tiny), one task on one thread. ``ave``: with AVE's window tables (built once
+    (planes are often tiny), one task on one thread. ``windows``: with the window tables (built once
     for all planes; without them the planes run the scalar loops)."""
     if g.planes <= 0:
         return
@@ -439,9 +411,9 @@ cdef void _run(pk_task_fn fn, PoolGeometry g, const float* src, float* dst, int*
     cdef PoolJob j
     j.g, j.src, j.dst, j.mask, j.chunk = g, src, dst, mask, (g.planes + tasks - 1) // tasks
     with nogil:
-        j.ave = _ave_table(g) if ave else NULL
+        j.windows = _window_table(g) if windows else NULL
         pk_parallel_for((g.planes + j.chunk - 1) // j.chunk, fn, &j, num_threads)
-        _free_ave_table(j.ave)
+        _free_window_table(j.windows)
 
 
 def max_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int pad_w,
@@ -455,7 +427,7 @@ def max_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int
     """
     cdef PoolGeometry g = _geometry(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
     _check_mask(mask.shape, top.shape)
-    _run(_max_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], &mask[0, 0, 0, 0], num_threads)
+    _run(_max_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], &mask[0, 0, 0, 0], num_threads, True)
 
 
 def max_backward(const float[:, :, :, ::1] top_diff, const int[:, :, :, ::1] mask,
