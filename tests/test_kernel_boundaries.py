@@ -35,6 +35,7 @@ X4 = rand(2, 3, 6, 5)
 TOP, MASK = K.max_pool_forward(X4, 2, 2, 0, (3, 3))
 ATOP = K.ave_pool_forward(X4, 3, 2, 1, (3, 3))
 LTOP, LSCALE = K.lrn_across_forward(X4, 3, 1e-4, 0.75, 1.0)
+WTOP, WPOOLED, WPOWER = K.lrn_within_forward(X4, 3, 1e-4, 0.75)
 BATCH_GEOMETRY = {"kh": 3, "kw": 2, "pad_h": 1, "pad_w": 0, "stride_h": 1, "stride_w": 2, "dil_h": 1, "dil_w": 1}
 BCOL = K.im2col_batch(X4, **BATCH_GEOMETRY)
 BATCH_LIMITS = {"kh": (1, 1), "kw": (1, 1), "pad_h": (0, 1), "pad_w": (0, 1), "stride_h": (1, 1),
@@ -89,6 +90,12 @@ SPECS = {
     "lrn_across_backward": Spec(K.lrn_across_backward, args(x=X4, top=LTOP, scale=LSCALE, top_diff=LTOP,
                                                             size=3, alpha=1e-4, beta=0.75),
                                 {"x": 4, "top": 4, "scale": 4, "top_diff": 4}, {"size": (1, 1)}, outs=["out"]),
+    "lrn_within_forward": Spec(K.lrn_within_forward, args(x=X4, size=3, alpha=1e-4, beta=0.75), {"x": 4},
+                               {"size": (1, 1)}),
+    "lrn_within_backward": Spec(K.lrn_within_backward, args(x=X4, pooled=WPOOLED, power=WPOWER, top_diff=WTOP,
+                                                            size=3, alpha=1e-4, beta=0.75),
+                                {"x": 4, "pooled": 4, "power": 4, "top_diff": 4}, {"size": (1, 1)}, outs=["out"]),
+    "lrn_within_fused": Spec(K.lrn_within_fused, args(alpha=1e-4, beta=0.75), {}, {}),
     "conv_output_size": Spec(K.conv_output_size, args(in_size=7, kernel=3, pad=1, stride=2, dilation=1), {},
                              {"in_size": (0, 1), "kernel": (1, 1), "pad": (0, 1), "stride": (1, 1),
                               "dilation": (1, 1)}),
@@ -206,6 +213,8 @@ def test_geometry_that_does_not_fit():
     _rejects(SPECS["lrn_across_forward"], alpha=float("nan"))
     _rejects(SPECS["lrn_across_forward"], beta=float("inf"))
     _rejects(SPECS["lrn_across_backward"], top=LTOP[:, :2])
+    _rejects(SPECS["lrn_within_forward"], beta=-1.0)                      # PowerLayer special case
+    _rejects(SPECS["lrn_within_backward"], power=WPOWER[:, :2])
     _rejects(SPECS["col2im"], accumulate=True)                            # accumulate needs out=
     _rejects(SPECS["im2col_batch"], kh=9)                                 # kernel larger than padded image
     _rejects(SPECS["col2im_batch"], img=np.empty((2, 3, 6, 6), np.float32))   # col does not match the images

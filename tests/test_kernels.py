@@ -410,3 +410,20 @@ def test_axpby_matches_caffe_rounding(alpha, beta, threads, monkeypatch):
         K.axpby(1.0, x, 1.0, y.astype(np.float64))
     with pytest.raises(K.KernelArgumentError, match="shape"):
         K.axpby(1.0, x[:5], 1.0, y)
+
+
+@pytest.mark.parametrize("size, alpha, beta", [(3, 5e-5, 0.75), (5, 0.5, 0.75), (1, 1.0, 0.5), (3, 2.0, 1.5)])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 32, 16, 16)])
+def test_lrn_within_matches_reference(shape, size, alpha, beta):
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32) * 3
+    top, pooled, power = K.lrn_within_forward(x, size, alpha, beta)
+    top_r, pooled_r, power_r = R.lrn_within_forward_ref(x, size, alpha, beta)
+    np.testing.assert_allclose(pooled, pooled_r, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(power, power_r, rtol=1e-5)
+    np.testing.assert_allclose(top, top_r, rtol=1e-5, atol=1e-6 * np.abs(top_r).max())
+    g = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    got = K.lrn_within_backward(x, pooled, power, g, size, alpha, beta)
+    want = R.lrn_within_backward_ref(x, g, size, alpha, beta)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert K.lrn_within_fused(alpha, beta) and not K.lrn_within_fused(0.0, beta)
+    assert not K.lrn_within_fused(alpha, -1.0) and not K.lrn_within_fused(alpha, 0.0)

@@ -53,6 +53,9 @@ __all__ = [
     "im2col_nd",
     "lrn_across_backward",
     "lrn_across_forward",
+    "lrn_within_backward",
+    "lrn_within_forward",
+    "lrn_within_fused",
     "max_pool_backward",
     "max_pool_forward",
     "pooled_output_size",
@@ -394,4 +397,67 @@ def lrn_across_backward(x, top, scale, top_diff, size, alpha, beta, out=None):
     cache_ratio = np.float32(2.0 * float(np.float32(alpha)) * float(np.float32(beta)) / size)
     _lrn.across_backward(x, arrays["top"], arrays["scale"], arrays["top_diff"], size,
                          float(np.float32(beta)), float(cache_ratio), bottom, _threads_for(x.size))
+    return bottom
+
+
+def lrn_within_fused(alpha, beta):
+    """Whether :func:`lrn_within_forward` / :func:`lrn_within_backward` take these parameters: Caffe's
+    PowerLayer special cases (a zero scale or power, a power of 1 or 2) stay with the layer's NumPy
+    steps."""
+    power = -np.float32(beta)
+    return np.float32(alpha) != 0 and power not in (0, 1, 2)
+
+
+def _within_arrays(fn, x, size):
+    x = float_input(fn, "x", x, 4)
+    size = _lrn_size(fn, size)
+    return x, size, (size - 1) // 2
+
+
+def lrn_within_forward(x, size, alpha, beta):
+    """LRN within a channel of ``x`` (N, C, H, W), Caffe's internal chain: squares, AVE pooling over
+    ``size`` x ``size`` (pad (size-1)/2, Caffe's divisor), ``power = (1 + alpha * pooled) ** -beta``,
+    ``top = x * power``, each float32 step rounded as Caffe's. Returns ``(top, pooled, power)`` (keep
+    ``pooled`` and ``power`` for :func:`lrn_within_backward`). Only for :func:`lrn_within_fused`
+    parameters."""
+    fn = "lrn_within_forward"
+    x, size, pad = _within_arrays(fn, x, size)
+    finite(fn, alpha=alpha, beta=beta)
+    if not lrn_within_fused(alpha, beta):
+        raise KernelArgumentError(f"{fn}: alpha {alpha}, beta {beta} are PowerLayer special cases")
+    threads = _threads_for(x.size)
+    flat = x.reshape(-1)
+    squares = output_array(fn, "squares", None, x.shape, [x])
+    _lrn.within_step(0, flat, None, None, squares.reshape(-1), None, 0.0, 0.0, threads)
+    pooled = ave_pool_forward(squares, size, 1, pad, x.shape[2:])
+    power = np.empty_like(x)
+    top = np.empty_like(x)
+    _lrn.within_step(1, flat, pooled.reshape(-1), None, power.reshape(-1), top.reshape(-1),
+                     float(np.float32(alpha)), float(-np.float32(beta)), threads)
+    return top, pooled, power
+
+
+def lrn_within_backward(x, pooled, power, top_diff, size, alpha, beta, out=None):
+    """Gradient of :func:`lrn_within_forward` through Caffe's chain, each float32 step as Caffe's:
+    ``bottom_diff = power * top_diff + pool_back((x * top_diff) * power / (1 + alpha * pooled) *
+    (-beta * alpha)) * 2x``."""
+    fn = "lrn_within_backward"
+    x, size, pad = _within_arrays(fn, x, size)
+    arrays = {}
+    for name, value in (("pooled", pooled), ("power", power), ("top_diff", top_diff)):
+        arrays[name] = a = float_input(fn, name, value, 4)
+        if a.shape != x.shape:
+            raise KernelArgumentError(f"{fn}: {name} shape {a.shape} != x shape {x.shape}")
+    finite(fn, alpha=alpha, beta=beta)
+    if not lrn_within_fused(alpha, beta):
+        raise KernelArgumentError(f"{fn}: alpha {alpha}, beta {beta} are PowerLayer special cases")
+    bottom = output_array(fn, "out", out, x.shape, [x, *arrays.values()])
+    threads = _threads_for(x.size)
+    flat, td, pw = x.reshape(-1), arrays["top_diff"].reshape(-1), arrays["power"].reshape(-1)
+    power_diff = np.empty_like(x)
+    _lrn.within_step(2, flat, td, arrays["pooled"].reshape(-1), np.ascontiguousarray(pw), power_diff.reshape(-1),
+                     float(np.float32(alpha)), float(-np.float32(beta)), threads)
+    pooled_diff = ave_pool_backward(power_diff, size, 1, pad, x.shape[2:])
+    _lrn.within_step(3, flat, td, pooled_diff.reshape(-1), np.ascontiguousarray(pw), bottom.reshape(-1),
+                     0.0, 0.0, threads)
     return bottom

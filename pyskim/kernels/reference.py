@@ -212,3 +212,23 @@ def conv2d_column_grad_ref(weights, top_diff, group):
     blocks = [np.matmul(w.transpose(0, 2, 1), td.reshape(group, m // group, -1).astype(np.float64))
               .reshape(-1, td[0].size) for td in top_diff]
     return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def lrn_within_forward_ref(x, size, alpha, beta):
+    """LRN within a channel in float64: ``x * (1 + alpha * avepool(x**2)) ** -beta`` with Caffe's
+    AVE pooling (size x size, pad (size-1)/2, padding counted in the divisor); (top, pooled, power)."""
+    x = np.asarray(x, np.float64)
+    pad = (size - 1) // 2
+    pooled = ave_pool_forward_ref(x * x, (size, size), (1, 1), (pad, pad), x.shape[2:])
+    power = (1.0 + alpha * pooled) ** -beta
+    return x * power, pooled, power
+
+
+def lrn_within_backward_ref(x, top_diff, size, alpha, beta):
+    """The gradient of :func:`lrn_within_forward_ref` in float64 (the chain rule through the pooling)."""
+    x, top_diff = np.asarray(x, np.float64), np.asarray(top_diff, np.float64)
+    _, pooled, power = lrn_within_forward_ref(x, size, alpha, beta)
+    pad = (size - 1) // 2
+    power_diff = x * top_diff * (-beta * alpha) * power / (1.0 + alpha * pooled)
+    pooled_diff = ave_pool_backward_ref(power_diff, (size, size), (1, 1), (pad, pad), x.shape[2:])
+    return power * top_diff + pooled_diff * 2.0 * x

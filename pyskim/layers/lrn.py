@@ -1,5 +1,6 @@
 """LRN (Caffe's ``lrn_layer``): across channels on the compiled LRN kernel, within a channel as
-Caffe's internal Power -> average Pooling -> Power chain on the pooling kernels."""
+Caffe's internal Power -> average Pooling -> Power chain (the compiled within-channel steps around
+the pooling kernels; NumPy steps for PowerLayer's special cases)."""
 import numpy as np
 
 from ..core.layer import Layer, register
@@ -80,6 +81,10 @@ class LRNLayer(Layer):
             kernels.lrn_across_forward(x, self._size, self._alpha, self._beta, self._k,
                                        out=top[0].data, scale_out=self._scale)
             return
+        if kernels.lrn_within_fused(self._alpha, self._beta):
+            top[0].data[...], self._pooled, self._power = kernels.lrn_within_forward(x, self._size, self._alpha,
+                                                                                     self._beta)
+            return
         size, pad = self._size, self._pre_pad
         self._pooled = kernels.ave_pool_forward(np.square(x), size, 1, pad, x.shape[2:])
         self._power = _power_forward(self._pooled, -np.float32(self._beta), self._alpha, 1.0)
@@ -91,6 +96,10 @@ class LRNLayer(Layer):
         x, top_diff = bottom[0].data, top[0].diff
         if not self._within:
             kernels.lrn_across_backward(x, top[0].data, self._scale, top_diff, self._size, self._alpha,
+                                        self._beta, out=bottom[0].diff)
+            return
+        if kernels.lrn_within_fused(self._alpha, self._beta):
+            kernels.lrn_within_backward(x, self._pooled, self._power, top_diff, self._size, self._alpha,
                                         self._beta, out=bottom[0].diff)
             return
         product_diff = self._power * top_diff
