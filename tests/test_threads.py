@@ -152,3 +152,32 @@ def test_threads_flag_of_the_caffe_commands(caplog):
             apply_threads(-2)
     finally:
         caffe.set_num_threads(previous)
+
+
+def _child_conv(queue, x, w):
+    queue.put(gemm.conv2d_forward(x, w, None, 3))
+
+
+def test_the_pool_works_in_a_forked_child(monkeypatch):
+    """A child forked after the pool's threads started (multiprocessing's default on Linux) gets a
+    pool of its own on its first parallel call, with the same results."""
+    import multiprocessing
+    monkeypatch.setattr(gemm, "PARALLEL_MIN_MACS", 0)
+    previous = caffe.get_num_threads()
+    caffe.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(3)
+        x = rng.standard_normal((4, 8, 20, 20)).astype(np.float32)
+        w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+        parent = gemm.conv2d_forward(x, w, None, 3)
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_child_conv, args=(queue, x, w))
+        child.start()
+        try:
+            np.testing.assert_array_equal(queue.get(timeout=60), parent)
+        finally:
+            child.join(timeout=60)
+        assert child.exitcode == 0
+    finally:
+        caffe.set_num_threads(previous)
