@@ -130,12 +130,9 @@ cdef void _run_tasks(bint to_col, const float* src0, float* dst0, ConvGeometry g
     cdef int planes = g.N * g.C
     if planes <= 0:
         return
-    cdef Py_ssize_t tasks = 4 * <Py_ssize_t>num_threads if num_threads > 1 else 1
-    if tasks > planes:
-        tasks = planes
     cdef BatchJob jb
     jb.to_col, jb.src0, jb.dst0, jb.g = to_col, src0, dst0, g
-    jb.ld, jb.chunk = <Py_ssize_t>g.N * g.OH * g.OW, (planes + tasks - 1) // tasks
+    jb.ld, jb.chunk = <Py_ssize_t>g.N * g.OH * g.OW, pk_task_chunk(planes, num_threads)
     pk_parallel_for((planes + jb.chunk - 1) // jb.chunk, _batch_task, &jb, num_threads)
 
 

@@ -109,11 +109,8 @@ cdef void _run(pk_task_fn fn, ConvGeometry g, const float* src, float* dst, int 
     (rows can be short), one task on one thread."""
     if rows <= 0:
         return
-    cdef Py_ssize_t tasks = 4 * <Py_ssize_t>num_threads if num_threads > 1 else 1
-    if tasks > rows:
-        tasks = rows
     cdef ColJob jb
-    jb.g, jb.src, jb.dst, jb.rows, jb.chunk = g, src, dst, rows, (rows + tasks - 1) // tasks
+    jb.g, jb.src, jb.dst, jb.rows, jb.chunk = g, src, dst, rows, pk_task_chunk(rows, num_threads)
     with nogil:
         pk_parallel_for((rows + jb.chunk - 1) // jb.chunk, fn, &jb, num_threads)
 

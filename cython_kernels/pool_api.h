@@ -28,6 +28,13 @@ static const pk_pool_api_t *pk_pool = 0;
 
 static inline void pk_pool_bind(const pk_pool_api_t *api) { pk_pool = api; }
 
+/* Items per task when n short items are cut into about 4 tasks per thread (1 task on one thread):
+ * enough tasks that a thread which starts late only does fewer of them. */
+static inline int64_t pk_task_chunk(int64_t n, int threads) {
+    const int64_t tasks = threads > 1 ? 4 * (int64_t)threads : 1;
+    return n > tasks ? (n + tasks - 1) / tasks : 1;
+}
+
 /* The threads a kernel may use: the pool's count. */
 static inline int pk_max_workers(void) { return pk_pool ? pk_pool->threads() : 1; }
 

@@ -13,6 +13,7 @@ cdef extern from "pool_api.h" nogil:
         int version
     void pk_pool_bind(const pk_pool_api_t *api)
     int pk_max_workers()
+    int64_t pk_task_chunk(int64_t n, int threads)
     void pk_parallel_for(int64_t ntasks, pk_task_fn fn, void *ctx, int max_workers)
 
 

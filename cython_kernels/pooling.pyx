@@ -405,11 +405,8 @@ cdef void _run(pk_task_fn fn, PoolGeometry g, const float* src, float* dst, int*
     for all planes; without them the planes run the scalar loops)."""
     if g.planes <= 0:
         return
-    cdef Py_ssize_t tasks = 4 * <Py_ssize_t>num_threads if num_threads > 1 else 1
-    if tasks > g.planes:
-        tasks = g.planes
     cdef PoolJob j
-    j.g, j.src, j.dst, j.mask, j.chunk = g, src, dst, mask, (g.planes + tasks - 1) // tasks
+    j.g, j.src, j.dst, j.mask, j.chunk = g, src, dst, mask, pk_task_chunk(g.planes, num_threads)
     with nogil:
         j.windows = _window_table(g) if windows else NULL
         pk_parallel_for((g.planes + j.chunk - 1) // j.chunk, fn, &j, num_threads)

@@ -260,12 +260,6 @@ static void sc_prepare_jobs(const sc_prep_t *pp, float *buf, int interleaved, in
     }
 }
 
-/* Iterations per pool task when n short iterations are cut into about 4 tasks per thread. */
-static inline int64_t sc_chunk(int64_t n, int nthreads) {
-    const int64_t tasks = nthreads > 1 ? 4 * (int64_t)nthreads : 1;
-    return n > tasks ? (n + tasks - 1) / tasks : 1;
-}
-
 /* A register tile request clamped to [1, SC_TMAX] vectors. */
 static inline int sc_clamp_tile(int tile) { return tile < 1 ? 1 : tile > SC_TMAX ? SC_TMAX : tile; }
 
@@ -487,7 +481,7 @@ static int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G,
     cv.scratch = (float **)calloc(nthreads, sizeof(float *));
     if (!cv.scratch) return -1;
     cv.jobs = (interleaved ? (prep->N + SC_VL - 1) / SC_VL : prep->N) * (int64_t)prep->C;
-    cv.jchunk = sc_chunk(cv.jobs, nthreads);
+    cv.jchunk = pk_task_chunk(cv.jobs, nthreads);
     pk_parallel_for((cv.jobs + cv.jchunk - 1) / cv.jchunk, sc_prepare_task, &cv, nthreads);
     pk_parallel_for(cv.items, sc_item_task, &cv, nthreads);
     for (int w = 0; w < nthreads; ++w) free(cv.scratch[w]);

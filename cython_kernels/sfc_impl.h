@@ -127,7 +127,7 @@ static int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, con
     f.Mp = ((int64_t)M + SC_VL - 1) / SC_VL * SC_VL;
     f.xt = (float *)aligned_alloc(64, sizeof(float) * f.Mp * (K > 0 ? K : 1));
     if (!f.xt) return -1;
-    f.chunk = sc_chunk(f.K, nthreads);
+    f.chunk = pk_task_chunk(f.K, nthreads);
     pk_parallel_for((f.K + f.chunk - 1) / f.chunk, sc_fc_transpose_task, &f, nthreads);
     f.chunk = 16;
     pk_parallel_for((f.N + 15) / 16, sc_fc_task, &f, nthreads);

@@ -15,6 +15,7 @@ from .threads import get_num_threads
 from .validate import (
     INT_MAX,
     KernelArgumentError,
+    bias_input,
     conv_geometry,
     float_input,
     output_array,
@@ -46,15 +47,6 @@ def _matrix(fn, name, a):
     return a
 
 
-def _bias(fn, bias, n):
-    if bias is None:
-        return None
-    bias = float_input(fn, "bias", bias, 1)
-    if bias.shape != (n,):
-        raise KernelArgumentError(f"{fn}: bias must have shape ({n},), got {bias.shape}")
-    return bias
-
-
 def matmul(a, b, out=None, accumulate=False, bias=None):
     """``out`` (M, N) = ``a`` (M, K) . ``b`` (K, N) [+ ``bias`` (N) on every row]; with
     ``accumulate`` the product is added to ``out`` (Caffe's ``caffe_cpu_gemm`` with beta = 1).
@@ -67,9 +59,9 @@ def matmul(a, b, out=None, accumulate=False, bias=None):
     if accumulate and out is None:
         raise KernelArgumentError(f"{fn}: accumulate=True needs out=")
     if 0 in (m, n, k):                 # Caffe allows empty blobs: an empty sum is 0
-        return _empty_product(fn, out, (m, n), accumulate, _bias(fn, bias, n))
+        return _empty_product(fn, out, (m, n), accumulate, bias_input(fn, bias, n))
     out = output_array(fn, "out", out, (m, n), [a, b])
-    _gemm.matmul(a, b, out, bool(accumulate), _bias(fn, bias, n), _threads(m * n * k))
+    _gemm.matmul(a, b, out, bool(accumulate), bias_input(fn, bias, n), _threads(m * n * k))
     return out
 
 
@@ -140,7 +132,7 @@ def conv2d_forward(x, weights, bias, kernel, pad=0, stride=1, dilation=1, group=
                                or packed.group != group):
         raise KernelArgumentError(f"{fn}: packed must be a PackedConvWeights of weights {w.shape}, group {group}")
     macs = y.size * w.shape[1]
-    _gemm.conv_forward(x, w, _bias(fn, bias, w.shape[0]), *geo, group, y, _threads(macs),
+    _gemm.conv_forward(x, w, bias_input(fn, bias, w.shape[0]), *geo, group, y, _threads(macs),
                        None if packed is None else packed.array)
     return y
 

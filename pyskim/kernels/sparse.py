@@ -20,7 +20,15 @@ import numpy as np
 from .._kernels import sparse_conv as _sc
 from .csr import ConvCSR, FcCSR
 from .threads import get_num_threads
-from .validate import KernelArgumentError, conv_output_shape, flag, float_input, int_tuple, output_array
+from .validate import (
+    KernelArgumentError,
+    bias_input,
+    conv_output_shape,
+    flag,
+    float_input,
+    int_tuple,
+    output_array,
+)
 
 __all__ = ["choose_conv_blocking", "sparse_conv_forward", "sparse_fc_forward"]
 
@@ -117,16 +125,6 @@ def _blocking_arg(fn, blocking):
     return tuple(sorted((k, None if v is None else int(v)) for k, v in blocking.items()))
 
 
-def _bias(fn, bias, n):
-    """``bias`` as a float32 (n,) array, or None."""
-    if bias is None:
-        return None
-    b = float_input(fn, "bias", bias, 1)
-    if b.shape != (n,):
-        raise KernelArgumentError(f"{fn}: bias must have shape ({n},), got {b.shape}")
-    return b
-
-
 def _build_conv_plan(csr, stride, out_hw, blocking):
     """The compiled plan of ``csr`` for this stride, output size and blocking: the padded-input
     offsets re-expressed for the stride-phase buffer and its row pitch, each row re-sorted."""
@@ -180,7 +178,7 @@ def sparse_conv_forward(x, conv_csr, bias, stride, pad, dilation, out_hw, relu=F
     if int_tuple(fn, "out_hw", out_hw, 2, 1) != expect:
         raise KernelArgumentError(f"{fn}: out_hw must be {expect} for this geometry, got {out_hw!r}")
     relu = flag(fn, "relu", relu)
-    b = _bias(fn, bias, csr.num_output)
+    b = bias_input(fn, bias, csr.num_output)
     y = output_array(fn, "out", out, (n, csr.num_output) + expect, [x, b])
     blocking = _blocking_arg(fn, blocking)
     plan = csr.plan((stride, expect, blocking), lambda: _build_conv_plan(csr, stride, expect, blocking))
@@ -201,7 +199,7 @@ def sparse_fc_forward(x, fc_csr, bias, relu=False, out=None):
     if x.shape[0] < 1 or x.shape[1] != fc_csr.num_input:
         raise KernelArgumentError(f"{fn}: x must have shape (M>=1, {fc_csr.num_input}), got {x.shape}")
     relu = flag(fn, "relu", relu)
-    b = _bias(fn, bias, fc_csr.num_output)
+    b = bias_input(fn, bias, fc_csr.num_output)
     y = output_array(fn, "out", out, (x.shape[0], fc_csr.num_output), [x, b])
     plan = fc_csr.plan(lambda: _sc.FcPlan(fc_csr.rowptr, fc_csr.colidx, fc_csr.values,
                                           fc_csr.num_output, fc_csr.num_input))

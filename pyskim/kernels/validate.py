@@ -112,6 +112,16 @@ def float_input(fn, name, x, ndim):
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def bias_input(fn, bias, n):
+    """``bias`` as a float32 (n,) array, or None (no bias)."""
+    if bias is None:
+        return None
+    b = float_input(fn, "bias", bias, 1)
+    if b.shape != (n,):
+        raise KernelArgumentError(f"{fn}: bias must have shape ({n},), got {b.shape}")
+    return b
+
+
 def _real_array(fn, name, x):
     """``np.asarray(x)``, refused unless it holds real numbers (float, signed or unsigned int)."""
     try:
