@@ -250,12 +250,13 @@ cdef extern from *:
      *   step 1 (forward, after pooling):   power = powf(pooled * alpha + 1, nbeta); top = x * power
      *   step 2 (backward, before pooling): power_diff = (x * top_diff) * ((power / (pooled * alpha + 1)) * ds)
      *   step 3 (backward, after pooling):  bottom_diff = power * top_diff + pooled_diff * (2 * x)
+     * (steps 2 and 3 read power from c and write out2)
      * (ds = nbeta * alpha, Caffe's PowerLayer diff_scale; a factor equal to 1 is skipped, as Caffe's
      * PowerLayer skips it.) */
     __attribute__((optimize("fp-contract=off")))
     static void pyskim_lrn_within_run(int step, int64_t i0, int64_t i1, const float *x, const float *a,
-                                      const float *b, float *out, float *out2, float alpha, float nbeta,
-                                      float ds) {
+                                      const float *b, const float *c, float *out, float *out2, float alpha,
+                                      float nbeta, float ds) {
         for (int64_t i = i0; i < i1; ++i) {
             if (step == 0) {
                 out[i] = x[i] * x[i];
@@ -264,20 +265,21 @@ cdef extern from *:
                 const float p = powf(t + 1.0f, nbeta);
                 out[i] = p;
                 out2[i] = x[i] * p;
-            } else if (step == 2) {               /* a: top_diff, b: pooled, out: power (read), out2 */
+            } else if (step == 2) {               /* a: top_diff, b: pooled */
                 float d = alpha != 1.0f ? b[i] * alpha : b[i];
                 d = d + 1.0f;
-                d = out[i] / d;
+                d = c[i] / d;
                 if (ds != 1.0f) d = d * ds;
                 out2[i] = (x[i] * a[i]) * d;
-            } else {                              /* a: top_diff, b: pooled diff, out: power (read) */
-                out2[i] = out[i] * a[i] + b[i] * (2.0f * x[i]);
+            } else {                              /* a: top_diff, b: pooled diff */
+                out2[i] = c[i] * a[i] + b[i] * (2.0f * x[i]);
             }
         }
     }
     """
     void pyskim_lrn_within_run(int step, int64_t i0, int64_t i1, const float* x, const float* a, const float* b,
-                               float* out, float* out2, float alpha, float nbeta, float ds) noexcept nogil
+                               const float* c, float* out, float* out2, float alpha, float nbeta,
+                               float ds) noexcept nogil
 
 
 cdef struct WithinJob:
@@ -286,6 +288,7 @@ cdef struct WithinJob:
     const float* x
     const float* a
     const float* b
+    const float* c
     float* out
     float* out2
     float alpha, nbeta, ds
@@ -295,27 +298,39 @@ cdef void _within_task(void* ctx, int64_t t, int worker) noexcept nogil:
     cdef const WithinJob* j = <const WithinJob*>ctx
     cdef int64_t i0 = t * _WITHIN_RUN
     cdef int64_t i1 = i0 + _WITHIN_RUN if i0 + _WITHIN_RUN < j.n else j.n
-    pyskim_lrn_within_run(j.step, i0, i1, j.x, j.a, j.b, j.out, j.out2, j.alpha, j.nbeta, j.ds)
+    pyskim_lrn_within_run(j.step, i0, i1, j.x, j.a, j.b, j.c, j.out, j.out2, j.alpha, j.nbeta, j.ds)
 
 
 cdef enum:
     _WITHIN_RUN = 16384
 
 
-def within_step(int step, const float[::1] x, a, b, float[::1] out, out2, float alpha, float nbeta,
-                int num_threads=1):
+def within_step(int step, const float[::1] x, a, b, c, out, out2, float alpha, float nbeta, int num_threads=1):
     """One elementwise step of WITHIN_CHANNEL LRN (see ``pyskim_lrn_within_run``) over flat float32
-    arrays of one length; ``a``, ``b``, ``out2`` may be None where the step does not use them."""
+    arrays of one length: inputs ``x``, ``a``, ``b``, ``c``, outputs ``out``, ``out2``; any the step
+    does not use may be None."""
+    cdef Py_ssize_t n = x.shape[0]
     cdef const float[::1] av = a if a is not None else x
     cdef const float[::1] bv = b if b is not None else x
-    cdef float[::1] o2 = out2 if out2 is not None else out
-    cdef Py_ssize_t n = x.shape[0]
-    if av.shape[0] != n or bv.shape[0] != n or out.shape[0] != n or o2.shape[0] != n or not 0 <= step <= 3:
+    cdef const float[::1] cv = c if c is not None else x
+    cdef float[::1] o1, o2
+    if out is not None:
+        o1 = out
+    if out2 is not None:
+        o2 = out2
+    if out is None and out2 is None:
+        raise ValueError("within_step: no output")
+    if out is None:
+        o1 = o2
+    if out2 is None:
+        o2 = o1
+    if av.shape[0] != n or bv.shape[0] != n or cv.shape[0] != n or o1.shape[0] != n or o2.shape[0] != n \
+            or not 0 <= step <= 3:
         raise ValueError("within_step: arrays differ in length (or bad step)")
     if n == 0:
         return
     cdef WithinJob j
-    j.step, j.n, j.x, j.a, j.b, j.out, j.out2 = step, n, &x[0], &av[0], &bv[0], &out[0], &o2[0]
+    j.step, j.n, j.x, j.a, j.b, j.c, j.out, j.out2 = step, n, &x[0], &av[0], &bv[0], &cv[0], &o1[0], &o2[0]
     j.alpha, j.nbeta, j.ds = alpha, nbeta, nbeta * alpha
     with nogil:
         pk_parallel_for((n + _WITHIN_RUN - 1) // _WITHIN_RUN, _within_task, &j, num_threads)

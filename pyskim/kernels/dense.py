@@ -414,12 +414,12 @@ def _within_arrays(fn, x, size):
     return x, size, (size - 1) // 2
 
 
-def lrn_within_forward(x, size, alpha, beta):
+def lrn_within_forward(x, size, alpha, beta, out=None):
     """LRN within a channel of ``x`` (N, C, H, W), Caffe's internal chain: squares, AVE pooling over
     ``size`` x ``size`` (pad (size-1)/2, Caffe's divisor), ``power = (1 + alpha * pooled) ** -beta``,
-    ``top = x * power``, each float32 step rounded as Caffe's. Returns ``(top, pooled, power)`` (keep
-    ``pooled`` and ``power`` for :func:`lrn_within_backward`). Only for :func:`lrn_within_fused`
-    parameters."""
+    ``top = x * power``, each float32 step rounded as Caffe's, ``top`` written into ``out`` when given.
+    Returns ``(top, pooled, power)`` (keep ``pooled`` and ``power`` for :func:`lrn_within_backward`).
+    Only for :func:`lrn_within_fused` parameters."""
     fn = "lrn_within_forward"
     x, size, pad = _within_arrays(fn, x, size)
     finite(fn, alpha=alpha, beta=beta)
@@ -428,11 +428,11 @@ def lrn_within_forward(x, size, alpha, beta):
     threads = _threads_for(x.size)
     flat = x.reshape(-1)
     squares = output_array(fn, "squares", None, x.shape, [x])
-    _lrn.within_step(0, flat, None, None, squares.reshape(-1), None, 0.0, 0.0, threads)
+    _lrn.within_step(0, flat, None, None, None, squares.reshape(-1), None, 0.0, 0.0, threads)
     pooled = ave_pool_forward(squares, size, 1, pad, x.shape[2:])
     power = np.empty_like(x)
-    top = np.empty_like(x)
-    _lrn.within_step(1, flat, pooled.reshape(-1), None, power.reshape(-1), top.reshape(-1),
+    top = output_array(fn, "out", out, x.shape, [x])
+    _lrn.within_step(1, flat, pooled.reshape(-1), None, None, power.reshape(-1), top.reshape(-1),
                      float(np.float32(alpha)), float(-np.float32(beta)), threads)
     return top, pooled, power
 
@@ -455,9 +455,9 @@ def lrn_within_backward(x, pooled, power, top_diff, size, alpha, beta, out=None)
     threads = _threads_for(x.size)
     flat, td, pw = x.reshape(-1), arrays["top_diff"].reshape(-1), arrays["power"].reshape(-1)
     power_diff = np.empty_like(x)
-    _lrn.within_step(2, flat, td, arrays["pooled"].reshape(-1), np.ascontiguousarray(pw), power_diff.reshape(-1),
+    _lrn.within_step(2, flat, td, arrays["pooled"].reshape(-1), pw, None, power_diff.reshape(-1),
                      float(np.float32(alpha)), float(-np.float32(beta)), threads)
     pooled_diff = ave_pool_backward(power_diff, size, 1, pad, x.shape[2:])
-    _lrn.within_step(3, flat, td, pooled_diff.reshape(-1), np.ascontiguousarray(pw), bottom.reshape(-1),
+    _lrn.within_step(3, flat, td, pooled_diff.reshape(-1), pw, None, bottom.reshape(-1),
                      0.0, 0.0, threads)
     return bottom

@@ -82,8 +82,8 @@ class LRNLayer(Layer):
                                        out=top[0].data, scale_out=self._scale)
             return
         if kernels.lrn_within_fused(self._alpha, self._beta):
-            top[0].data[...], self._pooled, self._power = kernels.lrn_within_forward(x, self._size, self._alpha,
-                                                                                     self._beta)
+            _, self._pooled, self._power = kernels.lrn_within_forward(x, self._size, self._alpha, self._beta,
+                                                                      out=top[0].data)
             return
         size, pad = self._size, self._pre_pad
         self._pooled = kernels.ave_pool_forward(np.square(x), size, 1, pad, x.shape[2:])
