@@ -41,13 +41,21 @@ ALEXNET_CONVS = [
     ("conv4", 384, 13, 384, 3, 1, 1, 2),
     ("conv5", 384, 13, 256, 3, 1, 1, 2),
 ]
+#: Group-1 versions of AlexNet's grouped layers (all input channels feed every output channel), for
+#: engines that do not accelerate grouped convolution (DeepSparse): the fair per-layer comparison.
+ALEXNET_GROUP1_CONVS = [
+    ("conv2g1", 96, 27, 256, 5, 1, 2, 1),
+    ("conv4g1", 384, 13, 384, 3, 1, 1, 1),
+    ("conv5g1", 384, 13, 256, 3, 1, 1, 1),
+]
+_ALL_CONVS = ALEXNET_CONVS + ALEXNET_GROUP1_CONVS
 
 
 # -- the same data in every process -----------------------------------------------------------------
 
 def alexnet_conv(name):
-    """The ``ALEXNET_CONVS`` entry called ``name``."""
-    return next(conv for conv in ALEXNET_CONVS if conv[0] == name)
+    """The ``ALEXNET_CONVS`` or ``ALEXNET_GROUP1_CONVS`` entry called ``name``."""
+    return next(conv for conv in _ALL_CONVS if conv[0] == name)
 
 
 def conv_arrays(name, batch, density=1.0, seed=0):
@@ -56,7 +64,7 @@ def conv_arrays(name, batch, density=1.0, seed=0):
     bias N(0, 0.01^2). Every process computes the same arrays from the same arguments."""
     import numpy as np
     _, channels, size, num_output, kernel, _, _, group = alexnet_conv(name)
-    layer_index = ALEXNET_CONVS.index(alexnet_conv(name))
+    layer_index = _ALL_CONVS.index(alexnet_conv(name))
     rng = np.random.default_rng([seed, layer_index, batch])
     x = rng.standard_normal((batch, channels, size, size), dtype=np.float32)
     w = 0.01 * rng.standard_normal((num_output, channels // group, kernel, kernel), dtype=np.float32)
@@ -120,7 +128,7 @@ def top_diff_array(name, batch, seed=1):
     import numpy as np
     _, _, size, num_output, kernel, stride, pad, _ = alexnet_conv(name)
     out = (size + 2 * pad - kernel) // stride + 1
-    rng = np.random.default_rng([seed, ALEXNET_CONVS.index(alexnet_conv(name)), batch])
+    rng = np.random.default_rng([seed, _ALL_CONVS.index(alexnet_conv(name)), batch])
     return rng.standard_normal((batch, num_output, out, out), dtype=np.float32)
 
 
@@ -145,22 +153,35 @@ def np_concat(*arrays):
     return np.concatenate([a.ravel() for a in arrays])
 
 
-def ort_conv_call(name, x, w, bias, threads):
-    """An onnxruntime session (CPU provider, MLAS) running AlexNet's Conv ``name`` (opset 17) on ``x``,
-    ``intra_op_num_threads = threads`` (0: onnxruntime's default); returns the call to time."""
-    import onnxruntime as ort
+def conv_onnx_model(name, w, bias):
+    """An ONNX model (opset 17) of AlexNet's Conv ``name`` with weights ``w`` and ``bias``: input "x"
+    (any batch), output "y"."""
     from onnx import TensorProto, helper, numpy_helper
-    _, _, _, _, kernel, stride, pad, group = alexnet_conv(name)
+    _, channels, size, _, kernel, stride, pad, group = alexnet_conv(name)
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride] * 2, pads=[pad] * 4, group=group,
                             kernel_shape=[kernel, kernel])
-    graph = helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, size, size])
+    graph = helper.make_graph([node], name, [x_info],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    return model
+
+
+def ort_session(model_bytes, threads):
+    """An onnxruntime session (CPU provider, MLAS) of a serialized ONNX model, ``intra_op_num_threads =
+    threads`` (0: onnxruntime's default)."""
+    import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def ort_conv_call(name, x, w, bias, threads):
+    """An onnxruntime session running AlexNet's Conv ``name`` (:func:`conv_onnx_model`) on ``x``
+    (:func:`ort_session`); returns the call to time."""
+    session = ort_session(conv_onnx_model(name, w, bias).SerializeToString(), threads)
     return lambda: session.run(None, {"x": x})[0]
 
 
@@ -250,11 +271,12 @@ def pyskim_environment(threads, drop=(), extra=None):
 
 class Worker:
     """The parent's handle on one framework's child process: ``python script --worker NAME --threads N``
-    answering one JSON request per line (:func:`serve`)."""
+    answering one JSON request per line (:func:`serve`); ``python`` is the interpreter (default this
+    one; a peer installed in its own virtual environment, as DeepSparse, runs under that one's)."""
 
-    def __init__(self, script, name, threads, env):
+    def __init__(self, script, name, threads, env, python=None):
         self.name = name
-        command = [sys.executable, os.path.abspath(script), "--worker", name, "--threads", str(threads)]
+        command = [python or sys.executable, os.path.abspath(script), "--worker", name, "--threads", str(threads)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
 
     def call(self, op, **kwargs):
@@ -435,3 +457,60 @@ class OrtServer(Server):
         import onnxruntime
         self.import_note = (f" {onnxruntime.__version__}, intra_op_num_threads "
                             f"{threads or 'default'}")
+
+    def onnx_call(self, path, x):
+        """A session of the ONNX model at ``path`` (:func:`ort_session`); returns the call running it on
+        ``x`` (its first input) and returning its first output."""
+        with open(path, "rb") as f:
+            session = ort_session(f.read(), self.threads)
+        name = session.get_inputs()[0].name
+        return lambda: session.run(None, {name: x})[0]
+
+
+class OpenVinoServer(Server):
+    """OpenVINO's child (CPU plugin, f32 inference precision, its default latency hint), in its default
+    environment, possibly under the interpreter of its own virtual environment; compiled models get
+    ``INFERENCE_NUM_THREADS`` when threads > 0."""
+
+    framework = "openvino"
+
+    def __init__(self, threads):
+        super().__init__(threads)
+        import openvino
+        self.core = openvino.Core()
+        self.import_note = f" {openvino.__version__}, INFERENCE_NUM_THREADS {threads or 'default'}"
+
+    def onnx_call(self, path, x):
+        """The ONNX model at ``path`` compiled for the CPU at ``x``'s shape; returns the call running
+        one inference request on ``x`` and returning its first output."""
+        model = self.core.read_model(path)
+        model.reshape({model.inputs[0].get_any_name(): list(x.shape)})
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = str(self.threads)
+        request = self.core.compile_model(model, "CPU", config).create_infer_request()
+
+        def infer():
+            request.infer({0: x})
+            return request.get_output_tensor(0).data
+        return infer
+
+
+class DeepSparseServer(Server):
+    """DeepSparse's child (``deepsparse.compile_model``), in its default environment under the
+    interpreter of its own virtual environment (DeepSparse 1.8 needs numpy < 2); engines get
+    ``num_cores = threads`` (0: all cores)."""
+
+    framework = "deepsparse"
+
+    def __init__(self, threads):
+        super().__init__(threads)
+        import deepsparse
+        self.import_note = f" {deepsparse.__version__}, num_cores {threads or 'default'}"
+
+    def onnx_call(self, path, x):
+        """A DeepSparse engine of the ONNX model at ``path`` for ``x``'s batch; returns the call running
+        it on ``x`` and returning its first output."""
+        from deepsparse import compile_model
+        engine = compile_model(path, batch_size=x.shape[0], num_cores=self.threads or None)
+        return lambda: engine.run([x])[0]
