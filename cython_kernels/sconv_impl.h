@@ -29,9 +29,12 @@
  * cache per input channel and is only faster for dense-ish layers. Both layouts share the
  * register-tile kernels and the driver (sc_conv).
  *
- * Measured on the project machine (AMD Zen 5, AVX-512) and rejected: 2-source permutes of
- * aligned loads instead of unaligned loads (slower), and shifted copies of the input so that all
- * loads are aligned (row pitch rounded to 16 floats; no faster on AlexNet conv2-5).
+ * Aligned loads: with rows of whole vectors and one shifted copy of each input channel per
+ * distinct tap column offset (mod 16), every load of a register tile is 64-byte aligned (see
+ * sc_prep_t). On Intel cores a load that crosses a cache line costs two L1 accesses; the copies
+ * cost cache instead, so pyskim.kernels.sparse uses them for stride-1 layers with at most three
+ * (1.1-1.2x on AlexNet's 3x3 layers on a Xeon; no faster on AMD Zen 5, whose split loads are cheap).
+ * Rejected there: 2-source permutes of aligned loads instead of unaligned loads (slower).
  */
 #ifndef PYSKIM_SCONV_IMPL_H
 #define PYSKIM_SCONV_IMPL_H
@@ -165,11 +168,18 @@ static inline void sc_fill_row(float *dst0, int64_t phase_stride, const float *s
 }
 
 /* What to prepare: N images x (N, C, H, W), padding, stride, and the prepared layout (rows Hq,
- * pitch Wq, floats per image or per 16-image group). */
+ * pitch Wq, floats per image or per 16-image group). Spatial layout only: each channel is followed
+ * by copies - 1 shifted copies of itself, copy k holding the channel's phase planes moved down by
+ * shift[k] floats (shift[0] = 0), so that with a pitch and planes of whole vectors every nonzero's
+ * loads can start on a 64-byte boundary: a tap whose column offset is r (mod 16) reads copy r's
+ * words, r floats earlier (see pyskim.kernels.sparse). Loads split across two cache lines cost two
+ * L1 accesses on Intel cores; aligned they cost one. */
 typedef struct {
     const float *x;
     int N, C, H, W, ph, pw, sh, sw, Hq, Wq;
     int64_t img_stride;
+    int copies;
+    int shift[SC_VL];
 } sc_prep_t;
 
 /* Image n's channel c into its S = sh*sw stride-phase planes at dst, `plane` floats apart (see the
@@ -239,22 +249,28 @@ static inline void sc_prepare_il_channel(const sc_prep_t *pp, int q, int c, floa
 }
 
 /* Jobs [j0, j1) of filling the prepared buffers of pp->N images, one by one or (interleaved) in
- * groups of SC_VL, each image or group pp->img_stride floats: job = (image or group) * C + channel.
- * The tail of each image or group, after its C*S channel-phase planes, is zeroed with its last
- * channel. */
+ * groups of SC_VL, each image or group pp->img_stride floats: job = (image or group) * C + channel,
+ * which fills the channel's S phase planes and then its shifted copies (spatial layout). The tail
+ * of each image or group, after its channels, is zeroed with its last channel. */
 static void sc_prepare_jobs(const sc_prep_t *pp, float *buf, int interleaved, int64_t j0, int64_t j1) {
-    const int C = pp->C, S = pp->sh * pp->sw;
+    const int C = pp->C, S = pp->sh * pp->sw, copies = interleaved ? 1 : pp->copies;
     const int64_t img_stride = pp->img_stride;
     const int64_t plane = (int64_t)pp->Hq * pp->Wq * (interleaved ? SC_VL : 1);
-    const int64_t used = (int64_t)C * S * plane;
+    const int64_t chan = S * plane;
+    const int64_t used = (int64_t)C * copies * chan;
     for (int64_t job = j0; job < j1; ++job) {
         const int64_t n = job / C;
         const int c = (int)(job % C);
-        float *dst = buf + n * img_stride + (int64_t)c * S * plane;
+        float *dst = buf + n * img_stride + (int64_t)c * copies * chan;
         if (interleaved)
             sc_prepare_il_channel(pp, (int)n, c, dst, plane);
         else
             sc_prepare_channel(pp, n, c, dst, plane);
+        for (int k = 1; k < copies; ++k) {
+            const int64_t sh = pp->shift[k];
+            memcpy(dst + k * chan, dst + sh, sizeof(float) * (chan - sh));
+            memset(dst + k * chan + chan - sh, 0, sizeof(float) * sh);
+        }
         if (c == C - 1 && img_stride > used)
             memset(buf + n * img_stride + used, 0, sizeof(float) * (img_stride - used));
     }
@@ -467,23 +483,42 @@ static void sc_item_task(void *ctx, int64_t it, int worker) {
         sc_spatial_item(cv, it, *scr);
 }
 
+/* Prepared input the spatial variant keeps for one pass: a batch is prepared and convolved in runs
+ * of as many images as fit (at least one), so that the prepared copies are still in L2 when the
+ * register tiles read them (preparing a whole batch first sends them to L3 and back). */
+#define SC_PASS_BYTES (1 << 20)
+
 /* The convolution of prep->N images, prepared as *prep says (interleaved: in groups of 16) into
  * buf, on up to nthreads threads. blk has (G*OCg) rows of NB+1 pointers into col/val: row r's
- * nonzeros of input-channel block b are [blk[r*(NB+1)+b], blk[r*(NB+1)+b+1]). Returns 0, or -1
- * when a worker's scratch could not be allocated. */
+ * nonzeros of input-channel block b are [blk[r*(NB+1)+b], blk[r*(NB+1)+b+1]). The spatial variant
+ * runs in passes of SC_PASS_BYTES of prepared input (buf needs one pass). Returns 0, or -1 when a
+ * worker's scratch could not be allocated. */
 static int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G, int OCg, int NB,
                    const int32_t *blk, const int32_t *col, const float *val, const float *bias, int OH,
                    int OW, int tile, int OCB, int relu, int interleaved, float *out, int nthreads) {
-    sc_conv_t cv = {.prep = prep, .buf = buf, .grp_stride = grp_stride, .G = G, .OCg = OCg, .NB = NB,
+    sc_prep_t pass = *prep;
+    sc_conv_t cv = {.prep = &pass, .buf = buf, .grp_stride = grp_stride, .G = G, .OCg = OCg, .NB = NB,
                     .blk = blk, .col = col, .val = val, .bias = bias, .OH = OH, .OW = OW, .relu = relu,
                     .out = out, .interleaved = interleaved, .OCB = OCB};
-    sc_plan_items(&cv, tile);
+    int64_t per_pass = prep->N;
+    if (!interleaved) {
+        per_pass = SC_PASS_BYTES / (prep->img_stride * (int64_t)sizeof(float));
+        if (per_pass < 1) per_pass = 1;
+    }
     cv.scratch = (float **)calloc(nthreads, sizeof(float *));
     if (!cv.scratch) return -1;
-    cv.jobs = (interleaved ? (prep->N + SC_VL - 1) / SC_VL : prep->N) * (int64_t)prep->C;
-    cv.jchunk = pk_task_chunk(cv.jobs, nthreads);
-    pk_parallel_for((cv.jobs + cv.jchunk - 1) / cv.jchunk, sc_prepare_task, &cv, nthreads);
-    pk_parallel_for(cv.items, sc_item_task, &cv, nthreads);
+    const int64_t x_img = (int64_t)prep->C * prep->H * prep->W;
+    const int64_t out_img = (int64_t)G * OCg * OH * OW;
+    for (int64_t n0 = 0; n0 < prep->N && !cv.failed; n0 += per_pass) {
+        pass.x = prep->x + n0 * x_img;
+        pass.N = (int)(prep->N - n0 < per_pass ? prep->N - n0 : per_pass);
+        cv.out = out + n0 * out_img;
+        sc_plan_items(&cv, tile);
+        cv.jobs = (interleaved ? (pass.N + SC_VL - 1) / SC_VL : pass.N) * (int64_t)prep->C;
+        cv.jchunk = pk_task_chunk(cv.jobs, nthreads);
+        pk_parallel_for((cv.jobs + cv.jchunk - 1) / cv.jchunk, sc_prepare_task, &cv, nthreads);
+        pk_parallel_for(cv.items, sc_item_task, &cv, nthreads);
+    }
     for (int w = 0; w < nthreads; ++w) free(cv.scratch[w]);
     free(cv.scratch);
     return cv.failed ? -1 : 0;

@@ -18,10 +18,13 @@ include "pool_client.pxi"
 
 cdef extern from "sconv_impl.h" nogil:
     int SC_VL
+    int SC_PASS_BYTES
     ctypedef struct sc_prep_t:
         const float *x
         int N, C, H, W, ph, pw, sh, sw, Hq, Wq
         int64_t img_stride
+        int copies
+        int shift[16]
     int sc_max_tile()
     int64_t sc_num_vectors(int OH, int OW, int Wq)
     int sc_il_tile_max(int OH, int OW, int Wq, int tile)
@@ -73,6 +76,20 @@ cdef _check_csr(const int32_t[::1] rowptr, const int32_t[::1] col, const float[:
             raise ValueError(f"column index {col[j]} at position {j} is outside [0, {ncols})")
 
 
+cdef _checked_rows(const int32_t[::1] rp, col, val, Py_ssize_t rows, int icg, int64_t chan):
+    """Private copies of ``col`` / ``val`` after checking them against ``rp`` (:func:`_check_csr`,
+    ``icg`` channels of ``chan`` floats) and that each row's input channels are sorted."""
+    cdef int32_t[::1] c = np.array(col, dtype=np.int32, copy=True, order="C").reshape(-1)
+    cdef float[::1] v = np.array(val, dtype=np.float32, copy=True, order="C").reshape(-1)
+    _check_csr(rp, c, v, rows, icg * chan)
+    cdef Py_ssize_t r, j
+    for r in range(rows):
+        for j in range(rp[r] + 1, rp[r + 1]):
+            if c[j] // chan < c[j - 1] // chan:
+                raise ValueError(f"input channels of row {r} are not sorted")
+    return c, v
+
+
 cdef _blocks(const int32_t[::1] rp, const int32_t[::1] col, Py_ssize_t rows, int icg, int icb,
              int64_t chan):
     """(rows * (nb+1)) int32, nb = ceil(icg/icb): entry [r, b] is the first nonzero of row r in
@@ -108,12 +125,24 @@ cdef class ConvPlan:
 
     ``pitch`` is the row pitch Wq of the prepared input (0: ceil(Wp/sw)); the column offsets must
     use it. A pitch below ceil(Wp/sw) drops right-hand zero columns that the next row's left-hand
-    zeros can stand in for (SkimCaffe's one-sided padding; the caller checks that they can).
+    zeros can stand in for (SkimCaffe's one-sided padding; the caller checks that they can); one
+    above it (at most 15 more) adds zero columns, e.g. to make rows whole vectors.
+
+    ``shifts`` (at most 16 distinct values in [0, 16), the first 0) lays out each prepared input
+    channel of the one-image-at-a-time variant as ``len(shifts)`` copies, copy k moved down by
+    ``shifts[k]`` floats; ``col`` then addresses channel ``ic``'s copy ``k`` at ``(ic * len(shifts) +
+    k) * chan_stride``. The batch-interleaved variant keeps one copy: ``il_col`` / ``il_val`` are its
+    columns and values (the same rows, in the plain layout; required when there are copies and the
+    interleaved variant is enabled).
     """
     cdef int32_t[::1] _blk
     cdef int32_t[::1] _iblk
     cdef int32_t[::1] _col
     cdef float[::1] _val
+    cdef int32_t[::1] _il_col
+    cdef float[::1] _il_val
+    cdef int _shift[16]
+    cdef readonly int copies
     cdef readonly int groups, ocg, channels, height, width, pad_h, pad_w, stride_h, stride_w
     cdef readonly int hq, wq, out_h, out_w, icb, nblocks, tile, ocb
     cdef readonly int iicb, inblocks, itile, iocb, il_min
@@ -122,7 +151,7 @@ cdef class ConvPlan:
     def __cinit__(self, rowptr, col, val, int groups, int ocg, int channels, int height, int width,
                   int pad_h, int pad_w, int stride_h, int stride_w, int out_h, int out_w,
                   int icb, int tile, int ocb, int iicb=1, int itile=1, int iocb=1, int il_min=99,
-                  int pitch=0):
+                  int pitch=0, shifts=(0,), il_col=None, il_val=None):
         if groups < 1 or ocg < 1 or channels < 1 or height < 1 or width < 1:
             raise ValueError("groups, output channels per group, channels, height and width "
                              "must be positive")
@@ -138,36 +167,46 @@ cdef class ConvPlan:
         # every phase's data columns j (pad_w <= j*sw + rw < pad_w + width) must fit the pitch
         cdef int64_t data_end = (width + <int64_t>pad_w + stride_w - 1) // stride_w
         if pitch:
-            if not min(data_end, wq) <= pitch <= wq:
-                raise ValueError(f"pitch {pitch} must be in [{min(data_end, wq)}, {wq}]")
+            if not min(data_end, wq) <= pitch <= wq + 15:
+                raise ValueError(f"pitch {pitch} must be in [{min(data_end, wq)}, {wq + 15}]")
             wq = pitch
+        shifts = tuple(int(v) for v in shifts)
+        if not 1 <= len(shifts) <= SC_VL or shifts[0] != 0 or len(set(shifts)) != len(shifts) \
+                or not all(0 <= v < SC_VL for v in shifts):
+            raise ValueError(f"shifts must be 1 to {SC_VL} distinct values in [0, {SC_VL}) starting "
+                             f"with 0, got {shifts}")
         if not (1 <= out_h <= hq and 1 <= out_w <= wq):
             raise ValueError(f"output ({out_h}, {out_w}) does not fit the prepared input "
                              f"({hq}, {wq})")
         cdef int64_t chan = <int64_t>stride_h * stride_w * hq * wq
+        cdef int copies = len(shifts)
         cdef int64_t nv = sc_num_vectors(out_h, out_w, <int>wq)
-        cdef int64_t img = ((groups * icg * chan + nv * SC_VL + 64) + 15) // 16 * 16
+        cdef int64_t img = ((groups * icg * chan * copies + nv * SC_VL + 64) + 15) // 16 * 16
         cdef int64_t il = (groups * icg * chan + hq * wq + 16) * SC_VL
         if il > _INT_MAX:
             il_min = SC_VL + 1                 # too big for one interleaved group: disabled
         if img > _INT_MAX or <int64_t>groups * ocg > _INT_MAX:
             raise ValueError("geometry too large for 32-bit offsets")
         cdef const int32_t[::1] rp = np.ascontiguousarray(rowptr, dtype=np.int32)
-        self._col = np.array(col, dtype=np.int32, copy=True, order="C").reshape(-1)
-        self._val = np.array(val, dtype=np.float32, copy=True, order="C").reshape(-1)
         cdef Py_ssize_t rows = <Py_ssize_t>groups * ocg
-        _check_csr(rp, self._col, self._val, rows, icg * chan)
-        cdef Py_ssize_t r, j
-        for r in range(rows):
-            for j in range(rp[r] + 1, rp[r + 1]):
-                if self._col[j] // chan < self._col[j - 1] // chan:
-                    raise ValueError(f"input channels of row {r} are not sorted")
+        self._col, self._val = _checked_rows(rp, col, val, rows, icg, chan * copies)
+        cdef int64_t il_chan = chan * copies     # with copies, the interleaved blocks are never run ...
+        self._il_col, self._il_val = self._col, self._val
+        if copies > 1 and il_min <= SC_VL:      # ... unless the interleaved variant has its columns
+            if il_col is None or il_val is None:
+                raise ValueError("il_col and il_val are required with shifted copies and the "
+                                 "interleaved variant enabled")
+            self._il_col, self._il_val = _checked_rows(rp, il_col, il_val, rows, icg, chan)
+            il_chan = chan
+        for j in range(copies):
+            self._shift[j] = shifts[j]
+        self.copies = copies
         if icb > icg:
             icb = icg
         if iicb > icg:
             iicb = icg
-        self._blk = _blocks(rp, self._col, rows, icg, icb, chan)
-        self._iblk = _blocks(rp, self._col, rows, icg, iicb, chan)
+        self._blk = _blocks(rp, self._col, rows, icg, icb, chan * copies)
+        self._iblk = _blocks(rp, self._il_col, rows, icg, iicb, il_chan)
         self.nblocks = (icg + icb - 1) // icb
         self.inblocks = (icg + iicb - 1) // iicb
         self.iicb, self.itile, self.iocb, self.il_min = iicb, itile, iocb, il_min
@@ -177,7 +216,7 @@ cdef class ConvPlan:
         self.stride_h, self.stride_w, self.hq, self.wq = stride_h, stride_w, <int>hq, <int>wq
         self.out_h, self.out_w, self.icb = out_h, out_w, icb
         self.tile, self.ocb = tile, ocb
-        self.chan_stride, self.grp_stride, self.img_stride = chan, icg * chan, img
+        self.chan_stride, self.grp_stride, self.img_stride = chan, icg * chan * copies, img
         self.nnz = self._col.shape[0]
 
     cdef int _n_il(self, int n):
@@ -193,9 +232,11 @@ cdef class ConvPlan:
         return k, n - k
 
     def buffer_size(self, int n):
-        """Floats of prepared input needed for ``n`` images (plus 16 for 64-byte alignment)."""
+        """Floats of prepared input needed for ``n`` images (plus 16 for 64-byte alignment): the
+        interleaved groups, and one pass of the one-image-at-a-time variant (``sconv_impl.h``)."""
         cdef int k = self._n_il(n)
-        return (k + SC_VL - 1) // SC_VL * self.il_stride + (n - k) * self.img_stride + SC_VL
+        cdef int64_t per_pass = max(1, SC_PASS_BYTES // (self.img_stride * 4))
+        return (k + SC_VL - 1) // SC_VL * self.il_stride + min(n - k, per_pass) * self.img_stride + SC_VL
 
     def forward(self, const float[:, :, :, ::1] x, float[::1] buf, const float[::1] bias,
                 float[:, :, :, ::1] out, bint relu, int num_threads):
@@ -239,13 +280,19 @@ cdef class ConvPlan:
         prep.C, prep.H, prep.W = self.channels, self.height, self.width
         prep.ph, prep.pw, prep.sh, prep.sw = self.pad_h, self.pad_w, self.stride_h, self.stride_w
         prep.Hq, prep.Wq = self.hq, self.wq
+        cdef const int32_t *il_colp = &self._il_col[0] if self.nnz else NULL
+        cdef const float *il_valp = &self._il_val[0] if self.nnz else NULL
+        cdef int j
         with nogil:
             if k:
-                prep.x, prep.N, prep.img_stride = xp, k, self.il_stride
-                rc = sc_conv(&prep, bufp, self.grp_stride, self.groups, self.ocg, self.inblocks,
-                             &self._iblk[0], colp, valp, bp, self.out_h, self.out_w, self.itile,
-                             self.iocb, relu, 1, op, num_threads)
+                prep.x, prep.N, prep.img_stride, prep.copies = xp, k, self.il_stride, 1
+                rc = sc_conv(&prep, bufp, self.grp_stride // self.copies, self.groups, self.ocg,
+                             self.inblocks, &self._iblk[0], il_colp, il_valp, bp, self.out_h,
+                             self.out_w, self.itile, self.iocb, relu, 1, op, num_threads)
             if n > k:
+                prep.copies = self.copies
+                for j in range(self.copies):
+                    prep.shift[j] = self._shift[j]
                 prep.x, prep.N, prep.img_stride = xp + k * x_img, n - k, self.img_stride
                 rc2 = sc_conv(&prep, bufp + il_floats, self.grp_stride, self.groups, self.ocg,
                               self.nblocks, &self._blk[0], colp, valp, bp, self.out_h, self.out_w,

@@ -156,6 +156,18 @@ def test_blocking_does_not_change_results(blocking):
             assert_close(y, ref[:n])
 
 
+@pytest.mark.parametrize("aligned", [0, 1])
+@pytest.mark.parametrize("geom", GEOMETRIES)
+def test_aligned_and_plain_layouts(geom, aligned):
+    """Both prepared layouts, whatever the default for the geometry: shifted copies with rows of whole
+    vectors (aligned loads) and the single tight copy; with the interleaved variant beside them."""
+    *_, csr, y, ref = run_conv(*geom, 0.3, relu=True, blocking={"aligned": aligned})
+    assert_close(y, ref)
+    _, *rest = geom
+    *_, y, ref = run_conv(17, *rest, 0.3, blocking={"aligned": aligned, "interleave_min": 1})
+    assert_close(y, ref)
+
+
 @pytest.mark.parametrize("geom", GEOMETRIES)
 def test_batch_interleaved_variant(geom):
     """Batches of 16 and more run 16 images per vector; a remainder of >= 12 too, else one by one."""
@@ -328,9 +340,12 @@ def test_compiled_plans_validate_their_arrays():
 
     p = plan([0, 1, 2], [0, 40], [1.0, 2.0])
     assert p.nnz == 2 and p.nblocks == 2
+    assert plan([0, 1, 2], [0, 100], [1.0, 2.0], shifts=(0, 3)).copies == 2
     for bad in [{"rowptr": [0, 2, 1]}, {"rowptr": [1, 1, 2]}, {"rowptr": [0, 1]},
                 {"col": [0, 72]}, {"col": [-1, 3]}, {"val": [1.0]},
-                {"rowptr": [0, 2, 2], "col": [40, 3]}, {"out_h": 7}, {"stride_h": 0}, {"tile": 0}]:
+                {"rowptr": [0, 2, 2], "col": [40, 3]}, {"out_h": 7}, {"stride_h": 0}, {"tile": 0},
+                {"shifts": (1, 0)}, {"shifts": (0, 0)}, {"shifts": (0, 16)}, {"shifts": ()},
+                {"shifts": (0, 3), "col": [0, 144]}, {"shifts": (0, 3), "il_min": 1}, {"pitch": 22}]:
         args = {"rowptr": [0, 1, 2], "col": [0, 40], "val": [1.0, 2.0]}
         geo = {k: bad.pop(k) for k in list(bad) if k not in args}
         args.update(bad)

@@ -222,8 +222,11 @@ def test_relu_fusion_is_exact(fused_type):
         n.clear_param_diffs()
         n.backward()
     for name, blob in ref.blobs.items():
-        np.testing.assert_allclose(net.blobs[name].data, blob.data, rtol=1e-6, atol=1e-6, err_msg=name)
-        np.testing.assert_allclose(net.blobs[name].diff, blob.diff, rtol=1e-5, atol=1e-6, err_msg=name)
+        # the GEMM and the sparse kernel add each output's 54 products in different orders: float32
+        # rounding is about eps * sum |product| (~3e-6 here, and in the diffs that follow from it),
+        # so atol is 1e-5, not bit-exactness
+        np.testing.assert_allclose(net.blobs[name].data, blob.data, rtol=1e-6, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(net.blobs[name].diff, blob.diff, rtol=1e-5, atol=1e-5, err_msg=name)
     for name, blobs in ref.params.items():
         for i, blob in enumerate(blobs):
             np.testing.assert_allclose(net.params[name][i].diff, blob.diff, rtol=1e-5, atol=1e-5)
