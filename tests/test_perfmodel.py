@@ -278,3 +278,22 @@ def test_forward_in_auto_mode_never_calibrates(cache_dir, no_calibration, caplog
                 f"{cache_dir / perfprofile.CACHE_FILE}); `pyskim calibrate` measures this machine")
     assert [r.getMessage() for r in caplog.records if "machine profile" in r.getMessage()] == [expected]
     assert not (cache_dir / perfprofile.CACHE_FILE).exists()
+
+
+def test_accuracy_rows_and_summary():
+    from pyskim.perf.accuracy import LayerAccuracy, summarize
+    rows = [
+        # dense 10 vs predicted 8 (+25%, within), sparse 5 vs 4 (+25%); AUTO picked sparse, the faster
+        LayerAccuracy("a", 0.1, {"dense": 10.0, "sparse": 5.0}, {"dense": 8.0, "sparse": 4.0}, "sparse", 9.0),
+        # dense 2 vs 4 (-50%), sparse 3 vs 3 (0%); AUTO picked sparse: 50% slower than dense
+        LayerAccuracy("b", 0.5, {"dense": 2.0, "sparse": 3.0}, {"dense": 4.0, "sparse": 3.0}, "sparse", 1.0),
+        # AUTO ran a mode that was not forced: its own time counts (2.1 vs the faster 2.0: 5%)
+        LayerAccuracy("c", 0.2, {"dense": 2.0, "sparse": 6.0}, {"dense": 2.0, "sparse": 9.0}, "ccnmm", 2.1),
+    ]
+    assert rows[0].error("dense") == pytest.approx(0.25) and rows[1].error("dense") == pytest.approx(-0.5)
+    assert [r.fastest for r in rows] == ["sparse", "dense", "dense"]
+    assert [r.regret for r in rows] == pytest.approx([0.0, 0.5, 0.05])
+    s = summarize(rows)
+    assert (s.predictions, s.predictions_within, s.layers, s.auto_within) == (6, 4, 3, 2)
+    assert s.worst_regret == pytest.approx(0.5) and s.prediction_share == pytest.approx(4 / 6)
+    assert summarize(rows, tolerance=0.2).predictions_within == 2

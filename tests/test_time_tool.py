@@ -166,3 +166,41 @@ def test_time_calibrates_only_without_a_cache_or_when_asked(tmp_path, monkeypatc
     finally:
         perfprofile.clear_memory_cache()
     assert calls == (["calibrated"] if calibrates else [])
+
+
+def test_time_tool_model_accuracy_table(tmp_path):
+    """-accuracy: one row per conv / IP layer with measured and predicted times of both modes, the
+    error between them, AUTO's pick and its regret, and a summary whose counts are those of the rows."""
+    net = pyskim.Net(str(LENET), pyskim.TEST)
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        w = blobs[0].data
+        w[...] = rng.standard_normal(w.shape) * (rng.random(w.shape) < 0.2)
+    weights = tmp_path / "lenet_pruned.caffemodel"
+    net.save(str(weights))
+    code, log = _run(["tools/time.py", "--model", str(LENET), "--weights", str(weights), "--batch", "4",
+                      "--iterations", "2", "--forward_only", "--threads", "1", "--accuracy"], tmp_path)
+    assert code == 0, log
+    messages = _messages(log)
+    start = next(i for i, m in enumerate(messages) if m.startswith("Model accuracy, average forward ms"))
+    rows = [m.split() for m in messages[start + 2:start + 6]]
+    assert [r[0] for r in rows] == ["conv1", "conv2", "ip1", "ip2"]
+    within, borderline, auto_within, auto_borderline = 0, 0, 0, 0    # (printed rounded to whole percents)
+    for r in rows:
+        assert 0.15 < float(r[1]) < 0.25                        # the saved density
+        for measured, predicted, error in ((r[2], r[3], r[4]), (r[5], r[6], r[7])):
+            percent = float(error.rstrip("%"))
+            if abs(float(measured) - float(predicted)) > 0.002:   # beyond the printed rounding
+                assert (percent > 0) == (float(measured) > float(predicted))
+            within += abs(percent) < 25
+            borderline += abs(percent) == 25
+        assert r[8] in ("dense", "sparse", "ccnmm")
+        regret = float(r[10].rstrip("%"))
+        assert regret >= 0 or r[8] == "ccnmm"                   # a forced mode is never beaten by itself
+        auto_within += regret < 10
+        auto_borderline += regret == 10
+    summary = messages[start + 6].split()
+    assert summary[:3] == ["Model", "within", "25%:"] and summary[4:8] == ["of", "8", "layer", "times"], summary
+    assert within <= int(summary[3]) <= within + borderline, summary
+    counts = " ".join(summary).split("AUTO within 10% of the faster mode on ")[1].split()
+    assert counts[1:4] == ["of", "4", "layers"] and auto_within <= int(counts[0]) <= auto_within + auto_borderline

@@ -25,14 +25,20 @@ for the mode it ran (:mod:`pyskim.perf.model`); the timing itself is :mod:`pyski
 * ``--compare`` then runs the same net (same weights) dense and in the sparse mode (``--mode``, or
   ``auto`` when that is ``dense``), forward only, alternating the two each iteration, and prints each
   layer's average dense and sparse time, their ratio, and the whole-net speedup.
+* ``--accuracy`` runs the net forced dense, forced sparse and AUTO (the dense build's weights in all
+  three), alternating, and prints for every convolution / inner-product layer the measured and the
+  predicted time of both modes with the model's error, the mode AUTO ran and how much slower that was
+  than the faster mode (:mod:`pyskim.perf.accuracy`), then how many predictions were within 25% and
+  how many AUTO picks within 10%. A ReLU fused into a sparse layer is timed with that layer.
 """
 import logging
 
 from ..errors import PyskimError
 from ..io.upgrade import read_net_text
+from ..perf.accuracy import AUTO_REGRET_LIMIT, PREDICTION_TOLERANCE, LayerAccuracy, summarize
 from ..perf.calibrate import calibrate_and_save
 from ..perf.profile import default_profile_forced, get_profile, needs_calibration
-from ..perf.timing import compare_nets, time_layers
+from ..perf.timing import compare_nets, time_layers, time_nets
 from ..proto import caffe_pb2
 from ..pycaffe.net import Net
 from ..sparse import apply_mode, describe
@@ -41,6 +47,9 @@ from . import caffe_command, flags
 log = logging.getLogger("pyskim")
 
 MODES = ("dense", "sparse", "auto")
+#: The mode kind of each mode a layer can run (AUTO's pick in the accuracy table).
+PICKS = {"LOWERED_GEMM": "dense", "GEMM": "dense", "DIRECT_SCONV": "sparse", "SPMDM": "sparse",
+         "LOWERED_CCNMM": "ccnmm"}
 _BATCH_FIELDS = ("data_param", "image_data_param", "memory_data_param", "hdf5_data_param",
                  "window_data_param")
 
@@ -50,6 +59,8 @@ def build_parser():
     parser = caffe_command.build_parser()
     flags.define(parser, "recalibrate", False, "Optional; measure this machine for the performance model "
                                                "again (done anyway when no profile is cached).")
+    flags.define(parser, "accuracy", False, "Optional; also time the net dense, sparse and AUTO and print "
+                                            "the model's predicted vs measured time per layer.")
     return parser
 
 
@@ -181,6 +192,48 @@ def log_comparison(comparison, sparse_net, sparse_mode):
              comparison.sparse_total * 1e3, comparison.speedup)
 
 
+def accuracy_rows(args):
+    """:class:`~pyskim.perf.accuracy.LayerAccuracy` of every convolution / inner-product layer of
+    ``args.model``: built forced dense, forced sparse and AUTO with the same weights (the dense build's,
+    copied), timed alternating over ``args.iterations`` forwards."""
+    nets = [build_net(args, mode) for mode in ("dense", "sparse", "auto")]
+    for other in nets[1:]:
+        for name, blobs in nets[0].params.items():
+            for mine, theirs in zip(other.params[name], blobs):
+                mine.data[...] = theirs.data
+    dense, sparse, auto = time_nets(nets, args.iterations)
+    rows = []
+    for i, layer in enumerate(nets[0].layers):
+        info = describe(layer, nets[0].bottom_vec(i))
+        if info is None or info["prediction"] is None:
+            continue
+        prediction = info["prediction"]
+        used = describe(nets[2].layers[i], nets[2].bottom_vec(i))["used"]
+        rows.append(LayerAccuracy(layer.name, info["density"], {"dense": dense[i], "sparse": sparse[i]},
+                                  {"dense": prediction.dense, "sparse": prediction.sparse},
+                                  PICKS.get(used, used), auto[i]))
+    return rows
+
+
+def log_accuracy(rows, iterations):
+    """Log the model-accuracy table of ``rows`` and its summary."""
+    profile = get_profile()
+    log.info("Model accuracy, average forward ms over %d iterations (model: %s, %d thread(s)):", iterations,
+             profile.source, profile.threads)
+    log.info("  %-22s %8s %9s %9s %7s %9s %9s %7s  %-16s %8s %7s", "layer", "density", "dense ms", "predicted",
+             "error", "sparse ms", "predicted", "error", "AUTO picked", "AUTO ms", "regret")
+    for row in rows:
+        log.info("  %-22s %8.4f %9.3f %9.3f %+6.0f%% %9.3f %9.3f %+6.0f%%  %-16s %8.3f %+6.0f%%", row.name,
+                 row.density, row.measured["dense"] * 1e3, row.predicted["dense"] * 1e3, 100 * row.error("dense"),
+                 row.measured["sparse"] * 1e3, row.predicted["sparse"] * 1e3, 100 * row.error("sparse"),
+                 row.auto_pick, row.auto_seconds * 1e3, 100 * row.regret)
+    summary = summarize(rows)
+    log.info("Model within %d%%: %d of %d layer times (%.0f%%); AUTO within %d%% of the faster mode on %d of %d "
+             "layers (worst %+.0f%%)", 100 * PREDICTION_TOLERANCE, summary.predictions_within, summary.predictions,
+             100 * summary.prediction_share, 100 * AUTO_REGRET_LIMIT, summary.auto_within, summary.layers,
+             100 * summary.worst_regret)
+
+
 def ensure_profile(recalibrate):
     """Calibrate the performance model now (progress on stderr, result cached) when ``recalibrate`` or
     when this machine has no usable cached profile for the current thread count (none, or one measured
@@ -207,4 +260,6 @@ def run(args):
         dense_net = net if args.mode == "dense" else build_net(args, "dense")
         sparse_net = net if args.mode != "dense" else build_net(args, sparse_mode)
         log_comparison(compare_nets(dense_net, sparse_net, args.iterations), sparse_net, sparse_mode)
+    if args.accuracy:
+        log_accuracy(accuracy_rows(args), args.iterations)
     return 0

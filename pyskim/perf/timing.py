@@ -96,17 +96,16 @@ def time_layers(net, iterations, forward_only=False, on_iteration=None):
                      backward_pass=backward_pass / n, wall_seconds=wall, iterations=iterations)
 
 
-def compare_nets(dense_net, sparse_net, iterations):
-    """Forward ``dense_net`` and ``sparse_net`` (the same layers, in the same order) once to warm up,
-    then ``max(iterations, 1)`` times each, alternating, timing every layer; returns a
-    :class:`NetComparison` with one row per layer (the sparse net's layer names)."""
-    names = list(sparse_net.layer_names())
-    if len(dense_net.layers) != len(names):
-        raise ValueError(f"the dense net has {len(dense_net.layers)} layers, the sparse net {len(names)}")
-    nets = (dense_net, sparse_net)
+def time_nets(nets, iterations):
+    """Forward each of ``nets`` (builds of one model: the same layers in the same order) once to warm
+    up, then ``max(iterations, 1)`` times each, alternating net by net so that all see the same
+    machine, timing every layer; returns per net the average seconds of each layer's forward."""
+    count = len(nets[0].layers)
     for net in nets:
+        if len(net.layers) != count:
+            raise ValueError(f"the nets differ in length: {[len(n.layers) for n in nets]} layers")
         net.forward_prefilled()
-    totals = [[0.0] * len(names) for _ in nets]
+    totals = [[0.0] * count for _ in nets]
     n = max(iterations, 1)
     for _ in range(n):
         for net, acc in zip(nets, totals):
@@ -114,5 +113,15 @@ def compare_nets(dense_net, sparse_net, iterations):
                 start = time.perf_counter()
                 layer.forward(net.bottom_vec(i), net.top_vec(i))
                 acc[i] += time.perf_counter() - start
-    rows = [LayerComparison(name, dense / n, sparse / n) for name, dense, sparse in zip(names, *totals)]
-    return NetComparison(layers=rows, iterations=n)
+    return [[t / n for t in acc] for acc in totals]
+
+
+def compare_nets(dense_net, sparse_net, iterations):
+    """:func:`time_nets` of ``dense_net`` and ``sparse_net``: a :class:`NetComparison` with one row per
+    layer (the sparse net's layer names)."""
+    names = list(sparse_net.layer_names())
+    if len(dense_net.layers) != len(names):
+        raise ValueError(f"the dense net has {len(dense_net.layers)} layers, the sparse net {len(names)}")
+    dense, sparse = time_nets((dense_net, sparse_net), iterations)
+    rows = [LayerComparison(name, d, s) for name, d, s in zip(names, dense, sparse)]
+    return NetComparison(layers=rows, iterations=max(iterations, 1))
