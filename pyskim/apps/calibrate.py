@@ -3,11 +3,12 @@
 The roofline model (:mod:`pyskim.perf.model`) that picks AUTO modes and plans GSL runs on a machine
 profile. A forward pass never measures one: it uses the cached profile, else the documented default
 (:func:`pyskim.perf.profile.get_profile`). This command measures pyskim's own kernels on this machine
-(:func:`pyskim.perf.calibrate.calibrate`, about a second; ``-quick``: a fraction of it, noisier) with
+(:func:`pyskim.perf.calibrate.calibrate`, two to four seconds; ``-quick``: a fraction of it, noisier) with
 ``T`` threads (default: pyskim's kernel thread count), with a progress line on stderr, and stores the
 profile in ``$PYSKIM_CACHE_DIR/perfmodel.json`` (default ``~/.cache/pyskim``) under this CPU, thread
-count and pyskim version. Calibrate on a quiet machine: the load average at calibration time is kept
-in the profile.
+count and pyskim build. Every coefficient is measured in at least two rounds that must agree
+(:func:`pyskim.perf.calibrate.calibrate`). Calibrate on a quiet machine: the load average at
+calibration time is kept in the profile.
 """
 import logging
 
@@ -32,7 +33,8 @@ def run(args):
         raise PyskimError(f"threads must be positive, got {args.threads}")
     profile = calibrate_and_save(args.threads or None, quick=args.quick)
     log.info("Machine profile for %d thread(s) (%s): bandwidth %.1f GB/s, e_d %.3f, e_s0 %.3f, stride %.2f, "
-             "e_fc %.3f, e_spmv %.4f, o_d %.1f us, o_s %.1f us", profile.threads, profile.source,
-             profile.bandwidth / 1e9, profile.dense_eff, profile.sparse_eff, profile.stride_eff,
-             profile.fc_sparse_eff, profile.spmv_eff, profile.dense_overhead * 1e6, profile.sparse_overhead * 1e6)
+             "e_fc %.3f, e_spmv %.4f, o_d %.1f us, o_s %.1f us; rounds %s (largest spread %.0f%%)", profile.threads,
+             profile.source, profile.bandwidth / 1e9, profile.dense_eff, profile.sparse_eff, profile.stride_eff,
+             profile.fc_sparse_eff, profile.spmv_eff, profile.dense_overhead * 1e6, profile.sparse_overhead * 1e6,
+             "agreed" if profile.consistent else "DISAGREED", 100 * profile.spread)
     return 0

@@ -14,6 +14,7 @@ that are asked to measure call it (``pyskim calibrate``, ``pyskim time``, ``tool
 import concurrent.futures
 import dataclasses
 import math
+import statistics
 import sys
 import time
 
@@ -34,6 +35,11 @@ CALIBRATION_FC = FcShape(batch=16, num_input=1024, num_output=1024)
 CALIBRATION_DENSITY = 0.1
 #: Calls per measurement (the best one counts): full calibration, quick one (``quick=True``).
 REPEATS = {False: (20, 50), True: (3, 5)}
+#: Two rounds agree on a coefficient within this fraction (per-call overheads, microseconds that a
+#: thread's wake-up can double: OVERHEAD_AGREEMENT); at most MAX_ROUNDS rounds are measured.
+AGREEMENT = 0.15
+OVERHEAD_AGREEMENT = 0.5
+MAX_ROUNDS = 4
 
 # -- calibration -----------------------------------------------------------------------------------
 
@@ -92,13 +98,9 @@ def _net(seconds, overhead):
     return max(seconds - overhead, 0.5 * seconds, 1e-7)
 
 
-def calibrate(threads=None, quick=False, progress=None):
-    """Measure BW, e_d, e_s0, σ, e_fc, o_d and o_s on this machine with ``threads`` threads (default:
-    pyskim's kernel thread count); about a second, a fraction of it with ``quick`` (fewer calls per
-    measurement, a smaller copy: noisier). ``progress(stage)`` is called as each stage starts."""
-    threads = resolve_threads(threads)
+def _measure(threads, quick, report):
+    """One round of measurements: the profile's coefficients (name -> value) on ``threads`` threads."""
     repeats, overhead_repeats = REPEATS[bool(quick)]
-    report = progress or (lambda stage: None)
     previous = get_num_threads()
     set_num_threads(threads)
     try:
@@ -151,13 +153,54 @@ def calibrate(threads=None, quick=False, progress=None):
 
     def clip(v, lo, hi):
         return float(min(max(v, lo), hi))
+    return {"bandwidth": float(bandwidth), "dense_eff": clip(dense_eff, 0.05, 1.0),
+            "sparse_eff": clip(sparse_eff, 0.005, 1.0), "stride_eff": clip(stride_eff, 0.1, 1.5),
+            "fc_sparse_eff": clip(fc_eff, 0.002, 1.0), "spmv_eff": clip(spmv_eff, 0.0005, 1.0),
+            "dense_overhead": clip(o_d, 0.0, 1e-2), "sparse_overhead": clip(o_s, 0.0, 1e-2)}
+
+
+def _spread(values):
+    """(max - min) / median of a coefficient's measurements (0 for a single one)."""
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle > 0 else 0.0
+
+
+def _agreeing(values, tolerance):
+    """Whether two of ``values`` agree within ``tolerance`` of their mean (the coefficient was seen
+    twice; any other round is an outlier the median ignores)."""
+    ordered = sorted(values)
+    return any(b - a <= tolerance * (a + b) / 2 for a, b in zip(ordered, ordered[1:]))
+
+
+def calibrate(threads=None, quick=False, progress=None):
+    """Measure BW, e_d, e_s0, σ, e_fc, o_d and o_s on this machine with ``threads`` threads (default:
+    pyskim's kernel thread count); about a second per round, a fraction of it with ``quick`` (fewer
+    calls per measurement, a smaller copy: noisier). ``progress(stage)`` is called as each stage starts.
+
+    Every coefficient is checked against a second measurement: the rounds repeat (at least 2, at most
+    ``MAX_ROUNDS``) until each coefficient was measured twice within ``AGREEMENT`` of each other
+    (per-call overheads within ``OVERHEAD_AGREEMENT``), and the profile takes each coefficient's
+    median. A profile whose coefficients never agreed is marked ``consistent=False`` (logged; it is
+    used, and :func:`pyskim.perf.profile.needs_calibration` asks for a new one)."""
+    threads = resolve_threads(threads)
+    report = progress or (lambda stage: None)
+    rounds = []
+    while len(rounds) < MAX_ROUNDS:
+        rounds.append(_measure(threads, quick, report))
+        if len(rounds) >= 2 and all(_agreeing([r[name] for r in rounds], _tolerance(name)) for name in rounds[0]):
+            break
+    values = {name: [r[name] for r in rounds] for name in rounds[0]}
+    consistent = all(_agreeing(v, _tolerance(name)) for name, v in values.items())
     load = current_load()
     return dataclasses.replace(
-        base, bandwidth=float(bandwidth), dense_eff=clip(dense_eff, 0.05, 1.0),
-        sparse_eff=clip(sparse_eff, 0.005, 1.0), stride_eff=clip(stride_eff, 0.1, 1.5),
-        fc_sparse_eff=clip(fc_eff, 0.002, 1.0), spmv_eff=clip(spmv_eff, 0.0005, 1.0),
-        dense_overhead=clip(o_d, 0.0, 1e-2), sparse_overhead=clip(o_s, 0.0, 1e-2),
-        source=f"calibrated {time.strftime('%Y-%m-%d %H:%M:%S')}, load {load:.1f}/CPU", load=float(load))
+        default_profile(threads), **{name: float(statistics.median(v)) for name, v in values.items()},
+        source=f"calibrated {time.strftime('%Y-%m-%d %H:%M:%S')}, load {load:.1f}/CPU, {len(rounds)} rounds",
+        load=float(load), consistent=consistent,
+        spread=float(max(_spread(v) for name, v in values.items() if not name.endswith("overhead"))))
+
+
+def _tolerance(name):
+    return OVERHEAD_AGREEMENT if name.endswith("overhead") else AGREEMENT
 
 
 def calibrate_and_save(threads=None, quick=False, stream=None):
@@ -176,5 +219,8 @@ def calibrate_and_save(threads=None, quick=False, stream=None):
     profile = calibrate(threads, quick, progress)
     saved = "cached in" if save_profile(profile) else "could not write the cache"
     stream.write(f" done in {time.perf_counter() - start:.1f} s, {saved} {cache_path()}\n")
+    if not profile.consistent:
+        stream.write(f"Warning: the calibration's rounds disagreed (spread {profile.spread:.0%}); the machine is "
+                     "probably busy: `pyskim calibrate` again on a quiet machine\n")
     stream.flush()
     return profile

@@ -82,6 +82,8 @@ class MachineProfile:
     cpu: str = ""
     source: str = "default"
     load: float = 0.0                # load average per CPU while calibrating (other jobs)
+    consistent: bool = True          # every calibrated coefficient was measured twice alike
+    spread: float = 0.0              # largest (max - min) / median of a coefficient over the rounds
 
     @property
     def compute(self):

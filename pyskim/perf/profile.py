@@ -23,6 +23,7 @@ import platform
 import threading
 
 from ..core.state import log
+from ..kernels import build_fingerprint
 from ..kernels.threads import get_num_threads
 from .model import MachineProfile, default_bandwidth, peak_gflops_for_isa
 
@@ -101,8 +102,10 @@ def cache_path():
 
 
 def profile_key(threads):
-    """The cache key of a profile: ``"<CPU model>|threads=<T>|pyskim=<version>"``."""
-    return f"{cpu_model()}|threads={threads}|pyskim={_version()}"
+    """The cache key of a profile: ``"<CPU model>|threads=<T>|pyskim=<version>+<kernels>"``, where
+    ``<kernels>`` fingerprints the compiled kernels (:func:`pyskim.kernels.build_fingerprint`): a
+    profile measured on other kernels (a rebuild, another pyskim) is not used."""
+    return f"{cpu_model()}|threads={threads}|pyskim={_version()}+{build_fingerprint()}"
 
 
 def _read_cache(path):
@@ -144,10 +147,13 @@ def save_profile(profile):
 
 
 def needs_calibration(threads=None):
-    """True when this machine has no cached profile for ``threads``, or only one calibrated on a busy
-    machine (load per CPU above ``BUSY_LOAD``) while the machine is quiet now (below ``QUIET_LOAD``)."""
+    """True when this machine has no cached profile for ``threads`` (for this CPU, thread count and
+    pyskim build: :func:`profile_key`), or only one calibrated on a busy machine (load per CPU above
+    ``BUSY_LOAD``) or whose coefficients never agreed between rounds, while the machine is quiet now
+    (below ``QUIET_LOAD``)."""
     profile = load_cached_profile(resolve_threads(threads))
-    return profile is None or (profile.load > BUSY_LOAD and current_load() < QUIET_LOAD)
+    return profile is None or ((profile.load > BUSY_LOAD or not profile.consistent)
+                               and current_load() < QUIET_LOAD)
 
 
 # -- the lookup ------------------------------------------------------------------------------------
