@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Model conversion (sparse .npz, ONNX, old-format upgrade): ``pyskim convert`` (see pyskim.apps.cli)."""
+"""Model conversion (sparse .npz, ONNX export and import, old-format upgrade): ``pyskim convert``
+(see pyskim.apps.cli)."""
 import sys
 
 from pyskim.apps.cli import run_tool
