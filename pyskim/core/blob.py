@@ -10,6 +10,11 @@ Hand-outs. ``data`` returns a writable view and counts the hand-out; :meth:`Blob
 :meth:`Blob.data_untouched_since` use that count, and whether any array of the buffer is alive, to
 prove that nobody wrote the data in between (the sparse engines skip their bitwise weight compare
 then). ``readonly_data`` reads the data without a hand-out: NumPy refuses to make it writeable.
+
+Released data. :meth:`Blob.release_data` drops the data array of a buffer no array refers to and
+keeps a callback that gives the same values back; the next read of the data (``data``,
+``readonly_data``) calls it and puts the array back. The sparse engines use it to drop the dense copy
+of weights they hold in sparse form (``pyskim.sparse``); the blob looks the same to everyone else.
 """
 import dataclasses
 import logging
@@ -103,27 +108,49 @@ def _human(nbytes):
 
 
 class _Buffer:
-    """A flat float32 buffer that several blobs may share. ``handouts`` counts the writable views
-    ``Blob.data`` gave out; ``readonly()`` is a read-only array over the same memory whose base is a
-    read-only memoryview, so neither it nor any view of it can be made writeable."""
+    """A flat float32 buffer of ``size`` elements that several blobs may share. ``handouts`` counts the
+    writable views ``Blob.data`` gave out; ``readonly()`` is a read-only array over the same memory
+    whose base is a read-only memoryview, so neither it nor any view of it can be made writeable.
+    ``array`` is None while the values are released (:meth:`release`); :meth:`restore` brings them
+    back."""
 
-    __slots__ = ("_readonly", "array", "handouts")
+    __slots__ = ("_provider", "_readonly", "array", "handouts", "size")
 
     def __init__(self, size):
         self.array = np.zeros(size, dtype=np.float32)
+        self.size = size
         self.handouts = 0
         self._readonly = None
+        self._provider = None
 
     def readonly(self):
         """The read-only array over the whole buffer (made at the first call)."""
+        if self.array is None:
+            self.restore()
         if self._readonly is None:
             self._readonly = np.frombuffer(memoryview(self.array).toreadonly(), np.float32)
         return self._readonly
 
     def unshared(self):
         """True when no array but this buffer's own (and read-only views of ``readonly()``) refers to
-        the memory: every NumPy view of ``array``, a view of a view included, holds ``array`` alive."""
-        return _references(self) <= _OWN_REFERENCES[self._readonly is not None]
+        the memory: every NumPy view of ``array``, a view of a view included, holds ``array`` alive.
+        A released buffer has no array at all."""
+        return self.array is None or _references(self) <= _OWN_REFERENCES[self._readonly is not None]
+
+    def release(self, provider):
+        """Drop the array; ``provider()`` returns the same values (``size`` float32) when needed."""
+        self.array = self._readonly = None
+        self._provider = provider
+
+    def restore(self):
+        """Put the released values back, from the provider given to :meth:`release`. The array must
+        own its memory (the hand-out proofs count references to it), so anything else is copied."""
+        values = np.asarray(self._provider())
+        if values.size != self.size:
+            raise NetError(f"released blob data came back with {values.size} values, expected {self.size}")
+        if values.dtype != np.float32 or values.ndim != 1 or values.base is not None:
+            values = values.reshape(-1).astype(np.float32)         # a new array of its own
+        self.array, self._provider = values, None
 
 
 def _references(buffer):
@@ -175,7 +202,7 @@ class Blob:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, np.ndarray)):
             shape = tuple(shape[0])
         shape = tuple(int(d) for d in shape)
-        if shape == self._shape and self._count <= self._data.array.size:
+        if shape == self._shape and self._count <= self._data.size:
             return              # every layer reshapes its tops on every forward: mostly to the same shape
         if len(shape) > MAX_BLOB_AXES:
             raise NetError(f"blob '{self.name}': {len(shape)} axes exceed the maximum of {MAX_BLOB_AXES}")
@@ -187,7 +214,7 @@ class Blob:
         check_allocation(shape, f"blob '{self.name}'")
         self._shape = shape
         self._count = count
-        if count > self._data.array.size:
+        if count > self._data.size:
             try:
                 data, diff = _Buffer(count), _Buffer(count)
             except MemoryError:
@@ -238,6 +265,8 @@ class Blob:
     def data(self):
         """The data as a writable view (counted as a hand-out, see the module docstring)."""
         buffer = self._data
+        if buffer.array is None:
+            buffer.restore()
         buffer.handouts += 1
         return buffer.array[: self._count].reshape(self._shape)
 
@@ -264,6 +293,28 @@ class Blob:
     @data.setter
     def data(self, value):
         self.data[...] = value
+
+    def release_data(self, provider):
+        """Drop the data array until the data is read again, when ``provider()`` must return the
+        same values (an array of ``count`` float32, any shape); a mark of :meth:`data_mark` stays
+        valid across the release. Refused (False) unless the blob fills its buffer and no array of
+        the data is alive (a view kept by anyone would no longer be the blob's data); True when
+        released. Blobs sharing the buffer (:meth:`share_data`) see the same released data."""
+        buffer = self._data
+        if buffer.array is None or buffer.size != self._count or not buffer.unshared():
+            return False
+        buffer.release(provider)
+        return True
+
+    def restore_data(self):
+        """Put released data back now (nothing when it is not released)."""
+        if self._data.array is None:
+            self._data.restore()
+
+    @property
+    def data_released(self):
+        """Whether the data array is released now (:meth:`release_data`)."""
+        return self._data.array is None
 
     @property
     def diff(self):

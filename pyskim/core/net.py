@@ -6,11 +6,13 @@ share data and diff with their owner. Backward need is decided like Caffe: from 
 ``propagate_down``, ``lr_mult`` and ``force_backward``.
 """
 import contextlib
-
-import numpy as np
+import os
 
 from ..errors import NetError, OutOfMemoryError, WeightsMismatchError
 from ..io.blobproto import array_to_blobproto, blobproto_shape
+from ..io.caffemodel import BlobValues, CaffemodelWeights
+from ..io.hdf5 import load_net_hdf5
+from ..io.protofiles import is_hdf5
 from ..proto import caffe_pb2
 from .blob import Blob
 from .layer import create_layer
@@ -347,23 +349,41 @@ class Net:
             blob.diff[...] = 0
 
     # -- weights -----------------------------------------------------------------------------------
+    def copy_trained_layers_from(self, path):
+        """Copy the weights of a caffemodel file by layer name (``CopyTrainedLayersFrom``): HDF5 when
+        the file has HDF5's signature, else binary, read one blob at a time straight into the net
+        (:class:`~pyskim.io.caffemodel.CaffemodelWeights`: the file's bytes, a parsed copy and the
+        net's arrays are never all in memory)."""
+        path = os.fspath(path)
+        if is_hdf5(path):
+            load_net_hdf5(self, path)
+            return
+        with CaffemodelWeights(path) as weights:
+            self._copy_trained_layers(weights.layers(), path)
+
     def copy_trained_layers_from_param(self, source, source_name="weights"):
         """Copy blobs from a NetParameter by layer name (``CopyTrainedLayersFrom``)."""
-        index = {name: i for i, name in enumerate(self._layer_names)}
         source_layers = source.layer if len(source.layer) else source.layers
-        for source_layer in source_layers:
+        self._copy_trained_layers(((lp, [BlobValues(proto) for proto in lp.blobs]) for lp in source_layers),
+                                  source_name)
+
+    def _copy_trained_layers(self, source_layers, source_name):
+        """Copy ``(LayerParameter, [BlobValues])`` pairs into the same-named layers, telling each
+        layer at once that its weights changed (a sparse engine may pack them and release the dense
+        copy before the next layer is read)."""
+        index = {name: i for i, name in enumerate(self._layer_names)}
+        for source_layer, values in source_layers:
             if source_layer.name not in index:
                 log.info("Ignoring source layer %s", source_layer.name)
                 continue
             target = self.layers[index[source_layer.name]]
-            if len(source_layer.blobs) != len(target.blobs):
+            if len(values) != len(target.blobs):
                 raise WeightsMismatchError(
                     f"{source_name}: incompatible number of blobs for layer '{source_layer.name}': "
-                    f"{len(source_layer.blobs)} in the file, {len(target.blobs)} in the net")
-            for j, proto in enumerate(source_layer.blobs):
-                _copy_blobproto(proto, target.blobs[j], source_name, source_layer.name, j)
-        for layer in self.layers:
-            layer.weights_changed()
+                    f"{len(values)} in the file, {len(target.blobs)} in the net")
+            for j, blob_values in enumerate(values):
+                _copy_blob(blob_values, target.blobs[j], source_name, source_layer.name, j)
+            target.weights_changed()
 
     def to_proto(self, write_diff=False):
         """NetParameter holding every layer (Split layers too) with its blobs (``Net::ToProto``)."""
@@ -373,7 +393,7 @@ class Net:
             lp.CopyFrom(layer.param)
             del lp.blobs[:]
             for blob in layer.blobs:
-                lp.blobs.add().CopyFrom(array_to_blobproto(blob.data, blob.diff if write_diff else None))
+                lp.blobs.add().CopyFrom(array_to_blobproto(blob.readonly_data, blob.diff if write_diff else None))
         return param
 
     def share_trained_layers_with(self, other):
@@ -409,9 +429,10 @@ def _naming_layer_on_oom(layer):
         raise OutOfMemoryError(f"layer '{layer.name}' ({layer.type}): out of memory: {e}") from None
 
 
-def _copy_blobproto(proto, blob, source_name, layer_name, j):
-    """Copy one BlobProto into a blob, comparing shapes like ``Blob::ShapeEquals`` (legacy dims
-    right-aligned)."""
+def _copy_blob(values, blob, source_name, layer_name, j):
+    """Copy one blob's :class:`~pyskim.io.caffemodel.BlobValues` into ``blob``, comparing shapes like
+    ``Blob::ShapeEquals`` (legacy dims right-aligned)."""
+    proto = values.proto
     source_shape = blobproto_shape(proto)
     legacy = any(proto.HasField(f) for f in ("num", "channels", "height", "width"))
     if legacy:
@@ -425,8 +446,7 @@ def _copy_blobproto(proto, blob, source_name, layer_name, j):
             f"Source param shape is {list(source_shape)}; target param shape is {list(blob.shape)}. To "
             f"learn this layer's parameters from scratch rather than copying from a saved net, rename "
             f"the layer.")
-    values = proto.data if len(proto.data) else proto.double_data
-    if len(values) != blob.count:
-        raise WeightsMismatchError(f"{source_name}: layer '{layer_name}' blob {j} holds {len(values)} "
+    if values.count != blob.count:
+        raise WeightsMismatchError(f"{source_name}: layer '{layer_name}' blob {j} holds {values.count} "
                                    f"values for shape {list(source_shape)}")
-    blob.data[...] = np.asarray(values, dtype=np.float32).reshape(blob.shape)
+    values.read_into(blob.data)

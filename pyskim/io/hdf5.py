@@ -80,12 +80,9 @@ def _reading(path, what):
 
 def load_net_hdf5(net, path):
     """Copy the weights of an HDF5 caffemodel into ``net``'s layers by name
-    (``Net::CopyTrainedLayersFromHDF5``), then tell each layer its weights changed."""
+    (``Net::CopyTrainedLayersFromHDF5``), telling each layer its weights changed once they are in."""
     with _reading(path, "weights file") as f:
         _load_layers(net, f, path)
-    for layer in net.layers:
-        if hasattr(layer, "weights_changed"):
-            layer.weights_changed()
 
 
 def _load_layers(net, f, path):
@@ -114,6 +111,7 @@ def _load_layers(net, f, path):
                     f"{path}: cannot copy param {j} weights from layer '{layer.name}'; shape mismatch. "
                     f"Source param shape is {list(shape)}; target param shape is {list(blob.shape)}")
             blob.data[...] = read_float_dataset(node, path, f"data/{layer.name}/{j}")
+        layer.weights_changed()
 
 
 def read_net_hdf5(path):

@@ -13,12 +13,35 @@ from .files import atomic_write
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _read_bytes(path):
+def open_binary(path):
+    """``path`` opened for reading bytes; failing is a ModelFileError "Could not open file ..."."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return open(path, "rb")
     except (OSError, ValueError) as e:      # ValueError: a NUL byte in the path
         raise ModelFileError(f"Could not open file {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _read_bytes(path):
+    with open_binary(path) as f:
+        try:
+            return f.read()
+        except OSError as e:                # a failing read (EIO, ...)
+            raise ModelFileError(f"Could not open file {path}: {e.strerror or e}") from None
+
+
+def invalid_binary(path, message_name, detail):
+    """The ModelFileError for a file that does not parse as a binary ``message_name``."""
+    return ModelFileError(f"{path} is not a valid binary {message_name} (truncated or another format): {detail}")
+
+
+def check_utf8_strings(path, message):
+    """ModelFileError naming ``path`` and the field when a text field of ``message`` holds bytes
+    that are not UTF-8 (:func:`find_non_utf8_string`)."""
+    bad = find_non_utf8_string(message)
+    if bad is not None:
+        where, value = bad
+        raise ModelFileError(f"{path}: corrupt {message.DESCRIPTOR.name}: the text field {where} holds "
+                             f"bytes that are not UTF-8 ({value[:40]!r})")
 
 
 def parse_text(text, message, source="<string>"):
@@ -52,13 +75,8 @@ def read_binary(path, message):
     try:
         message.ParseFromString(data)
     except (pb_message.DecodeError, RuntimeError, ValueError) as e:
-        raise ModelFileError(f"{path} is not a valid binary {message.DESCRIPTOR.name} "
-                             f"(truncated or another format): {e}") from None
-    bad = find_non_utf8_string(message)
-    if bad is not None:
-        where, value = bad
-        raise ModelFileError(f"{path}: corrupt {message.DESCRIPTOR.name}: the text field {where} holds "
-                             f"bytes that are not UTF-8 ({value[:40]!r})")
+        raise invalid_binary(path, message.DESCRIPTOR.name, e) from None
+    check_utf8_strings(path, message)
     return message
 
 

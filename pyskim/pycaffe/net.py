@@ -12,8 +12,8 @@ from ..core import net as _net
 from ..core.state import log
 from ..errors import ModelFileError, NetError
 from ..io import hdf5
-from ..io.protofiles import is_hdf5, write_binary
-from ..io.upgrade import read_net_binary, read_net_text
+from ..io.protofiles import write_binary
+from ..io.upgrade import read_net_text
 from ..proto import caffe_pb2
 
 
@@ -196,11 +196,7 @@ class Net(_net.Net):
     # -- weights ---------------------------------------------------------------------------------
     def copy_from(self, path):
         """Load weights by layer name from a binary or HDF5 caffemodel (HDF5 detected by signature)."""
-        path = os.fspath(path)
-        if is_hdf5(path):
-            hdf5.load_net_hdf5(self, path)
-        else:
-            self.copy_trained_layers_from_param(read_net_binary(path), source_name=path)
+        self.copy_trained_layers_from(path)
 
     def save(self, path):
         write_binary(path, self.to_proto(write_diff=False))

@@ -22,14 +22,23 @@ Weights. The sparse structures are packed from ``blobs[0]`` at the first forward
 again whenever any weight changed (exactly, :mod:`.weights`), after ``weights_changed()`` (the Net
 calls it after loading a caffemodel), and when the input size changes (the convolution offsets depend
 on H x W). Backward always runs the dense path, in every mode.
+
+The dense copy. An engine whose :attr:`~_Engine.drops_dense` is set (:mod:`.fusion` sets it in nets
+that run no backward) releases the dense array of ``blobs[0]`` once its sparse structures hold the
+weights and no array of them is alive (:meth:`pyskim.core.blob.Blob.release_data`), and packs at
+once when the net is built and when weights are loaded, so that the dense weights of a whole net are
+never in memory together. Reading the weights (``net.params[name][0].data``, a backward, a save)
+rebuilds the dense array from the structures, bit for bit (where ``-0.0`` was, which the structures
+drop, is kept beside them: one bit per weight, only when there is any).
 """
+import functools
 import logging
 import math
 
 import numpy as np
 
 from ..errors import KernelArgumentError
-from ..kernels.csr import pack_conv_weights, pack_fc_weights
+from ..kernels.csr import ConvCSR, pack_conv_weights, pack_fc_weights
 from ..kernels.gemm import matmul
 from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
 from ..perf.model import ConvShape, FcShape
@@ -46,7 +55,7 @@ from .modes import (
     SPMDM,
     decide_mode,
 )
-from .weights import WeightWatch
+from .weights import WeightWatch, negative_zeros, put_negative_zeros
 
 log = logging.getLogger("pyskim")
 
@@ -92,10 +101,16 @@ def fc_shape(layer):
 
 
 class _Engine:
-    """What both engines share: the weight watch, AUTO's cached decision, fallbacks, the ReLU link."""
+    """What both engines share: the weight watch, AUTO's cached decision, fallbacks, the ReLU link,
+    the release of the dense weights."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, bottom=None):
         self.layer = layer
+        #: The blobs the layer reads (its bottom vector), for packing before a forward; or None.
+        self.bottom = bottom
+        #: Whether the dense array of the weights is released while the sparse structures hold them
+        #: (see the module docstring; :func:`pyskim.sparse.keep_dense_weights` changes it).
+        self.drops_dense = False
         #: The :class:`~pyskim.layers.neuron.ReLUFusion` of the in-place ReLU this engine's kernel may
         #: apply, or None (set by :mod:`.fusion`).
         self.relu = None
@@ -115,8 +130,38 @@ class _Engine:
         return self._watch.nbytes
 
     def weights_changed(self):
-        """The layer's ``weights_changed`` hook: repack at the next use."""
+        """The layer's ``weights_changed`` hook: repack at the next use, or now (:meth:`settle`)."""
         self._watch.forget()
+        self.settle()
+
+    def settle(self):
+        """With :attr:`drops_dense` and known bottoms, pack the weights for the layer's current input
+        now and release their dense array (after the build and after a load: one layer's dense
+        weights in memory at a time). Fallbacks are left to the forward, which logs them."""
+        if self.drops_dense and self.bottom is not None and self.prepare(self.bottom, warn=False) != DENSE:
+            self.release_dense()
+
+    def release_dense(self):
+        """Release the dense array of ``blobs[0]`` when :attr:`drops_dense` is set, the sparse
+        structures were packed from exactly its values and no array of them is alive; True if
+        released now."""
+        blob = self.layer.blobs[0]
+        structure = self._packed_structure()
+        if not self.drops_dense or structure is None or blob.data_released or not self._watch.untouched(blob):
+            return False
+        restore = functools.partial(self._restore, structure, negative_zeros(blob.readonly_data), blob.shape)
+        if not blob.release_data(restore):
+            return False
+        self._watch.drop_record()           # the mark proves the weights unchanged while released
+        return True
+
+    def _restore(self, structure, negative_zero_bits, shape):
+        """The dense weights (flat) rebuilt from ``structure``; the watch records them, so that a
+        read that writes nothing costs the next forward a compare, not a repack."""
+        weights = self._dense_from(structure, shape)
+        put_negative_zeros(weights, negative_zero_bits)
+        self._watch.record_values(weights.reshape(shape))
+        return weights
 
     def refresh(self):
         """Rebuild everything derived from ``blobs[0]`` if any weight changed; True when it did."""
@@ -131,10 +176,11 @@ class _Engine:
         self.repacks += 1
         return True
 
-    def fallback(self, requested, reason, used):
-        """Log once per layer and reason that ``requested`` cannot run and ``used`` runs instead."""
+    def fallback(self, requested, reason, used, warn=True):
+        """Log once per layer and reason (if ``warn``) that ``requested`` cannot run and ``used`` runs
+        instead."""
         key = (requested, reason)
-        if key not in self._warned:
+        if warn and key not in self._warned:
             self._warned.add(key)
             log.warning("layer '%s': %s %s; falling back to %s", self.layer.name, requested, reason, used)
 
@@ -160,8 +206,8 @@ class _Engine:
 class ConvEngine(_Engine):
     """conv_mode dispatch of one ConvolutionLayer."""
 
-    def __init__(self, layer):
-        super().__init__(layer)
+    def __init__(self, layer, bottom=None):
+        super().__init__(layer, bottom)
         self._csr = None
         self._cc = None
         self.column_density = 1.0
@@ -184,7 +230,7 @@ class ConvEngine(_Engine):
             self._cc = (rows, bounds, [np.ascontiguousarray(lowered[i][:, c]) for i, c in enumerate(keep)])
         return self._cc
 
-    def resolve(self, mode, bottom0):
+    def resolve(self, mode, bottom0, warn=True):
         """The mode to run (DENSE, SCONV or CCNMM) for the requested ``mode``."""
         two_d = len(self.layer.lowering.kernel) == 2
         if mode in PLAIN_CONV_MODES:
@@ -193,30 +239,67 @@ class ConvEngine(_Engine):
             if not two_d:
                 spatial = len(self.layer.lowering.kernel)
                 self.fallback("conv_mode DIRECT_SCONV", f"cannot run a {spatial}-D convolution (direct sparse "
-                              "convolution is 2-D only)", "LOWERED_GEMM")
+                              "convolution is 2-D only)", "LOWERED_GEMM", warn)
                 return DENSE
             return SCONV
         if mode == CONV.LOWERED_CCNMM:
             return CCNMM
         if mode == CONV.AUTO:
             return self.auto(conv_shape(self.layer, bottom0), self.column_density)
-        self.fallback(f"conv_mode {mode}", "is unknown", "LOWERED_GEMM")
+        self.fallback(f"conv_mode {mode}", "is unknown", "LOWERED_GEMM", warn)
         return DENSE
+
+    def prepare(self, bottom, warn=True):
+        """Check the weights, pick the mode for ``bottom`` and build its structures; the mode to run
+        (DENSE, SCONV or CCNMM)."""
+        mode = self.layer.param.convolution_param.conv_mode
+        if mode in PLAIN_CONV_MODES:
+            return DENSE
+        self.refresh()                      # the one weight check of this forward
+        used = self.resolve(mode, bottom[0], warn)
+        if used == SCONV:
+            low = self.layer.lowering
+            try:
+                self._csr_for(tuple(bottom[0].shape[self.layer.axis + 1:]), low.pad, low.dilation)
+            except KernelArgumentError as e:
+                self.fallback("conv_mode DIRECT_SCONV", f"cannot run this input ({e})", "LOWERED_GEMM", warn)
+                return DENSE
+        elif used == CCNMM:
+            self._squeezed_weights()
+        return used
 
     def forward(self, bottom, top):
         """Run the forward in the layer's conv_mode; False means "run the dense path"."""
-        mode = self.layer.param.convolution_param.conv_mode
-        if mode not in PLAIN_CONV_MODES:
-            self.refresh()                  # the one weight check of this forward
-        used = self.resolve(mode, bottom[0])
+        used = self.prepare(bottom)
         if used == SCONV:
-            used = self._sconv(bottom, top)
+            self._sconv(bottom, top)
         elif used == CCNMM:
             self._ccnmm(bottom, top)
-        if used == DENSE:
+        else:
             self.finish(DENSE)
             return False
+        self.release_dense()
         return True
+
+    def _packed_structure(self):
+        return self._csr if self._csr is not None else self._cc
+
+    def _dense_from(self, structure, shape):
+        """Flat weights of ``shape`` from a ConvCSR or LOWERED_CCNMM's squeezed columns (zeros elsewhere)."""
+        weights = np.zeros(math.prod(shape), np.float32)
+        num_output, per_output = shape[0], math.prod(shape[1:])
+        if isinstance(structure, ConvCSR):
+            rows = np.repeat(np.arange(num_output), np.diff(structure.rowptr))
+            channel, tap_row, tap_column = structure.offsets_to_taps(structure.colidx)
+            kernel_h, kernel_w = structure.kernel
+            weights[rows * per_output + (channel * kernel_h + tap_row) * kernel_w + tap_column] = structure.values
+            return weights
+        kept, bounds, columns = structure
+        group = len(columns)
+        lowered = weights.reshape(group, num_output // group, per_output)
+        for g in range(group):
+            lowered[g][:, kept[bounds[g]:bounds[g + 1]] - g * per_output] = columns[g]
+        return weights
 
     def _csr_for(self, in_hw, pad, dilation):
         csr = self._csr
@@ -229,11 +312,7 @@ class ConvEngine(_Engine):
         axis, low = self.layer.axis, self.layer.lowering
         b0 = bottom[0]
         in_hw = tuple(b0.shape[axis + 1:])
-        try:
-            csr = self._csr_for(in_hw, low.pad, low.dilation)
-        except KernelArgumentError as e:
-            self.fallback("conv_mode DIRECT_SCONV", f"cannot run this input ({e})", "LOWERED_GEMM")
-            return DENSE
+        csr = self._csr_for(in_hw, low.pad, low.dilation)
         relu = self.relu is not None
         bias = self.bias()
         num, channels = b0.count_range(0, axis), b0.shape[axis]
@@ -246,7 +325,6 @@ class ConvEngine(_Engine):
             else:
                 sparse_conv_forward(x, csr, bias, low.stride, low.pad, low.dilation, out_hw, relu=relu, out=y)
         self.finish(SCONV, relu)
-        return SCONV
 
     def _ccnmm(self, bottom, top):
         rows, bounds, columns = self._squeezed_weights()
@@ -286,14 +364,14 @@ class ConvEngine(_Engine):
 class FcEngine(_Engine):
     """gemm_mode dispatch of one InnerProductLayer."""
 
-    def __init__(self, layer):
-        super().__init__(layer)
+    def __init__(self, layer, bottom=None):
+        super().__init__(layer, bottom)
         self._csr = None
 
     def _rebuild(self, weights):
         self._csr = None
 
-    def resolve(self, mode):
+    def resolve(self, mode, warn=True):
         """The mode to run (DENSE or SPMDM) for the requested ``mode``."""
         if mode in PLAIN_GEMM_MODES:
             return DENSE
@@ -302,21 +380,45 @@ class FcEngine(_Engine):
         if mode == IP.AUTO:
             return SPMDM if self.auto(fc_shape(self.layer)) == SCONV else DENSE
         name = GEMM_MODE_NAMES.get(mode, str(mode))
-        self.fallback(f"gemm_mode {name}", "is not implemented" if name == "SPGEMM" else "is unknown", "GEMM")
+        self.fallback(f"gemm_mode {name}", "is not implemented" if name == "SPGEMM" else "is unknown", "GEMM",
+                      warn)
         return DENSE
+
+    def prepare(self, bottom, warn=True):
+        """Check the weights, pick the mode and pack the CSR for it; the mode to run (DENSE or SPMDM).
+        The layer's own shapes say the batch, so ``bottom`` is not read."""
+        layer = self.layer
+        mode = layer.param.inner_product_param.gemm_mode
+        if mode in PLAIN_GEMM_MODES:
+            return DENSE
+        self.refresh()                      # the one weight check of this forward
+        if self.resolve(mode, warn) == DENSE:
+            return DENSE
+        if self._csr is None:
+            weights = layer.blobs[0].readonly_data
+            self._csr = pack_fc_weights(weights.T if layer.transpose else weights)
+        return SPMDM
+
+    def _packed_structure(self):
+        return self._csr
+
+    def _dense_from(self, csr, shape):
+        """Flat weights of ``shape`` from the FcCSR (packed from the transposed weights with
+        ``transpose: true``)."""
+        weights = np.zeros(math.prod(shape), np.float32)
+        rows = np.repeat(np.arange(csr.num_output), np.diff(csr.rowptr))
+        columns = csr.colidx
+        if self.layer.transpose:
+            rows, columns = columns, rows
+        weights.reshape(shape)[rows, columns] = csr.values
+        return weights
 
     def forward(self, bottom, top):
         """Run the forward in the layer's gemm_mode; False means "run the dense GEMM"."""
         layer = self.layer
-        mode = layer.param.inner_product_param.gemm_mode
-        if mode not in PLAIN_GEMM_MODES:
-            self.refresh()                  # the one weight check of this forward
-        if self.resolve(mode) == DENSE:
+        if self.prepare(bottom) == DENSE:
             self.finish(DENSE)
             return False
-        if self._csr is None:
-            weights = layer.blobs[0].readonly_data
-            self._csr = pack_fc_weights(weights.T if layer.transpose else weights)
         relu = self.relu is not None
         x = bottom[0].data.reshape(layer.M, layer.K)
         y = top[0].data.reshape(layer.M, layer.num_output)
@@ -326,4 +428,5 @@ class FcEngine(_Engine):
         else:
             sparse_fc_forward(x, self._csr, bias, relu=relu, out=y)
         self.finish(SPMDM, relu)
+        self.release_dense()
         return True

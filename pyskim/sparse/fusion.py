@@ -13,6 +13,12 @@ in place, directly or inside a fused type: the ReLU's ``fusion`` is a
 AUTO choosing dense) the ReLU runs as usual. The values are identical, and backward is unchanged (an
 in-place ReLU's backward reads its output). Caveat: ``net.forward(end=<conv>)`` then shows the conv's
 top after the ReLU. ``net.fused_relus`` lists the linked (producer, ReLU) layer names.
+
+The dense weights. In a net that runs no backward (no layer needs one: a deploy prototxt, a net
+without a loss), the engines release the dense array of the weights while their sparse structures
+hold them (:attr:`~.engine._Engine.drops_dense`), packing right after the build and after every load
+(:meth:`~.engine._Engine.settle`). :func:`keep_dense_weights` turns that off for a net, or on for one
+that has a loss but is used for inference only.
 """
 import logging
 
@@ -25,14 +31,36 @@ from .modes import CONV_MODE_NAMES, is_plain, requested_mode
 log = logging.getLogger("pyskim")
 
 
-def attach_engine(layer):
+def attach_engine(layer, bottom=None):
     """Put a new engine in the ``engine`` slot of a Convolution / InnerProduct whose requested mode
-    is not plain dense, and return it; None (slot untouched) for any other layer."""
+    is not plain dense, and return it; None (slot untouched) for any other layer. ``bottom``: the
+    blobs the layer reads (lets the engine pack before the first forward)."""
     requested = requested_mode(layer)
     if requested is None or is_plain(*requested):
         return None
-    layer.engine = (ConvEngine if requested[0] == "conv" else FcEngine)(layer)
+    layer.engine = (ConvEngine if requested[0] == "conv" else FcEngine)(layer, bottom)
     return layer.engine
+
+
+def _engines(net):
+    """The engines attached to ``net``'s layers (a fused type's in its first stage)."""
+    for layer in net.layers:
+        stages = layer.stages if isinstance(layer, FusedLayer) else [layer]
+        engine = getattr(stages[0], "engine", None) if stages else None
+        if engine is not None:
+            yield engine
+
+
+def keep_dense_weights(net, keep=True):
+    """Whether the sparse engines of ``net`` keep the dense array of their weights beside the sparse
+    structures (``keep``), or release it while the structures hold the weights (``keep=False``: the
+    default for nets that run no backward). Released weights come back, bit for bit, when read."""
+    for engine in _engines(net):
+        engine.drops_dense = not keep
+        if keep:
+            engine.layer.blobs[0].restore_data()
+        else:
+            engine.settle()
 
 
 def link_relu(engine, relu):
@@ -73,19 +101,22 @@ def _warn_deconvolution(layer):
 
 
 def attach_engines(net):
-    """The post-build hook: attach engines (see the module docstring), link the ReLUs they may apply
-    and set ``net.fused_relus`` to the linked (producer, ReLU) layer names."""
+    """The post-build hook: attach engines (see the module docstring), link the ReLUs they may apply,
+    set ``net.fused_relus`` to the linked (producer, ReLU) layer names, and in a net that runs no
+    backward let the engines release the dense weights."""
     pairs = []
     for i, layer in enumerate(net.layers):
         if isinstance(layer, DeconvolutionLayer):
             _warn_deconvolution(layer)
             continue
         if isinstance(layer, FusedLayer):
-            engine = attach_engine(layer.stages[0]) if layer.stages else None
+            engine = attach_engine(layer.stages[0], layer.stage_io[0][0]) if layer.stages else None
             relu = _fused_relu(layer) if engine is not None else None
         else:
-            engine = attach_engine(layer)
+            engine = attach_engine(layer, net.bottom_vec(i))
             relu = _next_in_place_relu(net, i) if engine is not None else None
         if relu is not None and link_relu(engine, relu):
             pairs.append((layer.name, relu.name))
     net.fused_relus = pairs
+    if not any(net.layer_need_backward(i) for i in range(len(net.layers))):
+        keep_dense_weights(net, keep=False)

@@ -13,6 +13,10 @@ of a view of it, a caffemodel load. :class:`WeightWatch` decides it in two steps
    not). The record is sparse (the nonzero words' bits and their positions inside blocks of 65536
    words: 6 bytes each) when that is smaller than a dense copy, so it never holds more than one copy
    of the weights; the compare runs block by block, each block read once while it is in cache.
+
+While an engine has released the dense weights (:meth:`pyskim.core.blob.Blob.release_data`) the watch
+keeps no record: nothing can write weights that have no array, and reading them back rebuilds both
+the array and the record (:meth:`WeightWatch.record_values`).
 """
 import numpy as np
 
@@ -22,8 +26,26 @@ BLOCK = 1 << 16
 _SPARSE_BYTES = 6
 
 
+#: The bits of -0.0 as a float32 word.
+_NEGATIVE_ZERO = np.uint32(0x80000000)
+
+
 def _words(weights):
     return weights.reshape(-1).view(np.uint32)
+
+
+def negative_zeros(weights):
+    """Where ``weights`` holds ``-0.0`` (the sparse structures keep only nonzeros): one bit per word
+    (``np.packbits``; pruning by a mask leaves ``-0.0`` wherever it zeroed a negative weight), or
+    None when there is none."""
+    found = _words(weights) == _NEGATIVE_ZERO
+    return np.packbits(found) if found.any() else None
+
+
+def put_negative_zeros(weights, bits):
+    """Write ``-0.0`` where :func:`negative_zeros` found it (``weights`` flat, ``bits`` its result)."""
+    if bits is not None:
+        weights[np.unpackbits(bits, count=weights.size).view(bool)] = -0.0
 
 
 class WeightRecord:
@@ -98,3 +120,16 @@ class WeightWatch:
         """Record ``blob``'s weights as the ones the structures were packed from."""
         self.record = WeightRecord(blob.readonly_data)
         self.mark = blob.data_mark()
+
+    def untouched(self, blob):
+        """True when ``blob``'s weights provably are the remembered ones (no writable array of them
+        existed since): the condition for releasing their dense array."""
+        return self.mark is not None and blob.data_untouched_since(self.mark)
+
+    def drop_record(self):
+        """Free the record (the weights were released: the mark alone proves them unchanged)."""
+        self.record = None
+
+    def record_values(self, weights):
+        """Record ``weights``, the exact values the structures hold (the mark is kept)."""
+        self.record = WeightRecord(weights)
