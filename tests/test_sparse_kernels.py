@@ -161,7 +161,7 @@ def test_blocking_does_not_change_results(blocking):
 def test_aligned_and_plain_layouts(geom, aligned):
     """Both prepared layouts, whatever the default for the geometry: shifted copies with rows of whole
     vectors (aligned loads) and the single tight copy; with the interleaved variant beside them."""
-    *_, csr, y, ref = run_conv(*geom, 0.3, relu=True, blocking={"aligned": aligned})
+    *_, y, ref = run_conv(*geom, 0.3, relu=True, blocking={"aligned": aligned})
     assert_close(y, ref)
     _, *rest = geom
     *_, y, ref = run_conv(17, *rest, 0.3, blocking={"aligned": aligned, "interleave_min": 1})

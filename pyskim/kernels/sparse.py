@@ -13,6 +13,7 @@ ReLU are fused into the store. Batches of 16+ images of dense-ish layers use a v
 images per vector instead. The plans (offsets remapped for the stride and pitch, per-block
 pointers) are cached on the ConvCSR per (stride, output size, blocking).
 """
+import collections
 import numbers
 
 import numpy as np
@@ -30,7 +31,7 @@ from .validate import (
     output_array,
 )
 
-__all__ = ["choose_conv_blocking", "sparse_conv_forward", "sparse_fc_forward"]
+__all__ = ["choose_conv_blocking", "conv_plan_work", "sparse_conv_forward", "sparse_fc_forward"]
 
 VECTOR = _sc.vector_length()
 MAX_TILE = _sc.max_tile_vectors()
@@ -49,7 +50,11 @@ INTERLEAVE_MIN_DENSITY = 0.5
 # faster (3 copies); conv2 (5x5, 5 copies) 0.85-0.96x and conv1 (stride 4, 12% more positions)
 # 0.75x, so those keep the plain layout. Loads that cross a cache line cost two L1 accesses on
 # these cores; the copies trade that for more cache per input channel.
+# Rows of whole vectors also add lanes whose outputs are thrown away: an aligned plan may compute at
+# most ALIGNED_MAX_GROWTH times the vectors of the tightest pitch (13x13 and 14x14 outputs: 1.07-1.08;
+# 7x7: 1.75, plain).
 ALIGNED_MAX_COPIES = 3
+ALIGNED_MAX_GROWTH = 1.15
 ALIGNED_BUDGET_BYTES = 48 * 1024
 
 
@@ -72,6 +77,11 @@ def _phase_geometry(csr, stride, out_hw=None, aligned=False):
     reach = max(kw_ * dw // sw for kw_ in range(kw))
     pitch = min(wq, max(ow, data_end, ow + reach - j0_min))
     return hq, -(-pitch // VECTOR) * VECTOR if aligned else pitch
+
+
+def _plane_vectors(out_hw, pitch):
+    """16-float vectors of one output plane computed flat over rows of ``pitch`` positions."""
+    return -(-((out_hw[0] - 1) * pitch + out_hw[1]) // VECTOR)
 
 
 def _tap_shifts(csr, stride):
@@ -110,16 +120,18 @@ def choose_conv_blocking(csr, stride, out_hw, **overrides):
       copy of the input per distinct tap column offset modulo a vector, so that every load of the
       register tiles is 64-byte aligned; 0 keeps one copy and the tightest row pitch.
     """
-    aligned = stride == (1, 1) and len(_tap_shifts(csr, stride)) <= ALIGNED_MAX_COPIES
+    oh, ow = out_hw
+    aligned = (stride == (1, 1) and len(_tap_shifts(csr, stride)) <= ALIGNED_MAX_COPIES
+               and _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw, True)[1])
+               <= ALIGNED_MAX_GROWTH * _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw)[1]))
     b = {"tile": MAX_TILE, "itile": MAX_TILE, "ocb": OC_BLOCK, "iocb": OC_BLOCK, "aligned": int(aligned),
          "interleave_min": INTERLEAVE_MIN if csr.density >= INTERLEAVE_MIN_DENSITY else VECTOR + 1}
     b.update({k: v for k, v in overrides.items() if v is not None})
     b["aligned"] = int(b["aligned"] > 0)
     hq, wq = _phase_geometry(csr, stride, out_hw, b["aligned"])
-    oh, ow = out_hw
     b["tile"] = min(b["tile"], MAX_TILE)
     b["itile"] = min(b["itile"], MAX_TILE)
-    nv = -(-((oh - 1) * wq + ow) // VECTOR)
+    nv = _plane_vectors(out_hw, wq)
     ntile = -(-nv // b["tile"])
     if b.get("icb") is None:
         budget = L1_BUDGET_BYTES // 4
@@ -134,6 +146,34 @@ def choose_conv_blocking(csr, stride, out_hw, **overrides):
     for key in ("ocb", "iocb"):
         b[key] = min(b[key], csr.out_channels_per_group)
     return b
+
+
+#: The geometry :func:`choose_conv_blocking` reads from a ConvCSR, for a convolution not packed yet.
+_ConvGeometry = collections.namedtuple("_ConvGeometry", "input_hw pad kernel dilation padded_hw "
+                                                        "in_channels_per_group out_channels_per_group density")
+#: What the one-image-at-a-time plan of a convolution does per image and group (:func:`conv_plan_work`).
+ConvPlanWork = collections.namedtuple("ConvPlanWork", "aligned pitch vectors tiles blocks copies")
+
+
+def conv_plan_work(in_channels_per_group, out_channels_per_group, input_hw, kernel, pad, stride, dilation,
+                   density):
+    """The work of :func:`sparse_conv_forward`'s one-image-at-a-time plan for a convolution of this
+    geometry at weight ``density``, without packing anything (the performance model's view of the
+    kernel): whether its loads are aligned (shifted copies), the row pitch of the prepared input,
+    the 16-float vectors of one output plane and the register tiles they are cut into, the
+    input-channel cache blocks per group (every output channel's accumulators are loaded and stored
+    once per block and tile) and the copies of each input channel."""
+    pad, kernel, dilation, stride = (tuple(v) for v in (pad, kernel, dilation, stride))
+    geo = _ConvGeometry(tuple(input_hw), pad, kernel, dilation,
+                        (input_hw[0] + 2 * pad[0], input_hw[1] + 2 * pad[1]), in_channels_per_group,
+                        out_channels_per_group, density)
+    out_hw = conv_output_shape("conv_plan_work", geo.input_hw, kernel, pad, stride, dilation)
+    b = choose_conv_blocking(geo, stride, out_hw)
+    _, wq = _phase_geometry(geo, stride, out_hw, b["aligned"])
+    vectors = _plane_vectors(out_hw, wq)
+    return ConvPlanWork(bool(b["aligned"]), wq, vectors, -(-vectors // b["tile"]),
+                        -(-in_channels_per_group // b["icb"]),
+                        len(_tap_shifts(geo, stride)) if b["aligned"] else 1)
 
 
 def _blocking_arg(fn, blocking):

@@ -26,13 +26,12 @@ from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
 from ..kernels.threads import get_num_threads, set_num_threads
 from ..layers import create_layer
 from ..proto import caffe_pb2
-from .model import ConvShape, FcShape, lane_utilization
+from .model import CALIBRATION_DENSITY, ConvShape, FcShape, accumulator_flops, lane_utilization
 from .profile import cache_path, current_load, default_profile, resolve_threads, save_profile
 
 CALIBRATION_CONV = ConvShape(batch=1, channels=128, height=14, width=14, num_output=128, kernel=(3, 3),
                              pad=(1, 1))
 CALIBRATION_FC = FcShape(batch=16, num_input=1024, num_output=1024)
-CALIBRATION_DENSITY = 0.1
 #: Calls per measurement (the best one counts): full calibration, quick one (``quick=True``).
 REPEATS = {False: (20, 50), True: (3, 5)}
 #: Two rounds agree on a coefficient within this fraction (per-call overheads, microseconds that a
@@ -129,13 +128,15 @@ def _measure(threads, quick, report):
         tiny_csr = pack_conv_weights(np.ones((1, 1, 1, 1), np.float32), 1, (4, 4), 0, 1)
         tx, ty = np.ones((1, 1, 4, 4), np.float32), np.empty((1, 1, 4, 4), np.float32)
         o_s = _best(lambda: sparse_conv_forward(tx, tiny_csr, None, 1, 0, 1, (4, 4), out=ty), overhead_repeats)
-        u = lane_utilization(s)
-        sparse_eff = density * s.flops / (compute * u * _net(t_sparse, o_s))
-        s2 = dataclasses.replace(s, stride=(2, 2))
+        # e_s0 prices the useful multiply-adds and the accumulator traffic alike (see the model)
+        work = density * s.flops / lane_utilization(s) + accumulator_flops(s)
+        sparse_eff = work / (compute * _net(t_sparse, o_s))
+        s2 = dataclasses.replace(s, stride=(2, 2))        # a plain (unaligned) plan: sigma
         out2 = np.empty((1, s.num_output) + s2.out_hw, np.float32)
         t_stride = _best(lambda: sparse_conv_forward(x, csr, None, 2, 1, 1, s2.out_hw, out=out2), repeats)
-        stride_eff = density * s2.flops / (compute * lane_utilization(s2) * sparse_eff
-                                            * _net(t_stride, o_s))
+        useful = compute * sparse_eff * _net(t_stride, o_s) - accumulator_flops(s2)
+        stride_eff = density * s2.flops / (lane_utilization(s2) * max(useful, 1e-3 * compute * sparse_eff
+                                                                          * _net(t_stride, o_s)))
         # sparse inner product at batch 16 and 1
         report("sparse inner product")
         f = CALIBRATION_FC

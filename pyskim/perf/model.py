@@ -20,22 +20,26 @@ Dense (``LOWERED_GEMM`` / ``GEMM``)::
 
 Sparse (``DIRECT_SCONV`` / ``SPMDM``)::
 
-    t_s(d) = max(d·F / (P·T·e_s), (B_in + B_out + d·8·W) / BW) + o_s
+    t_s(d) = max(d·F / (P·T·e_s), (B_in + B_out + d·8·W) / BW) + o
     B_in  = 4·N·C·H·W + 8·N·C·Hp·Wp   (the input, plus its zero-padded copy written then read; FC: 4·M·K)
     B_out = 4·outputs                 (a nonzero weight costs 8 bytes: a float and an int32 index)
     e_s   = e_s0 · u · σ              (FC: e_fc · u for M > 1, e_spmv for M = 1)
-    u     = OH·OW / (16·ceil(((OH−1)·Wq + OW) / 16)),  Wq = ceil(Wp / stride_w):
-            the fraction of the 16-float vector lanes that produce an output (the kernel runs flat over
-            the padded row pitch, so short output rows and wide pads waste lanes);
+    u     = OH·OW / (16·V),  V = ceil(((OH−1)·Wq + OW) / 16) vectors per output plane, Wq the row pitch
+            the kernel's plan uses (:func:`pyskim.kernels.sparse.conv_plan_work`): the fraction of the
+            16-float vector lanes that produce an output (the kernel runs flat over the padded row
+            pitch, so short output rows and wide pads waste lanes);
             FC: u = M / (16·ceil(M/16)) (the SpMDM kernel's vectors run over the batch)
-    σ     = 1 for stride 1, ``stride_eff`` for stride > 1 (stride-phase split of the input)
+    σ     = 1 for a plan with aligned loads (stride 1, few tap column offsets), ``stride_eff`` for a
+            plain one (measured at stride 2)
+    o     = o_s + A / (P·T·e_s0),  A = 2·32·N·OC·V·NB: each output channel's accumulator vectors loaded
+            and stored once per input-channel block (NB blocks per group), priced like multiply-adds
 
 Lowered compressed-column GEMM (``LOWERED_CCNMM``, ``c`` = fraction of lowered weight columns that
 are not all zero)::
 
     t_c = max(c·F / (P·T·e_d), B_c / BW) + o_d,   B_c = B_d with W and the im2col term scaled by c
 
-Write ``t_s(d) = max(a·d, b + m·d) + o_s`` with ``a = F/(P·T·e_s)``, ``b = (B_in + B_out)/BW`` and
+Write ``t_s(d) = max(a·d, b + m·d) + o`` with ``a = F/(P·T·e_s)``, ``b = (B_in + B_out)/BW`` and
 ``m = 8·W/BW``. Then:
 
 * **break-even density** ``d_be``: the largest d in [0, 1] with ``t_s(d) <= t_d``; t_s is increasing,
@@ -57,8 +61,11 @@ the efficiencies and overheads. More in ``docs/perfmodel.md``.
 import dataclasses
 import math
 
+from ..kernels.sparse import conv_plan_work
+
 VECTOR = 16                      # float32 lanes of one AVX-512 vector (the kernels' unit of work)
 NNZ_BYTES = 8                    # one nonzero weight: float32 value + int32 column index / offset
+CALIBRATION_DENSITY = 0.1        # the density the sparse kernel's efficiency is measured at
 PEAK_GFLOPS_AVX512 = 267.0       # per thread, measured (research/peers.md): 64 FLOP/cycle at 4.2 GHz
 PEAK_GFLOPS_AVX2 = 134.0
 PEAK_GFLOPS_OTHER = 34.0
@@ -220,16 +227,27 @@ def ccnmm_time(shape, column_density, profile):
         + profile.dense_overhead
 
 
+def conv_work(shape):
+    """The sparse kernel's plan for a convolution shape (:func:`pyskim.kernels.sparse.conv_plan_work`),
+    or None for an empty output."""
+    oh, ow = shape.out_hw
+    if oh <= 0 or ow <= 0:
+        return None
+    return conv_plan_work(shape.channels // shape.group, shape.num_output // shape.group,
+                          (shape.height, shape.width), shape.kernel, shape.pad, shape.stride, shape.dilation,
+                          CALIBRATION_DENSITY)
+
+
 def lane_utilization(shape):
     """``u``: the fraction of vector lanes of the sparse kernel that compute an output."""
     if isinstance(shape, FcShape):
         m = max(shape.batch, 1)
         return m / (VECTOR * math.ceil(m / VECTOR))
-    oh, ow = shape.out_hw
-    if oh <= 0 or ow <= 0:
+    work = conv_work(shape)
+    if work is None:
         return 1.0
-    wq = math.ceil(shape.padded_hw[1] / shape.stride[1])
-    return oh * ow / (VECTOR * math.ceil(((oh - 1) * wq + ow) / VECTOR))
+    oh, ow = shape.out_hw
+    return oh * ow / (VECTOR * work.vectors)
 
 
 def sparse_efficiency(shape, profile):
@@ -237,12 +255,28 @@ def sparse_efficiency(shape, profile):
     u = lane_utilization(shape)
     if isinstance(shape, FcShape):
         return profile.spmv_eff if shape.batch <= 1 else profile.fc_sparse_eff * u
-    sigma = 1.0 if shape.stride == (1, 1) else profile.stride_eff
+    work = conv_work(shape)
+    sigma = 1.0 if work is None or work.aligned else profile.stride_eff
     return profile.sparse_eff * u * sigma
 
 
+def accumulator_flops(shape):
+    """The sparse convolution's register-tile traffic in FLOP equivalents: every output channel's
+    accumulator vectors are loaded and stored once per input-channel block (blocks without a nonzero
+    are skipped, which at the densities that matter is none of them), two vector memory operations
+    each, priced as two 16-lane multiply-adds (the unit ``e_s0`` is measured in); 0 for an inner
+    product. It does not depend on the density, so it is part of the fixed cost ``o``."""
+    if isinstance(shape, FcShape):
+        return 0.0
+    work = conv_work(shape)
+    if work is None:
+        return 0.0
+    return 2.0 * 2 * VECTOR * shape.batch * shape.num_output * work.vectors * work.blocks
+
+
 def sparse_terms(shape, profile):
-    """(a, b, m, o) with ``t_s(d) = max(a·d, b + m·d) + o``."""
+    """(a, b, m, o) with ``t_s(d) = max(a·d, b + m·d) + o``: o holds the per-call overhead and the
+    accumulator traffic (:func:`accumulator_flops`)."""
     a = shape.flops / (profile.compute * sparse_efficiency(shape, profile))
     if isinstance(shape, FcShape):
         in_bytes = 4.0 * shape.inputs
@@ -251,11 +285,12 @@ def sparse_terms(shape, profile):
         in_bytes = 4.0 * shape.inputs + 8.0 * shape.batch * shape.channels * hp * wp
     b = (in_bytes + 4.0 * shape.outputs) / profile.bandwidth
     m = NNZ_BYTES * shape.weights / profile.bandwidth
-    return a, b, m, profile.sparse_overhead
+    o = profile.sparse_overhead + accumulator_flops(shape) / (profile.compute * profile.sparse_eff)
+    return a, b, m, o
 
 
 def sparse_time(shape, density, profile):
-    """``t_s(d) = max(d·F / (P·T·e_s), (B_in + B_out + d·8·W) / BW) + o_s``."""
+    """``t_s(d) = max(d·F / (P·T·e_s), (B_in + B_out + d·8·W) / BW) + o_s + accumulator traffic``."""
     a, b, m, o = sparse_terms(shape, profile)
     d = min(max(float(density), 0.0), 1.0)
     return max(a * d, b + m * d) + o
