@@ -159,6 +159,8 @@ class BaseConvolutionLayer(Layer):
     reverse = False
     #: The sparse engine running the forward pass, or None (see the module docstring).
     engine = None
+    #: The bottom shape and the top shape of the last full reshape (None before the first).
+    _reshaped_for = _top_shape = None
 
     def layer_setup(self, bottom, top):
         cp = self.param.convolution_param
@@ -214,6 +216,10 @@ class BaseConvolutionLayer(Layer):
 
     def reshape(self, bottom, top):
         b0 = bottom[0]
+        shape = b0.shape
+        if shape == self._reshaped_for and all(t.shape == self._top_shape for t in top) \
+                and all(b.shape == shape for b in bottom):
+            return              # the shapes of the last reshape: every derived size still holds
         axis = self._axis
         if b0.num_axes != axis + 1 + len(self._lowering.kernel):
             raise NetError(f"layer '{self.name}': bottom num_axes may not change ({list(b0.shape)})")
@@ -245,6 +251,7 @@ class BaseConvolutionLayer(Layer):
         per_image = self._group * self._kdim * self._positions * 4
         self._chunk = max(1, min(self._num, COL_BUFFER_BYTES // max(per_image, 1)))
         self._batch_chunk = max(1, min(self._num, BATCH_COL_BUFFER_BYTES // max(per_image, 1)))
+        self._reshaped_for, self._top_shape = shape, top[0].shape if top else None
 
     def _output_spatial(self, in_spatial):
         return self._lowering.output_spatial(in_spatial)

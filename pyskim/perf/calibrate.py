@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from ..core.blob import Blob
+from ..core.net import Net
 from ..kernels.csr import pack_conv_weights, pack_fc_weights
 from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
 from ..kernels.threads import get_num_threads, set_num_threads
@@ -90,6 +91,24 @@ def _conv_layer(channels, num_output, size, kernel, pad, stride=1):
     return layer, bottom, top
 
 
+def _sparse_layer_net():
+    """A built Net of one 1x1 Convolution (1 channel, 4x4) in DIRECT_SCONV: its layer's forward costs
+    what a sparse layer's forward costs besides the kernel's work (the engine's weight check and mode
+    dispatch, the kernel call), the per-call overhead ``o_s``. (The engine is attached by
+    :mod:`pyskim.sparse`'s post-build hook, as in every Net.)"""
+    param = caffe_pb2.NetParameter()
+    data = param.layer.add(name="data", type="Input", top=["data"])
+    data.input_param.shape.add().dim.extend([1, 1, 4, 4])
+    conv = param.layer.add(name="conv", type="Convolution", bottom=["data"], top=["conv"])
+    conv.convolution_param.num_output = 1
+    conv.convolution_param.kernel_size.append(1)
+    conv.convolution_param.conv_mode = caffe_pb2.ConvolutionParameter.DIRECT_SCONV
+    net = Net(param, caffe_pb2.TEST)
+    net.layers[1].blobs[0].data[...] = 1.0
+    net.forward_prefilled()
+    return net
+
+
 def _net(seconds, overhead):
     """A measured time less the per-call overhead, never below half of it: with several threads the
     tiny layer that measures the overhead also pays the workers' wake-up, which can exceed a whole
@@ -125,9 +144,9 @@ def _measure(threads, quick, report):
         csr = pack_conv_weights(w, 1, (s.height, s.width), 1, 1)
         out = np.empty((1, s.num_output) + s.out_hw, np.float32)
         t_sparse = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out), repeats)
-        tiny_csr = pack_conv_weights(np.ones((1, 1, 1, 1), np.float32), 1, (4, 4), 0, 1)
-        tx, ty = np.ones((1, 1, 4, 4), np.float32), np.empty((1, 1, 4, 4), np.float32)
-        o_s = _best(lambda: sparse_conv_forward(tx, tiny_csr, None, 1, 0, 1, (4, 4), out=ty), overhead_repeats)
+        tiny_net = _sparse_layer_net()
+        o_s = _best(lambda: tiny_net.layers[1].forward(tiny_net.bottom_vec(1), tiny_net.top_vec(1)),
+                    overhead_repeats)
         # e_s0 prices the useful multiply-adds and the accumulator traffic alike (see the model)
         work = density * s.flops / lane_utilization(s) + accumulator_flops(s)
         sparse_eff = work / (compute * _net(t_sparse, o_s))
