@@ -42,7 +42,7 @@ COMPILED, COMPILED_GATE = "pyskim._kernels", "pyskim.kernels"
 #: Third-party modules a function may import lazily: optional extras (pydot, onnx, onnxruntime,
 #: OpenCV, torch, the R-CNN selective search) and heavy ones only some commands use.
 OPTIONAL_DEPENDENCIES = frozenset({
-    "cv2", "h5py", "lmdb", "matplotlib", "onnx", "onnxruntime", "pydot", "scipy",
+    "cv2", "h5py", "lmdb", "matplotlib", "mpi4py", "onnx", "onnxruntime", "pydot", "scipy",
     "selective_search_ijcv_with_python", "skimage", "torch", "tqdm",
 })
 

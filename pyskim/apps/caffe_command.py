@@ -73,11 +73,12 @@ def use_cpu(args):
 
 
 @contextlib.contextmanager
-def terminal_progress(total, description, initial=0):
+def terminal_progress(total, description, initial=0, enabled=True):
     """A progress line (iterations/s, time left) at the bottom of stderr while stderr is a terminal,
     with the log lines printed above it unchanged (tqdm's logging redirect); yields the bar, or None
-    when stderr is not a terminal (log files, CI): nothing is added to the log there."""
-    if not sys.stderr.isatty():
+    when stderr is not a terminal (log files, CI) or ``enabled`` is false (the ranks of a
+    data-parallel run other than 0): nothing is added to the log there."""
+    if not enabled or not sys.stderr.isatty():
         yield None
         return
     with logging_redirect_tqdm(loggers=[log]), \

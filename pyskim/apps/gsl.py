@@ -1,11 +1,15 @@
 """``gsl.py --solver S --weights W [--target-speedup X] [--prune-iters N] [--finetune-iters M] [--out DIR]
 [--resume]``: Guided Sparsity Learning (:mod:`pyskim.prune.gsl`): prune the layers the performance model says
-pruning makes faster, fine-tune with masks, and report accuracy, density and speedup per stage."""
+pruning makes faster, fine-tune with masks, and report accuracy, density and speedup per stage.
+
+Under ``mpirun -n N python tools/gsl.py ...`` (N > 1) every stage trains data-parallel on the N
+processes (:mod:`pyskim.solvers.distributed`); rank 0 logs, snapshots and prints the report."""
 import argparse
 import json
 import sys
 
 from ..prune.gsl import DEFAULTS, run_gsl
+from ..solvers.distributed import launched_group, use_default_group
 
 
 def build_parser():
@@ -40,15 +44,28 @@ def build_parser():
 
 
 def run(args):
-    """Run GSL and print its report (a table, or JSON with ``--json``)."""
+    """Run GSL and print its report (a table, or JSON with ``--json``); its training stages are
+    data-parallel when an MPI launcher started several processes."""
+    group = launched_group()
+    if group is None:
+        return _gsl(args, None)
+    with group.fail_together(), use_default_group(group):
+        return _gsl(args, group)
+
+
+def _gsl(args, group):
     settings = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
+    show = group is None or group.rank == 0       # progress lines and bars: rank 0's only
     try:
         result = run_gsl(args.solver, args.weights, args.out, resume=args.resume, threads=args.threads or None,
-                         **settings)
+                         progress=show, use_bar=show, **settings)
     except KeyboardInterrupt:
+        if group is not None:       # one rank interrupted: fail_together ends them all
+            raise
         print(f"gsl.py: interrupted; rerun with --resume --out {args.out} to continue", file=sys.stderr)
         return 130
-    print(json.dumps(result.to_dict(), indent=1, default=float) if args.json else result.table())
-    print(f"Pruned model: {result.out_dir}/gsl_final.caffemodel (report: {result.out_dir}/gsl.json)")
+    if group is None or group.rank == 0:
+        print(json.dumps(result.to_dict(), indent=1, default=float) if args.json else result.table())
+        print(f"Pruned model: {result.out_dir}/gsl_final.caffemodel (report: {result.out_dir}/gsl.json)")
     return 0
 

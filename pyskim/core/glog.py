@@ -11,7 +11,7 @@ redirect a tool's log:
     also write the log to a file there, named as glog names it:
     ``<program>.<host>.<user>.log.INFO.<yyyymmdd>-<hhmmss>.<pid>``, with glog's three header lines and
     a ``<program>.INFO`` symlink to the newest one. Unlike glog, no file is written when it is unset
-    (glog would write to /tmp).
+    (glog would write to /tmp), nor by the ranks other than 0 of an MPI job.
 ``GLOG_logtostderr``
     1/true: stderr only, no log file even with ``GLOG_log_dir``.
 
@@ -86,8 +86,17 @@ def init_logging(level=None, logtostderr=None):
     if logtostderr is None:
         logtostderr = os.environ.get("GLOG_logtostderr", "").strip().lower() in _TRUE
     log_dir = os.environ.get("GLOG_log_dir", "").strip()
-    if log_dir and not logtostderr and _log_file["handler"] is None:
+    if log_dir and not logtostderr and _log_file["handler"] is None and _launcher_rank() in (None, "0"):
         _open_log_file(logger, log_dir)
+
+
+def _launcher_rank():
+    """This process's rank as an MPI launcher tells it (Open MPI, MPICH/Hydra), or None: under
+    ``mpirun`` rank 0 alone writes the log file, as it alone logs."""
+    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
+    return None
 
 
 def _open_log_file(logger, log_dir):

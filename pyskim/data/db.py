@@ -118,17 +118,35 @@ class LMDBReader:
     def next(self):
         """The record under the cursor as ``(key, Datum)``; then move on, wrapping around at the end."""
         try:
-            if self._cursor is None:
-                self._txn = self.env.begin(buffers=False)
-                self._cursor = self._txn.cursor()
-                self._cursor.first()
-            key, raw = self._cursor.key(), self._cursor.value()
-            if not self._cursor.next():
-                log.info("Restarting data prefetching from start.")
-                self._cursor.first()
+            cursor = self._open_cursor()
+            key, raw = cursor.key(), cursor.value()
+            self._advance(cursor)
         except lmdb.Error as e:
             raise DataError(f"LMDB '{self.source}' is corrupt: {e}") from None
         return key, parse_datum(raw, self.source, key)
+
+    def skip(self, count):
+        """Move on ``count`` records without reading them, wrapping around as :meth:`next` does (the
+        records of the other processes of a data-parallel run, :mod:`pyskim.data.shard`)."""
+        try:
+            cursor = self._open_cursor()
+            for _ in range(count):
+                self._advance(cursor)
+        except lmdb.Error as e:
+            raise DataError(f"LMDB '{self.source}' is corrupt: {e}") from None
+
+    def _open_cursor(self):
+        if self._cursor is None:
+            self._txn = self.env.begin(buffers=False)
+            self._cursor = self._txn.cursor()
+            self._cursor.first()
+        return self._cursor
+
+    @staticmethod
+    def _advance(cursor):
+        if not cursor.next():
+            log.info("Restarting data prefetching from start.")
+            cursor.first()
 
 
 def iterate(source):

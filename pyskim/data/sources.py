@@ -1,5 +1,9 @@
 """Batch loaders behind the prefetching data layers (each one's ``load_batch`` runs in the
-prefetch thread and must not reference its layer)."""
+prefetch thread and must not reference its layer).
+
+Each loader reads the share of its source given by the data shard in force when it is built
+(:mod:`pyskim.data.shard`): in a data-parallel run, rank r of N reads global batches r, r + N, ...
+of the stream one process would read; alone, the whole stream."""
 import numpy as np
 
 from ..core.blob import check_allocation
@@ -7,6 +11,7 @@ from ..errors import DataError
 from ..io.hdf5 import read_float_dataset
 from .db import LMDBReader
 from .imgproc import hwc_to_chw, read_image
+from .shard import data_shard
 
 
 class DatumBatches:
@@ -19,6 +24,8 @@ class DatumBatches:
         self.transformer = transformer
         self.output_labels = output_labels
         self.owner = owner
+        self.shard = data_shard()
+        self.skip_next = self.shard.records_before_first(batch_size)
 
     def _where(self, key):
         return f"layer '{self.owner}': LMDB '{self.reader.source}' record {key.decode('utf-8', 'replace')!r}"
@@ -31,6 +38,9 @@ class DatumBatches:
         return (self.batch_size,) + shape[1:]
 
     def load_batch(self):
+        if self.skip_next:
+            self.reader.skip(self.skip_next)
+        self.skip_next = self.shard.records_between(self.batch_size)
         records = [self.reader.next() for _ in range(self.batch_size)]
         labels = None
         if self.output_labels:
@@ -127,6 +137,8 @@ class ImageListBatches:
         self.rng = rng
         self.owner = owner
         self.position = 0
+        self.shard = data_shard()
+        self.skip_next = self.shard.records_before_first(batch_size)
         if shuffle:
             self._shuffle()
 
@@ -145,7 +157,18 @@ class ImageListBatches:
         chw, where = self.read(self.position)
         return (self.batch_size,) + self.transformer.infer_shape(chw, where)[1:]
 
+    def _advance(self):
+        """Move to the next line; after the last one restart at the first, reshuffling if asked."""
+        self.position += 1
+        if self.position >= len(self.lines):
+            self.position = 0
+            if self.shuffle:
+                self._shuffle()
+
     def load_batch(self):
+        for _ in range(self.skip_next):
+            self._advance()
+        self.skip_next = self.shard.records_between(self.batch_size)
         data = None
         labels = np.empty(self.batch_size, dtype=np.float32)
         for item in range(self.batch_size):
@@ -154,11 +177,7 @@ class ImageListBatches:
                 data = _batch_array(self.batch_size, self.transformer.infer_shape(chw, where), where)
             self.transformer.transform(chw, data[item], where)
             labels[item] = self.lines[self.position][1]
-            self.position += 1
-            if self.position >= len(self.lines):
-                self.position = 0
-                if self.shuffle:
-                    self._shuffle()
+            self._advance()
         return data, labels
 
 
@@ -186,6 +205,8 @@ class HDF5Rows:
         if shuffle:
             self.file_order = rng.permutation(len(self.files))
         self.current_file = 0
+        self.shard = data_shard()
+        self.skip_next = self.shard.records_before_first(batch_size)
         self._load(self.files[self.file_order[0]])
 
     def _load(self, path):
@@ -220,6 +241,8 @@ class HDF5Rows:
 
     def fill(self, tops):
         """Copy the next ``batch_size`` rows into the top arrays (``HDF5DataLayer::Forward_cpu``)."""
+        self._skip_rows(self.skip_next)
+        self.skip_next = self.shard.records_between(self.batch_size)
         filled = 0
         while filled < self.batch_size:
             take = min(self.batch_size - filled, len(self.row_order) - self.current_row)
@@ -230,6 +253,15 @@ class HDF5Rows:
                                     f"{list(array.shape[1:])}, the first file's were {list(top.shape[1:])}")
                 top[filled:filled + take] = array[rows]
             filled += take
+            self.current_row += take
+            if self.current_row == len(self.row_order):
+                self._next_file()
+
+    def _skip_rows(self, count):
+        """Move on ``count`` rows without copying them, across file boundaries as :meth:`fill`."""
+        while count:
+            take = min(count, len(self.row_order) - self.current_row)
+            count -= take
             self.current_row += take
             if self.current_row == len(self.row_order):
                 self._next_file()

@@ -420,7 +420,7 @@ def _load_stage(path):
 
 def _save(out, config, plan, stages):
     result = GSLResult(str(out), config, plan, stages)
-    tmp = out / ".gsl.json.tmp"
+    tmp = out / f".gsl.json.tmp-{os.getpid()}"      # one per process: MPI ranks save alike, at once
     tmp.write_text(json.dumps(result.to_dict(), indent=1, default=float))
     os.replace(tmp, out / "gsl.json")
     return result

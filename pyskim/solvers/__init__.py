@@ -9,6 +9,7 @@ from .adadelta import AdaDeltaSolver
 from .adagrad import AdaGradSolver
 from .adam import AdamSolver
 from .base import Solver
+from .distributed import data_parallel_class, default_group
 from .nesterov import NesterovSolver
 from .rmsprop import RMSPropSolver
 from .sgd import REGULARIZERS, Regularizer, SGDSolver, register_regularizer
@@ -37,9 +38,14 @@ def solver_type_list():
     return sorted(SOLVER_REGISTRY)
 
 
-def get_solver(path_or_param, **kwargs):
+def get_solver(path_or_param, group=None, **kwargs):
     """Build the solver a prototxt path or SolverParameter names by ``type`` (default SGD), after
-    Caffe's solver upgrades; keyword arguments go to the solver (e.g. ``stop_on_nan``)."""
+    Caffe's solver upgrades; keyword arguments go to the solver (e.g. ``stop_on_nan``).
+
+    ``group``: an :class:`~pyskim.solvers.distributed.MPIGroup` of more than one process (e.g.
+    ``distributed.mpi_world()`` under ``mpirun``) makes the solver data-parallel over it
+    (:mod:`pyskim.solvers.distributed`); left out, the group of
+    :func:`~pyskim.solvers.distributed.use_default_group` if one is active, else one process."""
     if isinstance(path_or_param, caffe_pb2.SolverParameter):
         param = caffe_pb2.SolverParameter()
         param.CopyFrom(path_or_param)
@@ -49,6 +55,9 @@ def get_solver(path_or_param, **kwargs):
     cls = SOLVER_REGISTRY.get(param.type)
     if cls is None:
         raise SolverError(f"Unknown solver type: {param.type} (known types: {', '.join(solver_type_list())})")
+    group = default_group() if group is None else group
+    if group is not None and group.size > 1:
+        return data_parallel_class(cls)(param, group, **kwargs)
     return cls(param, **kwargs)
 
 

@@ -5,6 +5,7 @@ subclasses; this class owns what every solver shares: building the train and tes
 SolverParameter, ``step`` with ``iter_size`` accumulation and ``average_loss`` smoothing, the test
 passes, ``solve`` and the snapshot file names. Log lines match Caffe's, so ``parse_log.py`` works.
 """
+import contextlib
 import math
 import os
 import time
@@ -117,10 +118,13 @@ class Solver:
         try:
             with open(probe, "w"):
                 pass
-            os.remove(probe)
         except (OSError, ValueError):       # ValueError: a NUL byte in the prefix
             raise SolverError(f"Cannot write to snapshot prefix '{p.snapshot_prefix}'.  Make sure that the "
                               "directory exists and is writeable.") from None
+        # As Caffe, the removal's outcome is not checked: the processes of a data-parallel run probe
+        # the same name at once, and one may remove the probe another made.
+        with contextlib.suppress(OSError):
+            os.remove(probe)
 
     def _init_train_net(self):
         p = self._param
@@ -214,7 +218,6 @@ class Solver:
         self._smoothed_loss = F32(0)
         self._timer = time.perf_counter()
         self._iterations_last = self.iter
-        last_layer = len(self.net.layers) - 1
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
@@ -224,11 +227,7 @@ class Solver:
             for on_start, _ in self._callbacks:
                 on_start()
             display = p.display and self.iter % p.display == 0
-            loss = F32(0)
-            for _ in range(p.iter_size):
-                loss += F32(self.net.forward_from_to(0, last_layer))
-                self.net.backward_from_to(last_layer, 0)
-            loss /= F32(p.iter_size)
+            loss = self.accumulate_gradients() / F32(self.batches_per_update)
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
                 self._display()
@@ -249,6 +248,23 @@ class Solver:
                 self.requested_early_exit = True
                 break
 
+    def accumulate_gradients(self):
+        """Run ``iter_size`` forward/backward passes of the train net, the param diffs adding up, and
+        return the sum of their losses (float32). A data-parallel solver then also sums the diffs and
+        the losses over its processes (:mod:`pyskim.solvers.distributed`)."""
+        last_layer = len(self.net.layers) - 1
+        loss = F32(0)
+        for _ in range(self._param.iter_size):
+            loss += F32(self.net.forward_from_to(0, last_layer))
+            self.net.backward_from_to(last_layer, 0)
+        return loss
+
+    @property
+    def batches_per_update(self):
+        """How many batches the diffs of one update add up: ``iter_size`` (times the processes of a
+        data-parallel solver). The loss and the diffs are divided by it, as Caffe's Normalize."""
+        return self._param.iter_size
+
     def _display(self):
         p = self._param
         lapse = F32(time.perf_counter() - self._timer)
@@ -257,8 +273,9 @@ class Solver:
                  p.display, fmt(self._smoothed_loss))
         self._timer = time.perf_counter()
         self._iterations_last = self.iter
-        for index, (name, value, weight) in enumerate(_output_values(self.net)):
-            log.info("    Train net output #%d: %s = %s%s", index, name, fmt(value), _loss_note(weight, value))
+        for index, (name, value, weight) in enumerate(output_values(self.net)):
+            log.info("    Train net output #%d: %s = %s%s", index, name, fmt(value),
+                     _loss_note(weight, value))
 
     def _update_smoothed_loss(self, loss, start_iter, average_loss):
         """Running mean of the last ``average_loss`` losses (``UpdateSmoothedLoss``)."""
@@ -316,7 +333,7 @@ class Solver:
         test_net.share_trained_layers_with(self.net)
         test_iter = p.test_iter[test_net_id]
         loss, scores, labels = F32(0), None, []
-        for i in range(test_iter):
+        for run_batch in self.test_batches(test_net_id):
             action = self.requested_action()
             while action != "none":
                 if action == "snapshot":
@@ -328,15 +345,18 @@ class Solver:
             if self.requested_early_exit:
                 log.info("Test interrupted.")
                 return self.mean_scores[test_net_id]
+            if not run_batch:
+                continue
             iter_loss = F32(test_net.forward_from_to(0, len(test_net.layers) - 1))
             if p.test_compute_loss:
                 loss += iter_loss
-            outputs = _output_values(test_net)
+            outputs = output_values(test_net)
             values = np.array([value for _, value, _ in outputs], dtype=F32)
-            if i == 0:
+            if scores is None:
                 scores, labels = values, [(name, weight) for name, _, weight in outputs]
             else:
                 scores += values
+        loss, scores, labels = self.combine_test_results(test_net_id, loss, scores, labels)
         if p.test_compute_loss:
             loss /= F32(test_iter)
             log.info("Test loss: %s", fmt(loss))
@@ -345,6 +365,17 @@ class Solver:
             log.info("    Test net output #%d: %s = %s%s", index, name, fmt(mean), _loss_note(weight, mean))
         self.mean_scores[test_net_id] = [float(v) for v in mean_scores]
         return self.mean_scores[test_net_id]
+
+    def test_batches(self, test_net_id):
+        """One flag per test batch of a test pass: run it here? (``test_iter`` times True; the
+        processes of a data-parallel solver split the batches between them.) The solver asks for its
+        action once per flag, as Caffe once per test batch."""
+        return [True] * self._param.test_iter[test_net_id]
+
+    def combine_test_results(self, test_net_id, loss, scores, labels):
+        """The test loss, scores (summed over the pass's batches; None when none ran here) and output
+        labels of a test pass: this process's own (a data-parallel solver sums them over its processes)."""
+        return loss, scores, labels
 
     # -- snapshots (Solver::Snapshot, Restore) --------------------------------------------------------
     def _snapshot_filename(self, extension):
@@ -405,7 +436,7 @@ def _make_net(net_param, state):
     return Net(net_param, phase=state.phase, level=state.level, stages=list(state.stage))
 
 
-def _output_values(net):
+def output_values(net):
     """(output blob name, value, loss weight) for every element of every net output, in order."""
     values = []
     names, blobs = net.blob_names(), net.blob_list()

@@ -285,11 +285,12 @@ class SGDSolver(Solver):
                 np.multiply(diff, scale, out=diff)
 
     def normalize(self, param_id):
-        """diff /= iter_size, as a multiplication by 1/iter_size (``Normalize``)."""
-        iter_size = self._param.iter_size
-        if iter_size != 1:
+        """diff /= iter_size, as a multiplication by 1/iter_size (``Normalize``); a data-parallel
+        solver divides by iter_size times its processes (:attr:`batches_per_update`)."""
+        batches = self.batches_per_update
+        if batches != 1:
             diff = self.net.learnable_params[param_id].diff
-            np.multiply(diff, F32(1) / F32(iter_size), out=diff)
+            np.multiply(diff, F32(1) / F32(batches), out=diff)
 
     def local_rate(self, param_id, rate):
         return F32(rate) * F32(self.net.params_lr[param_id])
