@@ -156,19 +156,20 @@ ConvPlanWork = collections.namedtuple("ConvPlanWork", "aligned pitch vectors til
 
 
 def conv_plan_work(in_channels_per_group, out_channels_per_group, input_hw, kernel, pad, stride, dilation,
-                   density):
+                   density, aligned=None):
     """The work of :func:`sparse_conv_forward`'s one-image-at-a-time plan for a convolution of this
     geometry at weight ``density``, without packing anything (the performance model's view of the
     kernel): whether its loads are aligned (shifted copies), the row pitch of the prepared input,
     the 16-float vectors of one output plane and the register tiles they are cut into, the
     input-channel cache blocks per group (every output channel's accumulators are loaded and stored
-    once per block and tile) and the copies of each input channel."""
+    once per block and tile) and the copies of each input channel. ``aligned`` overrides the choice
+    of layout (``blocking={"aligned": ...}``)."""
     pad, kernel, dilation, stride = (tuple(v) for v in (pad, kernel, dilation, stride))
     geo = _ConvGeometry(tuple(input_hw), pad, kernel, dilation,
                         (input_hw[0] + 2 * pad[0], input_hw[1] + 2 * pad[1]), in_channels_per_group,
                         out_channels_per_group, density)
     out_hw = conv_output_shape("conv_plan_work", geo.input_hw, kernel, pad, stride, dilation)
-    b = choose_conv_blocking(geo, stride, out_hw)
+    b = choose_conv_blocking(geo, stride, out_hw, aligned=None if aligned is None else int(aligned))
     _, wq = _phase_geometry(geo, stride, out_hw, b["aligned"])
     vectors = _plane_vectors(out_hw, wq)
     return ConvPlanWork(bool(b["aligned"]), wq, vectors, -(-vectors // b["tile"]),

@@ -3,8 +3,9 @@
 :func:`calibrate` measures, on this machine and thread count, the copy bandwidth and the
 efficiencies and per-call overheads of pyskim's own kernels on a mid-size layer (about a second):
 pyskim's dense Convolution layer (its own product, im2col fused into the packing) and a 1x1 one for
-the overhead, the direct sparse convolution at density 0.1 with stride 1 and 2, and the sparse inner
-product at batch 16 and 1.
+the overhead, the direct sparse convolution at density 0.1 with stride 1 and 2 and the per-call
+overhead of a sparse layer, the sparse inner product at batch 16 and 1 and the dense one at batch 1
+(weights streamed: the matrices are larger than L2).
 Each time is the best of several calls; a busy machine still slows them (the profile's ``source``
 records the load average per CPU at calibration time). :func:`calibrate_and_save` adds a progress
 line on stderr and stores the result in the cache of :mod:`pyskim.perf.profile`; only the commands
@@ -23,16 +24,29 @@ import numpy as np
 from ..core.blob import Blob
 from ..core.net import Net
 from ..kernels.csr import pack_conv_weights, pack_fc_weights
+from ..kernels.gemm import matmul
 from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
 from ..kernels.threads import get_num_threads, set_num_threads
 from ..layers import create_layer
 from ..proto import caffe_pb2
-from .model import CALIBRATION_DENSITY, ConvShape, FcShape, accumulator_flops, lane_utilization
+from .model import (
+    CALIBRATION_DENSITY,
+    PACKING_ROWS,
+    ConvShape,
+    FcShape,
+    accumulator_flops,
+    lane_utilization,
+    packed_rows,
+)
 from .profile import cache_path, current_load, default_profile, resolve_threads, save_profile
 
-CALIBRATION_CONV = ConvShape(batch=1, channels=128, height=14, width=14, num_output=128, kernel=(3, 3),
+#: The convolution measured (AlexNet's conv4 / conv5 without groups: a mid-size 3x3 layer).
+CALIBRATION_CONV = ConvShape(batch=1, channels=256, height=13, width=13, num_output=256, kernel=(3, 3),
                              pad=(1, 1))
-CALIBRATION_FC = FcShape(batch=16, num_input=1024, num_output=1024)
+#: The inner products: sparse at batch 16 and 1, and dense at batch 1 on weights larger than L2 (fc7
+#: of AlexNet is 4096 x 4096), so that the rates are those of weights streamed from L3 or memory.
+CALIBRATION_FC = FcShape(batch=16, num_input=4096, num_output=4096)
+CALIBRATION_DENSE_FC = FcShape(batch=1, num_input=4096, num_output=4096)
 #: Calls per measurement (the best one counts): full calibration, quick one (``quick=True``).
 REPEATS = {False: (20, 50), True: (3, 5)}
 #: Two rounds agree on a coefficient within this fraction (per-call overheads, microseconds that a
@@ -45,17 +59,32 @@ MAX_ROUNDS = 4
 
 def _best(fn, repeats):
     """The shortest of up to ``repeats`` timed calls of ``fn`` after one warm-up call (at least 3,
-    then stopping once 0.4 s have passed)."""
+    then stopping once 0.4 s of calls have passed)."""
     fn()
     best = math.inf
-    start = time.perf_counter()
+    spent = 0.0
     for i in range(repeats):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-        if i >= 2 and time.perf_counter() - start > 0.4:
+        seconds = time.perf_counter() - t0
+        best, spent = min(best, seconds), spent + seconds
+        if i >= 2 and spent > 0.4:
             break
     return best
+
+
+def _dense_efficiency_ratio(shape):
+    """e_d / (the efficiency measured on ``shape``): the model's packing factor undone."""
+    rows = packed_rows(shape)
+    return (rows + PACKING_ROWS) / rows
+
+
+def _sigma(shape, density, work_time, aligned):
+    """The efficiency multiplier sigma of a plan of ``shape`` at ``density`` whose measured time is
+    ``work_time`` in units of 1 / (P·T·e_s0) seconds (time x P·T·e_s0): its useful FLOPs over the
+    FLOPs it took beyond its accumulator traffic."""
+    useful = work_time - accumulator_flops(shape, aligned)
+    return density * shape.flops / (lane_utilization(shape, aligned) * max(useful, 1e-3 * work_time))
 
 
 def measure_bandwidth(threads=1, megabytes=64):
@@ -134,7 +163,7 @@ def _measure(threads, quick, report):
         t_dense = _best(lambda: layer.forward([bottom], [top]), repeats)
         tiny, tb, tt = _conv_layer(1, 1, 4, 1, 0)
         o_d = _best(lambda: tiny.forward([tb], [tt]), overhead_repeats)
-        dense_eff = s.flops / (compute * _net(t_dense, o_d))
+        dense_eff = s.flops / (compute * _net(t_dense, o_d)) * _dense_efficiency_ratio(s)
         # sparse conv: stride 1 and stride 2, density 0.1; overhead from a tiny layer
         report("sparse convolution")
         x = rng.standard_normal((1, s.channels, s.height, s.width)).astype(np.float32)
@@ -150,12 +179,14 @@ def _measure(threads, quick, report):
         # e_s0 prices the useful multiply-adds and the accumulator traffic alike (see the model)
         work = density * s.flops / lane_utilization(s) + accumulator_flops(s)
         sparse_eff = work / (compute * _net(t_sparse, o_s))
-        s2 = dataclasses.replace(s, stride=(2, 2))        # a plain (unaligned) plan: sigma
+        # sigma of the plain layout at stride 1, and of stride 2
+        t_plain = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out,
+                                                    blocking={"aligned": 0}), repeats)
+        plain_eff = _sigma(s, density, compute * sparse_eff * _net(t_plain, o_s), False)
+        s2 = dataclasses.replace(s, stride=(2, 2))
         out2 = np.empty((1, s.num_output) + s2.out_hw, np.float32)
         t_stride = _best(lambda: sparse_conv_forward(x, csr, None, 2, 1, 1, s2.out_hw, out=out2), repeats)
-        useful = compute * sparse_eff * _net(t_stride, o_s) - accumulator_flops(s2)
-        stride_eff = density * s2.flops / (lane_utilization(s2) * max(useful, 1e-3 * compute * sparse_eff
-                                                                          * _net(t_stride, o_s)))
+        stride_eff = _sigma(s2, density, compute * sparse_eff * _net(t_stride, o_s), False)
         # sparse inner product at batch 16 and 1
         report("sparse inner product")
         f = CALIBRATION_FC
@@ -168,14 +199,22 @@ def _measure(threads, quick, report):
         fc_eff = fc.density * f.flops / (compute * lane_utilization(f) * _net(t_fc, o_s))
         t_mv = _best(lambda: sparse_fc_forward(xf[:1], fc, None, out=yf[:1]), repeats)
         spmv_eff = fc.density * f.flops / f.batch / (compute * _net(t_mv, o_s))
+        report("dense inner product")
+        g = CALIBRATION_DENSE_FC
+        wd = rng.standard_normal((g.num_output, g.num_input)).astype(np.float32)   # as InnerProduct stores it
+        yd = np.empty((1, g.num_output), np.float32)
+        t_gemv = _best(lambda: matmul(xf[:1, :g.num_input], wd.T, out=yd), repeats)
+        fc_bandwidth = 4.0 * g.weights / _net(t_gemv, o_d)
     finally:
         set_num_threads(previous)
 
     def clip(v, lo, hi):
         return float(min(max(v, lo), hi))
     return {"bandwidth": float(bandwidth), "dense_eff": clip(dense_eff, 0.05, 1.0),
-            "sparse_eff": clip(sparse_eff, 0.005, 1.0), "stride_eff": clip(stride_eff, 0.1, 1.5),
+            "sparse_eff": clip(sparse_eff, 0.005, 1.0), "plain_eff": clip(plain_eff, 0.1, 1.5),
+            "stride_eff": clip(stride_eff, 0.1, 1.5),
             "fc_sparse_eff": clip(fc_eff, 0.002, 1.0), "spmv_eff": clip(spmv_eff, 0.0005, 1.0),
+            "fc_bandwidth": float(fc_bandwidth),
             "dense_overhead": clip(o_d, 0.0, 1e-2), "sparse_overhead": clip(o_s, 0.0, 1e-2)}
 
 
@@ -193,7 +232,7 @@ def _agreeing(values, tolerance):
 
 
 def calibrate(threads=None, quick=False, progress=None):
-    """Measure BW, e_d, e_s0, σ, e_fc, o_d and o_s on this machine with ``threads`` threads (default:
+    """Measure BW, e_d, e_s0, the two σ, e_fc, e_spmv, BW_fc, o_d and o_s on this machine with ``threads`` threads (default:
     pyskim's kernel thread count); about a second per round, a fraction of it with ``quick`` (fewer
     calls per measurement, a smaller copy: noisier). ``progress(stage)`` is called as each stage starts.
 

@@ -14,9 +14,13 @@ Notation (one forward call of one layer; ``d`` = weight density, the fraction of
 
 Dense (``LOWERED_GEMM`` / ``GEMM``)::
 
-    t_d = max(F / (P·T·e_d), B_d / BW) + o_d
+    t_d = max(F / (P·T·e_d·R/(R + 24)), B_d / BW) + o_d
+    R   = rows of the packed left operand (output channels per group; an inner product's batch): the
+          product packs its right operand once per call, work worth about 24 of those rows
     B_d = 4·(inputs + outputs + W) + 8·N·g·K·OH·OW   (K = C/g·kh·kw; the last term is the im2col
                                                     matrix, written then read; absent for 1x1 / FC)
+    FC at batch M <= 4 (dot products streaming W): the memory term is 4·W / BW_fc, the rate measured
+    on a weight matrix larger than the caches
 
 Sparse (``DIRECT_SCONV`` / ``SPMDM``)::
 
@@ -29,8 +33,8 @@ Sparse (``DIRECT_SCONV`` / ``SPMDM``)::
             16-float vector lanes that produce an output (the kernel runs flat over the padded row
             pitch, so short output rows and wide pads waste lanes);
             FC: u = M / (16·ceil(M/16)) (the SpMDM kernel's vectors run over the batch)
-    σ     = 1 for a plan with aligned loads (stride 1, few tap column offsets), ``stride_eff`` for a
-            plain one (measured at stride 2)
+    σ     = 1 for a plan with aligned loads (stride 1, few tap column offsets), ``plain_eff`` for a
+            stride-1 plan without them, ``stride_eff`` for stride > 1 (stride phases, no aligned loads)
     o     = o_s + A / (P·T·e_s0),  A = 2·32·N·OC·V·NB: each output channel's accumulator vectors loaded
             and stored once per input-channel block (NB blocks per group), priced like multiply-adds
 
@@ -66,6 +70,8 @@ from ..kernels.sparse import conv_plan_work
 VECTOR = 16                      # float32 lanes of one AVX-512 vector (the kernels' unit of work)
 NNZ_BYTES = 8                    # one nonzero weight: float32 value + int32 column index / offset
 CALIBRATION_DENSITY = 0.1        # the density the sparse kernel's efficiency is measured at
+DOT_BATCH = 4                    # the dense inner product streams its weights in dot products up to here
+PACKING_ROWS = 24                # packing the product's right operand costs about this many rows of it
 PEAK_GFLOPS_AVX512 = 267.0       # per thread, measured (research/peers.md): 64 FLOP/cycle at 4.2 GHz
 PEAK_GFLOPS_AVX2 = 134.0
 PEAK_GFLOPS_OTHER = 34.0
@@ -81,9 +87,12 @@ class MachineProfile:
     bandwidth: float = DEFAULT_BANDWIDTH_GBS[1] * 1e9   # bytes/s, all threads together
     dense_eff: float = 0.6           # pyskim dense conv / GEMM, fraction of P·T
     sparse_eff: float = 0.2          # direct sparse conv at u = 1, stride 1 (useful FLOPs)
+    plain_eff: float = 0.8           # multiplier of sparse_eff for a stride-1 plan without aligned loads
     stride_eff: float = 0.8          # multiplier of sparse_eff for stride > 1
     fc_sparse_eff: float = 0.1       # sparse inner product at u = 1 (batch a multiple of 16)
     spmv_eff: float = 0.01           # sparse inner product at batch 1 (SpMV)
+    fc_bandwidth: float = 0.0        # bytes/s the dense inner product streams its weights at batch <= 4
+                                     # (0: ``bandwidth``)
     dense_overhead: float = 30e-6    # seconds per call
     sparse_overhead: float = 15e-6
     cpu: str = ""
@@ -212,38 +221,57 @@ def _im2col_bytes(shape):
     return 8.0 * shape.batch * shape.group * k * oh * ow
 
 
+def packed_rows(shape):
+    """Rows of the product's packed left operand: output channels per group (convolution), the batch
+    (inner product)."""
+    return shape.batch if isinstance(shape, FcShape) else shape.num_output // shape.group
+
+
+def dense_efficiency(shape, profile):
+    """``e_d · R / (R + R_0)``: the product packs its right operand (the im2col columns, or an inner
+    product's weights) once per call, work worth ``R_0 = PACKING_ROWS`` rows of the ``R`` rows that
+    reuse it (:func:`packed_rows`)."""
+    rows = max(packed_rows(shape), 1)
+    return profile.dense_eff * rows / (rows + PACKING_ROWS)
+
+
 def dense_time(shape, profile):
-    """``t_d = max(F / (P·T·e_d), B_d / BW) + o_d``."""
+    """``t_d = max(F / (P·T·e_d'), B_d / BW) + o_d`` with ``e_d'`` from :func:`dense_efficiency`; an
+    inner product at batch <= ``DOT_BATCH`` (dot products that stream the weights once, no packing)
+    reads them at the measured ``fc_bandwidth``."""
     bytes_ = 4.0 * (shape.inputs + shape.outputs + shape.weights) + _im2col_bytes(shape)
-    return max(shape.flops / (profile.compute * profile.dense_eff), bytes_ / profile.bandwidth) \
-        + profile.dense_overhead
+    memory = bytes_ / profile.bandwidth
+    efficiency = dense_efficiency(shape, profile)
+    if isinstance(shape, FcShape) and shape.batch <= DOT_BATCH and profile.fc_bandwidth > 0:
+        memory, efficiency = 4.0 * shape.weights / profile.fc_bandwidth, profile.dense_eff
+    return max(shape.flops / (profile.compute * efficiency), memory) + profile.dense_overhead
 
 
 def ccnmm_time(shape, column_density, profile):
     """Lowered GEMM on the fraction ``column_density`` of lowered weight columns that are not all zero."""
     c = min(max(float(column_density), 0.0), 1.0)
     bytes_ = 4.0 * (shape.inputs + shape.outputs + c * shape.weights) + c * _im2col_bytes(shape)
-    return max(c * shape.flops / (profile.compute * profile.dense_eff), bytes_ / profile.bandwidth) \
-        + profile.dense_overhead
+    return max(c * shape.flops / (profile.compute * dense_efficiency(shape, profile)),
+               bytes_ / profile.bandwidth) + profile.dense_overhead
 
 
-def conv_work(shape):
-    """The sparse kernel's plan for a convolution shape (:func:`pyskim.kernels.sparse.conv_plan_work`),
-    or None for an empty output."""
+def conv_work(shape, aligned=None):
+    """The sparse kernel's plan for a convolution shape (:func:`pyskim.kernels.sparse.conv_plan_work`;
+    ``aligned`` forces a layout), or None for an empty output."""
     oh, ow = shape.out_hw
     if oh <= 0 or ow <= 0:
         return None
     return conv_plan_work(shape.channels // shape.group, shape.num_output // shape.group,
                           (shape.height, shape.width), shape.kernel, shape.pad, shape.stride, shape.dilation,
-                          CALIBRATION_DENSITY)
+                          CALIBRATION_DENSITY, aligned)
 
 
-def lane_utilization(shape):
+def lane_utilization(shape, aligned=None):
     """``u``: the fraction of vector lanes of the sparse kernel that compute an output."""
     if isinstance(shape, FcShape):
         m = max(shape.batch, 1)
         return m / (VECTOR * math.ceil(m / VECTOR))
-    work = conv_work(shape)
+    work = conv_work(shape, aligned)
     if work is None:
         return 1.0
     oh, ow = shape.out_hw
@@ -256,11 +284,14 @@ def sparse_efficiency(shape, profile):
     if isinstance(shape, FcShape):
         return profile.spmv_eff if shape.batch <= 1 else profile.fc_sparse_eff * u
     work = conv_work(shape)
-    sigma = 1.0 if work is None or work.aligned else profile.stride_eff
+    if work is None or work.aligned:
+        sigma = 1.0
+    else:
+        sigma = profile.plain_eff if shape.stride == (1, 1) else profile.stride_eff
     return profile.sparse_eff * u * sigma
 
 
-def accumulator_flops(shape):
+def accumulator_flops(shape, aligned=None):
     """The sparse convolution's register-tile traffic in FLOP equivalents: every output channel's
     accumulator vectors are loaded and stored once per input-channel block (blocks without a nonzero
     are skipped, which at the densities that matter is none of them), two vector memory operations
@@ -268,7 +299,7 @@ def accumulator_flops(shape):
     product. It does not depend on the density, so it is part of the fixed cost ``o``."""
     if isinstance(shape, FcShape):
         return 0.0
-    work = conv_work(shape)
+    work = conv_work(shape, aligned)
     if work is None:
         return 0.0
     return 2.0 * 2 * VECTOR * shape.batch * shape.num_output * work.vectors * work.blocks

@@ -128,14 +128,18 @@ def load_cached_profile(threads):
 
 
 def save_profile(profile):
-    """Store ``profile`` in the JSON cache and make it this process's profile for its thread count;
+    """Store ``profile`` in the JSON cache (replacing the entries of other pyskim builds for this CPU
+    and thread count) and make it this process's profile for its thread count;
     returns False where the cache cannot be written (not an error: the profile still serves this
     process)."""
     with _lock:
         _memory_cache[profile.threads, False] = profile
     path = cache_path()
     data = _read_cache(path)
-    data[profile_key(profile.threads)] = profile.to_json()
+    key = profile_key(profile.threads)
+    stale = key.rsplit("|pyskim=", 1)[0] + "|pyskim="           # this CPU and thread count, another build
+    data = {k: v for k, v in data.items() if not k.startswith(stale)}
+    data[key] = profile.to_json()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -4,7 +4,7 @@ and a dense-vs-sparse comparison of two builds of the same net.
 :func:`time_layers` times every layer's forward (and backward) pass over ``iterations`` iterations, as
 ``caffe time`` does after its warm-up pass. :func:`compare_nets` times two nets with the same layers
 (the dense and the sparse build of one model, same weights), forward only, alternating the two every
-iteration so that both see the same machine. Both return plain result objects and print nothing:
+block of iterations so that both see the same machine. Both return plain result objects and print nothing:
 ``pyskim time`` (:mod:`pyskim.apps.time_net`) formats them, GSL reads them. The callers build the nets
 (with :func:`pyskim.sparse.apply_mode` for the sparse one).
 """
@@ -96,23 +96,26 @@ def time_layers(net, iterations, forward_only=False, on_iteration=None):
                      backward_pass=backward_pass / n, wall_seconds=wall, iterations=iterations)
 
 
-def time_nets(nets, iterations):
-    """Forward each of ``nets`` (builds of one model: the same layers in the same order) once to warm
-    up, then ``max(iterations, 1)`` times each, alternating net by net so that all see the same
-    machine, timing every layer; returns per net the average seconds of each layer's forward."""
+def time_nets(nets, iterations, block=5):
+    """Forward each of ``nets`` (builds of one model: the same layers in the same order)
+    ``max(iterations, 1)`` times, timing every layer; returns per net the average seconds of each
+    layer's forward. The nets take turns in blocks of ``block`` timed forwards, each block after one
+    untimed forward, so that all see the same machine and each is timed with its own data in the
+    caches (a net whose weights exceed them would otherwise evict the next one's)."""
     count = len(nets[0].layers)
     for net in nets:
         if len(net.layers) != count:
             raise ValueError(f"the nets differ in length: {[len(n.layers) for n in nets]} layers")
-        net.forward_prefilled()
     totals = [[0.0] * count for _ in nets]
     n = max(iterations, 1)
-    for _ in range(n):
+    for start in range(0, n, block):
         for net, acc in zip(nets, totals):
-            for i, layer in enumerate(net.layers):
-                start = time.perf_counter()
-                layer.forward(net.bottom_vec(i), net.top_vec(i))
-                acc[i] += time.perf_counter() - start
+            net.forward_prefilled()
+            for _ in range(min(block, n - start)):
+                for i, layer in enumerate(net.layers):
+                    t0 = time.perf_counter()
+                    layer.forward(net.bottom_vec(i), net.top_vec(i))
+                    acc[i] += time.perf_counter() - t0
     return [[t / n for t in acc] for acc in totals]
 
 
