@@ -10,70 +10,109 @@
  * Y (M x N) = X (M x K) . W^T + bias, W as CSR (N rows, K columns). Batch 1: one dot product per
  * row (SpMV). Batch > 1: X is transposed once to XT (K x Mp, Mp = M rounded up to SC_VL) so that
  * each nonzero W[n, k] is a contiguous multiply-add of XT row k into the register accumulators of
- * output n (up to SC_FMT vectors of batch columns at a time). */
+ * output n (up to SC_FMT vectors of batch columns at a time).
+ *
+ * Column indices are 16-bit when K <= 65536 (every AlexNet / VGG classifier layer), else 32-bit: a
+ * batch-1 product streams 6 instead of 8 bytes per nonzero from memory, and it is memory bound (fc6
+ * of CaffeNet at 10% density: 29 MB per call). Every kernel below exists for both index types
+ * (SC_DEF_FC_KERNELS). */
 
-#define SC_DEF_FTILE(T)                                                                      \
-    static void sc_ftile_##T(const float *__restrict xt, int64_t Mp, const int32_t *__restrict col, \
-                             const float *__restrict val, int64_t j0, int64_t j1, float b0,  \
-                             float *__restrict acc) {                                        \
-        sc_v a[T];                                                                           \
-        SC_UNROLL for (int t = 0; t < T; ++t) a[t] = (sc_v){0} + b0;                         \
-        for (int64_t j = j0; j < j1; ++j) {                                                  \
-            const float *p = xt + (int64_t)col[j] * Mp;                                      \
-            const sc_v w = val[j] - (sc_v){0};                                               \
-            SC_UNROLL for (int t = 0; t < T; ++t) a[t] += w * *(const sc_vu *)(p + SC_VL * t); \
-        }                                                                                    \
-        SC_UNROLL for (int t = 0; t < T; ++t)((sc_v *)acc)[t] = a[t];                        \
+#define SC_DEF_FTILE(T, IDX, SUF)                                                              \
+    static void sc_ftile_##T##SUF(const float *__restrict xt, int64_t Mp, const IDX *__restrict col, \
+                                  const float *__restrict val, int64_t j0, int64_t j1, float b0,  \
+                                  float *__restrict acc) {                                        \
+        sc_v a[T];                                                                                \
+        SC_UNROLL for (int t = 0; t < T; ++t) a[t] = (sc_v){0} + b0;                              \
+        for (int64_t j = j0; j < j1; ++j) {                                                       \
+            const float *p = xt + (int64_t)col[j] * Mp;                                           \
+            const sc_v w = val[j] - (sc_v){0};                                                    \
+            SC_UNROLL for (int t = 0; t < T; ++t) a[t] += w * *(const sc_vu *)(p + SC_VL * t);    \
+        }                                                                                         \
+        SC_UNROLL for (int t = 0; t < T; ++t)((sc_v *)acc)[t] = a[t];                             \
     }
 
-typedef void (*sc_ftile_fn)(const float *, int64_t, const int32_t *, const float *, int64_t,
-                            int64_t, float, float *);
-
-SC_DEF_FTILE(1)
-SC_DEF_FTILE(2)
-#if SC_FMT >= 3
-SC_DEF_FTILE(3)
-#endif
 #if SC_FMT >= 8
-SC_DEF_FTILE(4)
-SC_DEF_FTILE(5)
-SC_DEF_FTILE(6)
-SC_DEF_FTILE(7)
-SC_DEF_FTILE(8)
+#define SC_DEF_FTILES(IDX, SUF)                                                                 \
+    SC_DEF_FTILE(1, IDX, SUF) SC_DEF_FTILE(2, IDX, SUF) SC_DEF_FTILE(3, IDX, SUF)                \
+    SC_DEF_FTILE(4, IDX, SUF) SC_DEF_FTILE(5, IDX, SUF) SC_DEF_FTILE(6, IDX, SUF)                \
+    SC_DEF_FTILE(7, IDX, SUF) SC_DEF_FTILE(8, IDX, SUF)                                          \
+    typedef void (*sc_ftile_fn##SUF)(const float *, int64_t, const IDX *, const float *, int64_t,  \
+                                     int64_t, float, float *);                                   \
+    static const sc_ftile_fn##SUF sc_ftiles##SUF[SC_FMT + 1] = {                                 \
+        0, sc_ftile_1##SUF, sc_ftile_2##SUF, sc_ftile_3##SUF, sc_ftile_4##SUF, sc_ftile_5##SUF,  \
+        sc_ftile_6##SUF, sc_ftile_7##SUF, sc_ftile_8##SUF};
+#elif SC_FMT >= 3
+#define SC_DEF_FTILES(IDX, SUF)                                                                 \
+    SC_DEF_FTILE(1, IDX, SUF) SC_DEF_FTILE(2, IDX, SUF) SC_DEF_FTILE(3, IDX, SUF)                \
+    typedef void (*sc_ftile_fn##SUF)(const float *, int64_t, const IDX *, const float *, int64_t,  \
+                                     int64_t, float, float *);                                   \
+    static const sc_ftile_fn##SUF sc_ftiles##SUF[SC_FMT + 1] = {0, sc_ftile_1##SUF, sc_ftile_2##SUF, \
+                                                                sc_ftile_3##SUF};
+#else
+#define SC_DEF_FTILES(IDX, SUF)                                                                 \
+    SC_DEF_FTILE(1, IDX, SUF) SC_DEF_FTILE(2, IDX, SUF)                                          \
+    typedef void (*sc_ftile_fn##SUF)(const float *, int64_t, const IDX *, const float *, int64_t,  \
+                                     int64_t, float, float *);                                   \
+    static const sc_ftile_fn##SUF sc_ftiles##SUF[SC_FMT + 1] = {0, sc_ftile_1##SUF, sc_ftile_2##SUF};
 #endif
 
-static const sc_ftile_fn sc_ftiles[SC_FMT + 1] = {
-    0, sc_ftile_1, sc_ftile_2,
-#if SC_FMT >= 3
-    sc_ftile_3,
-#endif
-#if SC_FMT >= 8
-    sc_ftile_4, sc_ftile_5, sc_ftile_6, sc_ftile_7, sc_ftile_8,
-#endif
-};
-
-/* sum_j val[j] * x[col[j]]: scalar loads with eight independent sums (the AVX-512 gather that
- * the vectoriser would use instead is several times slower on AMD Zen). */
-__attribute__((optimize("no-tree-vectorize"))) static float sc_dot(
-    const float *__restrict x, const int32_t *__restrict col, const float *__restrict val,
-    int64_t j0, int64_t j1) {
-    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t j = j0;
-    for (; j + 8 <= j1; j += 8) {
-        for (int k = 0; k < 8; ++k) s[k] += val[j + k] * x[col[j + k]];
-    }
-    for (; j < j1; ++j) s[0] += val[j] * x[col[j]];
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
-
-/* One fully-connected call: its arguments (see sc_fc), XT, and the iterations per pool task. */
+/* One fully-connected call: its arguments (see sc_fc), XT, and the iterations per pool task. The
+ * column indices are col16 or col32 (the other is NULL). */
 typedef struct {
     const float *x, *val, *bias;
-    const int32_t *rowptr, *col;
+    const int32_t *rowptr, *col32;
+    const uint16_t *col16;
     int64_t M, K, N, Mp, chunk;
     int relu;
     float *y, *xt;
 } sc_fc_t;
+
+/* For one index type (suffix SUF): the register tiles; sc_dot (sum_j val[j] * x[col[j]], scalar
+ * loads with eight independent sums: the AVX-512 gather that the vectoriser would use instead is
+ * several times slower on AMD Zen); and the pool task for outputs [task*chunk, (task+1)*chunk)
+ * (batch 1: one sparse dot product each, else SC_FMT vectors of batch columns at a time). */
+#define SC_DEF_FC_KERNELS(IDX, SUF, FIELD)                                                        \
+    SC_DEF_FTILES(IDX, SUF)                                                                       \
+    __attribute__((optimize("no-tree-vectorize"))) static float sc_dot##SUF(                      \
+        const float *__restrict x, const IDX *__restrict col, const float *__restrict val,         \
+        int64_t j0, int64_t j1) {                                                                 \
+        float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                    \
+        int64_t j = j0;                                                                           \
+        for (; j + 8 <= j1; j += 8) {                                                             \
+            for (int k = 0; k < 8; ++k) s[k] += val[j + k] * x[col[j + k]];                       \
+        }                                                                                         \
+        for (; j < j1; ++j) s[0] += val[j] * x[col[j]];                                           \
+        return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));                 \
+    }                                                                                             \
+    static void sc_fc_task##SUF(void *ctx, int64_t task, int worker) {                            \
+        const sc_fc_t *f = (const sc_fc_t *)ctx;                                                  \
+        const IDX *col = f->FIELD;                                                                \
+        float acc[SC_VL * SC_FMT] __attribute__((aligned(64)));                                   \
+        const int64_t nvec = f->Mp / SC_VL;                                                       \
+        const int64_t end = (task + 1) * f->chunk < f->N ? (task + 1) * f->chunk : f->N;          \
+        (void)worker;                                                                             \
+        for (int64_t nn = task * f->chunk; nn < end; ++nn) {                                      \
+            const float b0 = f->bias ? f->bias[nn] : 0.0f;                                        \
+            if (f->M == 1) {                                                                      \
+                const float s = sc_dot##SUF(f->x, col, f->val, f->rowptr[nn], f->rowptr[nn + 1]) + b0; \
+                f->y[nn] = f->relu && s < 0.0f ? 0.0f : s;                                        \
+                continue;                                                                         \
+            }                                                                                     \
+            for (int64_t v0 = 0; v0 < nvec; v0 += SC_FMT) {                                       \
+                const int tv = (int)(nvec - v0 < SC_FMT ? nvec - v0 : SC_FMT);                    \
+                sc_ftiles##SUF[tv](f->xt + v0 * SC_VL, f->Mp, col, f->val, f->rowptr[nn],         \
+                                   f->rowptr[nn + 1], b0, acc);                                   \
+                const int64_t m1 = (v0 + tv) * SC_VL < f->M ? (v0 + tv) * SC_VL : f->M;           \
+                for (int64_t m = v0 * SC_VL; m < m1; ++m) {                                       \
+                    const float s = acc[m - v0 * SC_VL];                                          \
+                    f->y[m * f->N + nn] = f->relu && s < 0.0f ? 0.0f : s;                         \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+SC_DEF_FC_KERNELS(uint16_t, _c16, col16)
+SC_DEF_FC_KERNELS(int32_t, _c32, col32)
 
 /* Pool task: rows [task*chunk, (task+1)*chunk) of XT (input columns), zero-padded to Mp. */
 static void sc_fc_transpose_task(void *ctx, int64_t task, int worker) {
@@ -87,41 +126,15 @@ static void sc_fc_transpose_task(void *ctx, int64_t task, int worker) {
     }
 }
 
-/* Pool task: outputs [task*chunk, (task+1)*chunk); batch 1: one sparse dot product each, else
- * SC_FMT vectors of batch columns at a time. */
-static void sc_fc_task(void *ctx, int64_t task, int worker) {
-    const sc_fc_t *f = (const sc_fc_t *)ctx;
-    float acc[SC_VL * SC_FMT] __attribute__((aligned(64)));
-    const int64_t nvec = f->Mp / SC_VL, end = (task + 1) * f->chunk < f->N ? (task + 1) * f->chunk : f->N;
-    (void)worker;
-    for (int64_t nn = task * f->chunk; nn < end; ++nn) {
-        const float b0 = f->bias ? f->bias[nn] : 0.0f;
-        if (f->M == 1) {
-            const float s = sc_dot(f->x, f->col, f->val, f->rowptr[nn], f->rowptr[nn + 1]) + b0;
-            f->y[nn] = f->relu && s < 0.0f ? 0.0f : s;
-            continue;
-        }
-        for (int64_t v0 = 0; v0 < nvec; v0 += SC_FMT) {
-            const int tv = (int)(nvec - v0 < SC_FMT ? nvec - v0 : SC_FMT);
-            sc_ftiles[tv](f->xt + v0 * SC_VL, f->Mp, f->col, f->val, f->rowptr[nn], f->rowptr[nn + 1], b0,
-                          acc);
-            const int64_t m1 = (v0 + tv) * SC_VL < f->M ? (v0 + tv) * SC_VL : f->M;
-            for (int64_t m = v0 * SC_VL; m < m1; ++m) {
-                const float s = acc[m - v0 * SC_VL];
-                f->y[m * f->N + nn] = f->relu && s < 0.0f ? 0.0f : s;
-            }
-        }
-    }
-}
-
-/* Y on up to nthreads threads, batch 1 in tasks of 64 outputs, else 16; 0, or -1 when XT could not
- * be allocated. */
-static int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const int32_t *col,
-                 const float *val, const float *bias, int relu, float *y, int nthreads) {
-    sc_fc_t f = {.x = x, .val = val, .bias = bias, .rowptr = rowptr, .col = col, .M = M, .K = K, .N = N,
-                 .chunk = 64, .relu = relu, .y = y};
+/* Y on up to nthreads threads, batch 1 in tasks of 64 outputs, else 16; the column indices are col16
+ * (16-bit) or, when it is NULL, col32. Returns 0, or -1 when XT could not be allocated. */
+static int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const uint16_t *col16,
+                 const int32_t *col32, const float *val, const float *bias, int relu, float *y, int nthreads) {
+    sc_fc_t f = {.x = x, .val = val, .bias = bias, .rowptr = rowptr, .col32 = col32, .col16 = col16, .M = M,
+                 .K = K, .N = N, .chunk = 64, .relu = relu, .y = y};
+    pk_task_fn task = col16 ? sc_fc_task_c16 : sc_fc_task_c32;
     if (M == 1) {
-        pk_parallel_for((f.N + 63) / 64, sc_fc_task, &f, nthreads);
+        pk_parallel_for((f.N + 63) / 64, task, &f, nthreads);
         return 0;
     }
     f.Mp = ((int64_t)M + SC_VL - 1) / SC_VL * SC_VL;
@@ -130,7 +143,7 @@ static int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, con
     f.chunk = pk_task_chunk(f.K, nthreads);
     pk_parallel_for((f.K + f.chunk - 1) / f.chunk, sc_fc_transpose_task, &f, nthreads);
     f.chunk = 16;
-    pk_parallel_for((f.N + 15) / 16, sc_fc_task, &f, nthreads);
+    pk_parallel_for((f.N + 15) / 16, task, &f, nthreads);
     free(f.xt);
     return 0;
 }

@@ -11,7 +11,7 @@ from Python can make the kernels read or write out of bounds.
 
 import numpy as np
 
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint16_t
 
 include "pool_client.pxi"
 
@@ -34,8 +34,9 @@ cdef extern from "sconv_impl.h" nogil:
 
 
 cdef extern from "sfc_impl.h" nogil:
-    int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const int32_t *col,
-              const float *val, const float *bias, int relu, float *y, int nthreads)
+    int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const uint16_t *col16,
+              const int32_t *col32, const float *val, const float *bias, int relu, float *y,
+              int nthreads)
 
 
 _INT_MAX = 2**31 - 1
@@ -303,22 +304,31 @@ cdef class ConvPlan:
 
 
 cdef class FcPlan:
-    """A validated, immutable sparse fully-connected layer: weights (N x K) as CSR."""
+    """A validated, immutable sparse fully-connected layer: weights (N x K) as CSR, its column indices
+    kept in 16 bits when K <= 65536 (``index_bytes``: a batch-1 product streams 6 instead of 8 bytes
+    per nonzero)."""
     cdef int32_t[::1] _rowptr
     cdef int32_t[::1] _col
+    cdef uint16_t[::1] _col16
     cdef float[::1] _val
-    cdef readonly int num_output, num_input
+    cdef readonly int num_output, num_input, index_bytes
     cdef readonly int64_t nnz
 
     def __cinit__(self, rowptr, col, val, int num_output, int num_input):
         if num_output < 1 or num_input < 1:
             raise ValueError("num_output and num_input must be positive")
         self._rowptr = np.array(rowptr, dtype=np.int32, copy=True, order="C").reshape(-1)
-        self._col = np.array(col, dtype=np.int32, copy=True, order="C").reshape(-1)
+        cdef int32_t[::1] col32 = np.array(col, dtype=np.int32, copy=True, order="C").reshape(-1)
         self._val = np.array(val, dtype=np.float32, copy=True, order="C").reshape(-1)
-        _check_csr(self._rowptr, self._col, self._val, num_output, num_input)
+        _check_csr(self._rowptr, col32, self._val, num_output, num_input)
         self.num_output, self.num_input = num_output, num_input
-        self.nnz = self._col.shape[0]
+        self.nnz = col32.shape[0]
+        if num_input <= 65536:          # checked: every index is in [0, num_input)
+            self._col16 = np.asarray(col32).astype(np.uint16)
+            self.index_bytes = 2
+        else:
+            self._col = col32
+            self.index_bytes = 4
 
     def forward(self, const float[:, ::1] x, const float[::1] bias, float[:, ::1] out, bint relu,
                 int num_threads):
@@ -337,11 +347,17 @@ cdef class FcPlan:
         if num_threads < 1:
             num_threads = 1
         cdef int rc
-        cdef const int32_t *colp = &self._col[0] if self.nnz else NULL
+        cdef const uint16_t *col16 = NULL
+        cdef const int32_t *col32 = NULL
+        cdef uint16_t no_column = 0
+        if self.index_bytes == 2:
+            col16 = &self._col16[0] if self.nnz else &no_column
+        else:
+            col32 = &self._col[0] if self.nnz else NULL
         cdef const float *valp = &self._val[0] if self.nnz else NULL
         with nogil:
-            rc = sc_fc(&x[0, 0], m, self.num_input, self.num_output, &self._rowptr[0], colp, valp,
-                       bp, relu, &out[0, 0], num_threads)
+            rc = sc_fc(&x[0, 0], m, self.num_input, self.num_output, &self._rowptr[0], col16, col32,
+                       valp, bp, relu, &out[0, 0], num_threads)
         if rc:
             raise MemoryError("sparse fully-connected: could not allocate the transposed input")
         return out

@@ -248,6 +248,21 @@ def test_sparse_fc_matches_dense(m, density):
     assert sparse_fc_forward(x, fc, b, out=out) is out
 
 
+@pytest.mark.parametrize("num_input", [65536, 65537])
+def test_sparse_fc_column_index_widths(num_input):
+    """Inputs up to 65536 keep 16-bit column indices (the last column included), wider ones 32-bit;
+    both give the dense result at batch 1 (SpMV) and batch > 1."""
+    rng = np.random.default_rng(3)
+    w = np.zeros((5, num_input), np.float32)
+    w[:, [0, 1, 777, num_input - 2, num_input - 1]] = rng.standard_normal((5, 5))
+    w[2, rng.choice(num_input, 200, replace=False)] = rng.standard_normal(200)
+    fc = pack_fc_weights(w)
+    for m in (1, 3):
+        x = rng.standard_normal((m, num_input)).astype(np.float32)
+        assert_close(sparse_fc_forward(x, fc, None), R.fc_forward_ref(x, w, None))
+    assert _sc.FcPlan(fc.rowptr, fc.colidx, fc.values, 5, num_input).index_bytes == (2 if num_input <= 65536 else 4)
+
+
 # -- argument checking --------------------------------------------------------------------------------
 
 def _conv_setup():

@@ -432,6 +432,7 @@ def test_planner_mode_is_the_engine_mode():
     from pyskim.sparse import layer_workload
     cases = [("conv", [1, 32, 14, 14], d, 0.0) for d in (0.02, 0.1, 0.3, 0.45, 0.6, 1.0)]
     cases += [("conv", [4, 16, 15, 15], d, drop) for d in (0.05, 0.55, 0.8) for drop in (0.0, 0.5)]
+    cases += [("conv", [4, 15, 15, 15], 0.9, 0.5), ("conv", [8, 15, 8, 8], 0.9, 0.7)]    # group 1: CCNMM
     cases += [("fc", [b, 512], d, 0.0) for b in (1, 16) for d in (0.01, 0.1, 0.4, 0.7)]
     seen = set()
     for kind, shape, density, drop in cases:

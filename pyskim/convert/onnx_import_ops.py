@@ -499,7 +499,7 @@ def _pooling(b, c):
                      f"window starting in the end padding); not imported", "ceil_mode", int(ceil))
     if any(p >= k for p, k in zip(begin, kernel)):
         raise c.fail(f"Caffe needs pads smaller than the kernel {kernel}", pad_key, c.attrs.get(pad_key))
-    round_mode = _round_mode(c, in_shape[2:], kernel, strides, begin, onnx_out, ceil, pad_key)
+    round_mode = _round_mode(c, in_shape[2:], kernel, strides, begin, onnx_out, pad_key)
     for size, k, s, p, out in zip(in_shape[2:], kernel, strides, begin, onnx_out):
         if (out - 1) * s - p >= size:
             raise c.fail("a pooling window lies wholly in the padding", pad_key, c.attrs.get(pad_key))
@@ -521,15 +521,17 @@ def _pooling(b, c):
         p.round_mode = round_mode
 
 
-def _round_mode(c, sizes, kernel, strides, pads, onnx_out, ceil, pad_key):
-    """The round_mode under which Caffe's pooled size is ONNX's on both axes (the requested one first)."""
-    for mode in ((_POOL.CEIL, _POOL.FLOOR) if ceil else (_POOL.FLOOR, _POOL.CEIL)):
+def _round_mode(c, sizes, kernel, strides, pads, onnx_out, pad_key):
+    """The round_mode under which Caffe's pooled size is ONNX's on both axes: CEIL, Caffe's default (so
+    that the prototxt needs no ``round_mode``, which Caffe builds before 2017 and OpenCV's importer do
+    not know; the windows are the same whenever the sizes are), else FLOOR."""
+    for mode in (_POOL.CEIL, _POOL.FLOOR):
         caffe_out = [pooled_extent(c.name, *g, mode) for g in zip(sizes, kernel, strides, pads)]
         if caffe_out == onnx_out:
             return mode
     raise c.fail(f"no Caffe round_mode gives ONNX's output {onnx_out} with pad {pads} (Caffe pads both ends "
                  f"alike)", pad_key if any(pads) or pad_key in c.attrs else "ceil_mode",
-                 c.attrs.get(pad_key, int(ceil)))
+                 c.attrs.get(pad_key, c.attr("ceil_mode", 0)))
 
 
 def _set_hw(p, prefix, square, values):
