@@ -11,6 +11,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from one_layer_nets import one_layer_param
 
 import pyskim
 from pyskim.errors import ModelFileError, PyskimError, WeightsMismatchError
@@ -47,27 +48,7 @@ def fixed_profile():
 def _param(case, loss=False):
     """Input ``x`` -> ``layer`` (the case's type and mode) -> ``y`` [-> EuclideanLoss against ``t``]."""
     type_name, mode = CASES[case]
-    param = caffe_pb2.NetParameter(name=case)
-    conv = "Convolution" in type_name
-    shape = [2, 4, 9, 9] if conv else [3, 40]
-    param.layer.add(name="x", type="Input", top=["x"]).input_param.shape.add().dim.extend(shape)
-    lp = param.layer.add(name="layer", type=type_name, bottom=["x"], top=["y"])
-    if conv:
-        cp = lp.convolution_param
-        cp.num_output, cp.group, cp.conv_mode = 6, 2, mode
-        cp.kernel_size.append(3)
-        cp.pad.append(1)
-        cp.bias_filler.type = "gaussian"
-        top_shape = [2, 6, 9, 9]
-    else:
-        ip = lp.inner_product_param
-        ip.num_output, ip.gemm_mode, ip.transpose = 24, mode, "transpose" in case
-        ip.bias_filler.type = "gaussian"
-        top_shape = [3, 24]
-    if loss:
-        param.layer.add(name="t", type="Input", top=["t"]).input_param.shape.add().dim.extend(top_shape)
-        param.layer.add(name="loss", type="EuclideanLoss", bottom=["y", "t"], top=["loss"])
-    return param
+    return one_layer_param(case, type_name, mode, loss)
 
 
 def _dense(param):

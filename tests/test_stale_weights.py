@@ -5,6 +5,7 @@ LOWERED_CCNMM, AUTO and SPMDM, plain and fused, equals the dense mode's built fr
 Changes that do not move the outputs (0.0 -> -0.0, a NaN's payload) are seen too: the engine repacks."""
 import numpy as np
 import pytest
+from one_layer_nets import one_layer_param
 
 import pyskim
 from pyskim.perf import model as perfmodel
@@ -40,22 +41,7 @@ def fixed_profile():
 def _param(case):
     """A net: Input ``x`` -> layer ``layer`` (the case's type and mode) -> ``y``."""
     type_name, mode, _ = CASES[case]
-    param = caffe_pb2.NetParameter(name=case)
-    conv = "Convolution" in type_name
-    shape = [2, 4, 9, 9] if conv else [3, 40]
-    param.layer.add(name="x", type="Input", top=["x"]).input_param.shape.add().dim.extend(shape)
-    lp = param.layer.add(name="layer", type=type_name, bottom=["x"], top=["y"])
-    if conv:
-        cp = lp.convolution_param
-        cp.num_output, cp.group, cp.conv_mode = 6, 2, mode
-        cp.kernel_size.append(3)
-        cp.pad.append(1)
-        cp.bias_filler.type = "gaussian"
-    else:
-        ip = lp.inner_product_param
-        ip.num_output, ip.gemm_mode, ip.transpose = 24, mode, "transpose" in case
-        ip.bias_filler.type = "gaussian"
-    return param
+    return one_layer_param(case, type_name, mode)
 
 
 def _nets(case):
