@@ -412,6 +412,35 @@ def test_axpby_matches_caffe_rounding(alpha, beta, threads, monkeypatch):
         K.axpby(1.0, x[:5], 1.0, y)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_relu_is_caffes_formula(threads, monkeypatch):
+    """Caffe's ReLU with slope 0, max(x, 0) + 0 * min(x, 0), bit for bit: NaN stays NaN, -inf becomes
+    NaN, -0.0 becomes +0.0; in place or into another array; overlapping arrays refused."""
+    monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", 0)
+    previous = K.get_num_threads()
+    K.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(3)
+        x = rng.standard_normal((3, 50_001)).astype(np.float32)
+        x[0, :6] = [np.nan, -np.inf, np.inf, -0.0, 0.0, -1e-45]
+        zero = np.float32(0)
+        with np.errstate(invalid="ignore"):
+            expected = np.maximum(x, zero) + zero * np.minimum(x, zero)
+        out = np.empty_like(x)
+        assert K.relu(x, out) is out
+        np.testing.assert_array_equal(out, expected)
+        assert not np.signbit(out[0, 3]) and np.isnan(out[0, 1])
+        inplace = x.copy()
+        K.relu(inplace, inplace)
+        np.testing.assert_array_equal(inplace, expected)
+    finally:
+        K.set_num_threads(previous)
+    with pytest.raises(K.KernelArgumentError, match="overlap"):
+        K.relu(x.reshape(-1)[1:], x.reshape(-1)[:-1])
+    with pytest.raises(K.KernelArgumentError, match="out must"):
+        K.relu(x, x.astype(np.float64))
+
+
 @pytest.mark.parametrize("size, alpha, beta", [(3, 5e-5, 0.75), (5, 0.5, 0.75), (1, 1.0, 0.5), (3, 2.0, 1.5)])
 @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 32, 16, 16)])
 def test_lrn_within_matches_reference(shape, size, alpha, beta):

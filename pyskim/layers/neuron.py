@@ -10,6 +10,7 @@ import numpy as np
 from ..core import state as common
 from ..core.layer import Layer, register
 from ..errors import NetError
+from ..kernels.dense import relu
 from ..proto import caffe_pb2
 
 F32 = np.float32
@@ -60,10 +61,8 @@ class ReLULayer(NeuronLayer):
             fusion.applied = False      # the producer's kernel wrote max(x, 0) already
             return
         x = bottom[0].data
-        # Plain ReLU in one pass; Caffe's formula otherwise, and also where it differs from max(x, 0):
-        # 0 * min(-inf, 0) is NaN (any NaN or -inf makes the minimum fail the test).
-        if self.negative_slope == 0 and x.size and x.min() > -np.inf:
-            np.maximum(x, F32(0), out=top[0].data)
+        if self.negative_slope == 0:       # one compiled pass, Caffe's NaN / -inf results included
+            relu(x, top[0].data)
         else:
             top[0].data[...] = np.maximum(x, F32(0)) + self.negative_slope * np.minimum(x, F32(0))
 
