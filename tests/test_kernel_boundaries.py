@@ -102,6 +102,7 @@ SPECS = {
     "pooled_output_size": Spec(K.pooled_output_size, args(in_size=7, kernel=3, stride=2, pad=1), {},
                                {"in_size": (0, 1), "kernel": (1, 1), "stride": (1, 1), "pad": (0, 1)}),
     "axpby": Spec(K.axpby, args(alpha=0.5, x=X4, beta=0.0, y=np.ones_like(X4)), {"x": 4}, {}),   # y = x/2 each call
+    "relu": Spec(K.relu, args(x=X4, out=np.empty_like(X4)), {"x": 4}, {}),
     "set_num_threads": Spec(K.set_num_threads, args(n=K.get_num_threads()), {},
                             {"n": (1, 1)}),
 }
