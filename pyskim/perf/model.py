@@ -14,7 +14,7 @@ Notation (one forward call of one layer; ``d`` = weight density, the fraction of
 
 Dense (``LOWERED_GEMM`` / ``GEMM``)::
 
-    t_d = max(F / (P·T·e_d·R/(R + 24)), B_d / BW) + o_d
+    t_d = max(F / (P·T·e_d·R/(R + 24)), B_act / BW) + 4·W / BW + o_d      (B_act: B_d without W)
     R   = rows of the packed left operand (output channels per group; an inner product's batch): the
           product packs its right operand once per call, work worth about 24 of those rows
     B_d = 4·(inputs + outputs + W) + 8·N·g·K·OH·OW   (K = C/g·kh·kw; the last term is the im2col
@@ -24,7 +24,7 @@ Dense (``LOWERED_GEMM`` / ``GEMM``)::
 
 Sparse (``DIRECT_SCONV`` / ``SPMDM``)::
 
-    t_s(d) = max(d·F / (P·T·e_s), (B_in + B_out + d·8·W) / BW) + o
+    t_s(d) = max(d·F / (P·T·e_s) + d·8·W / BW, (B_in + B_out + d·8·W) / BW) + o
     B_in  = 4·N·C·H·W + 8·N·C·Hp·Wp   (the input, plus its zero-padded copy written then read; FC: 4·M·K)
     B_out = 4·outputs                 (a nonzero weight costs 8 bytes: a float and an int32 index)
     e_s   = e_s0 · u · σ              (FC: e_fc · u for M > 1, e_spmv for M = 1)
@@ -43,7 +43,7 @@ are not all zero)::
 
     t_c = max(c·F / (P·T·e_d), B_c / BW) + o_d,   B_c = B_d with W and the im2col term scaled by c
 
-Write ``t_s(d) = max(a·d, b + m·d) + o`` with ``a = F/(P·T·e_s)``, ``b = (B_in + B_out)/BW`` and
+Write ``t_s(d) = max(a·d, b + m·d) + o`` with ``a = F/(P·T·e_s) + m``, ``b = (B_in + B_out)/BW`` and
 ``m = 8·W/BW``. Then:
 
 * **break-even density** ``d_be``: the largest d in [0, 1] with ``t_s(d) <= t_d``; t_s is increasing,
@@ -236,23 +236,25 @@ def dense_efficiency(shape, profile):
 
 
 def dense_time(shape, profile):
-    """``t_d = max(F / (P·T·e_d'), B_d / BW) + o_d`` with ``e_d'`` from :func:`dense_efficiency`; an
-    inner product at batch <= ``DOT_BATCH`` (dot products that stream the weights once, no packing)
-    reads them at the measured ``fc_bandwidth``."""
-    bytes_ = 4.0 * (shape.inputs + shape.outputs + shape.weights) + _im2col_bytes(shape)
-    memory = bytes_ / profile.bandwidth
-    efficiency = dense_efficiency(shape, profile)
+    """``t_d = max(F / (P·T·e_d'), B_act / BW) + 4·W / BW + o_d`` with ``e_d'`` from
+    :func:`dense_efficiency`: the weights stream from memory on top of the compute (a forward pass
+    finds them evicted by the other layers); an inner product at batch <= ``DOT_BATCH`` (dot products
+    that stream the weights once, no packing) takes ``max(F / (P·T·e_d), 4·W / BW_fc)``."""
     if isinstance(shape, FcShape) and shape.batch <= DOT_BATCH and profile.fc_bandwidth > 0:
-        memory, efficiency = 4.0 * shape.weights / profile.fc_bandwidth, profile.dense_eff
-    return max(shape.flops / (profile.compute * efficiency), memory) + profile.dense_overhead
+        return max(shape.flops / (profile.compute * profile.dense_eff), 4.0 * shape.weights / profile.fc_bandwidth) \
+            + profile.dense_overhead
+    activations = (4.0 * (shape.inputs + shape.outputs) + _im2col_bytes(shape)) / profile.bandwidth
+    weights = 4.0 * shape.weights / profile.bandwidth
+    return max(shape.flops / (profile.compute * dense_efficiency(shape, profile)), activations) + weights \
+        + profile.dense_overhead
 
 
 def ccnmm_time(shape, column_density, profile):
     """Lowered GEMM on the fraction ``column_density`` of lowered weight columns that are not all zero."""
     c = min(max(float(column_density), 0.0), 1.0)
-    bytes_ = 4.0 * (shape.inputs + shape.outputs + c * shape.weights) + c * _im2col_bytes(shape)
-    return max(c * shape.flops / (profile.compute * dense_efficiency(shape, profile)),
-               bytes_ / profile.bandwidth) + profile.dense_overhead
+    activations = (4.0 * (shape.inputs + shape.outputs) + c * _im2col_bytes(shape)) / profile.bandwidth
+    return max(c * shape.flops / (profile.compute * dense_efficiency(shape, profile)), activations) \
+        + c * 4.0 * shape.weights / profile.bandwidth + profile.dense_overhead
 
 
 def conv_work(shape, aligned=None):
@@ -306,8 +308,12 @@ def accumulator_flops(shape, aligned=None):
 
 
 def sparse_terms(shape, profile):
-    """(a, b, m, o) with ``t_s(d) = max(a·d, b + m·d) + o``: o holds the per-call overhead and the
-    accumulator traffic (:func:`accumulator_flops`)."""
+    """(a, b, m, o) with ``t_s(d) = max(a·d, b + m·d) + o``: ``a`` is the compute time plus the time
+    to stream the nonzeros from memory (a forward pass finds each layer's weights evicted by the
+    others: they do not overlap with the compute of so short a call), ``b`` the activations' traffic,
+    ``m`` the nonzeros' (an inner product's at the measured ``fc_bandwidth``, 6 bytes each with its
+    16-bit column indices), o the per-call overhead and the accumulator traffic
+    (:func:`accumulator_flops`)."""
     a = shape.flops / (profile.compute * sparse_efficiency(shape, profile))
     if isinstance(shape, FcShape):
         in_bytes = 4.0 * shape.inputs
@@ -316,12 +322,15 @@ def sparse_terms(shape, profile):
         in_bytes = 4.0 * shape.inputs + 8.0 * shape.batch * shape.channels * hp * wp
     b = (in_bytes + 4.0 * shape.outputs) / profile.bandwidth
     m = NNZ_BYTES * shape.weights / profile.bandwidth
+    if isinstance(shape, FcShape):       # 16-bit column indices; the weights stream like a dense FC's
+        m = (4.0 + (2.0 if shape.num_input <= 65536 else 4.0)) * shape.weights / (profile.fc_bandwidth
+                                                                                   or profile.bandwidth)
     o = profile.sparse_overhead + accumulator_flops(shape) / (profile.compute * profile.sparse_eff)
-    return a, b, m, o
+    return a + m, b, m, o
 
 
 def sparse_time(shape, density, profile):
-    """``t_s(d) = max(d·F / (P·T·e_s), (B_in + B_out + d·8·W) / BW) + o_s + accumulator traffic``."""
+    """``t_s(d) = max(a·d, b + m·d) + o`` (:func:`sparse_terms`)."""
     a, b, m, o = sparse_terms(shape, profile)
     d = min(max(float(density), 0.0), 1.0)
     return max(a * d, b + m * d) + o
