@@ -1,4 +1,5 @@
-"""Guided Sparsity Learning (SkimCaffe's GSL/GESL): prune where the performance model says it pays.
+"""Guided Sparsity Learning (SkimCaffe's GSL): prune where the performance model says it pays, with
+the paper's two variants (GESL, GDNS) and the unguided magnitude baseline (:mod:`.methods`).
 
 :func:`run_gsl` takes a Caffe solver (its ``net`` a train/test net) and dense weights, and:
 
@@ -9,20 +10,26 @@
    ``d* = max(d_sat, min_density)`` is at least ``MIN_LAYER_SPEEDUP`` and the time it saves there is
    at least ``MIN_TIME_SHARE`` of the modelled net's dense time; with ``target_speedup`` only
    the layers that save the most time at ``d*`` are taken, until the predicted net speedup reaches it.
-2. **prune** stage: the net with ``regularization_type: "L1"`` on the weight ParamSpec of the pruned
-   layers and the solver's L2 elsewhere (as SkimCaffe's hand-made ``train_val_gesl`` files), the
-   user's solver with ``base_lr``/``weight_decay``/``prune_threshold``/``max_threshold_factor``
-   overridden. A pruned layer whose density falls to its ``d*`` stops being pulled to zero (its weight
-   decay multiplier is set to 0; the threshold still holds its zeros), so layers are not pruned past
-   their useful range.
+   ``method="magnitude"`` prunes every layer instead (the plan is still reported).
+2. **prune** stage: ``gesl``: the net with ``regularization_type: "L1"`` on the weight ParamSpec of
+   the pruned layers and the solver's L2 elsewhere (as SkimCaffe's hand-made ``train_val_gesl``
+   files), the user's solver with ``base_lr``/``weight_decay``/``prune_threshold``/
+   ``max_threshold_factor`` overridden; ``gdns``: ``L1_DNS``/``L2_DNS`` there instead (dynamic
+   network surgery: pruned weights can regrow), with one threshold ``dns_threshold``. A pruned layer
+   whose density falls to its ``d*`` stops being pulled to zero (its weight decay multiplier is set
+   to 0; the threshold still holds its zeros), so layers are not pruned past their useful range.
+   ``magnitude``: no training; every conv / inner-product layer loses its ``sparsity`` smallest
+   weights at once.
 3. **finetune** stage: the pruned layers get ``connectivity_mode: DISCONNECTED_ELTWISE`` (masks
    w ≠ 0, so pruned weights stay exactly zero), plain L2 everywhere.
 
 Each stage (and the dense start) is reported: test accuracy, per-layer density, predicted speedup
-and measured forward speedup (dense vs sparse, at batch ``batch``). Everything goes to ``out_dir``:
-``gsl.json`` (settings, plan, results), ``deploy.prototxt``, and per stage ``net.prototxt``,
-``solver.prototxt``, ``train.log`` (Caffe's log format), snapshots and ``result.json``.
-``resume=True`` continues a stopped run from its last solverstate and skips finished stages.
+and measured forward speedup (dense vs sparse, at batch ``batch``); the final model is also timed
+at each of ``measure_batches`` × ``measure_threads`` (:mod:`.report`). Everything goes to
+``out_dir``: ``gsl.json`` (settings, plan, results), ``report.txt``, ``deploy.prototxt``, and per
+stage ``net.prototxt``, ``solver.prototxt``, ``train.log`` (Caffe's log format), snapshots and
+``result.json``. ``resume=True`` continues a stopped run from its last solverstate and skips
+finished stages.
 """
 import contextlib
 import dataclasses
@@ -38,15 +45,17 @@ from ..core.state import log
 from ..errors import PyskimError
 from ..io.protofiles import write_text
 from ..io.upgrade import read_net_text, read_solver_text
-from ..kernels.threads import set_num_threads
+from ..kernels.threads import get_num_threads, set_num_threads
 from ..perf.model import predict
 from ..perf.profile import get_profile, use_profile
 from ..proto import caffe_pb2
+from ..pycaffe.net import Net as WeightsNet
 from ..solvers import get_solver
 from ..solvers.signals import SignalHandler
-from ..sparse.modes import CONV_TYPES, IP_TYPES
 from ..sparse.sparsity import density
+from . import methods
 from . import plan as gsl_perf
+from .report import GSLResult, LayerPlan, StageResult
 
 __all__ = ["DEFAULTS", "GSLError", "GSLResult", "LayerPlan", "StageResult", "plan_layers", "run_gsl"]
 
@@ -56,95 +65,20 @@ MIN_TIME_SHARE = 0.05
 STAGES = ("prune", "finetune")
 #: Settings found by experiment on LeNet / Fashion-MNIST (docs/pruning.md); ``None``: from the user's
 #: solver (``base_lr``: ``lr_scale`` x its base_lr; ``finetune_lr``: its base_lr; ``weight_decay``: its
-#: weight_decay, fine-tuning's L2).
-DEFAULTS = {"prune_iters": 4000, "finetune_iters": 4000, "base_lr": None, "lr_scale": 0.1,
+#: weight_decay, fine-tuning's L2), GDNS's ``dns_threshold`` from the dense weights
+#: (:func:`pyskim.prune.methods.dns_threshold`), ``measure_batches``: [``batch``],
+#: ``measure_threads``: [the current thread count].
+DEFAULTS = {"method": "gesl", "prune_iters": 4000, "finetune_iters": 4000, "base_lr": None, "lr_scale": 0.1,
             "l1_decay": 2e-3, "prune_threshold": 1e-4, "max_threshold_factor": 10.0, "finetune_lr": None,
             "weight_decay": None, "min_density": 0.02, "target_speedup": None, "batch": 64,
-            "measure_iters": 50, "snapshots": 4, "tests": 4}
+            "dns_type": "L1_DNS", "dns_threshold": None, "sparsity": 0.9,
+            "measure_iters": 50, "measure_batches": None, "measure_threads": None, "snapshots": 4, "tests": 4}
 SOURCE_FIELDS = (("data_param", "source"), ("image_data_param", "source"), ("hdf5_data_param", "source"),
                  ("window_data_param", "source"), ("transform_param", "mean_file"))
 
 
 class GSLError(PyskimError):
     """A solver, net or output folder GSL cannot work with."""
-
-
-@dataclasses.dataclass
-class LayerPlan:
-    """The model's verdict on one layer, before pruning."""
-
-    name: str
-    type: str
-    count: int
-    prune: bool
-    break_even: float
-    saturation: float
-    floor: float            # the density pruning stops at (d*)
-    dense_ms: float
-    speedup_at_floor: float
-    reason: str
-
-
-@dataclasses.dataclass
-class StageResult:
-    """One stage's outcome (``dense`` is the starting model)."""
-
-    stage: str
-    accuracy: float
-    loss: float
-    iterations: int
-    seconds: float
-    densities: dict
-    sparsity: float                       # fraction of all weights (conv + FC) that are zero
-    predicted: dict                       # layer -> LayerPerf.to_dict()
-    predicted_speedup: float
-    measured: dict = None                 # gsl_perf.measure_compare result
-    files: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def measured_speedup(self):
-        return self.measured["speedup"] if self.measured else None
-
-
-@dataclasses.dataclass
-class GSLResult:
-    """What :func:`run_gsl` returns (also written to ``<out>/gsl.json``)."""
-
-    out_dir: str
-    config: dict
-    plan: list
-    stages: dict                          # "dense", "prune", "finetune" -> StageResult
-
-    @property
-    def final(self):
-        return self.stages.get("finetune") or self.stages.get("prune") or self.stages["dense"]
-
-    def to_dict(self):
-        return {"out_dir": self.out_dir, "config": self.config,
-                "plan": [dataclasses.asdict(p) for p in self.plan],
-                "stages": {k: {**dataclasses.asdict(s), "measured_speedup": s.measured_speedup}
-                           for k, s in self.stages.items()}}
-
-    def table(self):
-        """The report as text: one column per stage."""
-        names = [p.name for p in self.plan]
-        stages = list(self.stages.values())
-        width = 12
-        lines = [f"{'':<22}" + "".join(f"{s.stage:>{width}}" for s in stages)]
-
-        def row(label, fn):
-            lines.append(f"{label:<22}" + "".join(f"{fn(s):>{width}}" for s in stages))
-        row("test accuracy", lambda s: f"{s.accuracy:.4f}")
-        row("weights zero", lambda s: f"{100 * s.sparsity:.2f}%")
-        for n in names:
-            row(f"density {n}", lambda s, n=n: f"{s.densities.get(n, 1.0):.4f}")
-        row("predicted speedup", lambda s: f"{s.predicted_speedup:.2f}x")
-        row("measured dense ms", lambda s: f"{s.measured['dense_ms']:.2f}" if s.measured else "-")
-        row("measured sparse ms", lambda s: f"{s.measured['sparse_ms']:.2f}" if s.measured else "-")
-        row("measured speedup", lambda s: f"{s.measured_speedup:.2f}x" if s.measured else "-")
-        row("iterations", lambda s: str(s.iterations))
-        row("seconds", lambda s: f"{s.seconds:.0f}")
-        return "\n".join(lines)
 
 
 # -- the plan ---------------------------------------------------------------------------------------
@@ -206,27 +140,6 @@ def _absolute_sources(net_param, bases):
                 setattr(sub, field, _resolve(getattr(sub, field), bases))
 
 
-def stage_net(net_param, pruned, stage):
-    """The ``stage`` ("prune" or "finetune") train/test net: per-ParamSpec L1 on the weights of the
-    ``pruned`` layers (prune), or DISCONNECTED_ELTWISE on them (finetune); other weights follow the
-    solver's type (L2)."""
-    net = caffe_pb2.NetParameter()
-    net.CopyFrom(net_param)
-    for lp in net.layer:
-        if lp.type not in CONV_TYPES + IP_TYPES:
-            continue
-        if not len(lp.param):
-            lp.param.add()
-        for spec in lp.param:
-            spec.ClearField("regularization_type")
-        if lp.name in pruned:
-            if stage == "prune":
-                lp.param[0].regularization_type = "L1"
-            else:
-                lp.connectivity_mode = caffe_pb2.LayerParameter.DISCONNECTED_ELTWISE
-    return net
-
-
 def _read_user_solver(solver_path):
     param = read_solver_text(solver_path)
     bases = [os.getcwd(), os.path.dirname(os.path.abspath(solver_path))]
@@ -250,7 +163,8 @@ def _read_user_solver(solver_path):
 
 def stage_solver(user, stage, net_file, stage_dir, cfg):
     """The stage's SolverParameter: the user's, with GSL's net, iterations, learning settings,
-    snapshots in ``stage_dir`` and regularization (L2; L1 comes per ParamSpec)."""
+    snapshots in ``stage_dir`` and regularization (L2; the prune stage's L1 / DNS types come per
+    ParamSpec, :func:`pyskim.prune.methods.stage_net`)."""
     s = caffe_pb2.SolverParameter()
     s.CopyFrom(user)
     for field in ("net_param", "train_net", "test_net", "train_net_param", "test_net_param", "weights"):
@@ -263,8 +177,7 @@ def stage_solver(user, stage, net_file, stage_dir, cfg):
     if stage == "prune":
         s.base_lr = lr
         s.weight_decay = cfg["l1_decay"]
-        s.prune_threshold = cfg["prune_threshold"]
-        s.max_threshold_factor = cfg["max_threshold_factor"]
+        s.prune_threshold, s.max_threshold_factor = methods.prune_thresholds(cfg["method"], cfg)
     else:
         s.base_lr = cfg["finetune_lr"] if cfg["finetune_lr"] is not None else user.base_lr
         s.weight_decay = cfg["weight_decay"] if cfg["weight_decay"] is not None else user.weight_decay
@@ -383,8 +296,8 @@ def _loss(scores):
     return float(next((v for k, v in scores.items() if "loss" in k.lower()), float("nan")))
 
 
-def _evaluate_dense(user, net_param, weights, stage_dir):
-    """Test accuracy of the starting weights with the user's test settings (no training)."""
+def _evaluate(user, net_param, weights, stage_dir):
+    """Test accuracy of ``weights`` with the user's test settings (no training)."""
     s = caffe_pb2.SolverParameter()
     s.CopyFrom(user)
     for field in ("net", "train_net", "test_net", "train_net_param", "test_net_param", "weights"):
@@ -418,12 +331,8 @@ def _load_stage(path):
     return StageResult(**data)
 
 
-def _save(out, config, plan, stages):
-    result = GSLResult(str(out), config, plan, stages)
-    tmp = out / f".gsl.json.tmp-{os.getpid()}"      # one per process: MPI ranks save alike, at once
-    tmp.write_text(json.dumps(result.to_dict(), indent=1, default=float))
-    os.replace(tmp, out / "gsl.json")
-    return result
+def _write_stage(stage_dir, result):
+    (stage_dir / "result.json").write_text(json.dumps(dataclasses.asdict(result), default=float))
 
 
 def run_gsl(solver, weights, out_dir, *, resume=False, threads=None, progress=True, use_bar=True,
@@ -432,37 +341,46 @@ def run_gsl(solver, weights, out_dir, *, resume=False, threads=None, progress=Tr
 
     ``solver``: the user's solver prototxt (relative net and data paths: from the current folder, else
     the solver's folder); ``weights``: the dense caffemodel; ``settings``: any of :data:`DEFAULTS`
-    (``prune_iters``, ``finetune_iters``, ``base_lr`` (default ``lr_scale`` × the solver's),
-    ``l1_decay``, ``prune_threshold``, ``max_threshold_factor``, ``finetune_lr``, ``weight_decay``
-    (fine-tuning's L2), ``min_density``, ``target_speedup``, ``batch``, ``measure_iters`` (0: no
-    timing), ``snapshots``, ``tests``). ``threads``: kernel and BLAS threads (default: as set).
-    ``progress``: log GSL's progress lines; ``use_bar``: a progress bar per stage (tqdm on a terminal, else a
-    line at every tenth), Caffe's log lines then going to the stage's log file only; ``on_iteration(stage, iteration, max_iter)``: called before every
-    training iteration (e.g. a caller's own progress bar). ``profile``: a
-    :class:`pyskim.perf.model.MachineProfile` to use instead of the calibrated one.
-    ``resume``: continue the run in ``out_dir`` with its stored settings."""
+    (``method``: gesl, gdns or magnitude; ``prune_iters``, ``finetune_iters``, ``base_lr`` (default
+    ``lr_scale`` × the solver's), ``l1_decay``, ``prune_threshold``, ``max_threshold_factor`` (GESL),
+    ``dns_type`` (L1_DNS or L2_DNS) and ``dns_threshold`` (GDNS), ``sparsity`` (magnitude: the
+    fraction of each layer's weights zeroed), ``finetune_lr``, ``weight_decay`` (fine-tuning's L2),
+    ``min_density``, ``target_speedup``, ``batch``, ``measure_iters`` (0: no timing),
+    ``measure_batches`` and ``measure_threads`` (the final model's timing grid), ``snapshots``,
+    ``tests``). ``threads``: kernel and BLAS threads (default: as set).
+    ``progress``: log GSL's progress lines; ``use_bar``: a progress bar per stage (tqdm on a terminal,
+    else a line at every tenth), Caffe's log lines then going to the stage's log file only;
+    ``on_iteration(stage, iteration, max_iter)``: called before every training iteration (e.g. a
+    caller's own progress bar). ``profile``: a :class:`pyskim.perf.model.MachineProfile` to use
+    instead of the calibrated one. ``resume``: continue the run in ``out_dir`` with its stored
+    settings."""
     unknown = set(settings) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"run_gsl: unknown settings {', '.join(sorted(unknown))}")
     out = pathlib.Path(out_dir).resolve()
     state_file = out / "gsl.json"
-    if resume and state_file.exists():
-        stored = json.loads(state_file.read_text())
-        cfg = stored["config"]
+    stored = json.loads(state_file.read_text()) if state_file.exists() else None
+    if stored and resume:
+        cfg = {**DEFAULTS, **stored["config"]}
         log.info("GSL: resuming the run in %s with its stored settings", out)
     else:
-        if state_file.exists() and not resume:
+        if stored:
             raise GSLError(f"{out} already holds a GSL run: pass resume=True (--resume) or another folder")
         cfg = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None},
                "solver": os.path.abspath(solver), "weights": os.path.abspath(weights)}
+    try:
+        methods.check_settings(cfg)
+    except ValueError as e:
+        raise GSLError(f"GSL: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         set_num_threads(int(threads))
     with use_profile(profile) if profile is not None else contextlib.nullcontext():
-        return _run(cfg, out, progress, use_bar, on_iteration)
+        return _run(cfg, out, stored if resume else None, progress, use_bar, on_iteration)
 
 
-def _run(cfg, out, progress, use_bar, on_iteration):
+def _run(cfg, out, stored, progress, use_bar, on_iteration):
+    started = time.perf_counter()
     user, net_param = _read_user_solver(cfg["solver"])
     deploy = gsl_perf.deploy_param(net_param, cfg["batch"])
     deploy_file = out / "deploy.prototxt"
@@ -471,63 +389,130 @@ def _run(cfg, out, progress, use_bar, on_iteration):
     shapes = gsl_perf.layer_shapes(deploy_net)
     names = list(shapes)
     counts = {n: deploy_net.layer_by_name(n).blobs[0].count for n in names}
-    stored = json.loads((out / "gsl.json").read_text()) if (out / "gsl.json").exists() else None
     if stored:
         plan = [LayerPlan(**p) for p in stored["plan"]]
     else:
-        plan = plan_layers(shapes, counts, cfg["min_density"], cfg["target_speedup"])
+        plan = _method_plan(plan_layers(shapes, counts, cfg["min_density"], cfg["target_speedup"]), cfg)
     for p in plan:
         log.info("GSL plan: %-8s %s (%s)", p.name, "prune" if p.prune else "keep dense", p.reason)
     pruned = [p.name for p in plan if p.prune]
     if not pruned:
         log.warning("GSL: the performance model finds no layer that pruning makes faster on this machine")
-    stages = {}
-    _save(out, cfg, plan, stages)
+    if cfg["method"] == "gdns" and cfg["dns_threshold"] is None and pruned:
+        dense = WeightsNet(deploy, caffe_pb2.TEST, weights=cfg["weights"])
+        cfg["dns_threshold"] = methods.dns_threshold([dense.params[n][0].data for n in pruned])
+        log.info("GDNS: prune_threshold %.6g (at most %.0f%% of any pruned layer's dense weights are below it)",
+                 cfg["dns_threshold"], 100 * methods.DNS_START_SPARSITY)
+    result = GSLResult(str(out), cfg, plan, {})
+    earlier = stored.get("seconds", 0.0) if stored else 0.0       # wall time of the tries before this one
+
+    def save():
+        result.seconds = earlier + time.perf_counter() - started
+        result.save()
+    save()
     dense_dir = out / "dense"
     dense_dir.mkdir(exist_ok=True)
     if (dense_dir / "result.json").exists():
-        stages["dense"] = _load_stage(dense_dir / "result.json")
+        result.stages["dense"] = _load_stage(dense_dir / "result.json")
     else:
         start = time.perf_counter()
-        solver, scores = _evaluate_dense(user, net_param, cfg["weights"], dense_dir)
-        stages["dense"] = _stage_result("dense", solver, scores, time.perf_counter() - start, names, shapes,
-                                        deploy_file, cfg["weights"], cfg,
-                                        {"caffemodel": cfg["weights"], "log": str(dense_dir / "test.log"),
-                                         "deploy": str(deploy_file)}, dense_dir)
-        (dense_dir / "result.json").write_text(json.dumps(dataclasses.asdict(stages["dense"]), default=float))
-    _report_stage(stages["dense"], progress)
+        solver, scores = _evaluate(user, net_param, cfg["weights"], dense_dir)
+        result.stages["dense"] = _stage_result("dense", solver, scores, time.perf_counter() - start, names,
+                                               shapes, deploy_file, cfg["weights"], cfg,
+                                               {"caffemodel": cfg["weights"], "log": str(dense_dir / "test.log"),
+                                                "deploy": str(deploy_file)}, dense_dir)
+        _write_stage(dense_dir, result.stages["dense"])
+    _report_stage(result.stages["dense"], progress)
     weights = cfg["weights"]
     for stage in STAGES:
         stage_dir = out / stage
         stage_dir.mkdir(exist_ok=True)
         if (stage_dir / "result.json").exists():
-            stages[stage] = _load_stage(stage_dir / "result.json")
+            result.stages[stage] = _load_stage(stage_dir / "result.json")
+        elif stage == "prune" and cfg["method"] == "magnitude":
+            result.stages[stage] = _magnitude_stage(user, net_param, deploy, weights, stage_dir, names, shapes,
+                                                    deploy_file, cfg)
+            _write_stage(stage_dir, result.stages[stage])
         else:
-            net_file = stage_dir / "net.prototxt"
-            write_text(net_file, stage_net(net_param, pruned, stage))
-            param = stage_solver(user, stage, net_file, stage_dir, cfg)
-            write_text(stage_dir / "solver.prototxt", param)
-            if progress:
-                log.info("GSL: %s stage, %d iterations (log: %s)", stage, param.max_iter, stage_dir / "train.log")
-            solver, seconds = _run_stage(stage, param, weights, stage_dir, plan, progress, use_bar,
-                                         on_iteration)
-            caffemodel = stage_dir / f"gsl_{stage}_iter_{solver.iter}.caffemodel"
-            tested = param.test_interval and solver.iter % param.test_interval == 0
-            with LogToFile(stage_dir / "train.log", quiet_console=True):
-                scores = _test_scores(solver, reuse=tested)
-            files = {"caffemodel": str(caffemodel), "log": str(stage_dir / "train.log"), "net": str(net_file),
-                     "solver": str(stage_dir / "solver.prototxt"), "deploy": str(deploy_file)}
-            stages[stage] = _stage_result(stage, solver, scores, seconds, names, shapes, deploy_file, caffemodel,
-                                          cfg, files, stage_dir)
-            (stage_dir / "result.json").write_text(json.dumps(dataclasses.asdict(stages[stage]), default=float))
-        weights = stages[stage].files["caffemodel"]
-        _report_stage(stages[stage], progress)
-        _save(out, cfg, plan, stages)
+            result.stages[stage] = _train_stage(stage, user, net_param, pruned, weights, stage_dir, plan, names,
+                                                shapes, deploy_file, cfg, progress, use_bar, on_iteration)
+            _write_stage(stage_dir, result.stages[stage])
+        weights = result.stages[stage].files["caffemodel"]
+        _report_stage(result.stages[stage], progress)
+        save()
     final = out / "gsl_final.caffemodel"
     shutil.copyfile(weights, final)
-    result = _save(out, cfg, plan, stages)
-    (out / "report.txt").write_text(result.table() + "\n")
+    if cfg["measure_iters"]:
+        result.timings = _timing_grid(deploy_file, final, cfg, out)
+    save()
     return result
+
+
+def _method_plan(plan, cfg):
+    """The model's ``plan``, or for the magnitude baseline every layer pruned to ``1 - sparsity``."""
+    if cfg["method"] != "magnitude":
+        return plan
+    keep = 1.0 - float(cfg["sparsity"])
+    return [dataclasses.replace(p, prune=True, floor=keep,
+                                reason=f"magnitude baseline: density {keep:g} (model: {p.reason})") for p in plan]
+
+
+def _train_stage(stage, user, net_param, pruned, weights, stage_dir, plan, names, shapes, deploy_file, cfg,
+                 progress, use_bar, on_iteration):
+    """Write the stage's net and solver, train it from ``weights``, test and measure it."""
+    net_file = stage_dir / "net.prototxt"
+    write_text(net_file, methods.stage_net(net_param, pruned, stage, cfg["method"], cfg["dns_type"]))
+    param = stage_solver(user, stage, net_file, stage_dir, cfg)
+    write_text(stage_dir / "solver.prototxt", param)
+    if progress:
+        log.info("GSL: %s stage, %d iterations (log: %s)", stage, param.max_iter, stage_dir / "train.log")
+    solver, seconds = _run_stage(stage, param, weights, stage_dir, plan, progress, use_bar, on_iteration)
+    caffemodel = stage_dir / f"gsl_{stage}_iter_{solver.iter}.caffemodel"
+    tested = param.test_interval and solver.iter % param.test_interval == 0
+    with LogToFile(stage_dir / "train.log", quiet_console=True):
+        scores = _test_scores(solver, reuse=tested)
+    files = {"caffemodel": str(caffemodel), "log": str(stage_dir / "train.log"), "net": str(net_file),
+             "solver": str(stage_dir / "solver.prototxt"), "deploy": str(deploy_file)}
+    return _stage_result(stage, solver, scores, seconds, names, shapes, deploy_file, caffemodel, cfg, files,
+                         stage_dir)
+
+
+def _magnitude_stage(user, net_param, deploy, weights, stage_dir, names, shapes, deploy_file, cfg):
+    """The baseline's prune stage: each conv / inner-product layer of ``weights`` loses its
+    ``sparsity`` smallest-magnitude weights (:func:`pyskim.prune.methods.magnitude_prune`), no
+    training; the result is saved as ``gsl_prune_iter_0.caffemodel`` and tested."""
+    start = time.perf_counter()
+    net = WeightsNet(deploy, caffe_pb2.TEST, weights=str(weights))
+    for name in names:
+        zeroed = methods.magnitude_prune(net.params[name][0].data, cfg["sparsity"])
+        log.info("magnitude pruning: %s: %d of %d weights zeroed", name, zeroed, net.params[name][0].count)
+    caffemodel = stage_dir / "gsl_prune_iter_0.caffemodel"
+    net.save(str(caffemodel))
+    solver, scores = _evaluate(user, net_param, caffemodel, stage_dir)
+    files = {"caffemodel": str(caffemodel), "log": str(stage_dir / "test.log"), "deploy": str(deploy_file)}
+    return _stage_result("prune", solver, scores, time.perf_counter() - start, names, shapes, deploy_file,
+                         caffemodel, cfg, files, stage_dir)
+
+
+def _timing_grid(deploy_file, weights, cfg, out):
+    """The final model timed dense vs sparse at each batch of ``measure_batches`` and thread count of
+    ``measure_threads`` (log: ``<out>/time_grid.log``); the thread count is restored afterwards."""
+    batches = cfg["measure_batches"] or [cfg["batch"]]
+    threads = cfg["measure_threads"] or [get_num_threads()]
+    previous = get_num_threads()
+    rows = []
+    try:
+        with LogToFile(out / "time_grid.log", quiet_console=True):
+            for count in threads:
+                set_num_threads(int(count))
+                for batch in batches:
+                    log.info("GSL timing: batch %d, %d thread(s)", batch, count)
+                    measured = gsl_perf.measure_compare(deploy_file, weights, iterations=cfg["measure_iters"],
+                                                        batch=int(batch))
+                    rows.append({"batch": int(batch), "threads": int(count), **measured})
+    finally:
+        set_num_threads(previous)
+    return rows
 
 
 def _report_stage(s, progress):

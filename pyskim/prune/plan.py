@@ -10,7 +10,7 @@
   in that mode over the modelled layers (other layers are not modelled). The machine profile is the
   cached calibration or the default one (:func:`pyskim.perf.profile.get_profile`; never calibrates).
 * :func:`measure_compare`: measured forward time per layer, dense vs sparse (``AUTO`` modes), at the
-  deploy batch (:func:`pyskim.perf.timing.compare_nets`).
+  deploy batch or another (:func:`pyskim.perf.timing.compare_nets`).
 """
 import dataclasses
 
@@ -147,12 +147,18 @@ def predicted_net_speedup(perfs):
 
 # -- measured ---------------------------------------------------------------------------------------
 
-def measure_compare(deploy_file, weights, iterations=20):
+def measure_compare(deploy_file, weights, iterations=20, batch=None):
     """Measured forward time of the deploy net dense and with ``AUTO`` modes (same weights, TEST phase,
     alternating: :func:`pyskim.perf.timing.compare_nets`), as ``pyskim time -compare``: ``{"layers":
     {name: {"dense_ms", "sparse_ms", "mode"}}, "dense_ms", "sparse_ms", "speedup"}`` (whole-net sums,
-    ms; ``mode`` as ``pyskim time`` prints it, ``AUTO>DIRECT_SCONV``, or ``-`` for other layers)."""
+    ms; ``mode`` as ``pyskim time`` prints it, ``AUTO>DIRECT_SCONV``, or ``-`` for other layers).
+    ``batch``: the batch of the net's ``Input`` layers (default: the deploy file's)."""
     param = read_net_text(str(deploy_file))
+    if batch:
+        for lp in param.layer:
+            if lp.type == "Input":
+                for shape in lp.input_param.shape:
+                    shape.dim[0] = int(batch)
     nets = []
     for mode in ("dense", "auto"):
         mode_param = caffe_pb2.NetParameter()
