@@ -25,3 +25,15 @@ def pytest_collection_modifyitems(config, items):
 def shared_dir() -> pathlib.Path:
     """Read-only ground-truth data, checked out next to the repository (``../shared``)."""
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def one_kernel_thread():
+    """pyskim's kernels on one thread for a module's tests (small runs on a machine that may be busy),
+    the previous count restored after them; a module asks with
+    ``pytestmark = pytest.mark.usefixtures("one_kernel_thread")``."""
+    from pyskim.kernels.threads import get_num_threads, set_num_threads
+    previous = get_num_threads()
+    set_num_threads(1)
+    yield
+    set_num_threads(previous)

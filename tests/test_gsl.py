@@ -37,14 +37,7 @@ def _lmdb(images, labels, path):
     writer.close()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One kernel thread: the GSL runs here are small and the machine may be busy."""
-    from pyskim.kernels.threads import get_num_threads, set_num_threads
-    previous = get_num_threads()
-    set_num_threads(1)
-    yield
-    set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_kernel_thread")       # small runs, maybe a busy machine
 
 
 @pytest.fixture(scope="module")

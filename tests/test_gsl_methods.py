@@ -16,7 +16,7 @@ from pyskim.apps.demo import load_dataset
 from pyskim.io.blobproto import blobproto_to_array
 from pyskim.io.protofiles import read_text, write_text
 from pyskim.io.upgrade import read_net_binary, read_net_text
-from pyskim.kernels.threads import get_num_threads, set_num_threads
+from pyskim.kernels.threads import get_num_threads
 from pyskim.perf import profile as perfprofile
 from pyskim.proto import caffe_pb2
 from pyskim.prune import gsl, methods
@@ -32,13 +32,7 @@ SPARSITY = 0.75
 CONV_IP = ("conv1", "conv2", "ip1", "ip2")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One kernel thread: the runs here are small and the machine may be busy."""
-    previous = get_num_threads()
-    set_num_threads(1)
-    yield
-    set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_kernel_thread")       # small runs, maybe a busy machine
 
 
 @pytest.fixture(scope="module")
