@@ -52,7 +52,8 @@ INTERLEAVE_MIN_DENSITY = 0.5
 # these cores; the copies trade that for more cache per input channel.
 # Rows of whole vectors also add lanes whose outputs are thrown away: an aligned plan may compute at
 # most ALIGNED_MAX_GROWTH times the vectors of the tightest pitch (13x13 and 14x14 outputs: 1.07-1.08;
-# 7x7: 1.75, plain).
+# 7x7: 1.75, plain). On two threads the copies cost more than the alignment saves (the same Xeon:
+# AlexNet's conv3-5 1.02-1.33x faster plain at batch 1 and 16), so aligned plans are for one thread.
 ALIGNED_MAX_COPIES = 3
 ALIGNED_MAX_GROWTH = 1.15
 ALIGNED_BUDGET_BYTES = 48 * 1024
@@ -105,7 +106,7 @@ def _icb_for(csr, stride, hq, wq, positions, budget):
     return max(1, budget // per_channel)
 
 
-def choose_conv_blocking(csr, stride, out_hw, **overrides):
+def choose_conv_blocking(csr, stride, out_hw, threads=1, **overrides):
     """Blocking for :func:`sparse_conv_forward` as a dict (``overrides`` replace entries):
 
     * ``tile`` / ``itile``: register tile, in 16-float vectors (spatial variant, batch < 16) or
@@ -116,12 +117,13 @@ def choose_conv_blocking(csr, stride, out_hw, **overrides):
     * ``interleave_min``: a batch's last group of fewer than 16 images runs interleaved when it has
       at least this many images, else one image at a time (``INTERLEAVE_MIN``; > 16 disables the
       interleaved variant, the default below ``INTERLEAVE_MIN_DENSITY``);
-    * ``aligned``: 1 (the default) gives the one-image variant rows of whole vectors and a shifted
-      copy of the input per distinct tap column offset modulo a vector, so that every load of the
-      register tiles is 64-byte aligned; 0 keeps one copy and the tightest row pitch.
+    * ``aligned``: 1 gives the one-image variant rows of whole vectors and a shifted copy of the input
+      per distinct tap column offset modulo a vector, so that every load of the register tiles is
+      64-byte aligned; 0 keeps one copy and the tightest row pitch. The default is 1 where it pays
+      (``ALIGNED_*``) and the kernel runs on one thread (``threads``).
     """
     oh, ow = out_hw
-    aligned = (stride == (1, 1) and len(_tap_shifts(csr, stride)) <= ALIGNED_MAX_COPIES
+    aligned = (threads == 1 and stride == (1, 1) and len(_tap_shifts(csr, stride)) <= ALIGNED_MAX_COPIES
                and _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw, True)[1])
                <= ALIGNED_MAX_GROWTH * _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw)[1]))
     b = {"tile": MAX_TILE, "itile": MAX_TILE, "ocb": OC_BLOCK, "iocb": OC_BLOCK, "aligned": int(aligned),
@@ -156,20 +158,20 @@ ConvPlanWork = collections.namedtuple("ConvPlanWork", "aligned pitch vectors til
 
 
 def conv_plan_work(in_channels_per_group, out_channels_per_group, input_hw, kernel, pad, stride, dilation,
-                   density, aligned=None):
+                   density, aligned=None, threads=1):
     """The work of :func:`sparse_conv_forward`'s one-image-at-a-time plan for a convolution of this
     geometry at weight ``density``, without packing anything (the performance model's view of the
     kernel): whether its loads are aligned (shifted copies), the row pitch of the prepared input,
     the 16-float vectors of one output plane and the register tiles they are cut into, the
     input-channel cache blocks per group (every output channel's accumulators are loaded and stored
-    once per block and tile) and the copies of each input channel. ``aligned`` overrides the choice
-    of layout (``blocking={"aligned": ...}``)."""
+    once per block and tile) and the copies of each input channel, on ``threads`` threads.
+    ``aligned`` overrides the choice of layout (``blocking={"aligned": ...}``)."""
     pad, kernel, dilation, stride = (tuple(v) for v in (pad, kernel, dilation, stride))
     geo = _ConvGeometry(tuple(input_hw), pad, kernel, dilation,
                         (input_hw[0] + 2 * pad[0], input_hw[1] + 2 * pad[1]), in_channels_per_group,
                         out_channels_per_group, density)
     out_hw = conv_output_shape("conv_plan_work", geo.input_hw, kernel, pad, stride, dilation)
-    b = choose_conv_blocking(geo, stride, out_hw, aligned=None if aligned is None else int(aligned))
+    b = choose_conv_blocking(geo, stride, out_hw, threads, aligned=None if aligned is None else int(aligned))
     _, wq = _phase_geometry(geo, stride, out_hw, b["aligned"])
     vectors = _plane_vectors(out_hw, wq)
     return ConvPlanWork(bool(b["aligned"]), wq, vectors, -(-vectors // b["tile"]),
@@ -192,10 +194,11 @@ def _blocking_arg(fn, blocking):
     return tuple(sorted((k, None if v is None else int(v)) for k, v in blocking.items()))
 
 
-def _build_conv_plan(csr, stride, out_hw, blocking):
-    """The compiled plan of ``csr`` for this stride, output size and blocking: the padded-input
-    offsets re-expressed for the stride-phase buffer and its row pitch, each row re-sorted."""
-    b = choose_conv_blocking(csr, stride, out_hw, **dict(blocking))
+def _build_conv_plan(csr, stride, out_hw, blocking, threads):
+    """The compiled plan of ``csr`` for this stride, output size, blocking and thread count: the
+    padded-input offsets re-expressed for the stride-phase buffer and its row pitch, each row
+    re-sorted."""
+    b = choose_conv_blocking(csr, stride, out_hw, threads, **dict(blocking))
     rowptr, col, val = csr.rowptr, csr.colidx, csr.values
     hp, wp = csr.padded_hw
     hq, wq = _phase_geometry(csr, stride, out_hw, b["aligned"])
@@ -259,9 +262,12 @@ def sparse_conv_forward(x, conv_csr, bias, stride, pad, dilation, out_hw, relu=F
     b = bias_input(fn, bias, csr.num_output)
     y = output_array(fn, "out", out, (n, csr.num_output) + expect, [x, b])
     blocking = _blocking_arg(fn, blocking)
-    plan = csr.plan((stride, expect, blocking), lambda: _build_conv_plan(csr, stride, expect, blocking))
+    threads = get_num_threads()
+    one = threads == 1           # the default layout depends on it (choose_conv_blocking)
+    plan = csr.plan((stride, expect, blocking, one), lambda: _build_conv_plan(csr, stride, expect, blocking,
+                                                                             1 if one else threads))
     with csr.input_buffer(plan.buffer_size(n)) as buffer:
-        plan.forward(x, buffer, b, y, relu, get_num_threads())
+        plan.forward(x, buffer, b, y, relu, threads)
     return y
 
 

@@ -187,7 +187,7 @@ def _measure(threads, quick, report):
         o_s = _best(lambda: tiny_net.layers[1].forward(tiny_net.bottom_vec(1), tiny_net.top_vec(1)),
                     overhead_repeats)
         # e_s0 prices the useful multiply-adds and the accumulator traffic alike (see the model)
-        work = density * s.flops / lane_utilization(s) + accumulator_flops(s)
+        work = density * s.flops / lane_utilization(s, threads=threads) + accumulator_flops(s, threads=threads)
         sparse_eff = work / (compute * _net(t_sparse, o_s))
         # sigma of the plain layout at stride 1, and of stride 2
         t_plain = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out,

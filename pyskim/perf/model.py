@@ -257,23 +257,24 @@ def ccnmm_time(shape, column_density, profile):
         + c * 4.0 * shape.weights / profile.bandwidth + profile.dense_overhead
 
 
-def conv_work(shape, aligned=None):
-    """The sparse kernel's plan for a convolution shape (:func:`pyskim.kernels.sparse.conv_plan_work`;
-    ``aligned`` forces a layout), or None for an empty output."""
+def conv_work(shape, aligned=None, threads=1):
+    """The sparse kernel's plan for a convolution shape on ``threads`` threads
+    (:func:`pyskim.kernels.sparse.conv_plan_work`; ``aligned`` forces a layout), or None for an empty
+    output."""
     oh, ow = shape.out_hw
     if oh <= 0 or ow <= 0:
         return None
     return conv_plan_work(shape.channels // shape.group, shape.num_output // shape.group,
                           (shape.height, shape.width), shape.kernel, shape.pad, shape.stride, shape.dilation,
-                          CALIBRATION_DENSITY, aligned)
+                          CALIBRATION_DENSITY, aligned, threads)
 
 
-def lane_utilization(shape, aligned=None):
+def lane_utilization(shape, aligned=None, threads=1):
     """``u``: the fraction of vector lanes of the sparse kernel that compute an output."""
     if isinstance(shape, FcShape):
         m = max(shape.batch, 1)
         return m / (VECTOR * math.ceil(m / VECTOR))
-    work = conv_work(shape, aligned)
+    work = conv_work(shape, aligned, threads)
     if work is None:
         return 1.0
     oh, ow = shape.out_hw
@@ -282,10 +283,10 @@ def lane_utilization(shape, aligned=None):
 
 def sparse_efficiency(shape, profile):
     """``e_s``: fraction of P·T the sparse kernel reaches on useful FLOPs for this geometry."""
-    u = lane_utilization(shape)
+    u = lane_utilization(shape, threads=profile.threads)
     if isinstance(shape, FcShape):
         return profile.spmv_eff if shape.batch <= 1 else profile.fc_sparse_eff * u
-    work = conv_work(shape)
+    work = conv_work(shape, threads=profile.threads)
     if work is None or work.aligned:
         sigma = 1.0
     else:
@@ -293,7 +294,7 @@ def sparse_efficiency(shape, profile):
     return profile.sparse_eff * u * sigma
 
 
-def accumulator_flops(shape, aligned=None):
+def accumulator_flops(shape, aligned=None, threads=1):
     """The sparse convolution's register-tile traffic in FLOP equivalents: every output channel's
     accumulator vectors are loaded and stored once per input-channel block (blocks without a nonzero
     are skipped, which at the densities that matter is none of them), two vector memory operations
@@ -301,7 +302,7 @@ def accumulator_flops(shape, aligned=None):
     product. It does not depend on the density, so it is part of the fixed cost ``o``."""
     if isinstance(shape, FcShape):
         return 0.0
-    work = conv_work(shape, aligned)
+    work = conv_work(shape, aligned, threads)
     if work is None:
         return 0.0
     return 2.0 * 2 * VECTOR * shape.batch * shape.num_output * work.vectors * work.blocks
@@ -325,7 +326,8 @@ def sparse_terms(shape, profile):
     if isinstance(shape, FcShape):       # 16-bit column indices; the weights stream like a dense FC's
         m = (4.0 + (2.0 if shape.num_input <= 65536 else 4.0)) * shape.weights / (profile.fc_bandwidth
                                                                                    or profile.bandwidth)
-    o = profile.sparse_overhead + accumulator_flops(shape) / (profile.compute * profile.sparse_eff)
+    o = profile.sparse_overhead + accumulator_flops(shape, threads=profile.threads) / (profile.compute
+                                                                                      * profile.sparse_eff)
     return a + m, b, m, o
 
 
