@@ -44,11 +44,8 @@ import argparse
 import os
 import pathlib
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
@@ -67,7 +64,6 @@ from bench_common import (
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets" / "cifar10"
 PROTOTXT = REPO / "prototxt" / "cifar10"
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_IMAGES, TEST_IMAGES, BATCH = 50000, 10000, 100
 # The solver and net values PyTorch copies (the pyskim child checks them against the prototxts).
 SOLVER = {"type": "SGD", "lr_policy": "fixed", "base_lr": 0.001, "momentum": 0.9, "weight_decay": 0.004}
@@ -98,49 +94,24 @@ def make_data(work, n_train):
     print(f"data built in {work} in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def image_list(split, n):
-    """``(path, label)`` of the first ``n`` images of ``split``, the classes taken in turn."""
-    per_class = (TRAIN_IMAGES if split == "train" else TEST_IMAGES) // len(CLASSES)
-    return [(f"{c}/{i:04d}.jpg", label) for i in range(per_class) for label, c in enumerate(CLASSES)][:n]
-
-
 class PyskimTrain(PyskimServer):
     def prepare(self, work, n_train):
         """Extract, list and convert (``tools/convert_imageset.py``) the JPEGs; the BGR mean; the .npy
         copies."""
         import numpy as np
 
-        import pyskim
-        from pyskim.io.protofiles import read_binary, write_binary
+        from pyskim.apps.cifar10_jpeg import bgr_mean, jpeg_lmdb
         work = pathlib.Path(work)
-        for split, n, name, shuffle in (("train", n_train, train_name(n_train), ["-shuffle"]),
-                                        ("test", TEST_IMAGES, "cifar10_test", [])):
-            db = work / f"{name}_lmdb"
-            if not (db / "data.mdb").exists():
-                lines = image_list(split, n)
-                with tempfile.TemporaryDirectory(prefix=f"jpeg_{split}_", dir=work) as tmp:
-                    with tarfile.open(DATA / f"cifar10-{split}-jpeg.tar") as tar:
-                        members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
-                        tar.extractall(tmp, [members[path] for path, _ in lines], filter="data")
-                    listfile = pathlib.Path(tmp) / "list.txt"
-                    listfile.write_text("".join(f"{path} {label}\n" for path, label in lines))
-                    partial = work / f"{name}_lmdb.partial"          # renamed once complete
-                    shutil.rmtree(partial, ignore_errors=True)
-                    tool = [sys.executable, str(REPO / "tools" / "convert_imageset.py"), *shuffle]
-                    done = subprocess.run([*tool, tmp + "/", str(listfile), str(partial)], check=False,
-                                          capture_output=True, text=True)
-                    if done.returncode:
-                        raise RuntimeError(f"convert_imageset failed: {done.stderr[-2000:]}")
-                    partial.rename(db)
+        convert = (sys.executable, str(REPO / "tools" / "convert_imageset.py"))
+        for split, n, name in (("train", n_train, train_name(n_train)), ("test", TEST_IMAGES, "cifar10_test")):
+            db = jpeg_lmdb(DATA / f"cifar10-{split}-jpeg.tar", split, work / f"{name}_lmdb", n,
+                           shuffle=split == "train", convert=convert)
             if not (work / f"{name}_images.npy").exists():
                 images, labels = read_lmdb(db)
                 np.save(work / f"{name}_labels.npy", labels)
                 np.save(work / "images.partial.npy", images)
                 os.replace(work / "images.partial.npy", work / f"{name}_images.npy")
-        mean = pyskim.io.blobproto_to_array(read_binary(DATA / "mean_rgb_train.binaryproto",
-                                                        pyskim.proto.caffe_pb2.BlobProto()))
-        bgr = np.ascontiguousarray(mean[:, ::-1], dtype=np.float32)           # RGB -> BGR planes
-        write_binary(work / "mean.binaryproto", pyskim.io.array_to_blobproto(bgr))
+        bgr = bgr_mean(DATA / "mean_rgb_train.binaryproto", work / "mean.binaryproto")
         np.save(work / "mean_bgr.npy", bgr[0])
 
     def train(self, work, iters, n_train, test_interval, test_iter):

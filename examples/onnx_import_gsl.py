@@ -37,15 +37,11 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 import warnings
 
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-PER_CLASS = {"train": 5000, "test": 1000}
 
 
 def tool(name, *args):
@@ -58,23 +54,15 @@ def tool(name, *args):
 
 
 def make_lmdb(data, split, count, db):
-    """The first ``count`` images of ``split`` (the classes in turn) as an LMDB, unless it exists."""
-    if (db / "data.mdb").exists():
-        return
-    if count > PER_CLASS[split] * len(CLASSES):
-        sys.exit(f"--{split}-images: CIFAR-10 has {PER_CLASS[split] * len(CLASSES)} {split} images")
-    wanted = [(f"{CLASSES[i % 10]}/{i // 10:04d}.jpg", i % 10) for i in range(count)]
-    with tempfile.TemporaryDirectory(dir=db.parent) as folder:
-        names = {name for name, _ in wanted}
-        with tarfile.open(data / f"cifar10-{split}-jpeg.tar") as tar:
-            members = [m for m in tar if m.name.removeprefix("./") in names]
-            tar.extractall(folder, members, filter="data")
-        listing = pathlib.Path(folder) / "list.txt"
-        listing.write_text("".join(f"{name} {label}\n" for name, label in wanted))
-        partial = db.with_name(db.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        tool("convert_imageset", *(["-shuffle"] if split == "train" else []), folder + "/", listing, partial)
-        partial.rename(db)
+    """The first ``count`` images of ``split`` (the classes in turn) as an LMDB, unless it exists
+    (:func:`pyskim.apps.cifar10_jpeg.jpeg_lmdb` with ``tools/convert_imageset.py``)."""
+    from pyskim.apps.cifar10_jpeg import jpeg_lmdb
+    from pyskim.errors import DataError
+    try:
+        jpeg_lmdb(data / f"cifar10-{split}-jpeg.tar", split, db, count, shuffle=split == "train",
+                  convert=(sys.executable, str(REPO / "tools" / "convert_imageset.py")))
+    except DataError as e:
+        sys.exit(f"--{split}-images: {e}")
     print(f"{db}: {count} {split} images")
 
 
