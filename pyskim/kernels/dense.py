@@ -269,21 +269,16 @@ def axpby(alpha, x, beta, y):
     return y
 
 
-def relu(x, out):
+def relu(x, out=None):
     """``out = max(x, 0)`` as Caffe's ReLU with ``negative_slope`` 0 computes it (``max(x, 0) + 0 *
     min(x, 0)``: NaN stays NaN, -inf becomes NaN, -0.0 becomes +0.0), in one pass on the thread pool.
-    ``out`` must be a writeable C-contiguous float32 array of ``x``'s shape; it may be ``x`` itself
-    (in place) but must not overlap it otherwise. Returns ``out``."""
+    ``out`` (checked as every kernel's output, or allocated when None) may be ``x`` itself (in place)
+    but must not overlap it otherwise. Returns ``out``."""
     fn = "relu"
-    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous
-            and out.flags.writeable):
-        raise KernelArgumentError(f"{fn}: out must be a writeable C-contiguous float32 array")
-    x = float_input(fn, "x", x, out.ndim)
-    if x.shape != out.shape:
-        raise KernelArgumentError(f"{fn}: x has shape {x.shape}, out {out.shape}")
-    in_place = x.__array_interface__["data"][0] == out.__array_interface__["data"][0]
-    if not in_place and np.may_share_memory(x, out):
-        raise KernelArgumentError(f"{fn}: out must be x or not overlap it")
+    x = float_input(fn, "x", x, None)
+    in_place = (isinstance(out, np.ndarray) and out.shape == x.shape
+                and out.__array_interface__["data"][0] == x.__array_interface__["data"][0])
+    out = output_array(fn, "out", out, x.shape, [] if in_place else [x])
     _blas1.relu(x.reshape(-1), out.reshape(-1), _threads_for(out.size))
     return out
 
