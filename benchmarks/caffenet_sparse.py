@@ -16,7 +16,7 @@ performance model picks each layer's mode) and ``--mode dense``; the peers run
 ``pyskim.convert.onnx_export`` of the same net (the pyskim child writes the ONNX file). Printed per
 batch and thread count: each method's median time over the rounds and pyskim AUTO's speedup against
 it per round (median, then the rounds), against the best dense engine of each round (the faster of
-onnxruntime and OpenVINO), the per-layer times of AUTO against pyskim dense with the mode AUTO chose,
+onnxruntime and OpenVINO), the per-layer times (averages) of AUTO against pyskim dense with the mode AUTO chose,
 and every output's largest relative error against pyskim dense.
 
 Part ``layers``: AlexNet's conv1-5 (real groups) and group-1 versions of conv2, conv4 and conv5
@@ -42,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import bench_common as bench
 
@@ -107,24 +106,17 @@ class PyskimCases(bench.PyskimServer):
                 "pyskim dense": (dense.forward, lambda outputs: outputs[output])}
 
     def layer_rows(self, repeats):
-        """Per layer of the sparse Net: name, the mode it ran, weight density, fastest forward ms of the
-        dense and of the sparse Net over ``repeats`` passes."""
+        """Per layer of the sparse Net: name, the mode it ran, weight density, average forward ms of the
+        dense and of the sparse Net over ``repeats`` passes (:func:`pyskim.perf.timing.time_nets`)."""
+        from pyskim.perf.timing import time_nets
         from pyskim.sparse import describe
-        best = {}
-        for key, net in self.nets.items():
-            times = [float("inf")] * len(net.layers)
-            for _ in range(repeats):
-                for i, layer in enumerate(net.layers):
-                    start = time.perf_counter()
-                    layer.forward(net.bottom_vec(i), net.top_vec(i))
-                    times[i] = min(times[i], time.perf_counter() - start)
-            best[key] = times
+        dense_times, sparse_times = time_nets([self.nets["dense"], self.nets["sparse"]], repeats)
         sparse = self.nets["sparse"]
         rows = []
         for i, layer in enumerate(sparse.layers):
             info = describe(layer, sparse.bottom_vec(i)) or {}
-            rows.append([layer.name, info.get("used", "-"), info.get("density"), best["dense"][i] * 1e3,
-                         best["sparse"][i] * 1e3])
+            rows.append([layer.name, info.get("used", "-"), info.get("density"), dense_times[i] * 1e3,
+                         sparse_times[i] * 1e3])
         return rows
 
     def profile_text(self):
