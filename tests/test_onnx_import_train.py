@@ -136,9 +136,8 @@ def test_the_cifar10_example_runs_end_to_end(shared_dir, tmp_path):
     """examples/onnx_import_gsl.py with a small budget: every stage runs, the imported and exported
     nets agree with onnxruntime, and the table for RESULTS.md is printed."""
     pytest.importorskip("torch")
-    if not (shared_dir / "datasets" / "cifar10" / "cifar10-train-jpeg.tar").exists():
-        pytest.skip("CIFAR-10 JPEG tars not in ../shared/datasets/cifar10")
     command = [sys.executable, str(REPO / "examples" / "onnx_import_gsl.py"), "--work", str(tmp_path),
+               "--data", str(shared_dir / "datasets" / "cifar10"),
                "--iters", "10", "--train-images", "500", "--test-images", "100", "--time-iters", "1",
                "--batch", "16"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
