@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Local response normalisation across channels, forward and backward (Caffe's CPU code).
+"""Local response normalisation across channels and within a channel, forward and backward (Caffe's CPU).
 
 Arrays are (N, C, H, W) float32. Caffe walks the channels with a running window sum built from
 ``axpy`` calls; these kernels perform the same float32 operations in the same order for every
@@ -12,11 +12,17 @@ the channel walk inside a block is sequential, with the pixel loop innermost (co
 ``restrict``-qualified C helpers so that it vectorises). The constants ``alpha_over_size`` and
 ``cache_ratio`` are computed by the caller exactly as Caffe computes them. Call them through
 :mod:`pyskim.kernels`; these functions re-check that all arrays have the same shape.
+
+WITHIN_CHANNEL (Caffe builds it from Power, AVE Pooling, Power and Eltwise layers): the forward is
+one pass per plane that writes the pooled squares and the power (the backward reads both) beside
+the top, the planes in tasks of the pool; the backward is two elementwise steps around the caller's
+AVE pooling backward.
 """
 
 import numpy as np
 
 from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
 
 include "pool_client.pxi"
 
@@ -240,97 +246,204 @@ def across_backward(const float[:, :, :, ::1] bottom, const float[:, :, :, ::1] 
         pk_parallel_for(<int64_t>N * j.nblk, _backward_task, &j, num_threads)
 
 
-# -- WITHIN_CHANNEL: the elementwise steps around the AVE pooling of Caffe's internal chain -----------
+# -- WITHIN_CHANNEL: Caffe's internal chain Power -> AVE Pooling -> Power -> Eltwise PROD ----------------
 
 cdef extern from *:
     """
     #include <math.h>
-    /* Caffe's float32 steps, each rounded (never a fused multiply-add), on elements [i0, i1):
-     *   step 0 (forward, before pooling):  sq = x * x
-     *   step 1 (forward, after pooling):   power = powf(pooled * alpha + 1, nbeta); top = x * power
-     *   step 2 (backward, before pooling): power_diff = (x * top_diff) * ((power / (pooled * alpha + 1)) * ds)
-     *   step 3 (backward, after pooling):  bottom_diff = power * top_diff + pooled_diff * (2 * x)
-     * (steps 2 and 3 read power from c and write out2)
+    /* One (H, W) plane of WITHIN_CHANNEL LRN forward, each float32 step rounded as Caffe's chain rounds
+     * it (never a fused multiply-add):
+     *   pooled = (sum of x*x over the size x size window) / (size*size)   (Caffe's AVE pooling, pad
+     *            (size-1)/2, stride 1: no window reaches past the padded image, so the divisor is
+     *            size*size everywhere; the sum runs from 0 over the window's rows, each left to right)
+     *   power  = (pooled * alpha + 1) ** nbeta   (PowerLayer: the product skipped when alpha is 1)
+     *   top    = x * power
+     * The squares go into the interior of sq, a zero-bordered scratch plane of scratch_rows x
+     * scratch_width floats whose border is never written (a tap in the padding adds +0, which leaves
+     * Caffe's sum of non-negative squares unchanged, as its clipped loop skipping the tap). Then 16
+     * outputs of a row at a time sum their taps in one vector register (GCC's vector extension; the
+     * lanes past the row end are computed and dropped). ** is powf, except for nbeta = -0.75:
+     * r * sqrtf(r), r = 1 / sqrtf(.), as the ACROSS_CHANNELS kernels (within ~3 ulp of powf). */
+    #define PYSKIM_LRN_LANES 16
+    typedef float pyskim_lrn_lanes __attribute__((vector_size(PYSKIM_LRN_LANES * sizeof(float))));
+    static inline int64_t pyskim_lrn_scratch_width(int W, int size) {
+        return ((int64_t)W + PYSKIM_LRN_LANES - 1) / PYSKIM_LRN_LANES * PYSKIM_LRN_LANES + size - 1;
+    }
+    static inline int64_t pyskim_lrn_scratch_rows(int H, int size) { return (int64_t)H + size - 1; }
+    __attribute__((optimize("fp-contract=off")))
+    static void pyskim_lrn_within_plane(const float *__restrict x, float *__restrict sq,
+                                        float *__restrict pooled, float *__restrict power,
+                                        float *__restrict top, int H, int W, int size, float alpha,
+                                        float nbeta) {
+        const int pad = (size - 1) / 2;
+        const int64_t SW = pyskim_lrn_scratch_width(W, size);
+        const float divisor = (float)(size * size);
+        for (int h = 0; h < H; ++h) {
+            const float *__restrict xr = x + (int64_t)h * W;
+            float *__restrict sr = sq + (h + pad) * SW + pad;
+            for (int w = 0; w < W; ++w) sr[w] = xr[w] * xr[w];
+        }
+        for (int h = 0; h < H; ++h) {
+            for (int w0 = 0; w0 < W; w0 += PYSKIM_LRN_LANES) {
+                pyskim_lrn_lanes acc = {0.0f}, tap;
+                for (int i = 0; i < size; ++i) {
+                    const float *sr = sq + (h + i) * SW + w0;
+                    for (int j = 0; j < size; ++j) {
+                        __builtin_memcpy(&tap, sr + j, sizeof tap);
+                        acc = acc + tap;
+                    }
+                }
+                acc = acc / divisor;
+                float p[PYSKIM_LRN_LANES], q[PYSKIM_LRN_LANES];
+                __builtin_memcpy(p, &acc, sizeof p);
+                if (nbeta == -0.75f) {
+                    for (int l = 0; l < PYSKIM_LRN_LANES; ++l) {
+                        const float r = 1.0f / sqrtf((alpha != 1.0f ? p[l] * alpha : p[l]) + 1.0f);
+                        q[l] = r * sqrtf(r);
+                    }
+                } else {
+                    for (int l = 0; l < PYSKIM_LRN_LANES; ++l)
+                        q[l] = powf((alpha != 1.0f ? p[l] * alpha : p[l]) + 1.0f, nbeta);
+                }
+                const int64_t o = (int64_t)h * W + w0;
+                if (W - w0 >= PYSKIM_LRN_LANES) {
+                    for (int l = 0; l < PYSKIM_LRN_LANES; ++l) {
+                        pooled[o + l] = p[l];
+                        power[o + l] = q[l];
+                        top[o + l] = x[o + l] * q[l];
+                    }
+                } else {
+                    for (int l = 0; l < W - w0; ++l) {
+                        pooled[o + l] = p[l];
+                        power[o + l] = q[l];
+                        top[o + l] = x[o + l] * q[l];
+                    }
+                }
+            }
+        }
+    }
+    /* The elementwise steps of WITHIN_CHANNEL LRN backward around the AVE pooling backward, Caffe's
+     * float32 steps each rounded, on elements [i0, i1) (p: power, d: pooled, g: top_diff):
+     *   step 0 (before pooling): out = (x * g) * ((p / (d * alpha + 1)) * ds)
+     *   step 1 (after pooling):  out = p * g + e * (2 * x)    (e: the pooled diff)
      * (ds = nbeta * alpha, Caffe's PowerLayer diff_scale; a factor equal to 1 is skipped, as Caffe's
      * PowerLayer skips it.) */
     __attribute__((optimize("fp-contract=off")))
-    static void pyskim_lrn_within_run(int step, int64_t i0, int64_t i1, const float *x, const float *a,
-                                      const float *b, const float *c, float *out, float *out2, float alpha,
-                                      float nbeta, float ds) {
+    static void pyskim_lrn_within_back_run(int step, int64_t i0, int64_t i1, const float *x,
+                                           const float *g, const float *p, const float *d, float *out,
+                                           float alpha, float ds) {
         for (int64_t i = i0; i < i1; ++i) {
             if (step == 0) {
-                out[i] = x[i] * x[i];
-            } else if (step == 1) {               /* a: pooled */
-                float t = alpha != 1.0f ? a[i] * alpha : a[i];
-                const float p = powf(t + 1.0f, nbeta);
-                out[i] = p;
-                out2[i] = x[i] * p;
-            } else if (step == 2) {               /* a: top_diff, b: pooled */
-                float d = alpha != 1.0f ? b[i] * alpha : b[i];
-                d = d + 1.0f;
-                d = c[i] / d;
-                if (ds != 1.0f) d = d * ds;
-                out2[i] = (x[i] * a[i]) * d;
-            } else {                              /* a: top_diff, b: pooled diff */
-                out2[i] = c[i] * a[i] + b[i] * (2.0f * x[i]);
+                float q = alpha != 1.0f ? d[i] * alpha : d[i];
+                q = q + 1.0f;
+                q = p[i] / q;
+                if (ds != 1.0f) q = q * ds;
+                out[i] = (x[i] * g[i]) * q;
+            } else {
+                out[i] = p[i] * g[i] + d[i] * (2.0f * x[i]);
             }
         }
     }
     """
-    void pyskim_lrn_within_run(int step, int64_t i0, int64_t i1, const float* x, const float* a, const float* b,
-                               const float* c, float* out, float* out2, float alpha, float nbeta,
-                               float ds) noexcept nogil
+    int64_t pyskim_lrn_scratch_width(int W, int size) noexcept nogil
+    int64_t pyskim_lrn_scratch_rows(int H, int size) noexcept nogil
+    void pyskim_lrn_within_plane(const float* x, float* sq, float* pooled, float* power, float* top, int H,
+                                 int W, int size, float alpha, float nbeta) noexcept nogil
+    void pyskim_lrn_within_back_run(int step, int64_t i0, int64_t i1, const float* x, const float* g,
+                                    const float* p, const float* d, float* out, float alpha,
+                                    float ds) noexcept nogil
 
 
-cdef struct WithinJob:
+cdef struct WithinForwardJob:
+    const float* x
+    float* pooled
+    float* power
+    float* top
+    float* squares          # one zero-bordered scratch plane of ``square_plane`` floats per worker
+    Py_ssize_t planes, chunk, plane, square_plane
+    int H, W, size
+    float alpha, nbeta
+
+
+cdef void _within_forward_task(void* ctx, int64_t t, int worker) noexcept nogil:
+    """Planes ``[t*chunk, (t+1)*chunk)`` of :func:`within_forward`, on the worker's scratch plane."""
+    cdef const WithinForwardJob* j = <const WithinForwardJob*>ctx
+    cdef Py_ssize_t p, o
+    cdef Py_ssize_t end = (t + 1) * j.chunk if (t + 1) * j.chunk < j.planes else j.planes
+    cdef float* sq = j.squares + worker * j.square_plane
+    for p in range(t * j.chunk, end):
+        o = p * j.plane
+        pyskim_lrn_within_plane(j.x + o, sq, j.pooled + o, j.power + o, j.top + o, j.H, j.W, j.size, j.alpha,
+                                j.nbeta)
+
+
+def within_forward(const float[:, :, :, ::1] x, int size, float alpha, float nbeta,
+                   float[:, :, :, ::1] pooled, float[:, :, :, ::1] power, float[:, :, :, ::1] top,
+                   int num_threads=1):
+    """WITHIN_CHANNEL LRN forward of ``x`` (N, C, H, W), one pass per plane (see
+    ``pyskim_lrn_within_plane``): writes ``pooled``, ``power`` (kept for the backward) and ``top``,
+    the planes in tasks of pyskim's thread pool. ``size`` is odd; ``nbeta`` is ``-beta``."""
+    if size <= 0 or size % 2 == 0:
+        raise ValueError("size must be positive and odd")
+    _check_same(x.shape, pooled.shape)
+    _check_same(x.shape, power.shape)
+    _check_same(x.shape, top.shape)
+    cdef WithinForwardJob j
+    j.planes, j.plane = x.shape[0] * x.shape[1], x.shape[2] * x.shape[3]
+    if j.planes == 0 or j.plane == 0:
+        return
+    if num_threads < 1:
+        num_threads = 1
+    j.x, j.pooled, j.power, j.top = &x[0, 0, 0, 0], &pooled[0, 0, 0, 0], &power[0, 0, 0, 0], &top[0, 0, 0, 0]
+    j.H, j.W, j.size, j.alpha, j.nbeta = x.shape[2], x.shape[3], size, alpha, nbeta
+    j.chunk = pk_task_chunk(j.planes, num_threads)
+    j.square_plane = pyskim_lrn_scratch_rows(j.H, size) * pyskim_lrn_scratch_width(j.W, size)
+    # one scratch plane per worker (the pool's worker ids are below num_threads), zero once: the
+    # planes write only its interior
+    j.squares = <float*>calloc(<size_t>num_threads * j.square_plane, sizeof(float))
+    if j.squares == NULL:
+        raise MemoryError("LRN within_forward: no memory for the scratch planes")
+    try:
+        with nogil:
+            pk_parallel_for((j.planes + j.chunk - 1) // j.chunk, _within_forward_task, &j, num_threads)
+    finally:
+        free(j.squares)
+
+
+cdef struct WithinBackJob:
     int step
     int64_t n
     const float* x
-    const float* a
-    const float* b
-    const float* c
+    const float* g
+    const float* p
+    const float* d
     float* out
-    float* out2
-    float alpha, nbeta, ds
-
-
-cdef void _within_task(void* ctx, int64_t t, int worker) noexcept nogil:
-    cdef const WithinJob* j = <const WithinJob*>ctx
-    cdef int64_t i0 = t * _WITHIN_RUN
-    cdef int64_t i1 = i0 + _WITHIN_RUN if i0 + _WITHIN_RUN < j.n else j.n
-    pyskim_lrn_within_run(j.step, i0, i1, j.x, j.a, j.b, j.c, j.out, j.out2, j.alpha, j.nbeta, j.ds)
+    float alpha, ds
 
 
 cdef enum:
     _WITHIN_RUN = 16384
 
 
-def within_step(int step, const float[::1] x, a, b, c, out, out2, float alpha, float nbeta, int num_threads=1):
-    """One elementwise step of WITHIN_CHANNEL LRN (see ``pyskim_lrn_within_run``) over flat float32
-    arrays of one length: inputs ``x``, ``a``, ``b``, ``c``, outputs ``out``, ``out2``; any the step
-    does not use may be None."""
+cdef void _within_back_task(void* ctx, int64_t t, int worker) noexcept nogil:
+    cdef const WithinBackJob* j = <const WithinBackJob*>ctx
+    cdef int64_t i0 = t * _WITHIN_RUN
+    cdef int64_t i1 = i0 + _WITHIN_RUN if i0 + _WITHIN_RUN < j.n else j.n
+    pyskim_lrn_within_back_run(j.step, i0, i1, j.x, j.g, j.p, j.d, j.out, j.alpha, j.ds)
+
+
+def within_backward_step(int step, const float[::1] x, const float[::1] top_diff, const float[::1] power,
+                         const float[::1] d, float[::1] out, float alpha, float nbeta, int num_threads=1):
+    """One elementwise step of WITHIN_CHANNEL LRN backward (see ``pyskim_lrn_within_back_run``) over flat
+    float32 arrays of one length; ``d`` is ``pooled`` (step 0) or the pooled diff (step 1)."""
     cdef Py_ssize_t n = x.shape[0]
-    cdef const float[::1] av = a if a is not None else x
-    cdef const float[::1] bv = b if b is not None else x
-    cdef const float[::1] cv = c if c is not None else x
-    cdef float[::1] o1, o2
-    if out is not None:
-        o1 = out
-    if out2 is not None:
-        o2 = out2
-    if out is None and out2 is None:
-        raise ValueError("within_step: no output")
-    if out is None:
-        o1 = o2
-    if out2 is None:
-        o2 = o1
-    if av.shape[0] != n or bv.shape[0] != n or cv.shape[0] != n or o1.shape[0] != n or o2.shape[0] != n \
-            or not 0 <= step <= 3:
-        raise ValueError("within_step: arrays differ in length (or bad step)")
+    if top_diff.shape[0] != n or power.shape[0] != n or d.shape[0] != n or out.shape[0] != n \
+            or not 0 <= step <= 1:
+        raise ValueError("within_backward_step: arrays differ in length (or bad step)")
     if n == 0:
         return
-    cdef WithinJob j
-    j.step, j.n, j.x, j.a, j.b, j.c, j.out, j.out2 = step, n, &x[0], &av[0], &bv[0], &cv[0], &o1[0], &o2[0]
-    j.alpha, j.nbeta, j.ds = alpha, nbeta, nbeta * alpha
+    cdef WithinBackJob j
+    j.step, j.n, j.x, j.g, j.p, j.d, j.out = step, n, &x[0], &top_diff[0], &power[0], &d[0], &out[0]
+    j.alpha, j.ds = alpha, nbeta * alpha
     with nogil:
-        pk_parallel_for((n + _WITHIN_RUN - 1) // _WITHIN_RUN, _within_task, &j, num_threads)
+        pk_parallel_for((n + _WITHIN_RUN - 1) // _WITHIN_RUN, _within_back_task, &j, num_threads)

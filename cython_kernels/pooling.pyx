@@ -7,7 +7,9 @@ plane function over the ``N*C`` planes on pyskim's thread pool, in tasks of cont
 Windows are clipped to the image (:func:`_window`, shared by all four), so any positive output
 size is memory-safe. In AVX-512 builds MAX forward and AVE forward / backward run 16 outputs (AVE
 backward: 16 input pixels) at a time from window tables built once per call for all planes
-(:func:`_window_table`), with Caffe's comparisons and sums in Caffe's order per element.
+(:func:`_window_table`), with Caffe's comparisons and sums in Caffe's order per element: taps
+gathered, except for MAX with a horizontal stride of 1 or 2, where the inner windows of a row are
+loaded a row at a time.
 Call them through :mod:`pyskim.kernels`, which validates and converts arguments; these
 functions still re-check shapes and geometry, so they cannot index out of bounds.
 """
@@ -122,6 +124,34 @@ cdef extern from *:
         _mm512_mask_storeu_ps(top, lanes, best);
         _mm512_mask_storeu_epi32(mask, lanes, best_i);
     }
+    /* MAX forward of n <= 16 consecutive outputs of one output row whose windows lie inside the image
+     * horizontally, for stride_w 1 or 2: lane l's taps are rows [hs, he) x columns ws0 + l*stride_w +
+     * [0, kw), loaded a row at a time (stride 2: two loads, then the even elements) instead of
+     * gathered; per lane Caffe's loop as pyskim_max16 (masked loads read nothing past the last tap). */
+    static inline void pyskim_max16_row(const float *x, int W, int hs, int he, int ws0, int kw, int stride_w,
+                                        int n, float *top, int *mask) {
+        const __mmask16 lanes = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+        const int span = (n - 1) * stride_w + 1;          /* floats from lane 0's tap to lane n-1's */
+        const __mmask16 lo = (__mmask16)(span >= 16 ? 0xffff : (1u << span) - 1);
+        const __mmask16 hi = (__mmask16)(span > 16 ? (1u << (span - 16)) - 1 : 0);
+        const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        const __m512i lane_w = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride_w));
+        __m512 best = _mm512_set1_ps(-FLT_MAX);
+        __m512i best_i = _mm512_set1_epi32(-1);
+        for (int h = hs; h < he; ++h)
+            for (int j = 0; j < kw; ++j) {
+                const int c = h * W + ws0 + j;            /* lane 0's tap */
+                const __m512 v = stride_w == 1 ? _mm512_maskz_loadu_ps(lanes, x + c)
+                    : _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo, x + c), evens,
+                                             _mm512_maskz_loadu_ps(hi, x + c + 16));
+                const __mmask16 gt = _mm512_mask_cmp_ps_mask(lanes, v, best, _CMP_GT_OQ);
+                best = _mm512_mask_mov_ps(best, gt, v);
+                best_i = _mm512_mask_mov_epi32(best_i, gt, _mm512_add_epi32(_mm512_set1_epi32(c), lane_w));
+            }
+        _mm512_mask_storeu_ps(top, lanes, best);
+        _mm512_mask_storeu_epi32(mask, lanes, best_i);
+    }
     /* AVE forward of outputs [o, o + n) (n <= 16) of one plane: lane l sums the taps of its clipped
      * window (corner start[o+l], hlen x wlen taps) in row-major order, then divides by its pool size:
      * Caffe's arithmetic per output, taps gathered (masked-off taps add nothing). */
@@ -166,6 +196,8 @@ cdef extern from *:
     #else
     static inline void pyskim_max16(const float *x, int W, int kh, int kw, const int *start, const int *hlen,
                                     const int *wlen, int n, float *top, int *mask) {}
+    static inline void pyskim_max16_row(const float *x, int W, int hs, int he, int ws0, int kw, int stride_w,
+                                        int n, float *top, int *mask) {}
     static inline void pyskim_ave16(const float *x, int W, int kh, int kw, const int *start, const int *hlen,
                                     const int *wlen, const float *size, int n, float *top) {}
     static inline void pyskim_ave_back16(const float *top_diff, const float *size, int PW, int max_h, int max_w,
@@ -177,6 +209,8 @@ cdef extern from *:
     bint PYSKIM_POOL16
     void pyskim_max16(const float* x, int W, int kh, int kw, const int* start, const int* hlen, const int* wlen,
                       int n, float* top, int* mask) noexcept nogil
+    void pyskim_max16_row(const float* x, int W, int hs, int he, int ws0, int kw, int stride_w, int n, float* top,
+                          int* mask) noexcept nogil
     void pyskim_ave16(const float* x, int W, int kh, int kw, const int* start, const int* hlen, const int* wlen,
                       const float* size, int n, float* top) noexcept nogil
     void pyskim_ave_back16(const float* top_diff, const float* size, int PW, int max_h, int max_w, const int* ph0,
@@ -207,11 +241,33 @@ cdef inline void _max_forward_plane(const float* x, float* top, int* mask,
 
 cdef inline void _max_forward_plane16(const float* x, float* top, int* mask, PoolGeometry g,
                                       const WindowTable* t) noexcept nogil:
-    """One plane of MAX forward, 16 outputs at a time (``pyskim_max16``): the same comparisons in the
-    same order."""
+    """One plane of MAX forward, 16 outputs at a time, the same comparisons in the same order: gathered
+    (``pyskim_max16``), except that with ``stride_w`` 1 or 2 and at least 8 outputs of a row whose
+    windows lie inside the image horizontally, those go 16 of one row at a time (``pyskim_max16_row``)."""
     cdef int o, n = g.PH * g.PW
-    for o in range(0, n, 16):
-        pyskim_max16(x, g.W, g.kh, g.kw, t.start + o, t.hlen + o, t.wlen + o, min(16, n - o), top + o, mask + o)
+    # the outputs [first, last) of a row have their whole window inside the image horizontally
+    cdef int first = (g.pad_w + g.stride_w - 1) // g.stride_w
+    cdef int last = min(g.PW, (g.W + g.pad_w - g.kw) // g.stride_w + 1) if g.W + g.pad_w >= g.kw else 0
+    cdef int ph, pw, hs, he, count
+    if g.stride_w > 2 or last - first < 8:
+        for o in range(0, n, 16):
+            pyskim_max16(x, g.W, g.kh, g.kw, t.start + o, t.hlen + o, t.wlen + o, min(16, n - o), top + o,
+                         mask + o)
+        return
+    for ph in range(g.PH):
+        _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
+        o = ph * g.PW
+        pw = 0
+        while pw < g.PW:
+            if pw < first or pw >= last:        # a clipped window: one output gathered
+                count = 1
+                pyskim_max16(x, g.W, g.kh, g.kw, t.start + o + pw, t.hlen + o + pw, t.wlen + o + pw, 1,
+                             top + o + pw, mask + o + pw)
+            else:
+                count = min(16, last - pw)
+                pyskim_max16_row(x, g.W, hs, he, pw * g.stride_w - g.pad_w, g.kw, g.stride_w, count,
+                                 top + o + pw, mask + o + pw)
+            pw += count
 
 
 cdef inline void _max_backward_plane(const float* top_diff, const int* mask, float* bottom_diff,
@@ -299,24 +355,19 @@ cdef int _covering(int size, int n_out, int stride, int pad, int kernel, int* fi
     return longest
 
 
-cdef WindowTable* _window_table(PoolGeometry g) noexcept nogil:
-    """The window tables of this geometry (malloc'd, :func:`_free_window_table`); NULL when
-    the build has no 16-lane kernels or the memory is not there."""
+cdef WindowTable* _window_table(PoolGeometry g, bint covering) noexcept nogil:
+    """The window tables of this geometry (malloc'd, :func:`_free_window_table`), the per-pixel
+    ``covering`` part only when asked (AVE backward); NULL when the build has no 16-lane kernels or
+    the memory is not there."""
     if not PYSKIM_POOL16:
         return NULL
     cdef int P = g.PH * g.PW, HW = g.H * g.W, ph, pw, h, w, hs, he, ws, we, pool_h, pool_w
     cdef WindowTable* t = <WindowTable*>calloc(1, sizeof(WindowTable))
-    cdef int* rows = <int*>malloc(2 * (g.H + g.W) * sizeof(int))
-    if t == NULL or rows == NULL:
-        free(rows)
-        free(t)
+    if t == NULL:
         return NULL
     t.start, t.hlen, t.wlen = <int*>malloc(P * sizeof(int)), <int*>malloc(P * sizeof(int)), <int*>malloc(P * sizeof(int))
     t.size = <float*>malloc(P * sizeof(float))
-    t.ph0, t.nph = <int*>malloc(HW * sizeof(int)), <int*>malloc(HW * sizeof(int))
-    t.pw0, t.npw = <int*>malloc(HW * sizeof(int)), <int*>malloc(HW * sizeof(int))
-    if not (t.start and t.hlen and t.wlen and t.size and t.ph0 and t.nph and t.pw0 and t.npw):
-        free(rows)
+    if not (t.start and t.hlen and t.wlen and t.size):
         _free_window_table(t)
         return NULL
     for ph in range(g.PH):
@@ -327,6 +378,15 @@ cdef WindowTable* _window_table(PoolGeometry g) noexcept nogil:
             t.hlen[ph * g.PW + pw] = he - hs
             t.wlen[ph * g.PW + pw] = we - ws
             t.size[ph * g.PW + pw] = <float>(pool_h * pool_w)
+    if not covering:
+        return t
+    cdef int* rows = <int*>malloc(2 * (g.H + g.W) * sizeof(int))
+    t.ph0, t.nph = <int*>malloc(HW * sizeof(int)), <int*>malloc(HW * sizeof(int))
+    t.pw0, t.npw = <int*>malloc(HW * sizeof(int)), <int*>malloc(HW * sizeof(int))
+    if not (rows and t.ph0 and t.nph and t.pw0 and t.npw):
+        free(rows)
+        _free_window_table(t)
+        return NULL
     t.max_h = _covering(g.H, g.PH, g.stride_h, g.pad_h, g.kh, rows, rows + g.H)
     t.max_w = _covering(g.W, g.PW, g.stride_w, g.pad_w, g.kw, rows + 2 * g.H, rows + 2 * g.H + g.W)
     for h in range(g.H):
@@ -398,17 +458,22 @@ cdef void _ave_backward_task(void* ctx, int64_t task, int worker) noexcept nogil
             _ave_backward_plane(j.src + p * j.g.out_plane, j.dst + p * j.g.in_plane, j.g)
 
 
+cdef enum Windows:
+    NO_WINDOWS, OUTPUT_WINDOWS, COVERING_WINDOWS
+
+
 cdef void _run(pk_task_fn fn, PoolGeometry g, const float* src, float* dst, int* mask,
-               int num_threads, bint windows=False) noexcept:
+               int num_threads, Windows windows=NO_WINDOWS) noexcept:
     """Run ``fn`` over all planes on up to ``num_threads`` threads: about four tasks per thread
-    (planes are often tiny), one task on one thread. ``windows``: with the window tables (built once
-    for all planes; without them the planes run the scalar loops)."""
+    (planes are often tiny), one task on one thread. ``windows``: the window tables to build once for
+    all planes (the outputs' windows; with ``COVERING_WINDOWS`` also each pixel's covering outputs;
+    without tables the planes run the scalar loops)."""
     if g.planes <= 0:
         return
     cdef PoolJob j
     j.g, j.src, j.dst, j.mask, j.chunk = g, src, dst, mask, pk_task_chunk(g.planes, num_threads)
     with nogil:
-        j.windows = _window_table(g) if windows else NULL
+        j.windows = _window_table(g, windows == COVERING_WINDOWS) if windows != NO_WINDOWS else NULL
         pk_parallel_for((g.planes + j.chunk - 1) // j.chunk, fn, &j, num_threads)
         _free_window_table(j.windows)
 
@@ -424,7 +489,8 @@ def max_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int
     """
     cdef PoolGeometry g = _geometry(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
     _check_mask(mask.shape, top.shape)
-    _run(_max_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], &mask[0, 0, 0, 0], num_threads, True)
+    _run(_max_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], &mask[0, 0, 0, 0], num_threads,
+         OUTPUT_WINDOWS)
 
 
 def max_backward(const float[:, :, :, ::1] top_diff, const int[:, :, :, ::1] mask,
@@ -449,7 +515,7 @@ def ave_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int
     the window clipped to the image, accumulated in float32 in row-major order, then divided.
     """
     cdef PoolGeometry g = _geometry(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
-    _run(_ave_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], NULL, num_threads, True)
+    _run(_ave_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], NULL, num_threads, OUTPUT_WINDOWS)
 
 
 def ave_backward(const float[:, :, :, ::1] top_diff, int kh, int kw, int pad_h, int pad_w,
@@ -459,4 +525,5 @@ def ave_backward(const float[:, :, :, ::1] top_diff, int kh, int kw, int pad_h, 
     """
     cdef PoolGeometry g = _geometry(bottom_diff.shape, top_diff.shape, kh, kw, pad_h, pad_w, stride_h,
                                     stride_w)
-    _run(_ave_backward_task, g, &top_diff[0, 0, 0, 0], &bottom_diff[0, 0, 0, 0], NULL, num_threads, True)
+    _run(_ave_backward_task, g, &top_diff[0, 0, 0, 0], &bottom_diff[0, 0, 0, 0], NULL, num_threads,
+         COVERING_WINDOWS)

@@ -25,9 +25,10 @@ The steps, all in ``--work`` (data and finished runs are kept and reused):
 4. **Prune**: ``tools/gsl.py --method M`` for each of ``--methods`` into ``gsl_<M>/`` with the same
    budget (``--prune-iters``, ``--finetune-iters``; magnitude has no prune training, only the
    fine-tune), the final model timed dense vs sparse at ``--measure-batches`` x ``--measure-threads``.
-   ``--sparsity`` goes to the magnitude run only; flags this script does not know are passed to
-   every ``tools/gsl.py`` run as they are (e.g. ``--base-lr 0.001 --weight-decay 0.01``: GESL's
-   defaults are sized for LeNet's thousands of iterations, and pull CIFAR-10's weights down slowly).
+   The guided runs get :data:`GSL_SETTINGS` (each a flag of this script too); the magnitude run
+   prunes every layer to ``--sparsity``, by default the share of all weights the guided run before it
+   zeroed (Han et al.'s baseline at the same total sparsity). Flags this script does not know are
+   passed to every ``tools/gsl.py`` run as they are.
 5. **Table**: the runs side by side (:func:`pyskim.prune.report.methods_table`), printed and written
    to ``methods.txt``; each run's own report is ``gsl_<M>/report.txt``, its numbers ``gsl_<M>/gsl.json``.
 """
@@ -49,6 +50,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = "cifar10_full_iter_60000.caffemodel"
 BVLC_ACCURACY = 0.7697          # BVLC Caffe on the 10,000 test JPEGs (../shared/models/trained/README.md)
 TEST_BATCH = 100
+#: The tools/gsl.py settings of the recorded runs (benchmarks/RESULTS.md): a strong L1 pull that takes
+#: the guided layers to their floors within the first thousand iterations (the defaults of tools/gsl.py
+#: are sized for LeNet), a fine-tune whose last quarter runs at a tenth of the learning rate, and a
+#: plan for what issue 16 measures: batch 1 on one thread.
+GSL_SETTINGS = (("--base-lr", "0.001", "prune-stage base_lr"),
+                ("--weight-decay", "0.01", "prune-stage L1 strength"),
+                ("--finetune-lr-drop", "0.75", "fraction of fine-tuning before the learning rate drops"),
+                ("--batch", "1", "batch the performance model plans for"),
+                ("--plan-threads", "1", "threads the performance model plans for"))
 
 
 def parse_args(argv=None):
@@ -60,10 +70,13 @@ def parse_args(argv=None):
     p.add_argument("--train-images", type=int, default=50000, help="training JPEGs converted (default: all)")
     p.add_argument("--test-images", type=int, default=10000,
                    help=f"test JPEGs converted, a multiple of {TEST_BATCH} (default: all)")
-    p.add_argument("--prune-iters", type=int, default=2000, help="default: %(default)s")
-    p.add_argument("--finetune-iters", type=int, default=2000, help="default: %(default)s")
+    p.add_argument("--prune-iters", type=int, default=3000, help="default: %(default)s")
+    p.add_argument("--finetune-iters", type=int, default=8000, help="default: %(default)s")
+    for flag, value, what in GSL_SETTINGS:
+        p.add_argument(flag, default=value, help=f"{what} (tools/gsl.py's {flag}; default: %(default)s)")
     p.add_argument("--sparsity", type=float, default=None,
-                   help="magnitude: the fraction of each layer's weights zeroed (default: tools/gsl.py's, 0.9)")
+                   help="magnitude: the fraction of each layer's weights zeroed (default: the share of all "
+                        "weights the guided method run before it zeroed, else tools/gsl.py's 0.9)")
     p.add_argument("--threads", type=int, default=0, help="pyskim's threads (default: as set)")
     p.add_argument("--measure-iters", type=int, default=20, help="timed forwards per measurement")
     p.add_argument("--measure-batches", default="1,100", help="default: %(default)s")
@@ -140,8 +153,9 @@ def dense_accuracy(args, work, model):
     return float(found[-1])
 
 
-def prune(args, work, method, solver, model, gsl_flags):
-    """``tools/gsl.py --method method`` into ``gsl_<method>`` (step 4); resumes an unfinished run."""
+def prune(args, work, method, solver, model, gsl_flags, sparsity=None):
+    """``tools/gsl.py --method method`` into ``gsl_<method>`` (step 4; ``sparsity``: the magnitude
+    baseline's); resumes an unfinished run."""
     out = work / f"gsl_{method}"
     if (out / "report.txt").exists() and (out / "gsl_final.sparse.npz").exists():
         print(f"{method}: using the finished run in {out}")
@@ -149,11 +163,14 @@ def prune(args, work, method, solver, model, gsl_flags):
     command = [sys.executable, str(REPO / "tools" / "gsl.py"), "--solver", str(solver), "--weights", str(model),
                "--out", str(out), "--method", method, "--prune-iters", str(args.prune_iters),
                "--finetune-iters", str(args.finetune_iters), "--measure-iters", str(args.measure_iters),
-               "--measure-batches", args.measure_batches, "--measure-threads", args.measure_threads, *gsl_flags]
+               "--measure-batches", args.measure_batches, "--measure-threads", args.measure_threads]
+    for flag, _, _ in GSL_SETTINGS:
+        command += [flag, str(getattr(args, flag[2:].replace("-", "_")))]
+    command += gsl_flags
     if args.threads:
         command += ["--threads", str(args.threads)]
-    if method == "magnitude" and args.sparsity is not None:
-        command += ["--sparsity", str(args.sparsity)]
+    if method == "magnitude" and sparsity is not None:
+        command += ["--sparsity", f"{sparsity:.4f}"]
     if (out / "gsl.json").exists():
         command.append("--resume")
     print(f"\n{method}: {' '.join(command[1:])}", flush=True)
@@ -172,7 +189,12 @@ def main(argv=None):
     accuracy = dense_accuracy(args, work, model)
     reference = f" (BVLC Caffe: {BVLC_ACCURACY})" if args.test_images == 10000 else ""
     print(f"dense cifar10_full: test accuracy {accuracy:.4f} on {args.test_images} images{reference}", flush=True)
-    outs = [prune(args, work, method, solver, model, gsl_flags) for method in methods]
+    outs = []
+    for method in methods:
+        sparsity = args.sparsity
+        if method == "magnitude" and sparsity is None and outs:     # the guided run's share of zeros
+            sparsity = GSLResult.load(outs[0] / "gsl.json").stages["finetune"].sparsity
+        outs.append(prune(args, work, method, solver, model, gsl_flags, sparsity))
 
     table = methods_table([GSLResult.load(out / "gsl.json") for out in outs])
     (work / "methods.txt").write_text(table + "\n")

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from pyskim.io.blobproto import blobproto_to_array
 from pyskim.io.protofiles import read_text, write_text
 from pyskim.io.upgrade import read_net_binary, read_net_text
 from pyskim.kernels.threads import get_num_threads
+from pyskim.perf import model as perfmodel
 from pyskim.perf import profile as perfprofile
 from pyskim.proto import caffe_pb2
 from pyskim.prune import gsl, methods
@@ -27,7 +29,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LENET = REPO / "prototxt" / "lenet"
 TRAIN, TEST, DENSE_ITERS = 960, 200, 120
 GDNS = {"method": "gdns", "prune_iters": 60, "finetune_iters": 30, "snapshots": 2, "tests": 1,
-        "measure_iters": 1, "batch": 16, "measure_batches": [1, 8], "measure_threads": [1]}
+        "measure_iters": 1, "batch": 16, "measure_batches": [1, 8], "measure_threads": [1],
+        "finetune_lr_drop": 0.5}
 SPARSITY = 0.75
 CONV_IP = ("conv1", "conv2", "ip1", "ip2")
 
@@ -108,6 +111,11 @@ def test_dns_threshold_is_the_smallest_layer_quantile():
     assert np.mean(np.abs(small) <= t0) <= methods.DNS_START_SPARSITY + 0.01
     with pytest.raises(ValueError, match="zero weights"):
         methods.dns_threshold([np.zeros(10), large])
+    per_layer = methods.dns_threshold([large, small], [0.9, 0.2])         # a share per layer
+    assert per_layer == pytest.approx(np.quantile(np.abs(small), 0.2))
+    assert methods.dns_threshold([large, small], [0.002, 0.9]) == pytest.approx(np.quantile(np.abs(large), 0.002))
+    with pytest.raises(ValueError, match="2 start sparsities for 1"):
+        methods.dns_threshold([large], [0.5, 0.5])
 
 
 @pytest.mark.parametrize("method, dns_type, conv, ip", [
@@ -125,6 +133,12 @@ def test_stage_net_per_method(method, dns_type, conv, ip):
 def test_bad_settings_are_one_clear_error(work, caplog):
     with pytest.raises(gsl.GSLError, match="method must be one of"):
         gsl.run_gsl(work / "lenet_solver.prototxt", work / "dense.caffemodel", work / "bad", method="dns")
+    with pytest.raises(gsl.GSLError, match=r"finetune_lr_drop .* \(0, 1\), got 1.5"):
+        gsl.run_gsl(work / "lenet_solver.prototxt", work / "dense.caffemodel", work / "bad", finetune_lr_drop=1.5)
+    with pytest.raises(gsl.GSLError, match=r"saving_share .* \(0, 1\], got 0"):
+        gsl.run_gsl(work / "lenet_solver.prototxt", work / "dense.caffemodel", work / "bad", saving_share=0)
+    with pytest.raises(gsl.GSLError, match="plan_threads must be >= 1"):
+        gsl.run_gsl(work / "lenet_solver.prototxt", work / "dense.caffemodel", work / "bad", plan_threads=0)
     with pytest.raises(gsl.GSLError, match=r"sparsity .* \[0, 1\)"):
         gsl.run_gsl(work / "lenet_solver.prototxt", work / "dense.caffemodel", work / "bad", method="magnitude",
                     sparsity=1.0)
@@ -141,7 +155,8 @@ def test_gdns_prunes_at_once_with_the_dense_threshold(gdns, work):
     pruned = [p.name for p in gdns.plan if p.prune]
     assert {"conv2", "ip1"} <= set(pruned)
     dense = _weights(work / "dense.caffemodel")
-    expected = min(np.quantile(np.abs(dense[n]).astype(np.float64), 0.5) for n in pruned)
+    shares = {p.name: max(0.5, 1 - p.floor) for p in gdns.plan if p.prune}       # each layer toward its floor
+    expected = min(np.quantile(np.abs(dense[n]).astype(np.float64), shares[n]) for n in pruned)
     solver = read_text(gdns.stages["prune"].files["solver"], caffe_pb2.SolverParameter())
     assert solver.prune_threshold == pytest.approx(expected, rel=1e-6) and solver.max_threshold_factor == 1
     assert gdns.config["dns_threshold"] == pytest.approx(expected, rel=1e-6)
@@ -151,7 +166,7 @@ def test_gdns_prunes_at_once_with_the_dense_threshold(gdns, work):
     after = _weights(gdns.stages["prune"].files["caffemodel"])
     zero = {name: np.mean(after[name] == 0) for name in pruned}
     assert all(share > 0.05 for share in zero.values()), zero              # every picked layer pruned,
-    setter = min(pruned, key=lambda n: np.quantile(np.abs(dense[n]), 0.5))
+    setter = min(pruned, key=lambda n: np.quantile(np.abs(dense[n]), shares[n]))
     assert zero[setter] > 0.3, zero                                         # the threshold's layer by > 30%,
     assert sum(zero[n] * after[n].size for n in pruned) / sum(after[n].size for n in pruned) > 0.3  # in all
     assert np.mean(after["ip2"] == 0) == 0                                # not in the plan: dense
@@ -178,6 +193,38 @@ def test_gdns_finetune_holds_the_masks_and_recovers(gdns):
     assert gdns.final.accuracy > 0.5                                    # chance: 0.1
     assert gdns.final.sparsity == pytest.approx(
         sum(np.sum(after[n] == 0) for n in CONV_IP) / sum(after[n].size for n in CONV_IP), abs=1e-6)
+
+
+def test_gdns_finetune_learning_rate_drops_tenfold(gdns, work):
+    """``finetune_lr_drop``: Caffe's multistep policy, base_lr for half of the 30 iterations, then a tenth
+    (read from the solver GSL wrote and from the lr Caffe's log shows)."""
+    solver = read_text(gdns.stages["finetune"].files["solver"], caffe_pb2.SolverParameter())
+    user = read_text(work / "lenet_solver.prototxt", caffe_pb2.SolverParameter())
+    assert (solver.lr_policy, solver.gamma, list(solver.stepvalue)) == ("multistep", pytest.approx(0.1), [15])
+    assert solver.base_lr == pytest.approx(user.base_lr)
+    rates = {int(it): float(lr) for it, lr in re.findall(r"Iteration (\d+), lr = ([0-9.e-]+)",
+                                                         pathlib.Path(gdns.stages["finetune"].files["log"]).read_text())}
+    assert rates and all(lr == pytest.approx(user.base_lr * (0.1 if it >= 15 else 1)) for it, lr in rates.items())
+    assert any(it >= 15 for it in rates) and any(it < 15 for it in rates)
+    prune = read_text(gdns.stages["prune"].files["solver"], caffe_pb2.SolverParameter())
+    assert prune.lr_policy == user.lr_policy                                 # the prune stage keeps the user's
+
+
+def test_floors_follow_the_saving_share():
+    """A layer's floor gives it ``saving_share`` of the time pruning to saturation saves: the model's
+    sparse time there is that far from dense toward its time at saturation; a smaller share, a higher floor."""
+    shapes = {"conv2": ("Convolution", perfmodel.ConvShape(1, 32, 16, 16, 32, (5, 5), pad=(2, 2)))}
+    profile = perfprofile.default_profile(1)
+    plans = {share: gsl.plan_layers(shapes, {"conv2": 25600}, min_density=0.0, profile=profile,
+                                    saving_share=share)[0] for share in (0.6, 0.8, 1.0)}
+    p = plans[0.8]
+    assert p.saturation < p.floor < p.break_even and plans[0.6].floor > p.floor
+    assert plans[1.0].floor == pytest.approx(p.saturation, rel=1e-6)
+    dense = perfmodel.predict(shapes["conv2"][1], 1.0, profile).dense
+    at_saturation = perfmodel.predict(shapes["conv2"][1], p.saturation, profile).sparse
+    at_floor = perfmodel.predict(shapes["conv2"][1], p.floor, profile).sparse
+    assert (dense - at_floor) / (dense - at_saturation) == pytest.approx(0.8, abs=1e-3)
+    assert gsl.plan_layers(shapes, {"conv2": 25600}, min_density=0.5, profile=profile)[0].floor == 0.5
 
 
 def test_gdns_timing_grid_and_report(gdns, work):

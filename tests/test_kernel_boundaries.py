@@ -91,7 +91,7 @@ SPECS = {
                                                             size=3, alpha=1e-4, beta=0.75),
                                 {"x": 4, "top": 4, "scale": 4, "top_diff": 4}, {"size": (1, 1)}, outs=["out"]),
     "lrn_within_forward": Spec(K.lrn_within_forward, args(x=X4, size=3, alpha=1e-4, beta=0.75), {"x": 4},
-                               {"size": (1, 1)}, outs=["out"]),
+                               {"size": (1, 1)}, outs=["out", "pooled_out", "power_out"]),
     "lrn_within_backward": Spec(K.lrn_within_backward, args(x=X4, pooled=WPOOLED, power=WPOWER, top_diff=WTOP,
                                                             size=3, alpha=1e-4, beta=0.75),
                                 {"x": 4, "pooled": 4, "power": 4, "top_diff": 4}, {"size": (1, 1)}, outs=["out"]),

@@ -45,7 +45,8 @@ def build_parser():
                    help="gdns: the regularizer of the pruned convolutions (default: %(default)s)")
     p.add_argument("--dns-threshold", type=float, default=None,
                    help="gdns: the pruning threshold on |w| (default: the largest that zeroes at most "
-                        f"{100 * DNS_START_SPARSITY:g}%% of any pruned layer's dense weights)")
+                        "the share 1 - d* of each pruned layer's dense weights its plan floor d* asks for, "
+                        f"at least {100 * DNS_START_SPARSITY:g}%%)")
     p.add_argument("--target-speedup", type=float, default=None,
                    help="prune only the layers needed for this predicted net speedup (default: all that gain)")
     p.add_argument("--prune-iters", type=int, default=DEFAULTS["prune_iters"],
@@ -63,9 +64,17 @@ def build_parser():
     p.add_argument("--finetune-lr", type=float, default=None, help="fine-tune base_lr (default: the solver's)")
     p.add_argument("--finetune-weight-decay", type=float, default=None, dest="weight_decay",
                    help="fine-tune L2 weight_decay (default: the solver's)")
+    p.add_argument("--saving-share", type=float, default=DEFAULTS["saving_share"], metavar="S",
+                   help="a pruned layer's floor: the density at which the model gives it the share S of the "
+                        "time pruning it to saturation would save (default: %(default)g)")
     p.add_argument("--min-density", type=float, default=DEFAULTS["min_density"],
                    help="lowest density a layer is expected to reach (default: %(default)g)")
+    p.add_argument("--finetune-lr-drop", type=float, default=None, metavar="F",
+                   help="fine-tune at base_lr for the fraction F of the iterations, then at a tenth of it "
+                        "(default: the solver's lr_policy)")
     p.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="batch of the speedup model and timing")
+    p.add_argument("--plan-threads", type=int, default=None,
+                   help="thread count the model plans for and each stage is timed with (default: --threads)")
     p.add_argument("--measure-iters", type=int, default=DEFAULTS["measure_iters"],
                    help="timed forward passes per layer and stage (0: no timing; default: %(default)s)")
     p.add_argument("--measure-batches", type=_int_list, default=None, metavar="B1,B2",

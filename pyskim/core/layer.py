@@ -119,6 +119,7 @@ class Layer:
         self.blobs = [_blob_from_proto(b, f"{param.name}/{i}") for i, b in enumerate(param.blobs)]
         self.param_propagate_down = [True] * len(self.blobs)
         self.loss_weights = []
+        self._weighted_tops = []        # (top index, loss weight) of the tops with a nonzero weight
 
     # -- the contract ------------------------------------------------------------------------------
     def layer_setup(self, bottom, top):
@@ -157,7 +158,8 @@ class Layer:
         self.reshape(bottom, top)
         if top and all(blob.count == 0 for blob in top):
             return 0.0          # nothing to compute (Caffe's loops run over zero items)
-        if any(self.loss_weights) and any(blob.count == 0 for blob in bottom):
+        weighted = self._weighted_tops
+        if weighted and any(blob.count == 0 for blob in bottom):
             for blob in top:    # a loss over an empty batch: zero, as Caffe's sums over no items
                 blob.data[...] = 0
             return 0.0
@@ -166,9 +168,8 @@ class Layer:
         except KernelArgumentError as e:        # name the layer whose parameters the kernel refused
             raise KernelArgumentError(f"layer '{self.name}' ({self.type}): {e}") from None
         loss = 0.0
-        for top_blob, weight in zip(top, self.loss_weights):
-            if weight:
-                loss += float(np.dot(top_blob.data.ravel(), top_blob.diff.ravel()))
+        for j, weight in weighted:
+            loss += float(np.dot(top[j].data.ravel(), top[j].diff.ravel()))
         return loss
 
     def backward(self, top, propagate_down, bottom):
@@ -194,6 +195,7 @@ class Layer:
                 raise NetError(f"layer '{self.name}': loss_weight must be unspecified or given once per "
                                f"top ({len(top)} tops, {len(weights)} weights)")
         self.loss_weights = weights or [0.0] * len(top)
+        self._weighted_tops = [(j, w) for j, w in enumerate(self.loss_weights) if w]
         for top_blob, weight in zip(top, self.loss_weights):
             if weight:
                 top_blob.diff[...] = weight

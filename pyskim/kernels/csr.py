@@ -10,7 +10,6 @@ matrix (``FcCSR``). Weights with ``w == 0`` exactly (including -0.0) are dropped
 Bad arguments raise :class:`pyskim.errors.KernelArgumentError` (a ``ValueError``), checked by
 :mod:`.validate`.
 """
-import contextlib
 import numbers
 import threading
 
@@ -62,6 +61,25 @@ def _csr_rows(mask):
     return rowptr.astype(np.int32), rows, cols
 
 
+class _BufferLease:
+    """``with csr.input_buffer(size) as buffer``: a plain class rather than a generator, because a
+    sparse convolution at batch 1 takes a few microseconds and enters one at every call."""
+
+    __slots__ = ("_csr", "_held", "_size")
+
+    def __init__(self, csr, size):
+        self._csr, self._size, self._held = csr, size, False
+
+    def __enter__(self):
+        buffer, self._held = self._csr._lease(self._size)
+        return buffer
+
+    def __exit__(self, *exc):
+        if self._held:
+            self._csr._end_lease()
+        return False
+
+
 class ConvCSR:
     """Group-wise CSR convolution weights with padded-input column offsets (see module docstring).
 
@@ -107,19 +125,25 @@ class ConvCSR:
         """The kernel plans cached now (a tuple)."""
         return tuple(self._plans.values())
 
-    @contextlib.contextmanager
     def input_buffer(self, size):
-        """A float32 scratch array of at least ``size`` elements for the duration of the ``with``:
-        the cached buffer (grown when too small) when no other thread holds it, else a fresh one."""
+        """A context manager giving a float32 scratch array of at least ``size`` elements for the
+        duration of the ``with``: the cached buffer (grown when too small) when no other thread holds
+        it, else a fresh one."""
+        return _BufferLease(self, size)
+
+    def _lease(self, size):
         if not self._lock.acquire(blocking=False):      # another thread is using the cached buffer
-            yield np.empty(size, dtype=np.float32)
-            return
-        try:
-            if self._buffer is None or self._buffer.size < size:
+            return np.empty(size, dtype=np.float32), False
+        if self._buffer is None or self._buffer.size < size:
+            try:
                 self._buffer = np.empty(size, dtype=np.float32)
-            yield self._buffer
-        finally:
-            self._lock.release()
+            except BaseException:
+                self._lock.release()
+                raise
+        return self._buffer, True
+
+    def _end_lease(self):
+        self._lock.release()
 
     @property
     def buffer_size(self):

@@ -40,6 +40,8 @@ from .validate import (
 
 __all__ = [
     "KernelArgumentError",
+    "LRNWithinPlan",
+    "PoolingPlan",
     "ave_pool_backward",
     "ave_pool_forward",
     "axpby",
@@ -73,6 +75,42 @@ PARALLEL_MIN_ELEMENTS = 1 << 16
 
 def _threads_for(elements):
     return get_num_threads() if elements >= PARALLEL_MIN_ELEMENTS else 1
+
+
+# -- plans: a layer's constant arguments checked once -----------------------------------------------
+#
+# A layer calls a kernel with the same geometry and array shapes on every pass. A plan checks those
+# once, when it is made (in the layer's reshape), exactly as the wrapper function checks them, and
+# owns the arrays the kernel writes beside the top (the max-pooling mask, the LRN intermediates), so
+# a pass checks only that each array has the planned shape and that the top overlaps no input; the
+# compiled call's typed buffers refuse another dtype or layout, or a read-only output.
+
+def _planned_shape(fn, name, shape):
+    """``shape`` as a 4-tuple of positive ints whose product the kernels can index."""
+    shape = int_tuple(fn, name, shape, 4, 1)
+    if math.prod(shape) > INT_MAX:
+        raise KernelArgumentError(f"{fn}: {name} {shape} has too many elements")
+    return shape
+
+
+def _check_planned(fn, x, out, in_shape, out_shape):
+    """Refuse ``x`` / ``out`` unless numpy arrays of the planned shapes, ``out`` not overlapping ``x``."""
+    if type(x) is not np.ndarray or x.shape != in_shape:
+        raise KernelArgumentError(f"{fn}: x must be a numpy array of shape {in_shape}, "
+                                  f"got {getattr(x, 'shape', type(x).__name__)}")
+    if type(out) is not np.ndarray or out.shape != out_shape:
+        raise KernelArgumentError(f"{fn}: out must be a numpy array of shape {out_shape}, "
+                                  f"got {getattr(out, 'shape', type(out).__name__)}")
+    if np.may_share_memory(out, x):
+        raise KernelArgumentError(f"{fn}: out must not overlap an input array")
+
+
+def _planned_call(fn, kernel, *args):
+    """``kernel(*args)``, its refusal of an array (dtype, layout, read-only) as a KernelArgumentError."""
+    try:
+        kernel(*args)
+    except (ValueError, BufferError) as e:
+        raise KernelArgumentError(f"{fn}: {e}") from None
 
 
 def conv_output_size(in_size, kernel, pad, stride, dilation):
@@ -275,6 +313,11 @@ def relu(x, out=None):
     ``out`` (checked as every kernel's output, or allocated when None) may be ``x`` itself (in place)
     but must not overlap it otherwise. Returns ``out``."""
     fn = "relu"
+    if (out is x and type(x) is np.ndarray and x.dtype == np.float32 and 0 < x.size <= INT_MAX
+            and x.flags.c_contiguous):                      # in place, checked cheaply
+        flat = x.reshape(-1)
+        _planned_call(fn, _blas1.relu, flat, flat, _threads_for(x.size))
+        return x
     x = float_input(fn, "x", x, None)
     in_place = (isinstance(out, np.ndarray) and out.shape == x.shape
                 and out.__array_interface__["data"][0] == x.__array_interface__["data"][0])
@@ -318,6 +361,38 @@ def max_pool_forward(x, kernel, stride, pad, out_hw, out=None, mask_out=None):
     mask = output_array(fn, "mask_out", mask_out, (n, c, oh, ow), [x, top], dtype=np.int32)
     _pool.max_forward(x, kh, kw, ph, pw, sh, sw, top, mask, _threads_for(x.size))
     return top, mask
+
+
+class PoolingPlan:
+    """MAX or AVE pooling (Caffe's ``PoolingLayer``) of inputs of one shape ``in_shape`` (N, C, H, W)
+    to ``out_hw`` with one window, checked once as :func:`max_pool_forward` / :func:`ave_pool_forward`
+    check it (see the plans above; errors are named as theirs); :meth:`forward` gives the same results
+    as they do. For MAX the plan owns the int32 ``mask`` of the last forward (:func:`max_pool_forward`'s
+    second result)."""
+
+    def __init__(self, method, in_shape, kernel, stride, pad, out_hw):
+        if method not in ("MAX", "AVE"):
+            raise KernelArgumentError(f"PoolingPlan: method must be 'MAX' or 'AVE', got {method!r}")
+        self.method, self._fn = method, f"{method.lower()}_pool_forward"
+        n, c, h, w = _planned_shape(self._fn, "in_shape", in_shape)
+        kh, kw, sh, sw, ph, pw, oh, ow = _pool_geometry(self._fn, (h, w), kernel, stride, pad, out_hw)
+        self.in_shape, self.out_shape = (n, c, h, w), (n, c, oh, ow)
+        self._window = (kh, kw, ph, pw, sh, sw)
+        self._elements = n * c * h * w
+        self.mask = (output_array(self._fn, "mask", None, self.out_shape, [], dtype=np.int32)
+                     if method == "MAX" else None)
+
+    def forward(self, x, out):
+        """Pool ``x`` (``in_shape``, float32, C-contiguous) into ``out`` (``out_shape``, not
+        overlapping ``x``); MAX also writes :attr:`mask`. Returns ``out``."""
+        fn = self._fn
+        _check_planned(fn, x, out, self.in_shape, self.out_shape)
+        threads = _threads_for(self._elements)
+        if self.mask is None:
+            _planned_call(fn, _pool.ave_forward, x, *self._window, out, threads)
+        else:
+            _planned_call(fn, _pool.max_forward, x, *self._window, out, self.mask, threads)
+        return out
 
 
 def max_pool_backward(top_diff, mask, in_hw, out=None):
@@ -430,26 +505,30 @@ def _within_arrays(fn, x, size):
     return x, size, (size - 1) // 2
 
 
-def lrn_within_forward(x, size, alpha, beta, out=None):
-    """LRN within a channel of ``x`` (N, C, H, W), Caffe's internal chain: squares, AVE pooling over
-    ``size`` x ``size`` (pad (size-1)/2, Caffe's divisor), ``power = (1 + alpha * pooled) ** -beta``,
-    ``top = x * power``, each float32 step rounded as Caffe's, ``top`` written into ``out`` when given.
-    Returns ``(top, pooled, power)`` (keep ``pooled`` and ``power`` for :func:`lrn_within_backward`).
-    Only for :func:`lrn_within_fused` parameters."""
-    fn = "lrn_within_forward"
-    x, size, pad = _within_arrays(fn, x, size)
+def _within_constants(fn, alpha, beta):
+    """``alpha`` and ``-beta`` as the float32 values the WITHIN_CHANNEL kernels take (Python floats),
+    refused unless finite and :func:`lrn_within_fused`."""
     finite(fn, alpha=alpha, beta=beta)
     if not lrn_within_fused(alpha, beta):
         raise KernelArgumentError(f"{fn}: alpha {alpha}, beta {beta} are PowerLayer special cases")
-    threads = _threads_for(x.size)
-    flat = x.reshape(-1)
-    squares = output_array(fn, "squares", None, x.shape, [x])
-    _lrn.within_step(0, flat, None, None, None, squares.reshape(-1), None, 0.0, 0.0, threads)
-    pooled = ave_pool_forward(squares, size, 1, pad, x.shape[2:])
-    power = np.empty_like(x)
-    top = output_array(fn, "out", out, x.shape, [x])
-    _lrn.within_step(1, flat, pooled.reshape(-1), None, None, power.reshape(-1), top.reshape(-1),
-                     float(np.float32(alpha)), float(-np.float32(beta)), threads)
+    return float(np.float32(alpha)), float(-np.float32(beta))
+
+
+def lrn_within_forward(x, size, alpha, beta, out=None, pooled_out=None, power_out=None):
+    """LRN within a channel of ``x`` (N, C, H, W), Caffe's internal chain: squares, AVE pooling over
+    ``size`` x ``size`` (pad (size-1)/2, Caffe's divisor), ``power = (1 + alpha * pooled) ** -beta``,
+    ``top = x * power``, each float32 step rounded as Caffe's, in one compiled pass per plane
+    (``**`` is ``powf``, except for ``beta == 0.75``: the vectorised sqrt form of
+    :func:`lrn_across_forward`). ``top``, ``pooled`` and ``power`` are written into ``out``,
+    ``pooled_out`` and ``power_out`` when given. Returns ``(top, pooled, power)`` (keep ``pooled`` and
+    ``power`` for :func:`lrn_within_backward`). Only for :func:`lrn_within_fused` parameters."""
+    fn = "lrn_within_forward"
+    x, size, _ = _within_arrays(fn, x, size)
+    alpha, nbeta = _within_constants(fn, alpha, beta)
+    pooled = output_array(fn, "pooled_out", pooled_out, x.shape, [x])
+    power = output_array(fn, "power_out", power_out, x.shape, [x, pooled])
+    top = output_array(fn, "out", out, x.shape, [x, pooled, power])
+    _lrn.within_forward(x, size, alpha, nbeta, pooled, power, top, _threads_for(x.size))
     return top, pooled, power
 
 
@@ -464,16 +543,38 @@ def lrn_within_backward(x, pooled, power, top_diff, size, alpha, beta, out=None)
         arrays[name] = a = float_input(fn, name, value, 4)
         if a.shape != x.shape:
             raise KernelArgumentError(f"{fn}: {name} shape {a.shape} != x shape {x.shape}")
-    finite(fn, alpha=alpha, beta=beta)
-    if not lrn_within_fused(alpha, beta):
-        raise KernelArgumentError(f"{fn}: alpha {alpha}, beta {beta} are PowerLayer special cases")
+    alpha, nbeta = _within_constants(fn, alpha, beta)
     bottom = output_array(fn, "out", out, x.shape, [x, *arrays.values()])
     threads = _threads_for(x.size)
     flat, td, pw = x.reshape(-1), arrays["top_diff"].reshape(-1), arrays["power"].reshape(-1)
     power_diff = np.empty_like(x)
-    _lrn.within_step(2, flat, td, arrays["pooled"].reshape(-1), pw, None, power_diff.reshape(-1),
-                     float(np.float32(alpha)), float(-np.float32(beta)), threads)
+    _lrn.within_backward_step(0, flat, td, pw, arrays["pooled"].reshape(-1), power_diff.reshape(-1), alpha,
+                              nbeta, threads)
     pooled_diff = ave_pool_backward(power_diff, size, 1, pad, x.shape[2:])
-    _lrn.within_step(3, flat, td, pooled_diff.reshape(-1), pw, None, bottom.reshape(-1),
-                     0.0, 0.0, threads)
+    _lrn.within_backward_step(1, flat, td, pw, pooled_diff.reshape(-1), bottom.reshape(-1), 0.0, 0.0, threads)
     return bottom
+
+
+class LRNWithinPlan:
+    """WITHIN_CHANNEL LRN forward (:func:`lrn_within_forward`) of inputs of one shape (N, C, H, W)
+    with one ``size``, ``alpha`` and ``beta`` (:func:`lrn_within_fused` ones), checked once (see the
+    plans above; errors are named as the function's), with the same results. The plan owns ``pooled``
+    and ``power``, written by each :meth:`forward` for :func:`lrn_within_backward`."""
+
+    def __init__(self, shape, size, alpha, beta):
+        fn = "lrn_within_forward"
+        self.shape = _planned_shape(fn, "shape", shape)
+        self.size = _lrn_size(fn, size)
+        self._alpha, self._nbeta = _within_constants(fn, alpha, beta)
+        self.pooled = output_array(fn, "pooled", None, self.shape, [])
+        self.power = output_array(fn, "power", None, self.shape, [])
+        self._elements = math.prod(self.shape)
+
+    def forward(self, x, out):
+        """Normalise ``x`` (``shape``, float32, C-contiguous) into ``out`` (same shape, not overlapping
+        ``x``), writing :attr:`pooled` and :attr:`power`. Returns ``out``."""
+        fn = "lrn_within_forward"
+        _check_planned(fn, x, out, self.shape, self.shape)
+        _planned_call(fn, _lrn.within_forward, x, self.size, self._alpha, self._nbeta, self.pooled, self.power,
+                      out, _threads_for(self._elements))
+        return out

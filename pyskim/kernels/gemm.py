@@ -40,7 +40,7 @@ def _threads(macs):
 def _matrix(fn, name, a):
     """``a`` as a 2-D float32 array with element strides (any layout is kept, e.g. a transpose)."""
     if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
-            and all(s % 4 == 0 for s in a.strides)):
+            and a.strides[0] % 4 == 0 and a.strides[1] % 4 == 0):
         a = float_input(fn, name, a, 2)
     if a.size > INT_MAX:
         raise KernelArgumentError(f"{fn}: {name} has too many elements ({a.size})")

@@ -31,7 +31,7 @@ from .validate import (
     output_array,
 )
 
-__all__ = ["choose_conv_blocking", "conv_plan_work", "sparse_conv_forward", "sparse_fc_forward"]
+__all__ = ["SparseConv", "choose_conv_blocking", "conv_plan_work", "sparse_conv_forward", "sparse_fc_forward"]
 
 VECTOR = _sc.vector_length()
 MAX_TILE = _sc.max_tile_vectors()
@@ -229,6 +229,66 @@ def _build_conv_plan(csr, stride, out_hw, blocking, threads):
                         b["interleave_min"], wq, shifts, il_col, il_val)
 
 
+class SparseConv:
+    """:func:`sparse_conv_forward` bound to its weights and geometry: everything but the input, the
+    bias values and the output is validated once, here, so that a layer calling it at every forward
+    pays only for the checks of ``x``, ``bias`` and ``out`` (a few attribute reads when they are
+    already C-contiguous float32 arrays of the bound shapes). Arguments as :func:`sparse_conv_forward`'s;
+    the compiled plan is looked up again only when the thread count changes between one and more."""
+
+    def __init__(self, conv_csr, stride, pad, dilation, out_hw, relu=False, blocking=None):
+        fn = "sparse_conv_forward"
+        if not isinstance(conv_csr, ConvCSR):
+            raise KernelArgumentError(f"{fn}: conv_csr must be a ConvCSR (pack_conv_weights), "
+                                      f"got {type(conv_csr).__name__}")
+        csr = self.csr = conv_csr
+        stride = int_tuple(fn, "stride", stride, 2, 1)
+        pad = int_tuple(fn, "pad", pad, 2, 0)
+        dilation = int_tuple(fn, "dilation", dilation, 2, 1)
+        if pad != csr.pad or dilation != csr.dilation:
+            raise KernelArgumentError(f"{fn}: pad {pad} / dilation {dilation} differ from the packed weights' "
+                                      f"{csr.pad} / {csr.dilation}")
+        expect = conv_output_shape(fn, csr.input_hw, csr.kernel, pad, stride, dilation)
+        if int_tuple(fn, "out_hw", out_hw, 2, 1) != expect:
+            raise KernelArgumentError(f"{fn}: out_hw must be {expect} for this geometry, got {out_hw!r}")
+        self.stride, self.out_hw = stride, expect
+        self.relu = flag(fn, "relu", relu)
+        self.blocking = _blocking_arg(fn, blocking)
+        self._image = (csr.channels,) + csr.input_hw
+        self._out_image = (csr.num_output,) + expect
+        self._bias_shape = (csr.num_output,)
+        self._plan_one = self._plan_obj = None
+
+    def _plan(self, threads):
+        """The compiled plan for ``threads`` (the default layout depends on whether it is one)."""
+        one = threads == 1
+        if one != self._plan_one:
+            csr, stride, expect, blocking = self.csr, self.stride, self.out_hw, self.blocking
+            self._plan_obj = csr.plan((stride, expect, blocking, one),
+                                      lambda: _build_conv_plan(csr, stride, expect, blocking, 1 if one else threads))
+            self._plan_one = one
+        return self._plan_obj
+
+    def __call__(self, x, bias=None, out=None):
+        """``conv(x) + bias`` (ReLU if bound with ``relu``) into ``out`` (fresh when None); returns it."""
+        fn = "sparse_conv_forward"
+        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.shape[1:] == self._image
+                and x.shape[0] >= 1 and x.flags.c_contiguous):
+            x = float_input(fn, "x", x, 4)
+            if x.shape[0] < 1 or x.shape[1:] != self._image:
+                raise KernelArgumentError(f"{fn}: x must have shape (N>=1, {', '.join(map(str, self._image))}) "
+                                          f"for these packed weights, got {x.shape}")
+        if bias is not None and not (type(bias) is np.ndarray and bias.dtype == np.float32
+                                     and bias.shape == self._bias_shape and bias.flags.c_contiguous):
+            bias = bias_input(fn, bias, self.csr.num_output)
+        y = output_array(fn, "out", out, (x.shape[0],) + self._out_image, [x, bias])
+        threads = get_num_threads()
+        plan = self._plan(threads)
+        with self.csr.input_buffer(plan.buffer_size(x.shape[0])) as buffer:
+            plan.forward(x, buffer, bias, y, self.relu, threads)
+        return y
+
+
 def sparse_conv_forward(x, conv_csr, bias, stride, pad, dilation, out_hw, relu=False, out=None,
                         blocking=None):
     """Direct sparse convolution: ``y (N, OC, OH, OW) = conv(x (N, C, H, W), W) + bias``.
@@ -238,37 +298,9 @@ def sparse_conv_forward(x, conv_csr, bias, stride, pad, dilation, out_hw, relu=F
     output size. ``bias`` (OC,) or None; ``relu=True`` fuses ``max(y, 0)``. ``out`` optionally
     receives the result (C-contiguous float32). ``blocking`` is a tuning knob: a dict overriding
     entries of :func:`choose_conv_blocking` (results do not depend on it beyond rounding).
+    A caller that runs the same convolution repeatedly binds it once with :class:`SparseConv`.
     """
-    fn = "sparse_conv_forward"
-    if not isinstance(conv_csr, ConvCSR):
-        raise KernelArgumentError(f"{fn}: conv_csr must be a ConvCSR (pack_conv_weights), "
-                                  f"got {type(conv_csr).__name__}")
-    csr = conv_csr
-    x = float_input(fn, "x", x, 4)
-    n, c, h, w = x.shape
-    if n < 1 or c != csr.channels or (h, w) != csr.input_hw:
-        raise KernelArgumentError(f"{fn}: x must have shape (N>=1, {csr.channels}, {csr.input_hw[0]}, "
-                                  f"{csr.input_hw[1]}) for these packed weights, got {x.shape}")
-    stride = int_tuple(fn, "stride", stride, 2, 1)
-    pad = int_tuple(fn, "pad", pad, 2, 0)
-    dilation = int_tuple(fn, "dilation", dilation, 2, 1)
-    if pad != csr.pad or dilation != csr.dilation:
-        raise KernelArgumentError(f"{fn}: pad {pad} / dilation {dilation} differ from the packed weights' "
-                                  f"{csr.pad} / {csr.dilation}")
-    expect = conv_output_shape(fn, csr.input_hw, csr.kernel, pad, stride, dilation)
-    if int_tuple(fn, "out_hw", out_hw, 2, 1) != expect:
-        raise KernelArgumentError(f"{fn}: out_hw must be {expect} for this geometry, got {out_hw!r}")
-    relu = flag(fn, "relu", relu)
-    b = bias_input(fn, bias, csr.num_output)
-    y = output_array(fn, "out", out, (n, csr.num_output) + expect, [x, b])
-    blocking = _blocking_arg(fn, blocking)
-    threads = get_num_threads()
-    one = threads == 1           # the default layout depends on it (choose_conv_blocking)
-    plan = csr.plan((stride, expect, blocking, one), lambda: _build_conv_plan(csr, stride, expect, blocking,
-                                                                             1 if one else threads))
-    with csr.input_buffer(plan.buffer_size(n)) as buffer:
-        plan.forward(x, buffer, b, y, relu, threads)
-    return y
+    return SparseConv(conv_csr, stride, pad, dilation, out_hw, relu, blocking)(x, bias, out)
 
 
 def sparse_fc_forward(x, fc_csr, bias, relu=False, out=None):

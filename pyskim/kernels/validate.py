@@ -114,8 +114,9 @@ def float_input(fn, name, x, ndim):
 
 def bias_input(fn, bias, n):
     """``bias`` as a float32 (n,) array, or None (no bias)."""
-    if bias is None:
-        return None
+    if bias is None or (type(bias) is np.ndarray and bias.shape == (n,) and bias.dtype == np.float32
+                        and bias.flags.c_contiguous):
+        return bias
     b = float_input(fn, "bias", bias, 1)
     if b.shape != (n,):
         raise KernelArgumentError(f"{fn}: bias must have shape ({n},), got {b.shape}")
@@ -138,6 +139,12 @@ def output_array(fn, name, out, shape, inputs, dtype=np.float32):
     """A fresh array of ``shape`` when ``out`` is None, else ``out`` checked: a numpy array of exactly
     this shape and dtype, C-contiguous, writeable, sharing no memory with ``inputs`` (None entries
     are skipped). Empty or oversized shapes are refused before anything is allocated."""
+    if (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype and 0 < out.size <= INT_MAX
+            and out.flags.c_contiguous and out.flags.writeable):      # the common case, checked cheaply
+        for x in inputs:
+            if x is not None and np.may_share_memory(out, x):
+                raise KernelArgumentError(f"{fn}: {name} must not overlap an input array")
+        return out
     shape = tuple(map(int, shape))
     if min(shape, default=1) <= 0:
         raise KernelArgumentError(f"{fn}: {name} would have an empty shape {shape}")

@@ -34,6 +34,7 @@ class InnerProductLayer(Layer):
         if self.bias_term:
             specs.append(((self.num_output,), p.bias_filler))
         self.make_param_blobs(specs)
+        self._reshaped_for = self._top_shape = None
         if tuple(self.blobs[0].shape) != weight_shape:
             raise layer_error(self, f"weight blob has shape {list(self.blobs[0].shape)}, expected {list(weight_shape)}")
         self.weights_changed()
@@ -45,12 +46,16 @@ class InnerProductLayer(Layer):
             self.engine.weights_changed()
 
     def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if shape == self._reshaped_for and top[0].shape == self._top_shape:
+            return              # the shapes of the last reshape: M still holds
         axis = canonical_axis(self, bottom[0], self.param.inner_product_param.axis, "inner_product_param.axis")
         if bottom[0].count_range(axis) != self.K:
             raise layer_error(self, f"input size incompatible with inner product parameters: bottom "
-                                    f"{list(bottom[0].shape)} from axis {axis} is not K = {self.K}")
+                                    f"{list(shape)} from axis {axis} is not K = {self.K}")
         self.M = bottom[0].count_range(0, axis)
-        top[0].reshape(tuple(bottom[0].shape[:axis]) + (self.num_output,))
+        top[0].reshape(tuple(shape[:axis]) + (self.num_output,))
+        self._reshaped_for, self._top_shape = shape, top[0].shape
 
     def _weight_as_kn(self, weight):
         """The weights as the (K, N) right-hand side of ``x . W^T`` (a view)."""

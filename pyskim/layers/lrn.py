@@ -1,10 +1,11 @@
 """LRN (Caffe's ``lrn_layer``): across channels on the compiled LRN kernel, within a channel as
-Caffe's internal Power -> average Pooling -> Power chain (the compiled within-channel steps around
-the pooling kernels; NumPy steps for PowerLayer's special cases)."""
+Caffe's internal Power -> average Pooling -> Power chain (forward: one compiled pass, planned in the
+reshape; backward: the compiled within-channel steps around the pooling kernel; NumPy steps for
+PowerLayer's special cases)."""
 import numpy as np
 
-from ..core.layer import Layer, register
-from ..errors import NetError
+from ..core.layer import Layer, layer_error, register
+from ..errors import KernelArgumentError, NetError
 from ..kernels import dense as kernels
 from ..proto import caffe_pb2
 
@@ -64,16 +65,28 @@ class LRNLayer(Layer):
             raise NetError(f"layer '{self.name}': LRN only supports odd values for local_size, got {self._size}")
         self._alpha, self._beta, self._k = lp.alpha, lp.beta, lp.k
         self._within = lp.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL
+        self._fused = self._within and kernels.lrn_within_fused(self._alpha, self._beta)
         self._pre_pad = (self._size - 1) // 2
-        self._scale = None
+        self._scale = None              # ACROSS_CHANNELS: the scale kept for the backward
+        self._plan = None               # fused WITHIN_CHANNEL: the kernels' plan (owns pooled and power)
+        self._reshaped_for = None
 
     def reshape(self, bottom, top):
-        if bottom[0].num_axes != 4:
+        shape = bottom[0].shape
+        if shape == self._reshaped_for and top[0].shape == shape:
+            return              # the shape of the last reshape: the buffers still fit
+        if len(shape) != 4:
             raise NetError(f"layer '{self.name}': input must have 4 axes, corresponding to (num, channels, "
-                           f"height, width); got shape {list(bottom[0].shape)}")
-        top[0].reshape(bottom[0].shape)
-        if not self._within and (self._scale is None or self._scale.shape != bottom[0].shape):
-            self._scale = np.empty(bottom[0].shape, np.float32)
+                           f"height, width); got shape {list(shape)}")
+        top[0].reshape(shape)
+        if not self._within:
+            self._scale = np.empty(shape, np.float32)
+        elif self._fused:
+            try:
+                self._plan = kernels.LRNWithinPlan(shape, self._size, self._alpha, self._beta)
+            except KernelArgumentError as e:
+                raise layer_error(self, str(e)) from None
+        self._reshaped_for = shape
 
     def forward_cpu(self, bottom, top):
         x = bottom[0].data
@@ -81,9 +94,8 @@ class LRNLayer(Layer):
             kernels.lrn_across_forward(x, self._size, self._alpha, self._beta, self._k,
                                        out=top[0].data, scale_out=self._scale)
             return
-        if kernels.lrn_within_fused(self._alpha, self._beta):
-            _, self._pooled, self._power = kernels.lrn_within_forward(x, self._size, self._alpha, self._beta,
-                                                                      out=top[0].data)
+        if self._fused:
+            self._plan.forward(x, top[0].data)
             return
         size, pad = self._size, self._pre_pad
         self._pooled = kernels.ave_pool_forward(np.square(x), size, 1, pad, x.shape[2:])
@@ -98,8 +110,8 @@ class LRNLayer(Layer):
             kernels.lrn_across_backward(x, top[0].data, self._scale, top_diff, self._size, self._alpha,
                                         self._beta, out=bottom[0].diff)
             return
-        if kernels.lrn_within_fused(self._alpha, self._beta):
-            kernels.lrn_within_backward(x, self._pooled, self._power, top_diff, self._size, self._alpha,
+        if self._fused:
+            kernels.lrn_within_backward(x, self._plan.pooled, self._plan.power, top_diff, self._size, self._alpha,
                                         self._beta, out=bottom[0].diff)
             return
         product_diff = self._power * top_diff

@@ -24,7 +24,9 @@ class NeuronLayer(Layer):
     exact_num_top = 1
 
     def reshape(self, bottom, top):
-        top[0].reshape(bottom[0].shape)
+        shape = bottom[0].shape
+        if top[0].shape != shape:       # else in place, or as on the last pass: nothing to resize
+            top[0].reshape(shape)
 
 
 def _sigmoid(x):
@@ -54,6 +56,7 @@ class ReLULayer(NeuronLayer):
 
     def layer_setup(self, bottom, top):
         self.negative_slope = F32(self.param.relu_param.negative_slope)
+        self._rectify = self.negative_slope == 0       # max(x, 0): the compiled pass
 
     def forward_cpu(self, bottom, top):
         fusion = self.fusion
@@ -61,8 +64,8 @@ class ReLULayer(NeuronLayer):
             fusion.applied = False      # the producer's kernel wrote max(x, 0) already
             return
         x = bottom[0].data
-        if self.negative_slope == 0:       # one compiled pass, Caffe's NaN / -inf results included
-            relu(x, top[0].data)
+        if self._rectify:               # one compiled pass, Caffe's NaN / -inf results included
+            relu(x, x if bottom[0] is top[0] else top[0].data)     # in place: the kernel's cheap path
         else:
             top[0].data[...] = np.maximum(x, F32(0)) + self.negative_slope * np.minimum(x, F32(0))
 

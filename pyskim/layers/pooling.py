@@ -3,8 +3,8 @@
 import numpy as np
 
 from ..core.blob import Blob
-from ..core.layer import Layer, register
-from ..errors import NetError
+from ..core.layer import Layer, layer_error, register
+from ..errors import KernelArgumentError, NetError
 from ..kernels import dense as kernels
 from ..kernels.validate import check_span
 from ..proto import caffe_pb2
@@ -75,7 +75,8 @@ class PoolingLayer(Layer):
                 raise NetError(f"layer '{self.name}': pad {list(self._pad)} must be smaller than the "
                                f"kernel {list(self._kernel)}")
         self._method = pp.pool
-        self._mask = None
+        self._plan = None               # the kernels' plan for the bottom shape of the last reshape
+        self._reshaped_for = self._top_shape = None
 
     @property
     def window(self):
@@ -84,11 +85,13 @@ class PoolingLayer(Layer):
         return tuple(self._kernel), tuple(self._stride), tuple(self._pad)
 
     def reshape(self, bottom, top):
-        b = bottom[0]
-        if b.num_axes != 4:
+        shape = bottom[0].shape
+        if shape == self._reshaped_for and top[0].shape == top[-1].shape == self._top_shape:
+            return              # the shapes of the last reshape (of both tops): the plan still holds
+        if len(shape) != 4:
             raise NetError(f"layer '{self.name}': input must have 4 axes, corresponding to (num, channels, "
-                           f"height, width); got shape {list(b.shape)}")
-        n, c, h, w = b.shape
+                           f"height, width); got shape {list(shape)}")
+        n, c, h, w = shape
         if self._global:
             self._kernel = (h, w)
         # the compiled kernels index in 32 bits: refuse wider geometry before sizing the tops
@@ -98,9 +101,13 @@ class PoolingLayer(Layer):
                           for size, k, s, p in zip((h, w), self._kernel, self._stride, self._pad))
         for blob in top:
             blob.reshape(n, c, *self._out)
-        needs_mask = self._method == _POOL.MAX and len(top) == 1
-        if needs_mask and (self._mask is None or self._mask.shape != top[0].shape):
-            self._mask = np.empty(top[0].shape, np.int32)
+        if self._method in (_POOL.MAX, _POOL.AVE):
+            try:
+                self._plan = kernels.PoolingPlan(_POOL.PoolMethod.Name(self._method), shape, self._kernel,
+                                                 self._stride, self._pad, self._out)
+            except KernelArgumentError as e:
+                raise layer_error(self, str(e)) from None
+        self._reshaped_for, self._top_shape = shape, top[0].shape
 
     def _check_method(self):
         if self._method not in (_POOL.MAX, _POOL.AVE):
@@ -108,15 +115,12 @@ class PoolingLayer(Layer):
                            f"{_POOL.PoolMethod.Name(self._method)} has no CPU implementation (as in Caffe)")
 
     def forward_cpu(self, bottom, top):
+        """The plan of the last reshape pools (it refuses an in-place top, which would overwrite inputs
+        still to be read); a second MAX top gets the plan's mask as float."""
         self._check_method()
-        args = (bottom[0].data, self._kernel, self._stride, self._pad, self._out)
-        if self._method == _POOL.AVE:
-            kernels.ave_pool_forward(*args, out=top[0].data)
-        elif len(top) > 1:
-            _, mask = kernels.max_pool_forward(*args, out=top[0].data)
-            top[1].data[...] = mask
-        else:   # the wrapper refuses an in-place top (it would overwrite inputs still to be read)
-            kernels.max_pool_forward(*args, out=top[0].data, mask_out=self._mask)
+        self._plan.forward(bottom[0].data, top[0].data)
+        if len(top) > 1:
+            top[1].data[...] = self._plan.mask
 
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -127,7 +131,7 @@ class PoolingLayer(Layer):
             kernels.ave_pool_backward(top[0].diff, self._kernel, self._stride, self._pad, in_hw,
                                       out=bottom[0].diff)
             return
-        mask = top[1].data.astype(np.int32) if len(top) > 1 else self._mask
+        mask = top[1].data.astype(np.int32) if len(top) > 1 else self._plan.mask
         kernels.max_pool_backward(top[0].diff, mask, in_hw, out=bottom[0].diff)
 
 

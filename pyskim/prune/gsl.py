@@ -6,9 +6,12 @@ the paper's two variants (GESL, GDNS) and the unguided magnitude baseline (:mod:
 1. **plan**: builds the deploy net (batch ``batch``) and asks :mod:`pyskim.perf.model` (through
    :mod:`pyskim.prune.plan`) for each conv / inner-product layer's break-even density ``d_be`` (below it
    the sparse kernel beats dense) and saturation density ``d_sat`` (below it the layer is bandwidth /
-   overhead bound: more pruning buys no speed). A layer is pruned when the predicted speedup at
-   ``d* = max(d_sat, min_density)`` is at least ``MIN_LAYER_SPEEDUP`` and the time it saves there is
-   at least ``MIN_TIME_SHARE`` of the modelled net's dense time; with ``target_speedup`` only
+   overhead bound: more pruning buys no speed). Its floor ``d* = max(d_k, min_density)``, where ``d_k``
+   (:func:`knee_density`) gives the layer the share ``saving_share`` (default ``SAVING_SHARE``) of the
+   time pruning to ``d_sat`` would save.
+   A layer is pruned when the predicted speedup at ``d*`` is at least ``MIN_LAYER_SPEEDUP`` and the
+   time it saves there is at least ``MIN_TIME_SHARE`` of the modelled net's dense time (the model at
+   ``plan_threads``); with ``target_speedup`` only
    the layers that save the most time at ``d*`` are taken, until the predicted net speedup reaches it.
    ``method="magnitude"`` prunes every layer instead (the plan is still reported).
 2. **prune** stage: ``gesl``: the net with ``regularization_type: "L1"`` on the weight ParamSpec of
@@ -59,20 +62,27 @@ from .report import GSLResult, LayerPlan, StageResult
 
 __all__ = ["DEFAULTS", "GSLError", "GSLResult", "LayerPlan", "StageResult", "plan_layers", "run_gsl"]
 
+#: A layer is pruned when the model predicts at least this speedup at its floor ...
 MIN_LAYER_SPEEDUP = 1.2
 #: ... and when the time it saves there is at least this share of the modelled net's dense time.
 MIN_TIME_SHARE = 0.05
+#: A layer's floor is by default the density at which it has this share of the time pruning can save
+#: it (the saving at its saturation density): the last stretch down to saturation buys little time
+#: and costs the most accuracy.
+SAVING_SHARE = 0.8
 STAGES = ("prune", "finetune")
 #: Settings found by experiment on LeNet / Fashion-MNIST (docs/pruning.md); ``None``: from the user's
 #: solver (``base_lr``: ``lr_scale`` x its base_lr; ``finetune_lr``: its base_lr; ``weight_decay``: its
 #: weight_decay, fine-tuning's L2), GDNS's ``dns_threshold`` from the dense weights
 #: (:func:`pyskim.prune.methods.dns_threshold`), ``measure_batches``: [``batch``],
-#: ``measure_threads``: [the current thread count].
+#: ``measure_threads``: [the current thread count], ``plan_threads``: the current thread count,
+#: ``finetune_lr_drop``: the solver's own learning-rate policy.
 DEFAULTS = {"method": "gesl", "prune_iters": 4000, "finetune_iters": 4000, "base_lr": None, "lr_scale": 0.1,
             "l1_decay": 2e-3, "prune_threshold": 1e-4, "max_threshold_factor": 10.0, "finetune_lr": None,
             "weight_decay": None, "min_density": 0.02, "target_speedup": None, "batch": 64,
             "dns_type": "L1_DNS", "dns_threshold": None, "sparsity": 0.9,
-            "measure_iters": 50, "measure_batches": None, "measure_threads": None, "snapshots": 4, "tests": 4}
+            "measure_iters": 50, "measure_batches": None, "measure_threads": None, "snapshots": 4, "tests": 4,
+            "plan_threads": None, "finetune_lr_drop": None, "saving_share": SAVING_SHARE}
 SOURCE_FIELDS = (("data_param", "source"), ("image_data_param", "source"), ("hdf5_data_param", "source"),
                  ("window_data_param", "source"), ("transform_param", "mean_file"))
 
@@ -83,20 +93,41 @@ class GSLError(PyskimError):
 
 # -- the plan ---------------------------------------------------------------------------------------
 
-def plan_layers(shapes, counts, min_density=0.02, target_speedup=None, profile=None):
+def knee_density(shape, saturation, break_even, profile, share=SAVING_SHARE):
+    """The density between ``saturation`` and ``break_even`` at which the predicted sparse time of
+    ``shape`` has come down ``share`` of the way from the dense time to the time at saturation
+    (``saturation`` itself when sparse never wins above it)."""
+    if break_even <= saturation:
+        return saturation
+
+    def sparse_time(d):                 # increasing in d
+        return predict(shape, d, profile).sparse
+    at_saturation = sparse_time(saturation)
+    goal = at_saturation + (1 - share) * (predict(shape, saturation, profile).dense - at_saturation)
+    low, high = saturation, min(1.0, break_even)
+    for _ in range(40):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if sparse_time(middle) <= goal else (low, middle)
+    return low
+
+
+def plan_layers(shapes, counts, min_density=0.02, target_speedup=None, profile=None, saving_share=SAVING_SHARE):
     """:class:`LayerPlan` per modelled layer (see the module docstring for the rule)."""
+    profile = profile or get_profile()
     perfs = gsl_perf.predict_layers(shapes, None, profile)
     total_dense = sum(p.dense_ms for p in perfs.values())
     plans = []
     for name, (kind, shape) in shapes.items():
         p = perfs[name]
-        floor = max(p.saturation, min_density)
-        at_floor = predict(shape, floor, profile or get_profile())
+        knee = knee_density(shape, p.saturation, p.break_even, profile, saving_share)
+        floor = max(knee, min_density)
+        at_floor = predict(shape, floor, profile)
         gain = at_floor.dense / at_floor.sparse
         share = (p.dense_ms - p.dense_ms / gain) / total_dense if total_dense else 0.0
         ok = gain >= MIN_LAYER_SPEEDUP and p.break_even > floor and share >= MIN_TIME_SHARE
-        reason = (f"sparse wins below density {p.break_even:.3f}, saturates at {p.saturation:.3f}: "
-                  f"{gain:.2f}x at {floor:.3f}, saving {100 * share:.0f}% of the net's time")
+        reason = (f"sparse wins below density {p.break_even:.3f}, saturates at {p.saturation:.3f}, "
+                  f"{100 * saving_share:.0f}% of the saving at {knee:.3f}: {gain:.2f}x at {floor:.3f}, "
+                  f"saving {100 * share:.0f}% of the net's time")
         if gain < MIN_LAYER_SPEEDUP or p.break_even <= floor:
             reason = f"too little gain: {reason}"
         elif share < MIN_TIME_SHARE:
@@ -181,6 +212,10 @@ def stage_solver(user, stage, net_file, stage_dir, cfg):
     else:
         s.base_lr = cfg["finetune_lr"] if cfg["finetune_lr"] is not None else user.base_lr
         s.weight_decay = cfg["weight_decay"] if cfg["weight_decay"] is not None else user.weight_decay
+        if cfg["finetune_lr_drop"]:         # Caffe's multistep: base_lr, then a tenth of it
+            s.lr_policy, s.gamma = "multistep", 0.1
+            s.ClearField("stepvalue")
+            s.stepvalue.append(max(1, round(float(cfg["finetune_lr_drop"]) * iters)))
         s.prune_threshold = 0.0           # masks: w != 0
         s.max_threshold_factor = 1.0
     s.test_interval = max(1, iters // max(1, cfg["tests"]))
@@ -244,15 +279,18 @@ def _run_stage(stage, solver_param, weights, stage_dir, plan, show_progress, use
                 bar.update(it - bar.n)
             if on_iteration is not None:
                 on_iteration(stage, it, total)
+            pulled = {name: floor for name, floor in floors.items() if name not in frozen}
+            if pulled:              # every iteration: the L1 pull takes a layer past its floor in a few
+                dens = _densities(solver.net, pulled)
+                for name, floor in pulled.items():
+                    if dens[name] <= floor:
+                        solver.net.params_weight_decay[index[name]] = 0.0
+                        frozen.add(name)
+                        log.info("GSL: %s reached density %.4f <= %.4f (its useful floor): L1 pull off", name,
+                                 dens[name], floor)
             if it % every:
                 return
             dens = _densities(solver.net, floors)
-            for name, floor in floors.items():
-                if name not in frozen and dens[name] <= floor:
-                    solver.net.params_weight_decay[index[name]] = 0.0
-                    frozen.add(name)
-                    log.info("GSL: %s reached density %.4f <= %.4f (its useful floor): L1 pull off", name,
-                             dens[name], floor)
             if show_progress and bar is None and it:
                 log.info("GSL %s: iteration %d/%d, %.0f s%s", stage, it, total, time.perf_counter() - start,
                          "".join(f", {n} {d:.3f}" for n, d in dens.items()))
@@ -314,10 +352,10 @@ def _stage_result(stage, solver, scores, seconds, names, shapes, deploy_file, we
     densities = _densities(solver.net, names)
     counts = {n: solver.net.layer_by_name(n).blobs[0].count for n in names}
     zeros = sum(counts[n] * (1 - densities[n]) for n in names)
-    perfs = gsl_perf.predict_layers(shapes, densities)
+    perfs = gsl_perf.predict_layers(shapes, densities, get_profile(cfg["plan_threads"]))
     measured = None
     if cfg["measure_iters"]:
-        with LogToFile(stage_dir / "time.log", quiet_console=True):
+        with LogToFile(stage_dir / "time.log", quiet_console=True), _threads(cfg["plan_threads"]):
             measured = gsl_perf.measure_compare(deploy_file, weights, iterations=cfg["measure_iters"])
         files = {**files, "time_log": str(stage_dir / "time.log")}
     return StageResult(stage, _accuracy(scores), _loss(scores), int(solver.iter), seconds, densities,
@@ -392,7 +430,8 @@ def _run(cfg, out, stored, progress, use_bar, on_iteration):
     if stored:
         plan = [LayerPlan(**p) for p in stored["plan"]]
     else:
-        plan = _method_plan(plan_layers(shapes, counts, cfg["min_density"], cfg["target_speedup"]), cfg)
+        plan = _method_plan(plan_layers(shapes, counts, cfg["min_density"], cfg["target_speedup"],
+                                        get_profile(cfg["plan_threads"]), cfg["saving_share"]), cfg)
     for p in plan:
         log.info("GSL plan: %-8s %s (%s)", p.name, "prune" if p.prune else "keep dense", p.reason)
     pruned = [p.name for p in plan if p.prune]
@@ -400,9 +439,10 @@ def _run(cfg, out, stored, progress, use_bar, on_iteration):
         log.warning("GSL: the performance model finds no layer that pruning makes faster on this machine")
     if cfg["method"] == "gdns" and cfg["dns_threshold"] is None and pruned:
         dense = WeightsNet(deploy, caffe_pb2.TEST, weights=cfg["weights"])
-        cfg["dns_threshold"] = methods.dns_threshold([dense.params[n][0].data for n in pruned])
-        log.info("GDNS: prune_threshold %.6g (at most %.0f%% of any pruned layer's dense weights are below it)",
-                 cfg["dns_threshold"], 100 * methods.DNS_START_SPARSITY)
+        shares = [max(methods.DNS_START_SPARSITY, 1 - p.floor) for p in plan if p.prune]
+        cfg["dns_threshold"] = methods.dns_threshold([dense.params[n][0].data for n in pruned], shares)
+        log.info("GDNS: prune_threshold %.6g (below it: at most 1 - d* of each pruned layer's dense weights, "
+                 "at least %.0f%%)", cfg["dns_threshold"], 100 * methods.DNS_START_SPARSITY)
     result = GSLResult(str(out), cfg, plan, {})
     earlier = stored.get("seconds", 0.0) if stored else 0.0       # wall time of the tries before this one
 
@@ -494,24 +534,31 @@ def _magnitude_stage(user, net_param, deploy, weights, stage_dir, names, shapes,
                          caffemodel, cfg, files, stage_dir)
 
 
+@contextlib.contextmanager
+def _threads(count):
+    """Run the block with ``count`` kernel threads (None: as set), the thread count restored after."""
+    previous = get_num_threads()
+    if count:
+        set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        set_num_threads(previous)
+
+
 def _timing_grid(deploy_file, weights, cfg, out):
     """The final model timed dense vs sparse at each batch of ``measure_batches`` and thread count of
     ``measure_threads`` (log: ``<out>/time_grid.log``); the thread count is restored afterwards."""
     batches = cfg["measure_batches"] or [cfg["batch"]]
-    threads = cfg["measure_threads"] or [get_num_threads()]
-    previous = get_num_threads()
     rows = []
-    try:
-        with LogToFile(out / "time_grid.log", quiet_console=True):
-            for count in threads:
-                set_num_threads(int(count))
+    with LogToFile(out / "time_grid.log", quiet_console=True):
+        for count in cfg["measure_threads"] or [get_num_threads()]:
+            with _threads(count):
                 for batch in batches:
                     log.info("GSL timing: batch %d, %d thread(s)", batch, count)
                     measured = gsl_perf.measure_compare(deploy_file, weights, iterations=cfg["measure_iters"],
                                                         batch=int(batch))
                     rows.append({"batch": int(batch), "threads": int(count), **measured})
-    finally:
-        set_num_threads(previous)
     return rows
 
 

@@ -12,9 +12,10 @@ solver fields, and the one-shot magnitude pruning of the baseline.
   pruning at all), so the picked inner products get ``L1_DNS`` whatever ``dns_type`` says: every
   layer the plan picks is pruned. ``max_threshold_factor`` is 1 (one threshold ``t0``, also for those
   inner products). ``t0`` defaults to :func:`dns_threshold` of the dense weights: the largest
-  threshold that zeroes at most ``DNS_START_SPARSITY`` of any picked layer at the first step, so
-  DNS prunes at once (then regrows what the loss needs) instead of waiting for the L1 pull to bring
-  weights down to SkimCaffe's 1e-4. Then masked fine-tuning, as GESL.
+  threshold that zeroes at the first step at most the share of each picked layer that its plan
+  floor ``d*`` asks for (``1 - d*``, at least ``DNS_START_SPARSITY``), so DNS prunes at once toward
+  the densities where the layers get faster (then regrows what the loss needs) instead of waiting
+  for the L1 pull to bring weights down to SkimCaffe's 1e-4. Then masked fine-tuning, as GESL.
 * ``magnitude`` (the unguided baseline, Han et al. 2015): every convolution and inner product
   loses the fraction ``sparsity`` of its weights of smallest magnitude at once
   (:func:`magnitude_prune`), whatever the model says; then masked fine-tuning.
@@ -31,8 +32,8 @@ DNS_START_SPARSITY = 0.5
 
 
 def check_settings(cfg):
-    """Raise ``ValueError`` naming the setting when ``method``, ``dns_type``, ``sparsity`` or
-    ``dns_threshold`` is out of range."""
+    """Raise ``ValueError`` naming the setting when ``method``, ``dns_type``, ``sparsity``,
+    ``dns_threshold``, ``finetune_lr_drop``, ``saving_share`` or ``plan_threads`` is out of range."""
     if cfg["method"] not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got '{cfg['method']}'")
     if cfg["dns_type"] not in DNS_TYPES:
@@ -41,6 +42,17 @@ def check_settings(cfg):
         raise ValueError(f"sparsity (the fraction of weights zeroed) must be in [0, 1), got {cfg['sparsity']}")
     if cfg["dns_threshold"] is not None and not float(cfg["dns_threshold"]) > 0:
         raise ValueError(f"dns_threshold must be > 0, got {cfg['dns_threshold']}")
+    drop = cfg.get("finetune_lr_drop")
+    if drop is not None and not 0.0 < float(drop) < 1.0:
+        raise ValueError(f"finetune_lr_drop (the fraction of fine-tuning before the learning rate drops "
+                         f"tenfold) must be in (0, 1), got {drop}")
+    share = cfg.get("saving_share")
+    if share is not None and not 0.0 < float(share) <= 1.0:
+        raise ValueError(f"saving_share (the share of a layer's possible time saving its floor gives) must be "
+                         f"in (0, 1], got {share}")
+    threads = cfg.get("plan_threads")
+    if threads is not None and not int(threads) >= 1:
+        raise ValueError(f"plan_threads must be >= 1, got {threads}")
 
 
 def prune_regularization(method, layer_type, dns_type):
@@ -81,15 +93,19 @@ def prune_thresholds(method, cfg):
 
 def dns_threshold(weights, start_sparsity=DNS_START_SPARSITY):
     """GDNS's default ``prune_threshold``: the smallest, over the arrays of ``weights`` (the picked
-    layers' dense weights), of the ``start_sparsity`` quantile of ``|w|``. One threshold serves all
-    layers (the solver has one), so the layer of smallest weights sets it."""
+    layers' dense weights), of the ``start_sparsity`` quantile of ``|w|`` (one share for all arrays,
+    or one per array). One threshold serves all layers (the solver has one), so the layer it prunes
+    first to its share sets it."""
     arrays = [np.abs(np.asarray(w, dtype=np.float64)).ravel() for w in weights]
-    arrays = [a for a in arrays if a.size]
-    if not arrays:
+    shares = [float(s) for s in start_sparsity] if np.ndim(start_sparsity) else [float(start_sparsity)] * len(arrays)
+    if len(shares) != len(arrays):
+        raise ValueError(f"dns_threshold: {len(shares)} start sparsities for {len(arrays)} weight arrays")
+    pairs = [(a, share) for a, share in zip(arrays, shares) if a.size]
+    if not pairs:
         raise ValueError("dns_threshold: no weights to take a threshold from")
-    threshold = min(float(np.quantile(a, start_sparsity)) for a in arrays)
+    threshold = min(float(np.quantile(a, share)) for a, share in pairs)
     if not threshold > 0:
-        raise ValueError(f"dns_threshold: a picked layer has {100 * start_sparsity:g}% or more zero weights "
+        raise ValueError("dns_threshold: a picked layer has as many zero weights as the threshold should prune "
                          "already; give the threshold (--dns-threshold)")
     return threshold
 

@@ -40,7 +40,7 @@ import numpy as np
 from ..errors import KernelArgumentError
 from ..kernels.csr import ConvCSR, pack_conv_weights, pack_fc_weights
 from ..kernels.gemm import matmul
-from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
+from ..kernels.sparse import SparseConv, sparse_fc_forward
 from ..perf.model import ConvShape, FcShape
 from ..perf.profile import get_profile
 from .modes import (
@@ -123,6 +123,9 @@ class _Engine:
         self._warned = set()
         self._auto_profile = None
         self._auto = {}
+        # The mode resolved per (requested mode, input shape), with the profile AUTO decided it by: a
+        # layer whose mode, input and weights are unchanged since its last forward skips the decision.
+        self._resolved = {}
 
     @property
     def weight_record_bytes(self):
@@ -172,6 +175,7 @@ class _Engine:
         self.density = weight_density(weights)
         self._rebuild(weights)
         self._auto.clear()
+        self._resolved.clear()
         self._watch.remember(blob)
         self.repacks += 1
         return True
@@ -192,6 +196,17 @@ class _Engine:
         if self.relu is not None:
             self.relu.applied = relu_applied
 
+    def remembered(self, key, auto, decide):
+        """The mode ``decide()`` returned for ``key`` since the weights last changed (for ``auto``
+        keys: under the same machine profile), else ``decide()``'s answer, remembered."""
+        profile = get_profile() if auto else None
+        known = self._resolved.get(key)
+        if known is not None and known[0] is profile:
+            return known[1]
+        used = decide()
+        self._resolved[key] = (profile, used)
+        return used
+
     def auto(self, shape, column_density=None):
         """AUTO's mode for ``shape`` at the current weights (cached until they or the profile change)."""
         profile = get_profile()
@@ -211,9 +226,11 @@ class ConvEngine(_Engine):
         self._csr = None
         self._cc = None
         self.column_density = 1.0
+        #: The direct sparse convolution bound to the current CSR, output size and ReLU.
+        self._bound = None
 
     def _rebuild(self, weights):
-        self._csr = self._cc = None
+        self._csr = self._cc = self._bound = None
         self.column_density = column_density(weights, self.layer.param.convolution_param.group)
 
     def _squeezed_weights(self):
@@ -256,6 +273,10 @@ class ConvEngine(_Engine):
         if mode in PLAIN_CONV_MODES:
             return DENSE
         self.refresh()                      # the one weight check of this forward
+        return self.remembered((mode, bottom[0].shape), mode == CONV.AUTO,
+                               lambda: self._prepare_mode(mode, bottom, warn))
+
+    def _prepare_mode(self, mode, bottom, warn):
         used = self.resolve(mode, bottom[0], warn)
         if used == SCONV:
             low = self.layer.lowering
@@ -311,19 +332,22 @@ class ConvEngine(_Engine):
     def _sconv(self, bottom, top):
         axis, low = self.layer.axis, self.layer.lowering
         b0 = bottom[0]
-        in_hw = tuple(b0.shape[axis + 1:])
+        in_hw = b0.shape[axis + 1:]
         csr = self._csr_for(in_hw, low.pad, low.dilation)
         relu = self.relu is not None
         bias = self.bias()
         num, channels = b0.count_range(0, axis), b0.shape[axis]
         for b, t in zip(bottom, top):
-            out_hw = tuple(t.shape[axis + 1:])
+            out_hw = t.shape[axis + 1:]
+            conv = self._bound
+            if conv is None or conv.csr is not csr or conv.out_hw != out_hw:
+                conv = self._bound = SparseConv(csr, low.stride, low.pad, low.dilation, out_hw, relu=relu)
             x = b.data.reshape(num, channels, *in_hw)
             y = t.data.reshape(num, t.shape[axis], *out_hw)
             if np.may_share_memory(x, y):
-                y[...] = sparse_conv_forward(x, csr, bias, low.stride, low.pad, low.dilation, out_hw, relu=relu)
+                y[...] = conv(x, bias)
             else:
-                sparse_conv_forward(x, csr, bias, low.stride, low.pad, low.dilation, out_hw, relu=relu, out=y)
+                conv(x, bias, out=y)
         self.finish(SCONV, relu)
 
     def _ccnmm(self, bottom, top):
@@ -392,7 +416,7 @@ class FcEngine(_Engine):
         if mode in PLAIN_GEMM_MODES:
             return DENSE
         self.refresh()                      # the one weight check of this forward
-        if self.resolve(mode, warn) == DENSE:
+        if self.remembered((mode, layer.M), mode == IP.AUTO, lambda: self.resolve(mode, warn)) == DENSE:
             return DENSE
         if self._csr is None:
             weights = layer.blobs[0].readonly_data
