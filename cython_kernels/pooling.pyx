@@ -4,12 +4,14 @@
 Arrays are (N, C, H, W) / (N, C, PH, PW) float32; the output size is chosen by the caller.
 Every plane ``(n, c)`` is independent, so each kernel checks the geometry once and runs its
 plane function over the ``N*C`` planes on pyskim's thread pool, in tasks of contiguous planes.
-Windows are clipped to the image (:func:`_window`, shared by all four), so any positive output
-size is memory-safe. In AVX-512 builds MAX forward and AVE forward / backward run 16 outputs (AVE
-backward: 16 input pixels) at a time from window tables built once per call for all planes
-(:func:`_window_table`), with Caffe's comparisons and sums in Caffe's order per element: taps
-gathered, except for MAX with a horizontal stride of 1 or 2, where the inner windows of a row are
-loaded a row at a time.
+Windows are clipped to the image (:func:`_window`, shared by all four; ``maxpool_impl.h`` clips
+rows the same way), so any positive output size is memory-safe. MAX forward with a horizontal stride
+of 1 or 2 and rows of at least 8 outputs runs 16 (AVX-512) or 8 (AVX2) outputs of a row at a time
+from row loads (``maxpool_impl.h``), Caffe's loop where a window starts left of the image. In AVX-512
+builds the other MAX forwards and AVE forward / backward run 16 outputs (AVE backward: 16 input
+pixels) at a time from window tables built once per call for all planes (:func:`_window_table`),
+their taps gathered. Every vector path gives Caffe's results bit for bit: per output, Caffe's
+comparisons or sums in Caffe's order.
 Call them through :mod:`pyskim.kernels`, which validates and converts arguments; these
 functions still re-check shapes and geometry, so they cannot index out of bounds.
 """
@@ -98,9 +100,6 @@ cdef extern from *:
     #if defined(__AVX512F__)
     #include <immintrin.h>
     #include <float.h>
-    /* MAX pooling of 16 consecutive outputs of one row whose windows lie inside the image
-     * horizontally (columns ws0 + lane*stride_w + [0, kw)), rows [hs, he): per lane Caffe's loop
-     * (from -FLT_MAX and index -1, taps in (h, w) order, strict >), the taps gathered. */
     /* MAX forward of outputs [o, o + n) (n <= 16) of one plane: lane l runs Caffe's loop over its
      * clipped window (corner start[o+l], hlen x wlen taps, row-major; from -FLT_MAX and index -1,
      * strict >), the taps gathered. */
@@ -120,34 +119,6 @@ cdef extern from *:
                 const __mmask16 gt = _mm512_mask_cmp_ps_mask(m, v, best, _CMP_GT_OQ);
                 best = _mm512_mask_mov_ps(best, gt, v);
                 best_i = _mm512_mask_mov_epi32(best_i, gt, idx);
-            }
-        _mm512_mask_storeu_ps(top, lanes, best);
-        _mm512_mask_storeu_epi32(mask, lanes, best_i);
-    }
-    /* MAX forward of n <= 16 consecutive outputs of one output row whose windows lie inside the image
-     * horizontally, for stride_w 1 or 2: lane l's taps are rows [hs, he) x columns ws0 + l*stride_w +
-     * [0, kw), loaded a row at a time (stride 2: two loads, then the even elements) instead of
-     * gathered; per lane Caffe's loop as pyskim_max16 (masked loads read nothing past the last tap). */
-    static inline void pyskim_max16_row(const float *x, int W, int hs, int he, int ws0, int kw, int stride_w,
-                                        int n, float *top, int *mask) {
-        const __mmask16 lanes = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
-        const int span = (n - 1) * stride_w + 1;          /* floats from lane 0's tap to lane n-1's */
-        const __mmask16 lo = (__mmask16)(span >= 16 ? 0xffff : (1u << span) - 1);
-        const __mmask16 hi = (__mmask16)(span > 16 ? (1u << (span - 16)) - 1 : 0);
-        const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        const __m512i lane_w = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride_w));
-        __m512 best = _mm512_set1_ps(-FLT_MAX);
-        __m512i best_i = _mm512_set1_epi32(-1);
-        for (int h = hs; h < he; ++h)
-            for (int j = 0; j < kw; ++j) {
-                const int c = h * W + ws0 + j;            /* lane 0's tap */
-                const __m512 v = stride_w == 1 ? _mm512_maskz_loadu_ps(lanes, x + c)
-                    : _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo, x + c), evens,
-                                             _mm512_maskz_loadu_ps(hi, x + c + 16));
-                const __mmask16 gt = _mm512_mask_cmp_ps_mask(lanes, v, best, _CMP_GT_OQ);
-                best = _mm512_mask_mov_ps(best, gt, v);
-                best_i = _mm512_mask_mov_epi32(best_i, gt, _mm512_add_epi32(_mm512_set1_epi32(c), lane_w));
             }
         _mm512_mask_storeu_ps(top, lanes, best);
         _mm512_mask_storeu_epi32(mask, lanes, best_i);
@@ -196,8 +167,6 @@ cdef extern from *:
     #else
     static inline void pyskim_max16(const float *x, int W, int kh, int kw, const int *start, const int *hlen,
                                     const int *wlen, int n, float *top, int *mask) {}
-    static inline void pyskim_max16_row(const float *x, int W, int hs, int he, int ws0, int kw, int stride_w,
-                                        int n, float *top, int *mask) {}
     static inline void pyskim_ave16(const float *x, int W, int kh, int kw, const int *start, const int *hlen,
                                     const int *wlen, const float *size, int n, float *top) {}
     static inline void pyskim_ave_back16(const float *top_diff, const float *size, int PW, int max_h, int max_w,
@@ -209,65 +178,78 @@ cdef extern from *:
     bint PYSKIM_POOL16
     void pyskim_max16(const float* x, int W, int kh, int kw, const int* start, const int* hlen, const int* wlen,
                       int n, float* top, int* mask) noexcept nogil
-    void pyskim_max16_row(const float* x, int W, int hs, int he, int ws0, int kw, int stride_w, int n, float* top,
-                          int* mask) noexcept nogil
     void pyskim_ave16(const float* x, int W, int kh, int kw, const int* start, const int* hlen, const int* wlen,
                       const float* size, int n, float* top) noexcept nogil
     void pyskim_ave_back16(const float* top_diff, const float* size, int PW, int max_h, int max_w, const int* ph0,
                            const int* nph, const int* pw0, const int* npw, int n, float* bottom) noexcept nogil
 
 
-cdef inline void _max_forward_plane(const float* x, float* top, int* mask,
-                                    PoolGeometry g) noexcept nogil:
-    """One plane of MAX forward: Caffe's loop (max from ``-FLT_MAX``, index ``-1``, strict ``>``)."""
-    cdef int ph, pw, hs, he, ws, we, h, w, best_i
+cdef extern from "maxpool_impl.h" nogil:
+    ctypedef struct mp_plane_t:
+        const float* x
+        float* top
+        int* mask
+        int H, W, PH, PW, kh, kw, pad_h, pad_w, stride_h, stride_w
+    int MP_MAX_K
+    int mp_max_plane(const mp_plane_t* p, int pw0)
+
+
+cdef inline void _max_outputs(const float* x, PoolGeometry g, int ph, int pw0, int pw1, float* top,
+                              int* mask) noexcept nogil:
+    """Outputs ``(ph, [pw0, pw1))`` of one plane of MAX forward: Caffe's loop (max from ``-FLT_MAX``,
+    index ``-1``, strict ``>``)."""
+    cdef int pw, hs, he, ws, we, h, w, best_i
     cdef float best
     cdef const float* row
+    _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
+    for pw in range(pw0, pw1):
+        _window(pw, g.stride_w, g.pad_w, g.kw, g.W, &ws, &we)
+        best = -FLT_MAX
+        best_i = -1
+        for h in range(hs, he):
+            row = x + <Py_ssize_t>h * g.W
+            for w in range(ws, we):
+                if row[w] > best:
+                    best = row[w]
+                    best_i = h * g.W + w
+        top[ph * g.PW + pw] = best
+        mask[ph * g.PW + pw] = best_i
+
+
+cdef inline int _first_row_output(PoolGeometry g) noexcept nogil:
+    """The first output of a row from which ``mp_max_plane`` may run (its window starts inside the
+    image), ``PW`` for strides it does not take."""
+    return min(g.PW, (g.pad_w + g.stride_w - 1) // g.stride_w) if g.stride_w <= 2 else g.PW
+
+
+cdef inline void _max_forward_plane(const float* x, float* top, int* mask, PoolGeometry g) noexcept nogil:
+    """One plane of MAX forward. With ``stride_w`` 1 or 2 the columns of outputs whose windows start
+    inside the image go to ``mp_max_plane`` (``maxpool_impl.h``: 16 or 8 outputs of a row at a time in
+    vector builds), the others and what it leaves to Caffe's loop (:func:`_max_outputs`); other
+    strides all to the loop."""
+    cdef int first = _first_row_output(g)
+    cdef int ph, done = g.PW
+    cdef mp_plane_t plane
+    if first < g.PW:
+        plane.x, plane.top, plane.mask = x, top, mask
+        plane.H, plane.W, plane.PH, plane.PW, plane.kh, plane.kw = g.H, g.W, g.PH, g.PW, g.kh, g.kw
+        plane.pad_h, plane.pad_w, plane.stride_h, plane.stride_w = g.pad_h, g.pad_w, g.stride_h, g.stride_w
+        done = mp_max_plane(&plane, first)
     for ph in range(g.PH):
-        _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
-        for pw in range(g.PW):
-            _window(pw, g.stride_w, g.pad_w, g.kw, g.W, &ws, &we)
-            best = -FLT_MAX
-            best_i = -1
-            for h in range(hs, he):
-                row = x + <Py_ssize_t>h * g.W
-                for w in range(ws, we):
-                    if row[w] > best:
-                        best = row[w]
-                        best_i = h * g.W + w
-            top[ph * g.PW + pw] = best
-            mask[ph * g.PW + pw] = best_i
+        _max_outputs(x, g, ph, 0, first, top, mask)
+        _max_outputs(x, g, ph, done, g.PW, top, mask)
 
 
-cdef inline void _max_forward_plane16(const float* x, float* top, int* mask, PoolGeometry g,
-                                      const WindowTable* t) noexcept nogil:
-    """One plane of MAX forward, 16 outputs at a time, the same comparisons in the same order: gathered
-    (``pyskim_max16``), except that with ``stride_w`` 1 or 2 and at least 8 outputs of a row whose
-    windows lie inside the image horizontally, those go 16 of one row at a time (``pyskim_max16_row``)."""
+cdef inline void _max_forward_plane_gathered(const float* x, float* top, int* mask, PoolGeometry g,
+                                             const WindowTable* t) noexcept nogil:
+    """One plane of MAX forward (AVX-512: ``stride_w`` > 2, rows of fewer than 8 outputs from the
+    first output :func:`_max_forward_plane` would vectorise, or windows wider than ``MP_MAX_K``), 16
+    consecutive outputs of the plane at a time, their taps gathered (``pyskim_max16``): the same
+    comparisons in the same order as Caffe's loop."""
     cdef int o, n = g.PH * g.PW
-    # the outputs [first, last) of a row have their whole window inside the image horizontally
-    cdef int first = (g.pad_w + g.stride_w - 1) // g.stride_w
-    cdef int last = min(g.PW, (g.W + g.pad_w - g.kw) // g.stride_w + 1) if g.W + g.pad_w >= g.kw else 0
-    cdef int ph, pw, hs, he, count
-    if g.stride_w > 2 or last - first < 8:
-        for o in range(0, n, 16):
-            pyskim_max16(x, g.W, g.kh, g.kw, t.start + o, t.hlen + o, t.wlen + o, min(16, n - o), top + o,
-                         mask + o)
-        return
-    for ph in range(g.PH):
-        _window(ph, g.stride_h, g.pad_h, g.kh, g.H, &hs, &he)
-        o = ph * g.PW
-        pw = 0
-        while pw < g.PW:
-            if pw < first or pw >= last:        # a clipped window: one output gathered
-                count = 1
-                pyskim_max16(x, g.W, g.kh, g.kw, t.start + o + pw, t.hlen + o + pw, t.wlen + o + pw, 1,
-                             top + o + pw, mask + o + pw)
-            else:
-                count = min(16, last - pw)
-                pyskim_max16_row(x, g.W, hs, he, pw * g.stride_w - g.pad_w, g.kw, g.stride_w, count,
-                                 top + o + pw, mask + o + pw)
-            pw += count
+    for o in range(0, n, 16):
+        pyskim_max16(x, g.W, g.kh, g.kw, t.start + o, t.hlen + o, t.wlen + o, min(16, n - o), top + o,
+                     mask + o)
 
 
 cdef inline void _max_backward_plane(const float* top_diff, const int* mask, float* bottom_diff,
@@ -423,11 +405,11 @@ cdef void _max_forward_task(void* ctx, int64_t task, int worker) noexcept nogil:
     cdef Py_ssize_t p
     for p in range(task * j.chunk, _last(j, task)):
         if j.windows != NULL:
-            _max_forward_plane16(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.mask + p * j.g.out_plane,
-                                 j.g, j.windows)
+            _max_forward_plane_gathered(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane,
+                                        j.mask + p * j.g.out_plane, j.g, j.windows)
         else:
-            _max_forward_plane(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane, j.mask + p * j.g.out_plane,
-                               j.g)
+            _max_forward_plane(j.src + p * j.g.in_plane, j.dst + p * j.g.out_plane,
+                               j.mask + p * j.g.out_plane, j.g)
 
 
 cdef void _max_backward_task(void* ctx, int64_t task, int worker) noexcept nogil:
@@ -489,8 +471,11 @@ def max_forward(const float[:, :, :, ::1] bottom, int kh, int kw, int pad_h, int
     """
     cdef PoolGeometry g = _geometry(bottom.shape, top.shape, kh, kw, pad_h, pad_w, stride_h, stride_w)
     _check_mask(mask.shape, top.shape)
+    # narrow rows fill few lanes, wide windows are not loaded by rows: gathered from the window tables
+    # where the build has them
+    cdef bint gathered = g.PW - _first_row_output(g) < 8 or kw > MP_MAX_K
     _run(_max_forward_task, g, &bottom[0, 0, 0, 0], &top[0, 0, 0, 0], &mask[0, 0, 0, 0], num_threads,
-         OUTPUT_WINDOWS)
+         OUTPUT_WINDOWS if gathered else NO_WINDOWS)
 
 
 def max_backward(const float[:, :, :, ::1] top_diff, const int[:, :, :, ::1] mask,

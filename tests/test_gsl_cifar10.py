@@ -25,11 +25,11 @@ from pyskim.proto import caffe_pb2
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 #: The reduced budget (about 2 minutes on one thread): a 5,000-image training LMDB, 300 prune and 200
-#: fine-tune iterations, with the L1 pull 50x the defaults' (lr 0.001 instead of 0.0001, L1 decay 0.01
-#: instead of 0.002; the defaults are sized for thousands of iterations) so that 300 iterations prune.
+#: fine-tune iterations with the example's own GSL settings (the strong L1 pull of its GSL_SETTINGS
+#: prunes within 300 iterations; the plan is for batch 1 on one thread).
 BUDGET = ["--methods", "gesl", "--train-images", "5000", "--test-images", "10000", "--prune-iters", "300",
           "--finetune-iters", "200", "--measure-iters", "3", "--measure-batches", "1", "--measure-threads", "1",
-          "--threads", "1", "--base-lr", "0.001", "--weight-decay", "0.01"]
+          "--threads", "1"]
 
 
 def _jpeg_tar(path, per_class):
@@ -109,6 +109,8 @@ def test_gsl_cifar10_reduced_budget(tmp_path, shared_dir):
     assert final["accuracy"] >= dense - 0.10                # a short, strong prune on 5,000 images
     assert final["accuracy"] >= stages["prune"]["accuracy"] - 0.02      # fine-tuning does not lose more
     assert [(t["batch"], t["threads"]) for t in result["timings"]] == [(1, 1)]
+    config = result["config"]
+    assert (config["batch"], config["plan_threads"], config["finetune_lr_drop"]) == (1, 1, 0.75)
     assert result["sizes"]["final_npz"] < result["sizes"]["dense_npz"]
     table = (work / "methods.txt").read_text()
     assert table.splitlines()[0].split() == ["gesl"] and "final accuracy" in table

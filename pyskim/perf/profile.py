@@ -187,6 +187,9 @@ def get_profile(threads=None):
     if _injected is not None:
         return _injected
     threads, forced = resolve_threads(threads), default_profile_forced()
+    profile = _memory_cache.get((threads, forced))      # every sparse layer asks at every forward:
+    if profile is not None and threads in _logged_threads:      # the common case without the lock
+        return profile
     with _lock:
         profile = _memory_cache.get((threads, forced))
         if profile is None:
