@@ -471,3 +471,22 @@ def test_deconvolution_stays_dense_with_one_warning(caplog):
     lines = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
     expected = "layer 'up': conv_mode DIRECT_SCONV is not available for Deconvolution; falling back to LOWERED_GEMM"
     assert lines == [expected]
+
+
+def test_fallback_decided_at_build_is_logged_by_the_forward(caplog):
+    """A net without backward packs its sparse layers when built, without logging; the fallback of a
+    3-D convolution in DIRECT_SCONV must still be logged once, by the first forward."""
+    param = caffe_pb2.NetParameter()
+    param.layer.add(name="x", type="Input", top=["x"]).input_param.shape.add().dim.extend([1, 2, 4, 5, 5])
+    conv = param.layer.add(name="conv", type="Convolution", bottom=["x"], top=["y"])
+    conv.convolution_param.num_output = 3
+    conv.convolution_param.kernel_size.extend([3])
+    conv.convolution_param.weight_filler.type = "gaussian"
+    conv.convolution_param.conv_mode = CONV.DIRECT_SCONV
+    with caplog.at_level(logging.WARNING, logger="pyskim"):
+        net = pyskim.Net(param, pyskim.TEST)
+        assert not [r for r in caplog.records if "falling back" in r.getMessage()]
+        net.forward()
+        net.forward()
+    lines = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+    assert len(lines) == 1 and "'conv'" in lines[0] and "LOWERED_GEMM" in lines[0], lines

@@ -232,7 +232,7 @@ def _build_conv_plan(csr, stride, out_hw, blocking, threads):
 class SparseConv:
     """:func:`sparse_conv_forward` bound to its weights and geometry: everything but the input, the
     bias values and the output is validated once, here, so that a layer calling it at every forward
-    pays only for the checks of ``x``, ``bias`` and ``out`` (a few attribute reads when they are
+    pays only for the checks of ``x``, ``bias`` and ``out`` (the validators' cheap paths when they are
     already C-contiguous float32 arrays of the bound shapes). Arguments as :func:`sparse_conv_forward`'s;
     the compiled plan is looked up again only when the thread count changes between one and more."""
 
@@ -256,7 +256,6 @@ class SparseConv:
         self.blocking = _blocking_arg(fn, blocking)
         self._image = (csr.channels,) + csr.input_hw
         self._out_image = (csr.num_output,) + expect
-        self._bias_shape = (csr.num_output,)
         self._plan_one = self._plan_obj = None
 
     def _plan(self, threads):
@@ -272,15 +271,11 @@ class SparseConv:
     def __call__(self, x, bias=None, out=None):
         """``conv(x) + bias`` (ReLU if bound with ``relu``) into ``out`` (fresh when None); returns it."""
         fn = "sparse_conv_forward"
-        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.shape[1:] == self._image
-                and x.shape[0] >= 1 and x.flags.c_contiguous):
-            x = float_input(fn, "x", x, 4)
-            if x.shape[0] < 1 or x.shape[1:] != self._image:
-                raise KernelArgumentError(f"{fn}: x must have shape (N>=1, {', '.join(map(str, self._image))}) "
-                                          f"for these packed weights, got {x.shape}")
-        if bias is not None and not (type(bias) is np.ndarray and bias.dtype == np.float32
-                                     and bias.shape == self._bias_shape and bias.flags.c_contiguous):
-            bias = bias_input(fn, bias, self.csr.num_output)
+        x = float_input(fn, "x", x, 4)
+        if x.shape[0] < 1 or x.shape[1:] != self._image:
+            raise KernelArgumentError(f"{fn}: x must have shape (N>=1, {', '.join(map(str, self._image))}) "
+                                      f"for these packed weights, got {x.shape}")
+        bias = bias_input(fn, bias, self.csr.num_output)
         y = output_array(fn, "out", out, (x.shape[0],) + self._out_image, [x, bias])
         threads = get_num_threads()
         plan = self._plan(threads)

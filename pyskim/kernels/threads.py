@@ -7,12 +7,13 @@ The default is ``OMP_NUM_THREADS`` when the process starts with it set to a posi
 first entry, as OpenMP reads a list), else the number of CPUs this process may run on. The ``pyskim``
 command's ``-threads`` and the tools' ``--threads`` call :func:`set_num_threads`.
 """
+import contextlib
 import os
 
 from .._kernels import pool as _pool
 from .validate import positive_int
 
-__all__ = ["default_num_threads", "get_num_threads", "set_num_threads"]
+__all__ = ["default_num_threads", "get_num_threads", "set_num_threads", "using_threads"]
 
 #: The most threads the pool takes.
 MAX_THREADS = 512
@@ -41,6 +42,19 @@ def set_num_threads(n):
 def get_num_threads():
     """The threads pyskim's kernels use (see :func:`set_num_threads`)."""
     return _pool.get_threads()
+
+
+@contextlib.contextmanager
+def using_threads(n):
+    """``with using_threads(n):`` the block's kernels use ``n`` threads (None or 0: as set now); the
+    count before it is restored after it, whatever happens inside."""
+    previous = get_num_threads()
+    if n:
+        set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(previous)
 
 
 set_num_threads(default_num_threads())

@@ -139,29 +139,26 @@ def output_array(fn, name, out, shape, inputs, dtype=np.float32):
     """A fresh array of ``shape`` when ``out`` is None, else ``out`` checked: a numpy array of exactly
     this shape and dtype, C-contiguous, writeable, sharing no memory with ``inputs`` (None entries
     are skipped). Empty or oversized shapes are refused before anything is allocated."""
-    if (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype and 0 < out.size <= INT_MAX
-            and out.flags.c_contiguous and out.flags.writeable):      # the common case, checked cheaply
-        for x in inputs:
-            if x is not None and np.may_share_memory(out, x):
-                raise KernelArgumentError(f"{fn}: {name} must not overlap an input array")
-        return out
-    shape = tuple(map(int, shape))
-    if min(shape, default=1) <= 0:
-        raise KernelArgumentError(f"{fn}: {name} would have an empty shape {shape}")
-    size = math.prod(shape)
-    if size > INT_MAX:
-        raise KernelArgumentError(f"{fn}: {name} would have too many elements ({size})")
-    if out is None:
-        check_allocation(shape, f"{fn}: {name}", itemsize=np.dtype(dtype).itemsize, error=KernelArgumentError)
-        return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
-        raise KernelArgumentError(f"{fn}: {name} must be a numpy array, got {type(out).__name__}")
-    if out.dtype != dtype:
-        raise KernelArgumentError(f"{fn}: {name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
-    if out.shape != shape:
-        raise KernelArgumentError(f"{fn}: {name} must have shape {shape}, got {out.shape}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise KernelArgumentError(f"{fn}: {name} must be C-contiguous and writeable")
+    ready = (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype and 0 < out.size <= INT_MAX
+             and out.flags.c_contiguous and out.flags.writeable)        # the common case, checked cheaply
+    if not ready:
+        shape = tuple(map(int, shape))
+        if min(shape, default=1) <= 0:
+            raise KernelArgumentError(f"{fn}: {name} would have an empty shape {shape}")
+        size = math.prod(shape)
+        if size > INT_MAX:
+            raise KernelArgumentError(f"{fn}: {name} would have too many elements ({size})")
+        if out is None:
+            check_allocation(shape, f"{fn}: {name}", itemsize=np.dtype(dtype).itemsize, error=KernelArgumentError)
+            return np.empty(shape, dtype=dtype)
+        if not isinstance(out, np.ndarray):
+            raise KernelArgumentError(f"{fn}: {name} must be a numpy array, got {type(out).__name__}")
+        if out.dtype != dtype:
+            raise KernelArgumentError(f"{fn}: {name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
+        if out.shape != shape:
+            raise KernelArgumentError(f"{fn}: {name} must have shape {shape}, got {out.shape}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise KernelArgumentError(f"{fn}: {name} must be C-contiguous and writeable")
     for x in inputs:
         if x is not None and np.may_share_memory(out, x):
             raise KernelArgumentError(f"{fn}: {name} must not overlap an input array")

@@ -26,7 +26,7 @@ from ..core.net import Net
 from ..kernels.csr import pack_conv_weights, pack_fc_weights
 from ..kernels.gemm import matmul
 from ..kernels.sparse import sparse_conv_forward, sparse_fc_forward
-from ..kernels.threads import get_num_threads, set_num_threads
+from ..kernels.threads import using_threads
 from ..layers import create_layer
 from ..proto import caffe_pb2
 from .model import (
@@ -158,9 +158,7 @@ def _net(seconds, overhead):
 def _measure(threads, quick, report):
     """One round of measurements: the profile's coefficients (name -> value) on ``threads`` threads."""
     repeats, overhead_repeats = REPEATS[bool(quick)]
-    previous = get_num_threads()
-    set_num_threads(threads)
-    try:
+    with using_threads(threads):
         base = default_profile(threads)
         report("bandwidth")
         bandwidth = measure_bandwidth(threads, 16 if quick else 64)
@@ -216,8 +214,6 @@ def _measure(threads, quick, report):
         evict = _evictor()           # a forward pass reads each layer's weights after the others ran
         t_gemv = _best(lambda: matmul(xf[:1, :g.num_input], wd.T, out=yd), repeats, untimed=evict)
         fc_bandwidth = 4.0 * g.weights / _net(t_gemv, o_d)
-    finally:
-        set_num_threads(previous)
 
     def clip(v, lo, hi):
         return float(min(max(v, lo), hi))

@@ -48,7 +48,7 @@ from ..core.state import log
 from ..errors import PyskimError
 from ..io.protofiles import write_text
 from ..io.upgrade import read_net_text, read_solver_text
-from ..kernels.threads import get_num_threads, set_num_threads
+from ..kernels.threads import get_num_threads, set_num_threads, using_threads
 from ..perf.model import predict
 from ..perf.profile import get_profile, use_profile
 from ..proto import caffe_pb2
@@ -100,14 +100,12 @@ def knee_density(shape, saturation, break_even, profile, share=SAVING_SHARE):
     if break_even <= saturation:
         return saturation
 
-    def sparse_time(d):                 # increasing in d
-        return predict(shape, d, profile).sparse
-    at_saturation = sparse_time(saturation)
-    goal = at_saturation + (1 - share) * (predict(shape, saturation, profile).dense - at_saturation)
+    at_saturation = predict(shape, saturation, profile)
+    goal = at_saturation.sparse + (1 - share) * (at_saturation.dense - at_saturation.sparse)
     low, high = saturation, min(1.0, break_even)
-    for _ in range(40):
+    for _ in range(40):                 # the sparse time increases with the density
         middle = 0.5 * (low + high)
-        low, high = (middle, high) if sparse_time(middle) <= goal else (low, middle)
+        low, high = (middle, high) if predict(shape, middle, profile).sparse <= goal else (low, middle)
     return low
 
 
@@ -279,18 +277,18 @@ def _run_stage(stage, solver_param, weights, stage_dir, plan, show_progress, use
                 bar.update(it - bar.n)
             if on_iteration is not None:
                 on_iteration(stage, it, total)
-            pulled = {name: floor for name, floor in floors.items() if name not in frozen}
-            if pulled:              # every iteration: the L1 pull takes a layer past its floor in a few
-                dens = _densities(solver.net, pulled)
-                for name, floor in pulled.items():
-                    if dens[name] <= floor:
-                        solver.net.params_weight_decay[index[name]] = 0.0
-                        frozen.add(name)
-                        log.info("GSL: %s reached density %.4f <= %.4f (its useful floor): L1 pull off", name,
-                                 dens[name], floor)
-            if it % every:
+            shown = it % every == 0
+            pulled = {name: floor for name, floor in floors.items() if shown or name not in frozen}
+            # every iteration while a layer is pulled: the L1 pull takes it past its floor in a few
+            dens = _densities(solver.net, pulled)
+            for name, floor in pulled.items():
+                if name not in frozen and dens[name] <= floor:
+                    solver.net.params_weight_decay[index[name]] = 0.0
+                    frozen.add(name)
+                    log.info("GSL: %s reached density %.4f <= %.4f (its useful floor): L1 pull off", name,
+                             dens[name], floor)
+            if not shown:
                 return
-            dens = _densities(solver.net, floors)
             if show_progress and bar is None and it:
                 log.info("GSL %s: iteration %d/%d, %.0f s%s", stage, it, total, time.perf_counter() - start,
                          "".join(f", {n} {d:.3f}" for n, d in dens.items()))
@@ -355,7 +353,7 @@ def _stage_result(stage, solver, scores, seconds, names, shapes, deploy_file, we
     perfs = gsl_perf.predict_layers(shapes, densities, get_profile(cfg["plan_threads"]))
     measured = None
     if cfg["measure_iters"]:
-        with LogToFile(stage_dir / "time.log", quiet_console=True), _threads(cfg["plan_threads"]):
+        with LogToFile(stage_dir / "time.log", quiet_console=True), using_threads(cfg["plan_threads"]):
             measured = gsl_perf.measure_compare(deploy_file, weights, iterations=cfg["measure_iters"])
         files = {**files, "time_log": str(stage_dir / "time.log")}
     return StageResult(stage, _accuracy(scores), _loss(scores), int(solver.iter), seconds, densities,
@@ -534,18 +532,6 @@ def _magnitude_stage(user, net_param, deploy, weights, stage_dir, names, shapes,
                          caffemodel, cfg, files, stage_dir)
 
 
-@contextlib.contextmanager
-def _threads(count):
-    """Run the block with ``count`` kernel threads (None: as set), the thread count restored after."""
-    previous = get_num_threads()
-    if count:
-        set_num_threads(int(count))
-    try:
-        yield
-    finally:
-        set_num_threads(previous)
-
-
 def _timing_grid(deploy_file, weights, cfg, out):
     """The final model timed dense vs sparse at each batch of ``measure_batches`` and thread count of
     ``measure_threads`` (log: ``<out>/time_grid.log``); the thread count is restored afterwards."""
@@ -553,7 +539,7 @@ def _timing_grid(deploy_file, weights, cfg, out):
     rows = []
     with LogToFile(out / "time_grid.log", quiet_console=True):
         for count in cfg["measure_threads"] or [get_num_threads()]:
-            with _threads(count):
+            with using_threads(count):
                 for batch in batches:
                     log.info("GSL timing: batch %d, %d thread(s)", batch, count)
                     measured = gsl_perf.measure_compare(deploy_file, weights, iterations=cfg["measure_iters"],

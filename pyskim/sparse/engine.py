@@ -121,8 +121,6 @@ class _Engine:
         self.repacks = 0
         self._watch = WeightWatch()
         self._warned = set()
-        self._auto_profile = None
-        self._auto = {}
         # The mode resolved per (requested mode, input shape), with the profile AUTO decided it by: a
         # layer whose mode, input and weights are unchanged since its last forward skips the decision.
         self._resolved = {}
@@ -174,7 +172,6 @@ class _Engine:
         weights = blob.readonly_data
         self.density = weight_density(weights)
         self._rebuild(weights)
-        self._auto.clear()
         self._resolved.clear()
         self._watch.remember(blob)
         self.repacks += 1
@@ -196,26 +193,23 @@ class _Engine:
         if self.relu is not None:
             self.relu.applied = relu_applied
 
-    def remembered(self, key, auto, decide):
+    def remembered(self, key, auto, decide, warn=True):
         """The mode ``decide()`` returned for ``key`` since the weights last changed (for ``auto``
-        keys: under the same machine profile), else ``decide()``'s answer, remembered."""
+        keys: under the same machine profile), else ``decide()``'s answer, remembered unless it was
+        decided without ``warn`` (the forward that decides it again logs its fallback, once)."""
         profile = get_profile() if auto else None
         known = self._resolved.get(key)
         if known is not None and known[0] is profile:
             return known[1]
         used = decide()
-        self._resolved[key] = (profile, used)
+        if warn:
+            self._resolved[key] = (profile, used)
         return used
 
     def auto(self, shape, column_density=None):
-        """AUTO's mode for ``shape`` at the current weights (cached until they or the profile change)."""
-        profile = get_profile()
-        if profile is not self._auto_profile:
-            self._auto_profile, self._auto = profile, {}
-        choice = self._auto.get(shape)
-        if choice is None:
-            choice = self._auto[shape] = decide_mode(shape, self.density, column_density, profile)
-        return choice
+        """AUTO's mode for ``shape`` at the current weights and machine profile (:meth:`remembered`
+        keeps it for the next forwards)."""
+        return decide_mode(shape, self.density, column_density, get_profile())
 
 
 class ConvEngine(_Engine):
@@ -274,7 +268,7 @@ class ConvEngine(_Engine):
             return DENSE
         self.refresh()                      # the one weight check of this forward
         return self.remembered((mode, bottom[0].shape), mode == CONV.AUTO,
-                               lambda: self._prepare_mode(mode, bottom, warn))
+                               lambda: self._prepare_mode(mode, bottom, warn), warn)
 
     def _prepare_mode(self, mode, bottom, warn):
         used = self.resolve(mode, bottom[0], warn)
@@ -416,7 +410,7 @@ class FcEngine(_Engine):
         if mode in PLAIN_GEMM_MODES:
             return DENSE
         self.refresh()                      # the one weight check of this forward
-        if self.remembered((mode, layer.M), mode == IP.AUTO, lambda: self.resolve(mode, warn)) == DENSE:
+        if self.remembered((mode, layer.M), mode == IP.AUTO, lambda: self.resolve(mode, warn), warn) == DENSE:
             return DENSE
         if self._csr is None:
             weights = layer.blobs[0].readonly_data
