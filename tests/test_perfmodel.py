@@ -49,7 +49,8 @@ def test_times_are_monotone_in_density(shape, profile):
     if not isinstance(shape, FcShape):
         cc = [perfmodel.ccnmm_time(shape, c, profile) for c in DENSITIES]
         assert all(b >= a for a, b in zip(cc, cc[1:]))
-        assert cc[-1] == pytest.approx(perfmodel.dense_time(shape, profile))
+        # with every column kept CCNMM does the dense product plus its gather and bias passes
+        assert cc[-1] > perfmodel.dense_time(shape, profile)
 
 
 def test_times_grow_with_work():

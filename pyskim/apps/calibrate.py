@@ -3,7 +3,7 @@
 The roofline model (:mod:`pyskim.perf.model`) that picks AUTO modes and plans GSL runs on a machine
 profile. A forward pass never measures one: it uses the cached profile, else the documented default
 (:func:`pyskim.perf.profile.get_profile`). This command measures pyskim's own kernels on this machine
-(:func:`pyskim.perf.calibrate.calibrate`, two to four seconds; ``-quick``: a fraction of it, noisier) with
+(:func:`pyskim.perf.calibrate.calibrate`, five to eight seconds; ``-quick``: a fraction of it, noisier) with
 ``T`` threads (default: pyskim's kernel thread count), with a progress line on stderr, and stores the
 profile in ``$PYSKIM_CACHE_DIR/perfmodel.json`` (default ``~/.cache/pyskim``) under this CPU, thread
 count and pyskim build. Every coefficient is measured in at least two rounds that must agree
@@ -33,9 +33,10 @@ def run(args):
         raise PyskimError(f"threads must be positive, got {args.threads}")
     profile = calibrate_and_save(args.threads or None, quick=args.quick)
     log.info("Machine profile for %d thread(s) (%s): bandwidth %.1f GB/s, e_d %.3f, e_s0 %.3f, plain %.2f, stride %.2f, "
-             "e_fc %.3f, e_spmv %.4f, FC weights %.1f GB/s, o_d %.1f us, o_s %.1f us; rounds %s (largest spread "
-             "%.0f%%)", profile.threads, profile.source, profile.bandwidth / 1e9, profile.dense_eff, profile.sparse_eff,
-             profile.plain_eff, profile.stride_eff, profile.fc_sparse_eff, profile.spmv_eff, profile.fc_bandwidth / 1e9,
-             profile.dense_overhead * 1e6, profile.sparse_overhead * 1e6,
+             "e_fc %.3f, e_spmv %.4f, FC weights %.1f GB/s, o_d %.1f us, o_s %.1f us, c_d %.2f ns, c_s %.2f ns; "
+             "rounds %s (largest spread %.0f%%)", profile.threads, profile.source, profile.bandwidth / 1e9,
+             profile.dense_eff, profile.sparse_eff, profile.plain_eff, profile.stride_eff, profile.fc_sparse_eff,
+             profile.spmv_eff, profile.fc_bandwidth / 1e9, profile.dense_overhead * 1e6, profile.sparse_overhead * 1e6,
+             profile.dense_input_cost * 1e9, profile.sparse_input_cost * 1e9,
              "agreed" if profile.consistent else "DISAGREED", 100 * profile.spread)
     return 0

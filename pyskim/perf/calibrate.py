@@ -1,11 +1,12 @@
 """Calibration of the roofline model's machine profile (:mod:`pyskim.perf.model`).
 
 :func:`calibrate` measures, on this machine and thread count, the copy bandwidth and the
-efficiencies and per-call overheads of pyskim's own kernels on a mid-size layer (about a second):
-pyskim's dense Convolution layer (its own product, im2col fused into the packing) and a 1x1 one for
-the overhead, the direct sparse convolution at density 0.1 with stride 1 and 2 and the per-call
-overhead of a sparse layer, the sparse inner product at batch 16 and 1 and the dense one at batch 1
-(weights streamed: the matrices are larger than L2).
+efficiencies of pyskim's own kernels on a mid-size layer: pyskim's dense Convolution layer (its own
+product, im2col fused into the packing), less the per-call overhead of a tiny 1x1 one, the direct
+sparse convolution at density 0.1 with stride 1 and 2, less that of a tiny sparse layer, the sparse
+inner product at batch 16 and 1 and the dense one at batch 1 (weights streamed: the matrices are
+larger than L2). Then it fits the per-call overheads and input costs of layers inside a forward pass
+to a small calibration net (:mod:`pyskim.perf.net_costs`). About two seconds per round.
 Each time is the best of several calls; a busy machine still slows them (the profile's ``source``
 records the load average per CPU at calibration time). :func:`calibrate_and_save` adds a progress
 line on stderr and stores the result in the cache of :mod:`pyskim.perf.profile`; only the commands
@@ -38,6 +39,7 @@ from .model import (
     lane_utilization,
     packed_rows,
 )
+from .net_costs import CHAIN_ITERATIONS, measure_net_costs
 from .profile import cache_path, current_load, default_profile, resolve_threads, save_profile
 
 #: The convolution measured (AlexNet's conv4 / conv5 without groups: a mid-size 3x3 layer).
@@ -215,14 +217,19 @@ def _measure(threads, quick, report):
         t_gemv = _best(lambda: matmul(xf[:1, :g.num_input], wd.T, out=yd), repeats, untimed=evict)
         fc_bandwidth = 4.0 * g.weights / _net(t_gemv, o_d)
 
-    def clip(v, lo, hi):
-        return float(min(max(v, lo), hi))
-    return {"bandwidth": float(bandwidth), "dense_eff": clip(dense_eff, 0.05, 1.0),
-            "sparse_eff": clip(sparse_eff, 0.005, 1.0), "plain_eff": clip(plain_eff, 0.1, 1.5),
-            "stride_eff": clip(stride_eff, 0.1, 1.5),
-            "fc_sparse_eff": clip(fc_eff, 0.002, 1.0), "spmv_eff": clip(spmv_eff, 0.0005, 1.0),
-            "fc_bandwidth": float(fc_bandwidth),
-            "dense_overhead": clip(o_d, 0.0, 1e-2), "sparse_overhead": clip(o_s, 0.0, 1e-2)}
+        def clip(v, lo, hi):
+            return float(min(max(v, lo), hi))
+        coefficients = {"bandwidth": float(bandwidth), "dense_eff": clip(dense_eff, 0.05, 1.0),
+                        "sparse_eff": clip(sparse_eff, 0.005, 1.0), "plain_eff": clip(plain_eff, 0.1, 1.5),
+                        "stride_eff": clip(stride_eff, 0.1, 1.5),
+                        "fc_sparse_eff": clip(fc_eff, 0.002, 1.0), "spmv_eff": clip(spmv_eff, 0.0005, 1.0),
+                        "fc_bandwidth": float(fc_bandwidth)}
+        # the overheads and input costs of layers inside a forward pass, fitted to the chain's layers
+        report("layers in a net")
+        costs = measure_net_costs(dataclasses.replace(base, **coefficients), 8 if quick else CHAIN_ITERATIONS)
+    coefficients.update({name: clip(value, 0.0, 1e-2 if name.endswith("overhead") else 1e-6)
+                         for name, value in costs.items()})
+    return coefficients
 
 
 def _spread(values):
@@ -239,8 +246,9 @@ def _agreeing(values, tolerance):
 
 
 def calibrate(threads=None, quick=False, progress=None):
-    """Measure BW, e_d, e_s0, the two σ, e_fc, e_spmv, BW_fc, o_d and o_s on this machine with ``threads`` threads (default:
-    pyskim's kernel thread count); about a second per round, a fraction of it with ``quick`` (fewer
+    """Measure BW, e_d, e_s0, the two σ, e_fc, e_spmv, BW_fc, o_d, o_s, c_d and c_s on this machine with
+    ``threads`` threads (default: pyskim's kernel thread count); about two seconds per round, less with
+    ``quick`` (fewer
     calls per measurement, a smaller copy: noisier). ``progress(stage)`` is called as each stage starts.
 
     Every coefficient is checked against a second measurement: the rounds repeat (at least 2, at most
@@ -262,11 +270,11 @@ def calibrate(threads=None, quick=False, progress=None):
         default_profile(threads), **{name: float(statistics.median(v)) for name, v in values.items()},
         source=f"calibrated {time.strftime('%Y-%m-%d %H:%M:%S')}, load {load:.1f}/CPU, {len(rounds)} rounds",
         load=float(load), consistent=consistent,
-        spread=float(max(_spread(v) for name, v in values.items() if not name.endswith("overhead"))))
+        spread=float(max(_spread(v) for name, v in values.items() if _tolerance(name) == AGREEMENT)))
 
 
 def _tolerance(name):
-    return OVERHEAD_AGREEMENT if name.endswith("overhead") else AGREEMENT
+    return OVERHEAD_AGREEMENT if name.endswith(("overhead", "input_cost")) else AGREEMENT
 
 
 def calibrate_and_save(threads=None, quick=False, stream=None):

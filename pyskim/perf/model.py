@@ -10,11 +10,14 @@ Notation (one forward call of one layer; ``d`` = weight density, the fraction of
     P  = peak FLOP/s of one thread, T = threads, BW = memory bandwidth of T threads (bytes/s)
     e_d, e_s0, e_fc, e_spmv = measured efficiencies (fraction of P·T) of pyskim's dense path, of the
          direct sparse convolution kernel, of the sparse inner product (SpMDM, batch > 1) and of its
-         batch-1 SpMV; o_d, o_s = per-call overheads
+         batch-1 SpMV; o_d, o_s = per-call overheads of a layer inside a forward pass
+    c_d, c_s = seconds per input value of the convolution's own pass over its input (packing or
+         im2col; the sparse kernel's input preparation), which does not overlap with its compute
 
 Dense (``LOWERED_GEMM`` / ``GEMM``)::
 
-    t_d = max(F / (P·T·e_d·R/(R + 24)), B_act / BW) + 4·W / BW + o_d      (B_act: B_d without W)
+    t_d = max(F / (P·T·e_d·R/(R + 24)), B_act / BW) + 4·W / BW + c_d·I + o_d  (B_act: B_d without W,
+          I = N·C·H·W the input values; c_d·I for convolutions only)
     R   = rows of the packed left operand (output channels per group; an inner product's batch): the
           product packs its right operand once per call, work worth about 24 of those rows
     B_d = 4·(inputs + outputs + W) + 8·N·g·K·OH·OW   (K = C/g·kh·kw; the last term is the im2col
@@ -35,13 +38,16 @@ Sparse (``DIRECT_SCONV`` / ``SPMDM``)::
             FC: u = M / (16·ceil(M/16)) (the SpMDM kernel's vectors run over the batch)
     σ     = 1 for a plan with aligned loads (stride 1, few tap column offsets), ``plain_eff`` for a
             stride-1 plan without them, ``stride_eff`` for stride > 1 (stride phases, no aligned loads)
-    o     = o_s + A / (P·T·e_s0),  A = 2·32·N·OC·V·NB: each output channel's accumulator vectors loaded
-            and stored once per input-channel block (NB blocks per group), priced like multiply-adds
+    o     = o_s + c_s·I + A / (P·T·e_s0),  A = 2·32·N·OC·V·NB: each output channel's accumulator
+            vectors loaded and stored once per input-channel block (NB blocks per group), priced like
+            multiply-adds; c_s·I the input preparation (convolutions only)
 
 Lowered compressed-column GEMM (``LOWERED_CCNMM``, ``c`` = fraction of lowered weight columns that
 are not all zero)::
 
-    t_c = max(c·F / (P·T·e_d), B_c / BW) + o_d,   B_c = B_d with W and the im2col term scaled by c
+    t_c = max(c·F / (P·T·e_d'), B_act / BW) + (c·4·W + 8·c·N·g·K·OH·OW + 8·outputs) / BW + c_d·I + o_d
+          (the whole input lowered; the kept rows of the lowered matrix gathered, and the bias added,
+          in passes of their own)
 
 Write ``t_s(d) = max(a·d, b + m·d) + o`` with ``a = F/(P·T·e_s) + m``, ``b = (B_in + B_out)/BW`` and
 ``m = 8·W/BW``. Then:
@@ -60,7 +66,9 @@ machine profile as an argument: :func:`pyskim.perf.profile.get_profile` gives th
 profile of this machine, :func:`pyskim.perf.calibrate.calibrate` measures one. P is a documented
 default per ISA (:func:`peak_gflops_for_isa`: 267 GFLOP/s per thread with AVX-512, measured on the
 project machine: 2 FMAs × 16 lanes × 2 at 4.2 GHz; 134 with AVX2); a calibration measures BW and
-the efficiencies and overheads. More in ``docs/perfmodel.md``.
+the efficiencies, and fits the overheads and the input costs to a small net's layers timed inside its
+forward passes, as a real net runs them (their caches hold the previous layers' data, not their own).
+More in ``docs/perfmodel.md``.
 """
 import dataclasses
 import math
@@ -93,8 +101,11 @@ class MachineProfile:
     spmv_eff: float = 0.01           # sparse inner product at batch 1 (SpMV)
     fc_bandwidth: float = 0.0        # bytes/s the dense inner product streams its weights at batch <= 4
                                      # (0: ``bandwidth``)
-    dense_overhead: float = 30e-6    # seconds per call
-    sparse_overhead: float = 15e-6
+    dense_overhead: float = 45e-6    # seconds per call of a layer inside a forward pass
+    sparse_overhead: float = 40e-6
+    dense_input_cost: float = 0.3e-9     # seconds per input value: the dense convolution's pass over its
+                                         # input (im2col / packing), not overlapped with the product
+    sparse_input_cost: float = 0.4e-9    # the same for the sparse convolution's input preparation
     cpu: str = ""
     source: str = "default"
     load: float = 0.0                # load average per CPU while calibrating (other jobs)
@@ -213,18 +224,29 @@ class Prediction:
 
 # -- the formulas ----------------------------------------------------------------------------------
 
+def _lowered_values(shape):
+    """Values of one image's and group's lowered (im2col) matrix: K·OH·OW, K = C/g·kh·kw."""
+    oh, ow = shape.out_hw
+    return shape.channels // shape.group * shape.kernel[0] * shape.kernel[1] * oh * ow
+
+
 def _im2col_bytes(shape):
     if isinstance(shape, FcShape) or shape.is_1x1:
         return 0.0
-    oh, ow = shape.out_hw
-    k = shape.channels // shape.group * shape.kernel[0] * shape.kernel[1]
-    return 8.0 * shape.batch * shape.group * k * oh * ow
+    return 8.0 * shape.batch * shape.group * _lowered_values(shape)
 
 
 def packed_rows(shape):
     """Rows of the product's packed left operand: output channels per group (convolution), the batch
     (inner product)."""
     return shape.batch if isinstance(shape, FcShape) else shape.num_output // shape.group
+
+
+def input_pass(shape, cost):
+    """Seconds of a convolution's own pass over its input at ``cost`` seconds per input value (the
+    dense path's packing, the sparse kernel's preparation of a padded copy): a pass that runs before
+    the compute, not beside it, so it adds to the roofline term; 0 for an inner product."""
+    return 0.0 if isinstance(shape, FcShape) else cost * shape.inputs
 
 
 def dense_efficiency(shape, profile):
@@ -236,9 +258,10 @@ def dense_efficiency(shape, profile):
 
 
 def dense_time(shape, profile):
-    """``t_d = max(F / (P·T·e_d'), B_act / BW) + 4·W / BW + o_d`` with ``e_d'`` from
+    """``t_d = max(F / (P·T·e_d'), B_act / BW) + 4·W / BW + c_d·I + o_d`` with ``e_d'`` from
     :func:`dense_efficiency`: the weights stream from memory on top of the compute (a forward pass
-    finds them evicted by the other layers); an inner product at batch <= ``DOT_BATCH`` (dot products
+    finds them evicted by the other layers), and a convolution's packing of its input adds
+    (:func:`input_pass`); an inner product at batch <= ``DOT_BATCH`` (dot products
     that stream the weights once, no packing) takes ``max(F / (P·T·e_d), 4·W / BW_fc)``."""
     if isinstance(shape, FcShape) and shape.batch <= DOT_BATCH and profile.fc_bandwidth > 0:
         return max(shape.flops / (profile.compute * profile.dense_eff), 4.0 * shape.weights / profile.fc_bandwidth) \
@@ -246,15 +269,20 @@ def dense_time(shape, profile):
     activations = (4.0 * (shape.inputs + shape.outputs) + _im2col_bytes(shape)) / profile.bandwidth
     weights = 4.0 * shape.weights / profile.bandwidth
     return max(shape.flops / (profile.compute * dense_efficiency(shape, profile)), activations) + weights \
-        + profile.dense_overhead
+        + input_pass(shape, profile.dense_input_cost) + profile.dense_overhead
 
 
 def ccnmm_time(shape, column_density, profile):
-    """Lowered GEMM on the fraction ``column_density`` of lowered weight columns that are not all zero."""
+    """Lowered GEMM on the fraction ``column_density`` of lowered weight columns that are not all zero:
+    the whole input is lowered (im2col, none for 1x1), the kept rows of the lowered matrix are gathered
+    into a new one and the bias added in passes of their own (written then read: 8 bytes per value),
+    then the product runs on the kept columns."""
     c = min(max(float(column_density), 0.0), 1.0)
-    activations = (4.0 * (shape.inputs + shape.outputs) + c * _im2col_bytes(shape)) / profile.bandwidth
+    activations = (4.0 * (shape.inputs + shape.outputs) + _im2col_bytes(shape)) / profile.bandwidth
+    gathered = 8.0 * c * shape.batch * shape.group * _lowered_values(shape) + 8.0 * shape.outputs
     return max(c * shape.flops / (profile.compute * dense_efficiency(shape, profile)), activations) \
-        + c * 4.0 * shape.weights / profile.bandwidth + profile.dense_overhead
+        + (c * 4.0 * shape.weights + gathered) / profile.bandwidth \
+        + input_pass(shape, profile.dense_input_cost) + profile.dense_overhead
 
 
 def conv_work(shape, aligned=None, threads=1):
@@ -313,8 +341,8 @@ def sparse_terms(shape, profile):
     to stream the nonzeros from memory (a forward pass finds each layer's weights evicted by the
     others: they do not overlap with the compute of so short a call), ``b`` the activations' traffic,
     ``m`` the nonzeros' (an inner product's at the measured ``fc_bandwidth``, 6 bytes each with its
-    16-bit column indices), o the per-call overhead and the accumulator traffic
-    (:func:`accumulator_flops`)."""
+    16-bit column indices), o the per-call overhead, the input preparation (:func:`input_pass`) and
+    the accumulator traffic (:func:`accumulator_flops`)."""
     a = shape.flops / (profile.compute * sparse_efficiency(shape, profile))
     if isinstance(shape, FcShape):
         in_bytes = 4.0 * shape.inputs
@@ -326,8 +354,8 @@ def sparse_terms(shape, profile):
     if isinstance(shape, FcShape):       # 16-bit column indices; the weights stream like a dense FC's
         m = (4.0 + (2.0 if shape.num_input <= 65536 else 4.0)) * shape.weights / (profile.fc_bandwidth
                                                                                    or profile.bandwidth)
-    o = profile.sparse_overhead + accumulator_flops(shape, threads=profile.threads) / (profile.compute
-                                                                                      * profile.sparse_eff)
+    o = profile.sparse_overhead + input_pass(shape, profile.sparse_input_cost) \
+        + accumulator_flops(shape, threads=profile.threads) / (profile.compute * profile.sparse_eff)
     return a + m, b, m, o
 
 

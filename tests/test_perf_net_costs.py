@@ -1,0 +1,92 @@
+"""The costs a forward pass adds to a layer (pyskim.perf.net_costs): the model's input passes and
+CCNMM's gather, the fit of the per-call overhead and the input cost, and the calibration net itself."""
+import dataclasses
+import math
+
+import pytest
+
+from pyskim.core.net import Net
+from pyskim.kernels.threads import using_threads
+from pyskim.perf import model as perfmodel
+from pyskim.perf import net_costs
+from pyskim.perf.model import ConvShape, FcShape, MachineProfile
+from pyskim.proto import caffe_pb2
+
+BASE = MachineProfile(threads=1, peak_flops=267e9, bandwidth=42e9, dense_eff=0.8, sparse_eff=0.2,
+                      fc_sparse_eff=0.1, spmv_eff=0.01, dense_overhead=20e-6, sparse_overhead=10e-6,
+                      dense_input_cost=0.0, sparse_input_cost=0.0, cpu="test CPU", source="test")
+CONV_1X1 = ConvShape(1, 480, 14, 14, 16, (1, 1))
+CONV_3X3 = ConvShape(4, 256, 13, 13, 384, (3, 3), pad=(1, 1))
+FC = FcShape(16, 4096, 1000)
+
+
+@pytest.mark.parametrize("shape", [CONV_1X1, CONV_3X3])
+def test_input_costs_add_one_pass_over_the_input(shape):
+    costly = dataclasses.replace(BASE, dense_input_cost=2e-9, sparse_input_cost=3e-9)
+    assert perfmodel.dense_time(shape, costly) - perfmodel.dense_time(shape, BASE) == pytest.approx(
+        2e-9 * shape.inputs)
+    for d in (0.0, 0.1, 1.0):
+        assert perfmodel.sparse_time(shape, d, costly) - perfmodel.sparse_time(shape, d, BASE) == pytest.approx(
+            3e-9 * shape.inputs)
+    assert perfmodel.ccnmm_time(shape, 0.5, costly) - perfmodel.ccnmm_time(shape, 0.5, BASE) == pytest.approx(
+        2e-9 * shape.inputs)
+    # the input pass is part of the fixed cost o, which the break-even density already weighs
+    fixed = perfmodel.sparse_terms(shape, costly)[3] - perfmodel.sparse_terms(shape, BASE)[3]
+    assert fixed == pytest.approx(3e-9 * shape.inputs)
+
+
+def test_inner_products_have_no_input_pass():
+    costly = dataclasses.replace(BASE, dense_input_cost=1e-6, sparse_input_cost=1e-6)
+    assert perfmodel.dense_time(FC, costly) == perfmodel.dense_time(FC, BASE)
+    assert perfmodel.sparse_time(FC, 0.1, costly) == perfmodel.sparse_time(FC, 0.1, BASE)
+
+
+def test_ccnmm_pays_its_gather():
+    # every column kept: the dense product plus the gather of the lowered matrix and the bias pass
+    oh, ow = CONV_1X1.out_hw
+    extra = (8.0 * CONV_1X1.channels * oh * ow + 8.0 * CONV_1X1.outputs) / BASE.bandwidth
+    assert perfmodel.ccnmm_time(CONV_1X1, 1.0, BASE) == pytest.approx(perfmodel.dense_time(CONV_1X1, BASE) + extra)
+    # a 1x1 layer with a few all-zero columns (GoogLeNet's reductions at density 0.2) is not worth CCNMM...
+    assert perfmodel.choose(CONV_1X1, 0.2, BASE, column_density=0.97) != "ccnmm"
+    # ...a 3x3 layer with most columns zero (structured pruning) is
+    slow_sparse = dataclasses.replace(BASE, sparse_eff=0.01)
+    assert perfmodel.choose(CONV_3X3, 0.1, slow_sparse, column_density=0.1) == "ccnmm"
+
+
+def test_fit_recovers_the_costs_that_made_the_times():
+    rest = [1e-4, 3e-4, 2e-3, 5e-5, 8e-4]
+    inputs = [92160, 18432, 55296, 5000, 200000]
+    rows = [(r + 40e-6 + 0.3e-9 * i, r, i) for r, i in zip(rest, inputs)]
+    overhead, per_input = net_costs.fit_fixed_costs(rows)
+    assert overhead == pytest.approx(40e-6, rel=1e-6) and per_input == pytest.approx(0.3e-9, rel=1e-6)
+
+
+def test_fit_never_returns_negative_costs():
+    # times below what the rest of the model predicts: nothing is left to explain
+    rows = [(0.9 * r, r, i) for r, i in ((1e-4, 1000), (2e-4, 5000), (4e-4, 90000))]
+    assert net_costs.fit_fixed_costs(rows) == (0.0, 0.0)
+    # a constant excess only: no cost per input value
+    rows = [(r + 30e-6, r, i) for r, i in ((1e-4, 1000), (2e-4, 5000), (4e-4, 90000))]
+    overhead, per_input = net_costs.fit_fixed_costs(rows)
+    assert overhead == pytest.approx(30e-6, rel=1e-6) and per_input == pytest.approx(0.0, abs=1e-15)
+
+
+def test_the_calibration_net_runs_the_mode_it_measures():
+    built = {mode: Net(net_costs.chain_param(mode), caffe_pb2.TEST) for mode in ("dense", "sparse")}
+    convolutions = {}
+    for mode, net in built.items():
+        net.forward_prefilled()
+        convolutions[mode] = [layer for layer in net.layers if layer.type == "Convolution"]
+        assert len(convolutions[mode]) == sum(step != "pool" for step in net_costs.CHAIN)
+    assert all(layer.engine is None for layer in convolutions["dense"])          # plain LOWERED_GEMM
+    assert all(layer.engine.last_mode == "sparse" for layer in convolutions["sparse"])
+
+
+def test_measured_costs_are_plausible():
+    with using_threads(1):
+        costs = net_costs.measure_net_costs(BASE, iterations=2)
+    assert set(costs) == {"dense_overhead", "dense_input_cost", "sparse_overhead", "sparse_input_cost"}
+    for name, value in costs.items():
+        assert math.isfinite(value) and value >= 0, name
+    assert costs["dense_overhead"] < 0.01 and costs["sparse_overhead"] < 0.01
+    assert costs["dense_input_cost"] < 1e-6 and costs["sparse_input_cost"] < 1e-6
