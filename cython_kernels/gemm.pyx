@@ -32,6 +32,7 @@ cdef extern from "gemm_impl.h" nogil:
         int bias_cols, beta
         int64_t kseg, kc_max, ksub
         const float *apacked
+        int relu
     int gm_run(gm_job_t *jb, int threads)
     int64_t gm_packed_size(int64_t M, int64_t K, int G)
     int GM_DOT_MAX_M
@@ -107,6 +108,7 @@ def pack_weights(const float[:, ::1] w, int group, float[::1] out, int threads=1
     if w.shape[0] % group or out.shape[0] != packed_weights_size(w.shape[0], w.shape[1], group):
         raise ValueError("pack_weights: shapes do not match")
     cdef gm_job_t jb
+    jb.relu = 0
     jb.M, jb.K, jb.G = w.shape[0] // group, w.shape[1], group
     jb.a = _dense(&w[0, 0], jb.M * jb.K, jb.K, 1)
     with nogil:
@@ -115,9 +117,10 @@ def pack_weights(const float[:, ::1] w, int group, float[::1] out, int threads=1
 
 def conv_forward(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, int kh, int kw, int pad_h,
                  int pad_w, int stride_h, int stride_w, int dil_h, int dil_w, int group,
-                 float[:, :, :, ::1] y, int threads=1, const float[::1] packed=None):
+                 float[:, :, :, ::1] y, int threads=1, const float[::1] packed=None, bint relu=False):
     """y (N, M, OH, OW) = conv(x (N, C, H, W), w (M, C/group*kh*kw)) + bias (M or None), per group:
-    y_g = w_g . im2col(x)_g; ``packed``: ``w`` as :func:`pack_weights` packed it."""
+    y_g = w_g . im2col(x)_g; ``packed``: ``w`` as :func:`pack_weights` packed it; ``relu``: then
+    y = max(y, 0) as each tile is stored (Caffe's ReLU: NaN and -0.0 pass)."""
     cdef ConvGeometry g = _checked(x.shape, kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w,
                                    group, y.shape[2], y.shape[3])
     cdef int64_t mg = w.shape[0] // group, kg = (g.C // group) * kh * kw, p = <int64_t>g.OH * g.OW
@@ -125,6 +128,7 @@ def conv_forward(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, int k
         raise ValueError("conv_forward: weights or output do not match the geometry")
     cdef const float[::1] b
     cdef gm_job_t jb
+    jb.relu = 0
     jb.bias = NULL
     if bias is not None:
         b = bias
@@ -138,6 +142,7 @@ def conv_forward(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, int k
     jb.c_gstride, jb.c_rs, jb.c_cblk, jb.c_cbs = mg * p, p, p, w.shape[0] * p
     jb.bias_cols, jb.beta, jb.kseg, jb.kc_max, jb.ksub = 0, 0, 0, 0, 0
     jb.apacked = NULL
+    jb.relu = relu
     if packed is not None:
         if packed.shape[0] != gm_packed_size(mg, kg, group):
             raise ValueError("conv_forward: packed weights do not match the weights")
@@ -157,6 +162,7 @@ def conv_weight_grad(const float[:, :, :, ::1] x, const float[:, :, :, ::1] top_
     if m % group or weight_diff.shape[1] != kg or (top_diff.shape[0], top_diff.shape[1], top_diff.shape[2], top_diff.shape[3]) != (g.N, m, g.OH, g.OW):
         raise ValueError("conv_weight_grad: weight diff or top diff do not match the geometry")
     cdef gm_job_t jb
+    jb.relu = 0
     jb.M, jb.N, jb.K, jb.G = mg, kg, g.N * p, group
     jb.a = _dense(&top_diff[0, 0, 0, 0], mg * p, p, 1, p, m * p)
     jb.b = _images(GM_IM2COL_T, &x[0, 0, 0, 0], g, group)
@@ -179,6 +185,7 @@ def conv_column_grad(const float[:, ::1] w, const float[:, :, :, ::1] top_diff, 
         raise ValueError("conv_column_grad: shapes do not match")
     cdef int64_t mg = m // group
     cdef gm_job_t jb
+    jb.relu = 0
     jb.M, jb.N, jb.K, jb.G = kg, n * p, mg, group
     jb.a = _dense(&w[0, 0], mg * kg, 1, kg)
     jb.b = _dense(&top_diff[0, 0, 0, 0], mg * p, p, 1, p, m * p)
@@ -205,6 +212,7 @@ def conv_input_grad(const float[:, ::1] w, const float[:, :, :, ::1] top_diff, i
         raise ValueError("conv_input_grad: shapes do not match")
     cdef int64_t mg = m // group, cg = c // group, taps = kh * kw, p = <int64_t>g.OH * g.OW
     cdef gm_job_t jb
+    jb.relu = 0
     jb.M, jb.N, jb.K, jb.G = cg, n * p, mg * taps, group
     # a(c, (m, t)) = w[g*mg + m, c, taps - 1 - t]: tap order reversed inside each output channel's block
     jb.a = _dense(&w[0, 0] + taps - 1, mg * cg * taps, taps, -1, taps, cg * taps)
@@ -226,6 +234,7 @@ def matmul(const float[:, :] a, const float[:, :] b, float[:, ::1] c, bint accum
         return
     cdef const float[::1] bv
     cdef gm_job_t jb
+    jb.relu = 0
     jb.bias = NULL
     if bias is not None:
         bv = bias

@@ -54,6 +54,8 @@ typedef struct {
     int64_t kc_max;              /* the longest K block (0: GM_KC) */
     int64_t ksub;                /* the longest sum in registers inside a block (0: the block) */
     const float *apacked;        /* A already packed by gm_pack_a_all, or NULL */
+    int relu;                    /* C = max(C, 0) as the last K block stores it (Caffe's ReLU after the
+                                    product: NaN stays NaN, -0.0 stays -0.0) */
     /* the plan */
     int64_t kc, mpanels, npanels, mcp, ncp, mchunks, nchunks;
     float *apack;

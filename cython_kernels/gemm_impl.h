@@ -179,37 +179,40 @@ static void gm_column_runs(const gm_job_t *jb, int64_t j0, int nr, gm_runs_t *ru
     runs->t[runs->n] = nr;
 }
 
-/* d[t0, t1) = [d +] src + b (b: one value, or bcol[t] per column when bcol is given). */
+/* d[t0, t1) = [d +] src + b (b: one value, or bcol[t] per column when bcol is given), then
+ * max(d, 0) with relu (as Caffe's ReLU: x < 0 ? 0 : x, so NaN and -0.0 pass). */
 static inline void gm_store_run(float *__restrict d, const float *__restrict src, const float *bcol, float b,
-                                int t0, int t1, int set) {
+                                int t0, int t1, int set, int relu) {
 #if defined(__AVX512F__)
-    const __m512 vb = _mm512_set1_ps(b);
+    const __m512 vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
     for (int t = t0; t < t1; t += 16) {
         const __mmask16 m = (__mmask16)(t1 - t >= 16 ? 0xffff : (1u << (t1 - t)) - 1);
         __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, src + t),
                                  bcol ? _mm512_maskz_loadu_ps(m, bcol + t) : vb);
         if (!set) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, d + t), v);
+        if (relu) v = _mm512_max_ps(zero, v);   /* (0 > v) ? 0 : v, v itself when it is NaN */
         _mm512_mask_storeu_ps(d + t, m, v);
     }
 #else
     for (int t = t0; t < t1; ++t) {
-        const float v = src[t] + (bcol ? bcol[t] : b);
-        d[t] = set ? v : d[t] + v;
+        float v = src[t] + (bcol ? bcol[t] : b);
+        if (!set) v += d[t];
+        d[t] = relu && v < 0.0f ? 0.0f : v;
     }
 #endif
 }
 
 /* Rows [i0, i0 + mr) x the panel's columns of C (group g) from tile: the first K block sets them
- * (beta: adds to them) with the bias, later blocks add. */
+ * (beta: adds to them) with the bias, later blocks add; the last one applies the ReLU (jb->relu). */
 static void gm_store(const gm_job_t *jb, int g, int64_t i0, int mr, int64_t j0, const gm_runs_t *runs,
-                     const float *__restrict tile, int first) {
-    const int set = first && !jb->beta;
+                     const float *__restrict tile, int first, int last) {
+    const int set = first && !jb->beta, relu = last && jb->relu;
     const float *bcol = first && jb->bias && jb->bias_cols ? jb->bias + j0 : 0;
     for (int r = 0; r < mr; ++r) {
         float *row = jb->c + g * jb->c_gstride + (i0 + r) * jb->c_rs;
         const float rb = (first && jb->bias && !jb->bias_cols) ? jb->bias[g * jb->M + i0 + r] : 0.0f;
         for (int s = 0; s < runs->n; ++s)
-            gm_store_run(row + runs->at[s], tile + r * GM_NR, bcol, rb, runs->t[s], runs->t[s + 1], set);
+            gm_store_run(row + runs->at[s], tile + r * GM_NR, bcol, rb, runs->t[s], runs->t[s + 1], set, relu);
     }
 }
 
@@ -271,7 +274,7 @@ static void gm_product_task(void *ctx, int64_t task, int worker) {
                     gm_kernel_half(kb, ksub, apanel, bbuf + (jp - jp0) * kb * GM_NR, tile);
                 else
                     gm_kernel(kb, ksub, apanel, bbuf + (jp - jp0) * kb * GM_NR, tile);
-                gm_store(jb, g, i0, mr, j0, &runs[jp - jp0], tile, p0 == 0);
+                gm_store(jb, g, i0, mr, j0, &runs[jp - jp0], tile, p0 == 0, p0 + kb == jb->K);
             }
         }
     }

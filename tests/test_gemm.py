@@ -47,6 +47,20 @@ def threads(request, monkeypatch):
     set_num_threads(previous)
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES[:5] + [(2, 64, 9, 9, 24, 1, (3, 3), (1, 1), (1, 1), (1, 1))])
+def test_conv_forward_with_relu_is_the_product_then_caffes_relu(geometry, threads):
+    """``relu=True``: exactly the product then Caffe's ReLU (x < 0 ? 0 : x), applied once, after the
+    last block of the sum (the last geometry's K = 576 runs in two blocks, whose partial sums may
+    be negative where the whole is not); NaN passes through as Caffe's ReLU leaves it."""
+    x, weights, bias, geo, group = _case(geometry)
+    x[0, 0, 0, :2] = np.nan                                     # NaN outputs near the first position
+    plain = gemm.conv2d_forward(x, weights, bias, *geo, group=group)
+    rectified = gemm.conv2d_forward(x, weights, bias, *geo, group=group, relu=True)
+    expected = np.where(plain < 0, np.float32(0), plain)
+    np.testing.assert_array_equal(rectified, expected)           # NaN positions compare equal too
+    assert np.isnan(rectified).any() and not (rectified < 0).any() and (rectified > 0).any()
+
+
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_conv_products_match_references(geometry, threads):
     x, weights, bias, geo, group = _case(geometry)

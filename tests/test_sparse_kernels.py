@@ -18,7 +18,7 @@ from pyskim.kernels.csr import (
     pack_conv_weights,
     pack_fc_weights,
 )
-from pyskim.kernels.sparse import sparse_conv_forward, sparse_fc_forward
+from pyskim.kernels.sparse import choose_conv_blocking, sparse_conv_forward, sparse_fc_forward
 
 RNG = np.random.default_rng(2024)
 DENSITIES = [1.0, 0.5, 0.1, 0.01, 0.0]
@@ -154,6 +154,21 @@ def test_blocking_does_not_change_results(blocking):
         for n in (1, 3, 16, 19):
             y = sparse_conv_forward(x[:n], csr, b, stride, 1, 1, ohw, relu=True, blocking=blocking)
             assert_close(y, ref[:n])
+
+
+def test_output_channel_blocks_share_out_evenly():
+    """The spatial variant's work items hold 64 output channels where the threads still get even
+    shares of one image's items, else 32 or 16."""
+    def ocb(num_output, threads, hw=13):
+        csr = pack_conv_weights(pruned((num_output, 8, 3, 3), 0.3), 1, (hw, hw), 1, 1)
+        return choose_conv_blocking(csr, (1, 1), (hw, hw), threads)["ocb"]
+    assert ocb(384, 1) == ocb(384, 2) == ocb(208, 1) == 64
+    assert ocb(208, 2) == 32          # 64-channel items: 3 against 1 on two threads (the last holds 16)
+    assert ocb(64, 2) == 32 and ocb(16, 2) == 16 and ocb(8, 1) == 8
+    assert ocb(48, 2) == 16           # no block shares 48 channels evenly: the smallest
+    # a forced block still wins
+    csr = pack_conv_weights(pruned((384, 8, 3, 3), 0.3), 1, (13, 13), 1, 1)
+    assert choose_conv_blocking(csr, (1, 1), (13, 13), 1, ocb=16)["ocb"] == 16
 
 
 @pytest.mark.parametrize("aligned", [0, 1])

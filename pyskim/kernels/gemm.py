@@ -119,11 +119,13 @@ class PackedConvWeights:
         _gemm.pack_weights(weights.reshape(self.weights_shape), group, self.array, get_num_threads())
 
 
-def conv2d_forward(x, weights, bias, kernel, pad=0, stride=1, dilation=1, group=1, out=None, packed=None):
+def conv2d_forward(x, weights, bias, kernel, pad=0, stride=1, dilation=1, group=1, out=None, packed=None,
+                   relu=False):
     """Caffe's Convolution forward for a batch ``x`` (N, C, H, W): ``out`` (N, M, OH, OW) with
     ``out_g = weights_g . im2col(x)_g + bias`` per group (``weights`` (M, C/group, kh, kw) or
     flattened, ``bias`` (M) or None). ``packed``: a :class:`PackedConvWeights` of these weights,
-    used instead of packing them again. Returns ``out``."""
+    used instead of packing them again. ``relu``: ``out = max(out, 0)`` as Caffe's ReLU computes it
+    (NaN and -0.0 unchanged), applied as the product stores each tile. Returns ``out``."""
     fn = "conv2d_forward"
     x, geo, group, (oh, ow) = _conv_setup(fn, x, kernel, pad, stride, dilation, group)
     w = _weights(fn, "weights", weights, x, geo[:2], group)
@@ -133,7 +135,7 @@ def conv2d_forward(x, weights, bias, kernel, pad=0, stride=1, dilation=1, group=
         raise KernelArgumentError(f"{fn}: packed must be a PackedConvWeights of weights {w.shape}, group {group}")
     macs = y.size * w.shape[1]
     _gemm.conv_forward(x, w, bias_input(fn, bias, w.shape[0]), *geo, group, y, _threads(macs),
-                       None if packed is None else packed.array)
+                       None if packed is None else packed.array, bool(relu))
     return y
 
 

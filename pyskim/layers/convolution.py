@@ -26,7 +26,10 @@ dense path above), or an object that :mod:`pyskim.sparse` attaches after the Net
 ``conv_mode`` other than LOWERED_GEMM / DIRECT_DCONV (as Caffe's layer factory picks an engine outside
 the layer). ``engine.forward(bottom, top)`` returns True when it computed the tops, False for the dense
 path; ``weights_changed()`` tells it that new weights were loaded. The layer reads its weights through
-``Blob.readonly_data`` and never writes them.
+``Blob.readonly_data`` and never writes them. When the engine links the in-place ReLU after the layer
+(``engine.relu``, a :class:`~pyskim.layers.neuron.ReLUFusion`) and its mode resolves to dense, the
+dense product applies that ReLU as it stores its tiles (whole-batch path) instead of the ReLU
+layer's separate pass over the top.
 """
 import threading
 
@@ -345,17 +348,21 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 and min(self._num, self._kdim, self._positions) > 0)
 
     def forward_cpu(self, bottom, top):
-        if self.engine is not None and self.engine.forward(bottom, top):
+        engine = self.engine
+        if engine is not None and engine.forward(bottom, top):
             return
         batched = self._batched()
+        fusion = engine.relu if engine is not None and batched and len(top) == 1 else None
         for b, t in zip(bottom, top):
             if batched:
-                self._forward_fused(b.data, t.data)
+                self._forward_fused(b.data, t.data, relu=fusion is not None)
                 continue
             x, y = self._images(b.data), self._images(t.data)
             for s, e in self._chunks():
                 self._dense_product(self._lower(x[s:e]), self._grouped(y[s:e]))
                 self._add_bias(y[s:e])
+        if fusion is not None:
+            fusion.applied = True           # the linked ReLU's forward has nothing left to do
 
     def backward_cpu(self, top, propagate_down, bottom):
         weight_grad = self.param_propagate_down[0]
@@ -384,14 +391,15 @@ class ConvolutionLayer(BaseConvolutionLayer):
             return low.kernel, low.pad, low.stride, low.dilation
         return (1, 1), (0, 0), (1, 1), (1, 1)
 
-    def _forward_fused(self, x, y):
-        """top = W_g . im2col(x)_g + bias for the whole batch in one product per call."""
+    def _forward_fused(self, x, y, relu=False):
+        """top = W_g . im2col(x)_g + bias for the whole batch in one product per call (then
+        ``max(top, 0)`` with ``relu``)."""
         bias = self.blobs[1].readonly_data if self._bias_term else None
         weights = self.blobs[0].readonly_data
         _fused.conv2d_forward(self._as_2d(x, self._channels, self._in_spatial), weights, bias,
                               *self._geometry_2d(), group=self._group,
                               out=self._as_2d(y, self._num_output, self._out_spatial),
-                              packed=self._packed_weights(weights))
+                              packed=self._packed_weights(weights), relu=relu)
 
     def _packed_weights(self, weights):
         """The weights packed for the product, packed again only when they may have changed since

@@ -8,11 +8,14 @@ no sparse mode: it runs dense, with one warning when it asks for another.
 
 ReLU fusion. An engine is then linked to the ReLU (``negative_slope: 0``) that consumes its top next,
 in place, directly or inside a fused type: the ReLU's ``fusion`` is a
-:class:`~pyskim.layers.neuron.ReLUFusion` that the engine sets whenever its sparse kernel applied
-``max(x, 0)`` in its store, and the ReLU's forward then does nothing; in any other mode (dense, or
-AUTO choosing dense) the ReLU runs as usual. The values are identical, and backward is unchanged (an
-in-place ReLU's backward reads its output). Caveat: ``net.forward(end=<conv>)`` then shows the conv's
-top after the ReLU. ``net.fused_relus`` lists the linked (producer, ReLU) layer names.
+:class:`~pyskim.layers.neuron.ReLUFusion` that is set whenever the layer's product applied
+``max(x, 0)`` in its store (the sparse kernels, and a Convolution's whole-batch dense product when
+its mode resolves to dense), and the ReLU's forward then does nothing; otherwise (an InnerProduct
+run dense, a Convolution on its per-image path) the ReLU runs as usual. The values are identical,
+and backward is unchanged (an in-place ReLU's backward reads its output). Caveat:
+``net.forward(end=<conv>)`` then shows the conv's top after the ReLU; a plain LOWERED_GEMM / GEMM
+layer has no engine and no link, so Caffe's own nets behave as in Caffe. ``net.fused_relus`` lists
+the linked (producer, ReLU) layer names.
 
 The dense weights. In a net that runs no backward (no layer needs one: a deploy prototxt, a net
 without a loss), the engines release the dense array of the weights while their sparse structures
