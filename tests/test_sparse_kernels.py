@@ -263,6 +263,21 @@ def test_sparse_fc_matches_dense(m, density):
     assert sparse_fc_forward(x, fc, b, out=out) is out
 
 
+@pytest.mark.parametrize("num_input", [300, 65537])
+def test_sparse_fc_dot_products_of_every_length(num_input):
+    """Batch 1 runs one dot product per output over 32 nonzeros at a time plus a tail of 16 or fewer
+    (16-bit and 32-bit column indices): rows of 0 to 70 nonzeros, each against the dense result."""
+    rng = np.random.default_rng(4)
+    w = np.zeros((71, num_input), np.float32)
+    for row in range(71):
+        w[row, rng.choice(num_input, row, replace=False)] = rng.standard_normal(row)
+    fc = pack_fc_weights(w)
+    x = rng.standard_normal((1, num_input)).astype(np.float32)
+    b = rng.standard_normal(71).astype(np.float32)
+    for relu in (False, True):
+        assert_close(sparse_fc_forward(x, fc, b, relu=relu), R.fc_forward_ref(x, w, b, relu))
+
+
 @pytest.mark.parametrize("num_input", [65536, 65537])
 def test_sparse_fc_column_index_widths(num_input):
     """Inputs up to 65536 keep 16-bit column indices (the last column included), wider ones 32-bit;
