@@ -35,6 +35,18 @@ def test_input_costs_add_one_pass_over_the_input(shape):
     assert fixed == pytest.approx(3e-9 * shape.inputs)
 
 
+def test_batch_1_inner_product_overlaps_its_weight_stream():
+    """SpMV prefetches its weights while it computes: the longer of compute and stream sets its time;
+    at batch 16 (SpMDM) they still add up."""
+    for shape in (FcShape(1, 9216, 4096), FcShape(1, 36, 5)):
+        for d in (0.01, 0.1, 1.0):
+            compute = d * shape.flops / (BASE.compute * BASE.spmv_eff)
+            _, b, m, o = perfmodel.sparse_terms(shape, BASE)
+            assert perfmodel.sparse_time(shape, d, BASE) == pytest.approx(max(compute, b + m * d) + o)
+    a, _, m, _ = perfmodel.sparse_terms(FC, BASE)
+    assert a == pytest.approx(FC.flops / (BASE.compute * perfmodel.sparse_efficiency(FC, BASE)) + m)
+
+
 def test_inner_products_have_no_input_pass():
     costly = dataclasses.replace(BASE, dense_input_cost=1e-6, sparse_input_cost=1e-6)
     assert perfmodel.dense_time(FC, costly) == perfmodel.dense_time(FC, BASE)

@@ -28,6 +28,8 @@ Dense (``LOWERED_GEMM`` / ``GEMM``)::
 Sparse (``DIRECT_SCONV`` / ``SPMDM``)::
 
     t_s(d) = max(d·F / (P·T·e_s) + d·8·W / BW, (B_in + B_out + d·8·W) / BW) + o
+    (an inner product at batch 1 prefetches its weights while it computes: max(d·F / (P·T·e_spmv),
+    (B_in + B_out + d·6·W) / BW_fc) + o)
     B_in  = 4·N·C·H·W + 8·N·C·Hp·Wp   (the input, plus its zero-padded copy written then read; FC: 4·M·K)
     B_out = 4·outputs                 (a nonzero weight costs 8 bytes: a float and an int32 index)
     e_s   = e_s0 · u · σ              (FC: e_fc · u for M > 1, e_spmv for M = 1)
@@ -339,7 +341,9 @@ def accumulator_flops(shape, aligned=None, threads=1):
 def sparse_terms(shape, profile):
     """(a, b, m, o) with ``t_s(d) = max(a·d, b + m·d) + o``: ``a`` is the compute time plus the time
     to stream the nonzeros from memory (a forward pass finds each layer's weights evicted by the
-    others: they do not overlap with the compute of so short a call), ``b`` the activations' traffic,
+    others: they do not overlap with the compute of so short a call), except for an inner product at
+    batch 1, whose dot products prefetch the weights while they compute (``a`` the compute alone:
+    the time is the longer of the two), ``b`` the activations' traffic,
     ``m`` the nonzeros' (an inner product's at the measured ``fc_bandwidth``, 6 bytes each with its
     16-bit column indices), o the per-call overhead, the input preparation (:func:`input_pass`) and
     the accumulator traffic (:func:`accumulator_flops`)."""
@@ -356,7 +360,8 @@ def sparse_terms(shape, profile):
                                                                                    or profile.bandwidth)
     o = profile.sparse_overhead + input_pass(shape, profile.sparse_input_cost) \
         + accumulator_flops(shape, threads=profile.threads) / (profile.compute * profile.sparse_eff)
-    return a + m, b, m, o
+    overlapped = isinstance(shape, FcShape) and shape.batch <= 1
+    return (a if overlapped else a + m), b, m, o
 
 
 def sparse_time(shape, density, profile):
