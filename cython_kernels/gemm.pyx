@@ -128,7 +128,6 @@ def conv_forward(const float[:, :, :, ::1] x, const float[:, ::1] w, bias, int k
         raise ValueError("conv_forward: weights or output do not match the geometry")
     cdef const float[::1] b
     cdef gm_job_t jb
-    jb.relu = 0
     jb.bias = NULL
     if bias is not None:
         b = bias

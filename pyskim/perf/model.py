@@ -51,8 +51,8 @@ are not all zero)::
           (the whole input lowered; the kept rows of the lowered matrix gathered, and the bias added,
           in passes of their own)
 
-Write ``t_s(d) = max(a·d, b + m·d) + o`` with ``a = F/(P·T·e_s) + m``, ``b = (B_in + B_out)/BW`` and
-``m = 8·W/BW``. Then:
+Write ``t_s(d) = max(a·d, b + m·d) + o`` with ``a = F/(P·T·e_s) + m`` (the batch-1 inner product:
+``a = F/(P·T·e_spmv)``), ``b = (B_in + B_out)/BW`` and ``m = 8·W/BW``. Then:
 
 * **break-even density** ``d_be``: the largest d in [0, 1] with ``t_s(d) <= t_d``; t_s is increasing,
   so ``d_be = min((t_d − o_s)/a, (t_d − o_s − b)/m)`` clipped to [0, 1] (0: sparse never wins,
@@ -68,8 +68,9 @@ machine profile as an argument: :func:`pyskim.perf.profile.get_profile` gives th
 profile of this machine, :func:`pyskim.perf.calibrate.calibrate` measures one. P is a documented
 default per ISA (:func:`peak_gflops_for_isa`: 267 GFLOP/s per thread with AVX-512, measured on the
 project machine: 2 FMAs × 16 lanes × 2 at 4.2 GHz; 134 with AVX2); a calibration measures BW and
-the efficiencies, and fits the overheads and the input costs to a small net's layers timed inside its
-forward passes, as a real net runs them (their caches hold the previous layers' data, not their own).
+the efficiencies, and fits the overheads and the input costs to a small net's layers, each timed
+after other data went through the caches, as a layer of a real net finds them (holding the previous
+layers' data, not its own: :mod:`pyskim.perf.net_costs`).
 More in ``docs/perfmodel.md``.
 """
 import dataclasses
