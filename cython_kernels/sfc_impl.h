@@ -8,27 +8,56 @@
 
 /* ---- sparse x dense fully-connected ----------------------------------------------------------
  * Y (M x N) = X (M x K) . W^T + bias, W as CSR (N rows, K columns). Batch 1: one dot product per
- * row (SpMV). Batch > 1: X is transposed once to XT (K x Mp, Mp = M rounded up to SC_VL) so that
- * each nonzero W[n, k] is a contiguous multiply-add of XT row k into the register accumulators of
- * output n (up to SC_FMT vectors of batch columns at a time).
+ * row (SpMV). Batch > 1: X is transposed once to XT (K x Mp, Mp = M rounded up to SC_VL, rows
+ * 64-byte aligned) so that each nonzero W[n, k] is an aligned multiply-add of XT row k into the
+ * register accumulators of output n (up to SC_FMT vectors of batch columns at a time).
  *
  * Column indices are 16-bit when K <= 65536 (every AlexNet / VGG classifier layer), else 32-bit: a
  * batch-1 product streams 6 instead of 8 bytes per nonzero from memory, and it is memory bound (fc6
  * of CaffeNet at 10% density: 29 MB per call). Every kernel below exists for both index types
  * (SC_DEF_FC_KERNELS). */
 
+/* Batch 1 streams the weights from memory once per call, so the dot products prefetch them
+ * SC_FC_PREFETCH nonzeros ahead of use (4 KiB of values): the hardware prefetcher alone left the
+ * stream at 10-13 GB/s on one Xeon thread; with it fc6 of the pruned CaffeNet (22 MB) ran 1.4x
+ * faster with scalar loads and 2x faster with gathers. */
+#define SC_FC_PREFETCH 1024
+
+/* Batched products keep T vectors of batch columns per output row in registers. A multiply-add
+ * waits for the previous one into the same register (4 cycles on current cores, 2 issued per
+ * cycle), so a tile of T < 8 vectors spreads its nonzeros round-robin over SC_FSETS(T) sets of
+ * accumulators, summed at the end: at batch 16 (T = 1) one set made every nonzero wait for the last,
+ * and four ran fc8 of the pruned CaffeNet 1.5x faster (fc6 and fc7, whose weights come from memory,
+ * gained nothing). The weights are prefetched into L2 as at batch 1. */
+#define SC_FSETS(T) ((T) >= 8 ? 1 : (T) >= 4 ? 2 : (T) == 3 ? 3 : 4)
+
 #define SC_DEF_FTILE(T, IDX, SUF)                                                              \
     static void sc_ftile_##T##SUF(const float *__restrict xt, int64_t Mp, const IDX *__restrict col, \
                                   const float *__restrict val, int64_t j0, int64_t j1, float b0,  \
                                   float *__restrict acc) {                                        \
-        sc_v a[T];                                                                                \
-        SC_UNROLL for (int t = 0; t < T; ++t) a[t] = (sc_v){0} + b0;                              \
-        for (int64_t j = j0; j < j1; ++j) {                                                       \
+        enum { S = SC_FSETS(T) };                                                                 \
+        sc_v a[S][T];                                                                             \
+        SC_UNROLL for (int s = 0; s < S; ++s)                                                     \
+            SC_UNROLL for (int t = 0; t < T; ++t) a[s][t] = (sc_v){0} + (s ? 0.0f : b0);          \
+        int64_t j = j0;                                                                           \
+        for (; j + 16 <= j1; j += 16) {                                                           \
+            __builtin_prefetch(val + j + SC_FC_PREFETCH, 0, 2);                                   \
+            __builtin_prefetch(col + j + SC_FC_PREFETCH, 0, 2);                                   \
+            SC_UNROLL for (int u = 0; u < 16; ++u) {                                              \
+                const float *p = xt + (int64_t)col[j + u] * Mp;                                   \
+                const sc_v w = val[j + u] - (sc_v){0};                                            \
+                SC_UNROLL for (int t = 0; t < T; ++t)                                             \
+                    a[u % S][t] += w * *(const sc_v *)(p + SC_VL * t);                            \
+            }                                                                                     \
+        }                                                                                         \
+        for (; j < j1; ++j) {                                                                     \
             const float *p = xt + (int64_t)col[j] * Mp;                                           \
             const sc_v w = val[j] - (sc_v){0};                                                    \
-            SC_UNROLL for (int t = 0; t < T; ++t) a[t] += w * *(const sc_vu *)(p + SC_VL * t);    \
+            SC_UNROLL for (int t = 0; t < T; ++t) a[0][t] += w * *(const sc_v *)(p + SC_VL * t);  \
         }                                                                                         \
-        SC_UNROLL for (int t = 0; t < T; ++t)((sc_v *)acc)[t] = a[t];                             \
+        SC_UNROLL for (int s = 1; s < S; ++s)                                                     \
+            SC_UNROLL for (int t = 0; t < T; ++t) a[0][t] += a[s][t];                             \
+        SC_UNROLL for (int t = 0; t < T; ++t)((sc_v *)acc)[t] = a[0][t];                          \
     }
 
 #if SC_FMT >= 8
@@ -67,11 +96,6 @@ typedef struct {
     float *y, *xt;
 } sc_fc_t;
 
-/* Batch 1 streams the weights from memory once per call, so the dot products prefetch them
- * SC_FC_PREFETCH nonzeros ahead of use (4 KiB of values): the hardware prefetcher alone left the
- * stream at 10-13 GB/s on one Xeon thread; with it fc6 of the pruned CaffeNet (22 MB) ran 1.4x
- * faster with scalar loads and 2x faster with gathers. */
-#define SC_FC_PREFETCH 1024
 
 #if defined(__AVX512F__)
 /* Whether the batch-1 dot products gather x with AVX-512 (Intel) or load it element by element

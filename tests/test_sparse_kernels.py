@@ -263,16 +263,20 @@ def test_sparse_fc_matches_dense(m, density):
     assert sparse_fc_forward(x, fc, b, out=out) is out
 
 
+@pytest.mark.parametrize("m", [1, 16, 20, 40, 64, 140])
 @pytest.mark.parametrize("num_input", [300, 65537])
-def test_sparse_fc_dot_products_of_every_length(num_input):
-    """Batch 1 runs one dot product per output over 32 nonzeros at a time plus a tail of 16 or fewer
-    (16-bit and 32-bit column indices): rows of 0 to 70 nonzeros, each against the dense result."""
+def test_sparse_fc_rows_of_every_length(num_input, m):
+    """Rows of 0 to 70 nonzeros, each against the dense result (16-bit and 32-bit column indices).
+    Batch 1 runs one dot product per output over 32 nonzeros at a time plus a tail of 16 or fewer;
+    larger batches run 16 nonzeros at a time plus a tail, spread over up to four sets of
+    accumulators depending on the tile's width (1, 2, 3, 4 and 8 vectors of batch columns, and a
+    second pass of tiles at 140)."""
     rng = np.random.default_rng(4)
     w = np.zeros((71, num_input), np.float32)
     for row in range(71):
         w[row, rng.choice(num_input, row, replace=False)] = rng.standard_normal(row)
     fc = pack_fc_weights(w)
-    x = rng.standard_normal((1, num_input)).astype(np.float32)
+    x = rng.standard_normal((m, num_input)).astype(np.float32)
     b = rng.standard_normal(71).astype(np.float32)
     for relu in (False, True):
         assert_close(sparse_fc_forward(x, fc, b, relu=relu), R.fc_forward_ref(x, w, b, relu))
