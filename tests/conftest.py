@@ -37,3 +37,14 @@ def one_kernel_thread():
     set_num_threads(1)
     yield
     set_num_threads(previous)
+
+
+@pytest.fixture
+def no_auto_trials():
+    """AUTO decided by the performance model alone for a test (no timing of close calls, which would
+    make the mode a test sees depend on this machine's timings), the setting restored after it; a
+    module asks with ``pytestmark = pytest.mark.usefixtures("no_auto_trials")``."""
+    from pyskim.sparse.trial import set_auto_trials
+    previous = set_auto_trials(False)
+    yield
+    set_auto_trials(previous)

@@ -40,7 +40,9 @@ CASES = {
 
 
 @pytest.fixture(autouse=True)
-def fixed_profile():
+def fixed_profile(no_auto_trials):
+    """The fixed profile, and AUTO decided by it alone (a trial of close calls keeps the dense weights
+    until it is done: tests/test_auto_trials.py)."""
     with use_profile(PROFILE):
         yield
 

@@ -25,7 +25,8 @@ Sparse modes. A Convolution has one engine slot, :attr:`BaseConvolutionLayer.eng
 dense path above), or an object that :mod:`pyskim.sparse` attaches after the Net is built for a
 ``conv_mode`` other than LOWERED_GEMM / DIRECT_DCONV (as Caffe's layer factory picks an engine outside
 the layer). ``engine.forward(bottom, top)`` returns True when it computed the tops, False for the dense
-path; ``weights_changed()`` tells it that new weights were loaded. The layer reads its weights through
+path (an engine that times the modes runs :meth:`ConvolutionLayer.forward_dense` itself);
+``weights_changed()`` tells it that new weights were loaded. The layer reads its weights through
 ``Blob.readonly_data`` and never writes them. When the engine links the in-place ReLU after the layer
 (``engine.relu``, a :class:`~pyskim.layers.neuron.ReLUFusion`) and its mode resolves to dense, the
 dense product applies that ReLU as it stores its tiles (whole-batch path) instead of the ReLU
@@ -351,18 +352,25 @@ class ConvolutionLayer(BaseConvolutionLayer):
         engine = self.engine
         if engine is not None and engine.forward(bottom, top):
             return
+        fusion = engine.relu if engine is not None else None
+        if self.forward_dense(bottom, top, relu=fusion is not None):
+            fusion.applied = True           # the linked ReLU's forward has nothing left to do
+
+    def forward_dense(self, bottom, top, relu=False):
+        """The dense forward (whatever the engine): the whole-batch product, or Caffe's per-image loop.
+        With ``relu`` the whole-batch product of a single top also applies ``max(top, 0)``; returns
+        whether it did."""
         batched = self._batched()
-        fusion = engine.relu if engine is not None and batched and len(top) == 1 else None
+        relu = relu and batched and len(top) == 1
         for b, t in zip(bottom, top):
             if batched:
-                self._forward_fused(b.data, t.data, relu=fusion is not None)
+                self._forward_fused(b.data, t.data, relu=relu)
                 continue
             x, y = self._images(b.data), self._images(t.data)
             for s, e in self._chunks():
                 self._dense_product(self._lower(x[s:e]), self._grouped(y[s:e]))
                 self._add_bias(y[s:e])
-        if fusion is not None:
-            fusion.applied = True           # the linked ReLU's forward has nothing left to do
+        return relu
 
     def backward_cpu(self, top, propagate_down, bottom):
         weight_grad = self.param_propagate_down[0]

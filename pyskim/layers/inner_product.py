@@ -4,7 +4,7 @@
 Sparse modes. The layer has one engine slot, :attr:`InnerProductLayer.engine`: ``None`` (the dense
 GEMM), or an object that :mod:`pyskim.sparse` attaches after the Net is built for a ``gemm_mode`` other
 than GEMM. ``engine.forward(bottom, top)`` returns True when it computed the top, False for the dense
-path; ``weights_changed()`` tells it that new weights were loaded. The layer reads its weights through
+path (an engine that times the modes runs :meth:`InnerProductLayer.forward_dense` itself); ``weights_changed()`` tells it that new weights were loaded. The layer reads its weights through
 ``Blob.readonly_data`` and never writes them.
 """
 import numpy as np
@@ -62,8 +62,11 @@ class InnerProductLayer(Layer):
         return weight if self.transpose else weight.T
 
     def forward_cpu(self, bottom, top):
-        if self.engine is not None and self.engine.forward(bottom, top):
-            return
+        if self.engine is None or not self.engine.forward(bottom, top):
+            self.forward_dense(bottom, top)
+
+    def forward_dense(self, bottom, top):
+        """The dense GEMM, whatever the engine."""
         bias = self.blobs[1].readonly_data if self.bias_term else None
         matmul(bottom[0].data.reshape(self.M, self.K), self._weight_as_kn(self.blobs[0].readonly_data),
                out=top[0].data.reshape(self.M, self.num_output), bias=bias)

@@ -14,7 +14,8 @@ its dense path when that returns False.
   batch 1; ``transpose: true`` weights are packed transposed, where SkimCaffe fell back to GEMM).
 * ``AUTO``: :func:`.modes.decide_mode` on the layer's input shape, weight density and column density,
   with the machine profile :func:`pyskim.perf.profile.get_profile` returns (cached or default: a forward
-  never calibrates).
+  never calibrates). Close calls (:func:`.modes.auto_candidates`) are settled by timing the candidate
+  modes on the next forwards (:mod:`.trial`).
 * The dense modes (LOWERED_GEMM, DIRECT_DCONV, GEMM; a layer switched to one after the build) return
   False; ``SPGEMM`` (never implemented upstream) and unknown modes too, with one warning per layer.
 
@@ -34,6 +35,7 @@ drop, is kept beside them: one bit per weight, only when there is any).
 import functools
 import logging
 import math
+import time
 
 import numpy as np
 
@@ -53,8 +55,9 @@ from .modes import (
     PLAIN_GEMM_MODES,
     SCONV,
     SPMDM,
-    decide_mode,
+    auto_candidates,
 )
+from .trial import TRIAL_MARGIN, ModeTrial, auto_trials_enabled
 from .weights import WeightWatch, negative_zeros, put_negative_zeros
 
 log = logging.getLogger("pyskim")
@@ -123,7 +126,10 @@ class _Engine:
         self._warned = set()
         # The mode resolved per (requested mode, input shape), with the profile AUTO decided it by: a
         # layer whose mode, input and weights are unchanged since its last forward skips the decision.
+        # For an AUTO close call the entry is a ModeTrial until the trial is done.
         self._resolved = {}
+        #: AUTO's latest :class:`~.trial.ModeTrial` on this layer (running or done), or None.
+        self.last_trial = None
 
     @property
     def weight_record_bytes(self):
@@ -196,20 +202,46 @@ class _Engine:
     def remembered(self, key, auto, decide, warn=True):
         """The mode ``decide()`` returned for ``key`` since the weights last changed (for ``auto``
         keys: under the same machine profile), else ``decide()``'s answer, remembered unless it was
-        decided without ``warn`` (the forward that decides it again logs its fallback, once)."""
+        decided without ``warn`` (the forward that decides it again logs its fallback, once).
+        ``decide()`` may return a tuple of modes, an AUTO close call: remembered, it becomes a
+        :class:`~.trial.ModeTrial` (returned until the trial is done); not, its first mode."""
         profile = get_profile() if auto else None
         known = self._resolved.get(key)
         if known is not None and known[0] is profile:
             return known[1]
         used = decide()
+        if isinstance(used, tuple):
+            used = ModeTrial(key, used) if warn and len(used) > 1 else used[0]
+            if isinstance(used, ModeTrial):
+                self.last_trial = used
         if warn:
             self._resolved[key] = (profile, used)
         return used
 
     def auto(self, shape, column_density=None):
-        """AUTO's mode for ``shape`` at the current weights and machine profile (:meth:`remembered`
-        keeps it for the next forwards)."""
-        return decide_mode(shape, self.density, column_density, get_profile())
+        """AUTO's modes for ``shape`` at the current weights and machine profile: its pick, or with
+        trials on, the candidates of a close call (a tuple; :meth:`remembered` times them)."""
+        margin = TRIAL_MARGIN if auto_trials_enabled() else 1.0
+        modes = auto_candidates(shape, self.density, column_density, get_profile(), margin)
+        return modes if len(modes) > 1 else modes[0]
+
+    def timed(self, used, run):
+        """Run ``run(mode)`` for ``used``, a mode or a running :class:`~.trial.ModeTrial` (then for its
+        next mode, timed; a done trial's winner is remembered in its place). Returns whether the dense
+        weights may be released now (no trial running)."""
+        if not isinstance(used, ModeTrial):
+            run(used)
+            return True
+        mode = used.next_mode()
+        start = time.perf_counter()
+        run(mode)
+        used.record(mode, time.perf_counter() - start)
+        if not used.done:
+            return False
+        known = self._resolved.get(used.key)
+        if known is not None and known[1] is used:
+            self._resolved[used.key] = (known[0], used.winner)
+        return True
 
 
 class ConvEngine(_Engine):
@@ -272,6 +304,14 @@ class ConvEngine(_Engine):
 
     def _prepare_mode(self, mode, bottom, warn):
         used = self.resolve(mode, bottom[0], warn)
+        if isinstance(used, tuple):         # an AUTO close call: every candidate that can run
+            ready = tuple(dict.fromkeys(self._ready(m, bottom, warn) for m in used))
+            return ready if len(ready) > 1 else ready[0]
+        return self._ready(used, bottom, warn)
+
+    def _ready(self, used, bottom, warn):
+        """Build ``used``'s structures for ``bottom``; the mode that will run (DENSE where
+        DIRECT_SCONV cannot)."""
         if used == SCONV:
             low = self.layer.lowering
             try:
@@ -284,17 +324,23 @@ class ConvEngine(_Engine):
         return used
 
     def forward(self, bottom, top):
-        """Run the forward in the layer's conv_mode; False means "run the dense path"."""
+        """Run the forward in the layer's conv_mode; False means "run the dense path" (during an AUTO
+        trial the engine runs the layer's dense path itself, to time it)."""
         used = self.prepare(bottom)
-        if used == SCONV:
-            self._sconv(bottom, top)
-        elif used == CCNMM:
-            self._ccnmm(bottom, top)
-        else:
+        if used == DENSE:
             self.finish(DENSE)
             return False
-        self.release_dense()
+        if self.timed(used, lambda mode: self._run(mode, bottom, top)):
+            self.release_dense()
         return True
+
+    def _run(self, mode, bottom, top):
+        if mode == SCONV:
+            self._sconv(bottom, top)
+        elif mode == CCNMM:
+            self._ccnmm(bottom, top)
+        else:
+            self.finish(DENSE, self.layer.forward_dense(bottom, top, relu=self.relu is not None))
 
     def _packed_structure(self):
         return self._csr if self._csr is not None else self._cc
@@ -396,7 +442,9 @@ class FcEngine(_Engine):
         if mode == IP.SPMDM:
             return SPMDM
         if mode == IP.AUTO:
-            return SPMDM if self.auto(fc_shape(self.layer)) == SCONV else DENSE
+            used = self.auto(fc_shape(self.layer))
+            spmdm = {SCONV: SPMDM, DENSE: DENSE}
+            return tuple(spmdm[m] for m in used) if isinstance(used, tuple) else spmdm[used]
         name = GEMM_MODE_NAMES.get(mode, str(mode))
         self.fallback(f"gemm_mode {name}", "is not implemented" if name == "SPGEMM" else "is unknown", "GEMM",
                       warn)
@@ -410,12 +458,13 @@ class FcEngine(_Engine):
         if mode in PLAIN_GEMM_MODES:
             return DENSE
         self.refresh()                      # the one weight check of this forward
-        if self.remembered((mode, layer.M), mode == IP.AUTO, lambda: self.resolve(mode, warn), warn) == DENSE:
+        used = self.remembered((mode, layer.M), mode == IP.AUTO, lambda: self.resolve(mode, warn), warn)
+        if used == DENSE:
             return DENSE
         if self._csr is None:
             weights = layer.blobs[0].readonly_data
             self._csr = pack_fc_weights(weights.T if layer.transpose else weights)
-        return SPMDM
+        return used
 
     def _packed_structure(self):
         return self._csr
@@ -432,11 +481,22 @@ class FcEngine(_Engine):
         return weights
 
     def forward(self, bottom, top):
-        """Run the forward in the layer's gemm_mode; False means "run the dense GEMM"."""
-        layer = self.layer
-        if self.prepare(bottom) == DENSE:
+        """Run the forward in the layer's gemm_mode; False means "run the dense GEMM" (during an AUTO
+        trial the engine runs the layer's GEMM itself, to time it)."""
+        used = self.prepare(bottom)
+        if used == DENSE:
             self.finish(DENSE)
             return False
+        if self.timed(used, lambda mode: self._run(mode, bottom, top)):
+            self.release_dense()
+        return True
+
+    def _run(self, mode, bottom, top):
+        layer = self.layer
+        if mode == DENSE:
+            layer.forward_dense(bottom, top)
+            self.finish(DENSE)
+            return
         relu = self.relu is not None
         x = bottom[0].data.reshape(layer.M, layer.K)
         y = top[0].data.reshape(layer.M, layer.num_output)
@@ -446,5 +506,3 @@ class FcEngine(_Engine):
         else:
             sparse_fc_forward(x, self._csr, bias, relu=relu, out=y)
         self.finish(SPMDM, relu)
-        self.release_dense()
-        return True

@@ -13,7 +13,7 @@ also ``InnerProductReLUDropout``): ``GEMM`` (dense), ``SPMDM`` (CSR weights x de
 from ..layers.convolution import ConvolutionLayer
 from ..layers.fused import FusedLayer
 from ..layers.inner_product import InnerProductLayer
-from ..perf.model import FcShape, choose
+from ..perf.model import FcShape, choose, predict
 from ..proto import caffe_pb2
 
 CONV = caffe_pb2.ConvolutionParameter
@@ -38,6 +38,11 @@ AUTO_DENSE_DENSITY = 0.5
 AUTO_DENSE_COLUMN_DENSITY = 0.9
 
 
+def _dense_shortcut(density, column_density):
+    """Whether AUTO runs a layer dense without asking the model (see :func:`decide_mode`)."""
+    return density >= AUTO_DENSE_DENSITY and (column_density is None or column_density >= AUTO_DENSE_COLUMN_DENSITY)
+
+
 def decide_mode(shape, density, column_density, profile):
     """AUTO's choice for one layer: :data:`DENSE`, :data:`SCONV` (DIRECT_SCONV, or SPMDM for an
     InnerProduct) or :data:`CCNMM` (LOWERED_CCNMM).
@@ -51,10 +56,24 @@ def decide_mode(shape, density, column_density, profile):
     the fastest of dense, sparse and (convolutions) CCNMM, ties going to dense."""
     if shape is None:
         return CCNMM if column_density < AUTO_DENSE_COLUMN_DENSITY else DENSE
-    if density >= AUTO_DENSE_DENSITY and (column_density is None or column_density >= AUTO_DENSE_COLUMN_DENSITY):
+    if _dense_shortcut(density, column_density):
         return DENSE
     candidates = (DENSE, SCONV) if isinstance(shape, FcShape) else (DENSE, SCONV, CCNMM)
     return choose(shape, density, profile, column_density, candidates)
+
+
+def auto_candidates(shape, density, column_density, profile, margin):
+    """AUTO's modes worth timing on the machine: :func:`decide_mode`'s pick first, then every other mode
+    the model predicts at most ``margin`` times slower than it, fastest first. One mode where the rule
+    needs no model (``shape`` None, the dense shortcut) or the model sees no close call."""
+    pick = decide_mode(shape, density, column_density, profile)
+    if shape is None or _dense_shortcut(density, column_density):
+        return (pick,)
+    p = predict(shape, density, profile, column_density)
+    times = {DENSE: p.dense, SCONV: p.sparse, CCNMM: p.ccnmm}
+    others = sorted((m for m in ((DENSE, SCONV) if isinstance(shape, FcShape) else (DENSE, SCONV, CCNMM))
+                     if m != pick and times[m] <= margin * times[pick]), key=times.get)
+    return (pick, *others)
 
 
 def requested_mode(layer):
