@@ -101,6 +101,9 @@ class PyskimCases(bench.PyskimServer):
             f.write(model.SerializeToString())
         for net in (dense, sparse):
             net.blobs["data"].data[...] = x
+        if kind == "net":
+            from pyskim.sparse import settle_auto_trials
+            settle_auto_trials(sparse)          # AUTO's close calls timed before the rounds start
         self.nets = {"dense": dense, "sparse": sparse}
         return {"pyskim sparse": (sparse.forward, lambda outputs: outputs[output]),
                 "pyskim dense": (dense.forward, lambda outputs: outputs[output])}

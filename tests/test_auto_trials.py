@@ -16,6 +16,7 @@ from pyskim.perf.model import ConvShape, FcShape, predict
 from pyskim.perf.profile import use_profile
 from pyskim.proto import caffe_pb2
 from pyskim.sparse import engine as engine_module
+from pyskim.sparse import settle_auto_trials
 from pyskim.sparse.modes import CCNMM, DENSE, SCONV, apply_mode, auto_candidates
 from pyskim.sparse.trial import TRIAL_RUNS, ModeTrial, auto_trials_enabled, set_auto_trials
 
@@ -70,7 +71,8 @@ def test_trial_needs_two_modes_and_a_run(modes, runs):
 @pytest.mark.parametrize("density", [0.01, 0.1, 0.2, 0.3, 0.45])
 @pytest.mark.parametrize("margin", [1.0, 1.2, 1.5, 3.0])
 def test_candidates_are_the_modes_predicted_within_the_margin(shape, density, margin):
-    """The model's pick first, then exactly the other modes predicted at most margin x its time."""
+    """The model's pick first, then exactly the other modes predicted at most margin x its time,
+    fastest first."""
     columns = 0.8 if isinstance(shape, ConvShape) else None
     modes = auto_candidates(shape, density, columns, PROFILE, margin)
     p = predict(shape, density, PROFILE, columns)
@@ -81,10 +83,12 @@ def test_candidates_are_the_modes_predicted_within_the_margin(shape, density, ma
     assert [times[m] for m in modes[1:]] == sorted(times[m] for m in modes[1:])
 
 
-def test_dense_shortcut_has_no_candidates():
-    shape = FcShape(batch=1, num_input=64, num_output=64)
-    assert auto_candidates(shape, 0.9, None, PROFILE, 1e9) == (DENSE,)
+def test_no_model_and_the_dense_shortcut_have_one_candidate():
+    """A convolution the model does not cover, and a layer the dense shortcut keeps dense (timing a
+    sparse mode would pack its dense weights), are never timed."""
     assert auto_candidates(None, 0.1, 0.5, PROFILE, 1e9) == (CCNMM,)
+    assert auto_candidates(None, 0.1, 1.0, PROFILE, 1e9) == (DENSE,)
+    assert auto_candidates(FcShape(batch=1, num_input=64, num_output=64), 0.9, None, PROFILE, 1e9) == (DENSE,)
 
 
 # -- in the engine ---------------------------------------------------------------------------------------
@@ -186,3 +190,13 @@ def test_set_auto_trials_returns_the_previous_setting():
     finally:
         set_auto_trials(True)
     assert auto_trials_enabled()
+
+
+def test_settle_auto_trials_runs_until_every_close_call_is_timed(every_call_close):
+    auto, dense = _nets("Convolution", CONV.AUTO, relu=True)
+    engine = auto.layer_dict["layer"].engine
+    ran = settle_auto_trials(auto)
+    trial = engine.last_trial
+    assert trial.done and not engine.trial_running and ran == len(trial.modes) * TRIAL_RUNS
+    assert settle_auto_trials(auto) == 1                  # nothing left to time: one forward
+    _forward_matches(auto, dense)

@@ -27,8 +27,8 @@ for the mode it ran (:mod:`pyskim.perf.model`); the timing itself is :mod:`pyski
   layer's average dense and sparse time, their ratio, and the whole-net speedup.
 * ``--accuracy`` runs the net forced dense, forced sparse and AUTO (the dense build's weights in all
   three), alternating, and prints for every convolution / inner-product layer the measured and the
-  predicted time of both modes with the model's error, the mode AUTO ran and how much slower that was
-  than the faster mode (:mod:`pyskim.perf.accuracy`), then how many predictions were within 25% and
+  predicted time of both modes with the model's error, the mode AUTO ran (after timing its close
+  calls, :mod:`pyskim.sparse.trial`) and how much slower that was than the faster mode (:mod:`pyskim.perf.accuracy`), then how many predictions were within 25% and
   how many AUTO picks within 10%. A ReLU fused into a sparse layer is timed with that layer.
 """
 import logging
@@ -41,7 +41,7 @@ from ..perf.profile import default_profile_forced, get_profile, needs_calibratio
 from ..perf.timing import compare_nets, time_layers, time_nets
 from ..proto import caffe_pb2
 from ..pycaffe.net import Net
-from ..sparse import apply_mode, describe
+from ..sparse import apply_mode, describe, settle_auto_trials
 from . import caffe_command, flags
 
 log = logging.getLogger("pyskim")
@@ -122,13 +122,15 @@ def build_net(args, mode):
 def caffe_time(net, iterations, forward_only):
     """Caffe's ``time``: a warm-up forward (and backward) pass, then the timed loop
     (:func:`pyskim.perf.timing.time_layers`) with ``caffe time``'s log lines; returns its
-    :class:`~pyskim.perf.timing.NetTiming`."""
+    :class:`~pyskim.perf.timing.NetTiming`. Before the loop, AUTO layers time their close calls
+    (:func:`pyskim.sparse.settle_auto_trials`), so that the loop times the modes they settle on."""
     log.info("Performing Forward")
     _, initial_loss = net.forward_prefilled()
     log.info("Initial loss: %s", _fmt(initial_loss))
     if not forward_only:
         log.info("Performing Backward")
         net.backward_from_to(len(net.layers) - 1, 0)
+    settle_auto_trials(net)                 # AUTO's close calls timed before the benchmark (not Caffe's)
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
     kind = "forward" if forward_only else "forward-backward"
@@ -195,12 +197,13 @@ def log_comparison(comparison, sparse_net, sparse_mode):
 def accuracy_rows(args):
     """:class:`~pyskim.perf.accuracy.LayerAccuracy` of every convolution / inner-product layer of
     ``args.model``: built forced dense, forced sparse and AUTO with the same weights (the dense build's,
-    copied), timed alternating over ``args.iterations`` forwards."""
+    copied), timed alternating over ``args.iterations`` forwards once AUTO has timed its close calls."""
     nets = [build_net(args, mode) for mode in ("dense", "sparse", "auto")]
     for other in nets[1:]:
         for name, blobs in nets[0].params.items():
             for mine, theirs in zip(other.params[name], blobs):
                 mine.data[...] = theirs.data
+    settle_auto_trials(nets[2])             # AUTO's close calls timed before its own timing starts
     dense, sparse, auto = time_nets(nets, args.iterations)
     rows = []
     for i, layer in enumerate(nets[0].layers):
@@ -259,6 +262,7 @@ def run(args):
         sparse_mode = "auto" if args.mode == "dense" else args.mode
         dense_net = net if args.mode == "dense" else build_net(args, "dense")
         sparse_net = net if args.mode != "dense" else build_net(args, sparse_mode)
+        settle_auto_trials(sparse_net)
         log_comparison(compare_nets(dense_net, sparse_net, args.iterations), sparse_net, sparse_mode)
     if args.accuracy:
         log_accuracy(accuracy_rows(args), args.iterations)

@@ -218,6 +218,12 @@ class _Engine:
             self._resolved[key] = (profile, used)
         return used
 
+    @property
+    def trial_running(self):
+        """Whether an AUTO close call of this layer is still being timed (a trial that is not done
+        among its remembered decisions)."""
+        return any(isinstance(used, ModeTrial) and not used.done for _, used in self._resolved.values())
+
     def auto(self, shape, column_density=None):
         """AUTO's modes for ``shape`` at the current weights and machine profile: its pick, or with
         trials on, the candidates of a close call (a tuple; :meth:`remembered` times them)."""

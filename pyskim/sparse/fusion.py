@@ -66,6 +66,17 @@ def keep_dense_weights(net, keep=True):
             engine.settle()
 
 
+def settle_auto_trials(net, max_forwards=16):
+    """Forward ``net`` (:meth:`~pyskim.core.net.Net.forward_prefilled`: the inputs as they are) once,
+    then again while an AUTO engine still has a close call to time (:mod:`.trial`), at most
+    ``max_forwards`` forwards in all; returns how many ran. For timing what AUTO settles on."""
+    for count in range(1, max_forwards + 1):
+        net.forward_prefilled()
+        if not any(engine.trial_running for engine in _engines(net)):
+            return count
+    return max_forwards
+
+
 def link_relu(engine, relu):
     """Let ``engine``'s sparse kernel apply ``relu`` (an in-place ReLU right after its layer); False
     for a leaky ReLU or one already linked."""

@@ -65,7 +65,8 @@ def decide_mode(shape, density, column_density, profile):
 def auto_candidates(shape, density, column_density, profile, margin):
     """AUTO's modes worth timing on the machine: :func:`decide_mode`'s pick first, then every other mode
     the model predicts at most ``margin`` times slower than it, fastest first. One mode where the rule
-    needs no model (``shape`` None, the dense shortcut) or the model sees no close call."""
+    needs no model (``shape`` None, the dense shortcut: timing a sparse mode would pack dense weights
+    into sparse structures twice their size) or the model sees no close call."""
     pick = decide_mode(shape, density, column_density, profile)
     if shape is None or _dense_shortcut(density, column_density):
         return (pick,)
