@@ -1,6 +1,16 @@
 """Shared by the sparse-engine tests: a NetParameter of one Convolution or InnerProduct (or a fused
-SkimCaffe type) in a given conv_mode / gemm_mode between an Input and its top."""
+SkimCaffe type) in a given conv_mode / gemm_mode between an Input and its top, and that net built
+beside its dense twin with the same weights."""
+import numpy as np
+
+import pyskim
+from pyskim.perf.model import MachineProfile
 from pyskim.proto import caffe_pb2
+from pyskim.sparse import apply_mode
+
+#: A machine profile on which sparse modes win at low density (AUTO's picks then do not depend on the
+#: machine running the tests).
+SPARSE_WINS_PROFILE = MachineProfile(threads=1, dense_eff=0.5, sparse_eff=0.2, cpu="test", source="test")
 
 
 def one_layer_param(name, type_name, mode, loss=False):
@@ -28,3 +38,22 @@ def one_layer_param(name, type_name, mode, loss=False):
         param.layer.add(name="t", type="Input", top=["t"]).input_param.shape.add().dim.extend(top_shape)
         param.layer.add(name="loss", type="EuclideanLoss", bottom=["y", "t"], top=["loss"])
     return param
+
+
+def with_dense_twin(param, density, seed=0):
+    """(the net of ``param``, the same net with every mode dense) in TEST, both with the same Gaussian
+    weights of ``layer`` kept at random with probability ``density``, Gaussian bias and input ``x``."""
+    dense_param = caffe_pb2.NetParameter()
+    dense_param.CopyFrom(param)
+    apply_mode(dense_param, "dense")
+    nets = [pyskim.Net(p, pyskim.TEST) for p in (param, dense_param)]
+    rng = np.random.default_rng(seed)
+    shape = nets[0].params["layer"][0].data.shape
+    weights = rng.standard_normal(shape) * (rng.random(shape) < density)
+    bias = rng.standard_normal(nets[0].params["layer"][1].data.shape)
+    x = rng.standard_normal(nets[0].blobs["x"].data.shape)
+    for net in nets:
+        net.params["layer"][0].data[...] = weights
+        net.params["layer"][1].data[...] = bias
+        net.blobs["x"].data[...] = x
+    return nets

@@ -8,21 +8,19 @@ machine's timings, so the tests check that the engine keeps the mode its own rec
 fastest, whichever it is."""
 import numpy as np
 import pytest
-from one_layer_nets import one_layer_param
+from one_layer_nets import SPARSE_WINS_PROFILE, one_layer_param, with_dense_twin
 
-import pyskim
-from pyskim.perf import model as perfmodel
 from pyskim.perf.model import ConvShape, FcShape, predict
 from pyskim.perf.profile import use_profile
 from pyskim.proto import caffe_pb2
 from pyskim.sparse import engine as engine_module
 from pyskim.sparse import settle_auto_trials
-from pyskim.sparse.modes import CCNMM, DENSE, SCONV, apply_mode, auto_candidates
+from pyskim.sparse.modes import CCNMM, DENSE, SCONV, auto_candidates
 from pyskim.sparse.trial import TRIAL_RUNS, ModeTrial, auto_trials_enabled, set_auto_trials
 
 CONV = caffe_pb2.ConvolutionParameter
 IP = caffe_pb2.InnerProductParameter
-PROFILE = perfmodel.MachineProfile(threads=1, dense_eff=0.5, sparse_eff=0.2, cpu="test", source="test")
+PROFILE = SPARSE_WINS_PROFILE
 
 
 @pytest.fixture(autouse=True)
@@ -93,26 +91,13 @@ def test_no_model_and_the_dense_shortcut_have_one_candidate():
 
 # -- in the engine ---------------------------------------------------------------------------------------
 
-def _nets(type_name, mode, density=0.15, relu=False, seed=0):
+def _nets(type_name, mode, density=0.15, relu=False):
     """(AUTO net, dense net) of one layer (tests/one_layer_nets.py) with the same pruned weights, bias
     and input; ``relu`` adds an in-place ReLU after the layer."""
     param = one_layer_param("trial", type_name, mode)
     if relu:
         param.layer.add(name="relu", type="ReLU", bottom=["y"], top=["y"])
-    dense_param = caffe_pb2.NetParameter()
-    dense_param.CopyFrom(param)
-    apply_mode(dense_param, "dense")
-    nets = [pyskim.Net(p, pyskim.TEST) for p in (param, dense_param)]
-    rng = np.random.default_rng(seed)
-    shape = nets[0].params["layer"][0].data.shape
-    weights = rng.standard_normal(shape) * (rng.random(shape) < density)
-    bias = rng.standard_normal(nets[0].params["layer"][1].data.shape)
-    x = rng.standard_normal(nets[0].blobs["x"].data.shape)
-    for net in nets:
-        net.params["layer"][0].data[...] = weights
-        net.params["layer"][1].data[...] = bias
-        net.blobs["x"].data[...] = x
-    return nets
+    return with_dense_twin(param, density)
 
 
 def _forward_matches(auto, dense):

@@ -5,13 +5,12 @@ LOWERED_CCNMM, AUTO and SPMDM, plain and fused, equals the dense mode's built fr
 Changes that do not move the outputs (0.0 -> -0.0, a NaN's payload) are seen too: the engine repacks."""
 import numpy as np
 import pytest
-from one_layer_nets import one_layer_param
+from one_layer_nets import one_layer_param, with_dense_twin
 
 import pyskim
 from pyskim.perf import model as perfmodel
 from pyskim.perf.profile import use_profile
 from pyskim.proto import caffe_pb2
-from pyskim.sparse import apply_mode
 from pyskim.sparse.weights import BLOCK, WeightRecord
 
 CONV = caffe_pb2.ConvolutionParameter
@@ -46,21 +45,9 @@ def _param(case):
 
 def _nets(case):
     """(sparse net, dense net) of ``case`` with the same random pruned weights and input."""
-    param = _param(case)
-    dense_param = caffe_pb2.NetParameter()
-    dense_param.CopyFrom(param)
-    apply_mode(dense_param, "dense")
-    nets = [pyskim.Net(p, pyskim.TEST) for p in (param, dense_param)]
-    rng = np.random.default_rng(0)
-    shape = nets[0].params["layer"][0].data.shape
-    weights = rng.standard_normal(shape) * (rng.random(shape) < DENSITY)
-    weights.reshape(-1)[7] = 0.0                       # index 7 starts at zero (outside any pattern)
-    bias = rng.standard_normal(nets[0].params["layer"][1].data.shape)
-    x = rng.standard_normal(nets[0].blobs["x"].data.shape)
+    nets = with_dense_twin(_param(case), DENSITY)
     for net in nets:
-        net.params["layer"][0].data[...] = weights
-        net.params["layer"][1].data[...] = bias
-        net.blobs["x"].data[...] = x
+        net.params["layer"][0].data.reshape(-1)[7] = 0.0   # index 7 starts at zero (outside any pattern)
     return nets
 
 
