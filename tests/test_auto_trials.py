@@ -145,6 +145,21 @@ def test_weight_change_starts_a_new_trial(every_call_close):
     assert engine.last_mode == engine.last_trial.modes[0]
 
 
+@pytest.mark.parametrize("type_name, mode", [("Convolution", CONV.AUTO), ("InnerProduct", IP.AUTO)])
+def test_weights_changing_every_forward_run_the_models_pick(every_call_close, type_name, mode):
+    """As in training: each forward starts a new trial, so each runs the model's pick."""
+    auto, dense = _nets(type_name, mode)
+    engine = auto.layer_dict["layer"].engine
+    trials = []
+    for step in range(2 * TRIAL_RUNS):
+        for net in (auto, dense):
+            net.params["layer"][0].data[...] *= 1.0 + 0.01 * (step + 1)
+        _forward_matches(auto, dense)
+        trials.append(engine.last_trial)
+        assert engine.last_mode == engine.last_trial.modes[0] and not engine.last_trial.done
+    assert len({id(trial) for trial in trials}) == len(trials)
+
+
 def test_dense_weights_are_released_once_a_sparse_mode_wins(every_call_close):
     """A net without backward keeps the dense weights while the trial may still run dense."""
     auto, dense = _nets("InnerProduct", IP.AUTO)

@@ -310,9 +310,11 @@ class ConvEngine(_Engine):
 
     def _prepare_mode(self, mode, bottom, warn):
         used = self.resolve(mode, bottom[0], warn)
-        if isinstance(used, tuple):         # an AUTO close call: every candidate that can run
-            ready = tuple(dict.fromkeys(self._ready(m, bottom, warn) for m in used))
-            return ready if len(ready) > 1 else ready[0]
+        if isinstance(used, tuple):
+            # An AUTO close call: the pick's structures now, the other candidates' before their first
+            # timed run (a training net, whose weights change every iteration, never gets that far).
+            modes = tuple(dict.fromkeys((self._ready(used[0], bottom, warn),) + used[1:]))
+            return modes if len(modes) > 1 else modes[0]
         return self._ready(used, bottom, warn)
 
     def _ready(self, used, bottom, warn):
@@ -341,6 +343,7 @@ class ConvEngine(_Engine):
         return True
 
     def _run(self, mode, bottom, top):
+        mode = self._ready(mode, bottom, True)
         if mode == SCONV:
             self._sconv(bottom, top)
         elif mode == CCNMM:
@@ -465,12 +468,16 @@ class FcEngine(_Engine):
             return DENSE
         self.refresh()                      # the one weight check of this forward
         used = self.remembered((mode, layer.M), mode == IP.AUTO, lambda: self.resolve(mode, warn), warn)
-        if used == DENSE:
-            return DENSE
-        if self._csr is None:
-            weights = layer.blobs[0].readonly_data
-            self._csr = pack_fc_weights(weights.T if layer.transpose else weights)
+        if (used.modes[0] if isinstance(used, ModeTrial) else used) == SPMDM:
+            self._pack()                    # a trial's other candidate packs before its first run
         return used
+
+    def _pack(self):
+        """The CSR of the weights (packed at its first use after a repack)."""
+        if self._csr is None:
+            weights = self.layer.blobs[0].readonly_data
+            self._csr = pack_fc_weights(weights.T if self.layer.transpose else weights)
+        return self._csr
 
     def _packed_structure(self):
         return self._csr
@@ -507,8 +514,9 @@ class FcEngine(_Engine):
         x = bottom[0].data.reshape(layer.M, layer.K)
         y = top[0].data.reshape(layer.M, layer.num_output)
         bias = self.bias() if layer.bias_term else None
+        csr = self._pack()
         if np.may_share_memory(x, y):
-            y[...] = sparse_fc_forward(x, self._csr, bias, relu=relu)
+            y[...] = sparse_fc_forward(x, csr, bias, relu=relu)
         else:
-            sparse_fc_forward(x, self._csr, bias, relu=relu, out=y)
+            sparse_fc_forward(x, csr, bias, relu=relu, out=y)
         self.finish(SPMDM, relu)

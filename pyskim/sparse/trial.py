@@ -10,13 +10,16 @@ layers the sparse time 1.3-2.5x the prediction.
 
 Every candidate computes the same result up to float rounding, so the outputs of a trial's forwards
 differ from each other only by rounding. A decision lasts as long as AUTO's model decision would: until
-the weights, the input shape or the machine profile change. :func:`set_auto_trials` turns the trials
+the weights, the input shape or the machine profile change. A net whose weights change before every
+forward (training) therefore never finishes a trial: each forward runs the model's pick, and the
+other candidates are not even packed. :func:`set_auto_trials` turns the trials
 off (the model's pick runs at once, as the GSL planner predicts it).
 """
 
 #: Modes predicted at most this many times slower than the model's pick are timed too.
 TRIAL_MARGIN = 2.0
-#: Timed runs of each candidate; the fastest run counts (the first run of a mode also builds its plan).
+#: Timed runs of each candidate; the fastest run counts (a mode's first run may also pack its weights
+#: and build its kernel plan).
 TRIAL_RUNS = 3
 
 _enabled = True
