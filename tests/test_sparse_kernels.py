@@ -207,6 +207,29 @@ def test_plan_cache_is_bounded():
     assert len(csr.cached_plans()) == 1
 
 
+@pytest.mark.parametrize("batch", [8, 9, 11])
+@pytest.mark.parametrize("stride, group", [(1, 1), (2, 2)])
+def test_batches_image_by_image_on_two_threads(batch, stride, group):
+    """On two threads a batch of 8 or more images that shares out evenly runs one image per task (each
+    thread prepares the image it convolves): every image equals the same image run alone, bit for
+    bit, and the dense reference; 9 images (5 against 4) run in passes, with the same results."""
+    x = rand(batch, 8, 11, 11)
+    w = pruned((12, 8 // group, 3, 3), 0.3)
+    b = rand(12)
+    csr = pack_conv_weights(w, group, (11, 11), 1, 1)
+    out_hw = conv_out_hw((11, 11), 3, 1, stride)
+    before = K.get_num_threads()
+    try:
+        K.set_num_threads(2)
+        y = sparse_conv_forward(x, csr, b, stride, 1, 1, out_hw, relu=True)
+        alone = np.concatenate([sparse_conv_forward(x[i:i + 1], csr, b, stride, 1, 1, out_hw, relu=True)
+                                for i in range(batch)])
+    finally:
+        K.set_num_threads(before)
+    np.testing.assert_array_equal(y, alone)
+    assert_close(y, np.maximum(R.conv_forward_dense_ref(x, w, b, stride, 1, 1, group), 0))
+
+
 def test_threads_buffers_and_out():
     x = rand(3, 16, 12, 12)
     w = pruned((32, 16, 3, 3), 0.2)
