@@ -200,3 +200,9 @@ def test_settle_auto_trials_runs_until_every_close_call_is_timed(every_call_clos
     assert trial.done and not engine.trial_running and ran == len(trial.modes) * TRIAL_RUNS
     assert settle_auto_trials(auto) == 1                  # nothing left to time: one forward
     _forward_matches(auto, dense)
+    assert settle_auto_trials(dense) == 0                 # no AUTO layer: no forward
+    set_auto_trials(False)
+    try:
+        assert settle_auto_trials(auto) == 0
+    finally:
+        set_auto_trials(True)

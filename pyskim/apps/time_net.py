@@ -28,8 +28,9 @@ for the mode it ran (:mod:`pyskim.perf.model`); the timing itself is :mod:`pyski
 * ``--accuracy`` runs the net forced dense, forced sparse and AUTO (the dense build's weights in all
   three), alternating, and prints for every convolution / inner-product layer the measured and the
   predicted time of both modes with the model's error, the mode AUTO ran (after timing its close
-  calls, :mod:`pyskim.sparse.trial`) and how much slower that was than the faster mode (:mod:`pyskim.perf.accuracy`), then how many predictions were within 25% and
-  how many AUTO picks within 10%. A ReLU fused into a sparse layer is timed with that layer.
+  calls, :mod:`pyskim.sparse.trial`) and how much slower that was than the faster mode
+  (:mod:`pyskim.perf.accuracy`), then how many predictions were within 25% and how many AUTO picks
+  within 10%. A ReLU fused into a sparse layer is timed with that layer.
 """
 import logging
 

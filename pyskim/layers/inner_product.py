@@ -4,7 +4,8 @@
 Sparse modes. The layer has one engine slot, :attr:`InnerProductLayer.engine`: ``None`` (the dense
 GEMM), or an object that :mod:`pyskim.sparse` attaches after the Net is built for a ``gemm_mode`` other
 than GEMM. ``engine.forward(bottom, top)`` returns True when it computed the top, False for the dense
-path (an engine that times the modes runs :meth:`InnerProductLayer.forward_dense` itself); ``weights_changed()`` tells it that new weights were loaded. The layer reads its weights through
+path (an engine that times the modes runs :meth:`InnerProductLayer.forward_dense` itself);
+``weights_changed()`` tells it that new weights were loaded. The layer reads its weights through
 ``Blob.readonly_data`` and never writes them.
 """
 import numpy as np

@@ -29,7 +29,8 @@ from ..layers.convolution import DeconvolutionLayer
 from ..layers.fused import FusedLayer
 from ..layers.neuron import ReLUFusion, ReLULayer
 from .engine import ConvEngine, FcEngine
-from .modes import CONV_MODE_NAMES, is_plain, requested_mode
+from .modes import CONV, CONV_MODE_NAMES, IP, is_plain, requested_mode
+from .trial import auto_trials_enabled
 
 log = logging.getLogger("pyskim")
 
@@ -69,10 +70,14 @@ def keep_dense_weights(net, keep=True):
 def settle_auto_trials(net, max_forwards=16):
     """Forward ``net`` (:meth:`~pyskim.core.net.Net.forward_prefilled`: the inputs as they are) once,
     then again while an AUTO engine still has a close call to time (:mod:`.trial`), at most
-    ``max_forwards`` forwards in all; returns how many ran. For timing what AUTO settles on."""
+    ``max_forwards`` forwards in all; returns how many ran (none in a net without AUTO layers, or
+    with trials off). For timing what AUTO settles on."""
+    auto = [engine for engine in _engines(net) if requested_mode(engine.layer)[1] in (CONV.AUTO, IP.AUTO)]
+    if not auto or not auto_trials_enabled():
+        return 0
     for count in range(1, max_forwards + 1):
         net.forward_prefilled()
-        if not any(engine.trial_running for engine in _engines(net)):
+        if not any(engine.trial_running for engine in auto):
             return count
     return max_forwards
 
