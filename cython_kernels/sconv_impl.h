@@ -294,8 +294,10 @@ static void sc_prepare_job(const sc_prep_t *pp, int interleaved, int64_t n, int 
 }
 
 static void sc_prepare_jobs(const sc_prep_t *pp, float *buf, int interleaved, int64_t j0, int64_t j1) {
-    for (int64_t job = j0; job < j1; ++job)
-        sc_prepare_job(pp, interleaved, job / pp->C, (int)(job % pp->C), buf + job / pp->C * pp->img_stride);
+    for (int64_t job = j0; job < j1; ++job) {
+        const int64_t n = job / pp->C;
+        sc_prepare_job(pp, interleaved, n, (int)(job % pp->C), buf + n * pp->img_stride);
+    }
 }
 
 /* A register tile request clamped to [1, SC_TMAX] vectors. */

@@ -28,7 +28,7 @@
  * cycle), so a tile of T < 8 vectors spreads its nonzeros round-robin over SC_FSETS(T) sets of
  * accumulators, summed at the end: at batch 16 (T = 1) one set made every nonzero wait for the last,
  * and four ran fc8 of the pruned CaffeNet 1.5x faster (fc6 and fc7, whose weights come from memory,
- * gained nothing). The weights are prefetched into L2 as at batch 1. */
+ * gained nothing). The weights are prefetched as at batch 1, but into L2. */
 #define SC_FSETS(T) ((T) >= 8 ? 1 : (T) >= 4 ? 2 : (T) == 3 ? 3 : 4)
 
 #define SC_DEF_FTILE(T, IDX, SUF)                                                              \

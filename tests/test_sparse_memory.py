@@ -11,13 +11,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from one_layer_nets import one_layer_param
+from one_layer_nets import SPARSE_WINS_PROFILE, one_layer_param
 
 import pyskim
 from pyskim.errors import ModelFileError, PyskimError, WeightsMismatchError
 from pyskim.io.caffemodel import CaffemodelWeights
 from pyskim.io.upgrade import read_net_binary
-from pyskim.perf import model as perfmodel
 from pyskim.perf.profile import use_profile
 from pyskim.proto import caffe_pb2
 from pyskim.sparse import keep_dense_weights
@@ -26,7 +25,7 @@ from pyskim.sparse.modes import apply_mode
 CONV = caffe_pb2.ConvolutionParameter
 IP = caffe_pb2.InnerProductParameter
 # AUTO must pick a sparse mode whatever this machine is: a profile where sparse wins at low density.
-PROFILE = perfmodel.MachineProfile(threads=1, dense_eff=0.5, sparse_eff=0.2, cpu="test", source="test")
+PROFILE = SPARSE_WINS_PROFILE
 
 CASES = {
     "conv DIRECT_SCONV": ("Convolution", CONV.DIRECT_SCONV),

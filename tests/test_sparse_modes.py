@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from one_layer_nets import SPARSE_WINS_PROFILE
 
 import pyskim
 from pyskim.io.upgrade import read_net_text
-from pyskim.perf import model as perfmodel
 from pyskim.perf.profile import use_profile
 from pyskim.proto import caffe_pb2
 
@@ -29,7 +29,7 @@ CASES = sorted(p.name for p in LAYERS.iterdir() if p.name.startswith(("conv_", "
 PUBLISHED = {"conv2": 0.144, "conv3": 0.069, "conv4": 0.082, "conv5": 0.115, "fc6": 0.097, "fc7": 0.156,
              "fc8": 0.262}
 # AUTO decisions must not depend on this machine: a profile where sparse wins below ~30%.
-PROFILE = perfmodel.MachineProfile(threads=1, dense_eff=0.5, sparse_eff=0.2, cpu="test", source="test")
+PROFILE = SPARSE_WINS_PROFILE
 
 
 @pytest.fixture(autouse=True)

@@ -56,6 +56,7 @@ from .modes import (
     SCONV,
     SPMDM,
     auto_candidates,
+    decide_mode,
 )
 from .trial import TRIAL_MARGIN, ModeTrial, auto_trials_enabled
 from .weights import WeightWatch, negative_zeros, put_negative_zeros
@@ -227,8 +228,9 @@ class _Engine:
     def auto(self, shape, column_density=None):
         """AUTO's modes for ``shape`` at the current weights and machine profile: its pick, or with
         trials on, the candidates of a close call (a tuple; :meth:`remembered` times them)."""
-        margin = TRIAL_MARGIN if auto_trials_enabled() else 1.0
-        modes = auto_candidates(shape, self.density, column_density, get_profile(), margin)
+        if not auto_trials_enabled():
+            return decide_mode(shape, self.density, column_density, get_profile())
+        modes = auto_candidates(shape, self.density, column_density, get_profile(), TRIAL_MARGIN)
         return modes if len(modes) > 1 else modes[0]
 
     def timed(self, used, run):
@@ -338,12 +340,15 @@ class ConvEngine(_Engine):
         if used == DENSE:
             self.finish(DENSE)
             return False
-        if self.timed(used, lambda mode: self._run(mode, bottom, top)):
+        trial = isinstance(used, ModeTrial)
+
+        def run(mode):                      # a trial's candidate gets its structures before its first run
+            self._run(self._ready(mode, bottom, True) if trial else mode, bottom, top)
+        if self.timed(used, run):
             self.release_dense()
         return True
 
     def _run(self, mode, bottom, top):
-        mode = self._ready(mode, bottom, True)
         if mode == SCONV:
             self._sconv(bottom, top)
         elif mode == CCNMM:

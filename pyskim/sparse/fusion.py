@@ -1,4 +1,5 @@
-"""Attaching the sparse engines to a built Net, and ReLU fusion.
+"""Attaching the sparse engines to a built Net, ReLU fusion, and what a net's engines do together
+(:func:`keep_dense_weights`, :func:`settle_auto_trials`).
 
 :func:`attach_engines` runs after every Net build (:func:`pyskim.core.net.add_post_build_hook`), as
 Caffe's layer factory picks an engine outside the layers: every Convolution / InnerProduct whose

@@ -13,7 +13,7 @@ also ``InnerProductReLUDropout``): ``GEMM`` (dense), ``SPMDM`` (CSR weights x de
 from ..layers.convolution import ConvolutionLayer
 from ..layers.fused import FusedLayer
 from ..layers.inner_product import InnerProductLayer
-from ..perf.model import FcShape, choose, predict
+from ..perf.model import FcShape, predict
 from ..proto import caffe_pb2
 
 CONV = caffe_pb2.ConvolutionParameter
@@ -58,8 +58,21 @@ def decide_mode(shape, density, column_density, profile):
         return CCNMM if column_density < AUTO_DENSE_COLUMN_DENSITY else DENSE
     if _dense_shortcut(density, column_density):
         return DENSE
-    candidates = (DENSE, SCONV) if isinstance(shape, FcShape) else (DENSE, SCONV, CCNMM)
-    return choose(shape, density, profile, column_density, candidates)
+    return _fastest(_predicted_times(shape, density, column_density, profile))
+
+
+def _predicted_times(shape, density, column_density, profile):
+    """The model's time of each mode the layer can run (no LOWERED_CCNMM for an InnerProduct)."""
+    p = predict(shape, density, profile, column_density)
+    times = {DENSE: p.dense, SCONV: p.sparse}
+    if not isinstance(shape, FcShape):
+        times[CCNMM] = p.ccnmm
+    return times
+
+
+def _fastest(times):
+    """The mode of least predicted time, ties going to dense."""
+    return min(times, key=lambda mode: (times[mode], mode != DENSE))
 
 
 def auto_candidates(shape, density, column_density, profile, margin):
@@ -67,13 +80,11 @@ def auto_candidates(shape, density, column_density, profile, margin):
     the model predicts at most ``margin`` times slower than it, fastest first. One mode where the rule
     needs no model (``shape`` None, the dense shortcut: timing a sparse mode would pack dense weights
     into sparse structures twice their size) or the model sees no close call."""
-    pick = decide_mode(shape, density, column_density, profile)
     if shape is None or _dense_shortcut(density, column_density):
-        return (pick,)
-    p = predict(shape, density, profile, column_density)
-    times = {DENSE: p.dense, SCONV: p.sparse, CCNMM: p.ccnmm}
-    others = sorted((m for m in ((DENSE, SCONV) if isinstance(shape, FcShape) else (DENSE, SCONV, CCNMM))
-                     if m != pick and times[m] <= margin * times[pick]), key=times.get)
+        return (decide_mode(shape, density, column_density, profile),)
+    times = _predicted_times(shape, density, column_density, profile)
+    pick = _fastest(times)
+    others = sorted((m for m in times if m != pick and times[m] <= margin * times[pick]), key=times.get)
     return (pick, *others)
 
 
