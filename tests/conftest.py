@@ -48,3 +48,15 @@ def no_auto_trials():
     previous = set_auto_trials(False)
     yield
     set_auto_trials(previous)
+
+
+@pytest.fixture
+def sparse_wins_profile():
+    """The performance model on ``one_layer_nets.SPARSE_WINS_PROFILE`` for a test (AUTO's picks then do
+    not depend on the machine running it); a module asks with
+    ``pytestmark = pytest.mark.usefixtures("sparse_wins_profile")``."""
+    from one_layer_nets import SPARSE_WINS_PROFILE
+
+    from pyskim.perf.profile import use_profile
+    with use_profile(SPARSE_WINS_PROFILE):
+        yield

@@ -11,7 +11,6 @@ import pytest
 from one_layer_nets import SPARSE_WINS_PROFILE, one_layer_param, with_dense_twin
 
 from pyskim.perf.model import ConvShape, FcShape, predict
-from pyskim.perf.profile import use_profile
 from pyskim.proto import caffe_pb2
 from pyskim.sparse import engine as engine_module
 from pyskim.sparse import settle_auto_trials
@@ -23,10 +22,7 @@ IP = caffe_pb2.InnerProductParameter
 PROFILE = SPARSE_WINS_PROFILE
 
 
-@pytest.fixture(autouse=True)
-def fixed_profile():
-    with use_profile(PROFILE):
-        yield
+pytestmark = pytest.mark.usefixtures("sparse_wins_profile")
 
 
 @pytest.fixture

@@ -11,21 +11,18 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from one_layer_nets import SPARSE_WINS_PROFILE, one_layer_param
+from one_layer_nets import one_layer_param
 
 import pyskim
 from pyskim.errors import ModelFileError, PyskimError, WeightsMismatchError
 from pyskim.io.caffemodel import CaffemodelWeights
 from pyskim.io.upgrade import read_net_binary
-from pyskim.perf.profile import use_profile
 from pyskim.proto import caffe_pb2
 from pyskim.sparse import keep_dense_weights
 from pyskim.sparse.modes import apply_mode
 
 CONV = caffe_pb2.ConvolutionParameter
 IP = caffe_pb2.InnerProductParameter
-# AUTO must pick a sparse mode whatever this machine is: a profile where sparse wins at low density.
-PROFILE = SPARSE_WINS_PROFILE
 
 CASES = {
     "conv DIRECT_SCONV": ("Convolution", CONV.DIRECT_SCONV),
@@ -38,12 +35,9 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def fixed_profile(no_auto_trials):
-    """The fixed profile, and AUTO decided by it alone (a trial of close calls keeps the dense weights
-    until it is done: tests/test_auto_trials.py)."""
-    with use_profile(PROFILE):
-        yield
+# The fixed profile, and AUTO decided by it alone (a trial of close calls keeps the dense weights until
+# it is done: tests/test_auto_trials.py).
+pytestmark = pytest.mark.usefixtures("sparse_wins_profile", "no_auto_trials")
 
 
 def _param(case, loss=False):

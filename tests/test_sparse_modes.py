@@ -13,7 +13,6 @@ from one_layer_nets import SPARSE_WINS_PROFILE
 
 import pyskim
 from pyskim.io.upgrade import read_net_text
-from pyskim.perf.profile import use_profile
 from pyskim.proto import caffe_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,10 +31,7 @@ PUBLISHED = {"conv2": 0.144, "conv3": 0.069, "conv4": 0.082, "conv5": 0.115, "fc
 PROFILE = SPARSE_WINS_PROFILE
 
 
-@pytest.fixture(autouse=True)
-def fixed_profile():
-    with use_profile(PROFILE):
-        yield
+pytestmark = pytest.mark.usefixtures("sparse_wins_profile")
 
 
 @pytest.fixture

@@ -5,17 +5,14 @@ LOWERED_CCNMM, AUTO and SPMDM, plain and fused, equals the dense mode's built fr
 Changes that do not move the outputs (0.0 -> -0.0, a NaN's payload) are seen too: the engine repacks."""
 import numpy as np
 import pytest
-from one_layer_nets import SPARSE_WINS_PROFILE, one_layer_param, with_dense_twin
+from one_layer_nets import one_layer_param, with_dense_twin
 
 import pyskim
-from pyskim.perf.profile import use_profile
 from pyskim.proto import caffe_pb2
 from pyskim.sparse.weights import BLOCK, WeightRecord
 
 CONV = caffe_pb2.ConvolutionParameter
 IP = caffe_pb2.InnerProductParameter
-# AUTO must pick a sparse mode whatever this machine is: a profile where sparse wins at low density.
-PROFILE = SPARSE_WINS_PROFILE
 DENSITY = 0.1
 
 CASES = {
@@ -30,10 +27,7 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def fixed_profile():
-    with use_profile(PROFILE):
-        yield
+pytestmark = pytest.mark.usefixtures("sparse_wins_profile")
 
 
 def _param(case):
