@@ -84,6 +84,25 @@ def test_sparse_conv_matches_dense(geom, density):
         np.testing.assert_array_equal(y, np.broadcast_to(ref, y.shape).astype(np.float32))
 
 
+@pytest.mark.parametrize("width", [7, 16, 17, 33])
+@pytest.mark.parametrize("layout", [{"interleave_min": 17}, {"interleave_min": 1}])
+def test_fused_relu_keeps_nan_and_negative_zero(width, layout):
+    """Caffe's ReLU is ``x < 0 ? 0 : x`` per element (max(x, 0) + slope * min(x, 0)): a NaN output stays
+    NaN and -0 stays -0, at every position of rows of any length and in both layouts."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((16, 4, 5, width)).astype(np.float32)
+    w = pruned((6, 4, 3, 3), 0.5, rng)
+    w[1] = 0.0                          # channel 1: the bias alone
+    b = rng.standard_normal(6).astype(np.float32)
+    b[0], b[1] = np.nan, -0.0
+    csr = pack_conv_weights(w, 1, (5, width), (1, 1), (1, 1))
+    y = sparse_conv_forward(x, csr, b, 1, 1, 1, (5, width), relu=True, blocking=layout)
+    assert np.isnan(y[:, 0]).all()
+    assert (y[:, 1] == 0).all() and np.signbit(y[:, 1]).all()
+    ref = R.conv_forward_dense_ref(x, w, b, 1, 1, 1, 1, relu=False)[:, 2:]
+    assert_close(y[:, 2:], np.where(ref < 0, np.float32(0), ref))
+
+
 @pytest.mark.parametrize("geom", GEOMETRIES[:4] + GEOMETRIES[7:9])
 def test_fused_relu_and_no_bias(geom):
     *_, y, ref = run_conv(*geom, 0.3, relu=True)
