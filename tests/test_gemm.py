@@ -22,6 +22,10 @@ GEOMETRIES = [
     (3, 6, 7, 6, 9, 3, (1, 1), (0, 0), (1, 1), (1, 1)),        # 1x1, groups
     (1, 2, 5, 5, 3, 1, (5, 5), (1, 1), (2, 2), (1, 1)),
     (5, 2, 40, 3, 13, 1, (3, 3), (1, 1), (1, 1), (1, 1)),      # panels spanning images
+    (2, 3, 67, 70, 16, 1, (11, 11), (2, 3), (4, 4), (1, 1)),   # stride 4, padded, rows across panels
+    (1, 2, 12, 150, 8, 1, (7, 3), (3, 1), (2, 3), (1, 1)),     # stride 3, rows longer than a panel
+    (2, 2, 20, 90, 6, 1, (3, 2), (1, 1), (1, 8), (1, 1)),      # stride 8 > kernel (gaps between taps)
+    (1, 2, 9, 60, 5, 1, (2, 3), (0, 1), (1, 9), (1, 1)),       # stride 9: gathered, not row runs
 ]
 
 
