@@ -398,18 +398,31 @@ def predict(shape, density, profile, column_density=None):
     sparse = sparse_time(shape, density, profile)
     ccnmm = math.inf if isinstance(shape, FcShape) else ccnmm_time(
         shape, 1.0 if column_density is None else column_density, profile)
-    times = {"dense": dense, "sparse": sparse, "ccnmm": ccnmm}
-    # Ties go to dense: no packing, and backward-compatible.
-    mode = min(("dense", "sparse", "ccnmm"), key=lambda k: (times[k], k != "dense"))
+    mode = fastest({"dense": dense, "sparse": sparse, "ccnmm": ccnmm})
     return Prediction(dense, sparse, ccnmm, break_even_density(shape, profile),
                       saturation_density(shape, profile), mode)
 
 
-def choose(shape, density, profile, column_density=None, candidates=("dense", "sparse", "ccnmm")):
-    """The predicted fastest of ``candidates`` (``"dense"``, ``"sparse"``, ``"ccnmm"``)."""
+def fastest(times):
+    """The mode of least time in ``times`` ({mode: seconds}); ties go to ``"dense"`` (no packing)."""
+    return min(times, key=lambda mode: (times[mode], mode != "dense"))
+
+
+def predicted_times(shape, density, profile, column_density=None):
+    """{mode: predicted seconds} of the modes ``shape`` can run: ``"dense"``, ``"sparse"`` and, for a
+    convolution, ``"ccnmm"`` (:func:`predict`)."""
     p = predict(shape, density, profile, column_density)
-    times = {"dense": p.dense, "sparse": p.sparse, "ccnmm": p.ccnmm}
-    return min(candidates, key=lambda k: (times[k], k != "dense"))
+    times = {"dense": p.dense, "sparse": p.sparse}
+    if not isinstance(shape, FcShape):
+        times["ccnmm"] = p.ccnmm
+    return times
+
+
+def choose(shape, density, profile, column_density=None, candidates=("dense", "sparse", "ccnmm")):
+    """The predicted fastest of ``candidates`` (``"dense"``, ``"sparse"``, ``"ccnmm"``) that ``shape``
+    can run."""
+    times = predicted_times(shape, density, profile, column_density)
+    return fastest({mode: times[mode] for mode in candidates if mode in times})
 
 
 def speedup_curve(shape, densities, profile):

@@ -13,7 +13,7 @@ also ``InnerProductReLUDropout``): ``GEMM`` (dense), ``SPMDM`` (CSR weights x de
 from ..layers.convolution import ConvolutionLayer
 from ..layers.fused import FusedLayer
 from ..layers.inner_product import InnerProductLayer
-from ..perf.model import FcShape, predict
+from ..perf.model import fastest, predicted_times
 from ..proto import caffe_pb2
 
 CONV = caffe_pb2.ConvolutionParameter
@@ -58,21 +58,7 @@ def decide_mode(shape, density, column_density, profile):
         return CCNMM if column_density < AUTO_DENSE_COLUMN_DENSITY else DENSE
     if _dense_shortcut(density, column_density):
         return DENSE
-    return _fastest(_predicted_times(shape, density, column_density, profile))
-
-
-def _predicted_times(shape, density, column_density, profile):
-    """The model's time of each mode the layer can run (no LOWERED_CCNMM for an InnerProduct)."""
-    p = predict(shape, density, profile, column_density)
-    times = {DENSE: p.dense, SCONV: p.sparse}
-    if not isinstance(shape, FcShape):
-        times[CCNMM] = p.ccnmm
-    return times
-
-
-def _fastest(times):
-    """The mode of least predicted time, ties going to dense."""
-    return min(times, key=lambda mode: (times[mode], mode != DENSE))
+    return fastest(predicted_times(shape, density, profile, column_density))
 
 
 def auto_candidates(shape, density, column_density, profile, margin):
@@ -82,8 +68,8 @@ def auto_candidates(shape, density, column_density, profile, margin):
     into sparse structures twice their size) or the model sees no close call."""
     if shape is None or _dense_shortcut(density, column_density):
         return (decide_mode(shape, density, column_density, profile),)
-    times = _predicted_times(shape, density, column_density, profile)
-    pick = _fastest(times)
+    times = predicted_times(shape, density, profile, column_density)
+    pick = fastest(times)
     others = sorted((m for m in times if m != pick and times[m] <= margin * times[pick]), key=times.get)
     return (pick, *others)
 
