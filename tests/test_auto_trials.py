@@ -14,7 +14,7 @@ from pyskim.perf.model import ConvShape, FcShape, predict
 from pyskim.proto import caffe_pb2
 from pyskim.sparse import engine as engine_module
 from pyskim.sparse import settle_auto_trials
-from pyskim.sparse.modes import CCNMM, DENSE, SCONV, auto_candidates
+from pyskim.sparse.modes import CCNMM, DENSE, SCONV, auto_candidates, decide_mode
 from pyskim.sparse.trial import TRIAL_RUNS, ModeTrial, auto_trials_enabled, set_auto_trials
 
 CONV = caffe_pb2.ConvolutionParameter
@@ -77,12 +77,26 @@ def test_candidates_are_the_modes_predicted_within_the_margin(shape, density, ma
     assert [times[m] for m in modes[1:]] == sorted(times[m] for m in modes[1:])
 
 
-def test_no_model_and_the_dense_shortcut_have_one_candidate():
-    """A convolution the model does not cover, and a layer the dense shortcut keeps dense (timing a
-    sparse mode would pack its dense weights), are never timed."""
+def test_no_model_and_a_mostly_dense_layer_picked_dense_have_one_candidate():
+    """A convolution the model does not cover, and a mostly dense layer for which the model picks dense
+    (timing a sparse mode would pack its dense weights), are never timed."""
     assert auto_candidates(None, 0.1, 0.5, PROFILE, 1e9) == (CCNMM,)
     assert auto_candidates(None, 0.1, 1.0, PROFILE, 1e9) == (DENSE,)
-    assert auto_candidates(FcShape(batch=1, num_input=64, num_output=64), 0.9, None, PROFILE, 1e9) == (DENSE,)
+    big = FcShape(batch=16, num_input=4096, num_output=4096)
+    for density in (0.7, 0.9, 1.0):
+        assert predict(big, density, PROFILE).mode == DENSE
+        assert auto_candidates(big, density, None, PROFILE, 1e9) == (DENSE,)
+
+
+def test_a_mostly_dense_layer_the_model_predicts_faster_sparse_runs_sparse():
+    """No density shortcut: a tiny layer whose sparse run the model predicts faster at density 0.6
+    (LeNet's conv1: 20 output channels of one input channel) is AUTO's sparse pick, with dense as
+    its close call."""
+    lenet_conv1 = ConvShape(batch=1, channels=1, height=28, width=28, num_output=20, kernel=(5, 5))
+    p = predict(lenet_conv1, 0.6, PROFILE, 1.0)
+    assert p.sparse < p.dense
+    assert decide_mode(lenet_conv1, 0.6, 1.0, PROFILE) == SCONV
+    assert auto_candidates(lenet_conv1, 0.6, 1.0, PROFILE, 2.0)[:2] == (SCONV, DENSE)
 
 
 # -- in the engine ---------------------------------------------------------------------------------------
