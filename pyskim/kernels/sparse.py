@@ -72,18 +72,21 @@ def _phase_geometry(csr, stride, out_hw=None, aligned=False):
     zero columns at the right of a row are dropped as far as the next row's left zero columns (or
     the next phase plane's) can stand in for them, i.e. pitch >= OW + qw - j0 for every tap column
     offset qw and every phase's first data column j0; this saves up to 2*pad/(W + 2*pad) of the
-    flat output vectors. ``aligned``: that pitch rounded up to whole vectors (for shifted copies)."""
+    flat output vectors. Every tap's first read stays inside its phase plane (a kernel reaching the
+    plane's last row keeps its columns: a 1-row output of a dilated kernel as tall as the padded
+    input). ``aligned``: that pitch rounded up to whole vectors (for shifted copies)."""
     hp, wp = csr.padded_hw
     sh, sw = stride
     hq, wq = -(-hp // sh), -(-wp // sw)
     if out_hw is None:
         return hq, wq
     (w, pw), ow = (csr.input_hw[1], csr.pad[1]), out_hw[1]
-    kw, dw = csr.kernel[1], csr.dilation[1]
+    (kh, kw), (dh, dw) = csr.kernel, csr.dilation
     j0_min = min(max(0, -(-(pw - rw) // sw)) for rw in range(sw))
     data_end = -(-(w + pw) // sw)
     reach = max(kw_ * dw // sw for kw_ in range(kw))
-    pitch = min(wq, max(ow, data_end, ow + reach - j0_min))
+    rows_from_lowest_tap = hq - max(kh_ * dh // sh for kh_ in range(kh))
+    pitch = min(wq, max(ow, data_end, ow + reach - j0_min, reach // rows_from_lowest_tap + 1))
     return hq, -(-pitch // VECTOR) * VECTOR if aligned else pitch
 
 
