@@ -71,6 +71,10 @@ GEOMETRIES = [
     (2, 2, (3, 4), 3, 4, 1, 2, 1, 1),                   # kernel larger than the image
     (1, 3, (1, 1), 5, 1, 1, 0, 1, 1),                   # 1x1 image
     (1, 24, (27, 27), 32, 5, 1, 2, 1, 2),               # conv2-like
+    (1, 2, (6, 150), 3, 3, (1, 4), (1, 5), 1, 1),       # stride 4, rows of several vectors, pad > stride
+    (2, 2, (5, 75), 3, 3, 2, 1, 1, 1),                  # stride 2, rows of several vectors
+    (1, 2, (5, 90), 3, 5, 5, 3, 1, 1),                  # stride 5, rows of several vectors
+    (1, 1, (5, 3), 1, 3, 1, (0, 1), 2, 1),              # dilated kernel as tall as the padded input
 ]
 
 
