@@ -397,8 +397,8 @@ static int sc_il_tile_max(int OH, int OW, int Wq, int tile) {
  * One driver for both layouts: the input is prepared, then work items (image or 16-image group,
  * group, block of OCB output channels, tile) are shared out dynamically, one pool task each; each
  * worker accumulates an item's output channels in its scratch (sstride floats per channel) and
- * writes them out. On several threads, a batch that shares out in whole images runs one task per
- * image instead, which prepares the image and then runs all its items (SC_IMAGE_TASKS_MIN). */
+ * writes them out. A batch that shares out in whole images on the threads runs one task per image
+ * instead, which prepares the image and runs its items block by block (sc_by_image). */
 
 /* One convolution call: its arguments (see sc_conv) and its cut into work items. */
 typedef struct {
@@ -411,6 +411,8 @@ typedef struct {
     int OH, OW, relu;
     float *out;
     int interleaved;
+    int icb;               /* input channels per block */
+    int by_image;          /* one task per image (sc_image_task) */
     int OCB, nocb;         /* output channels per item, items per group of them */
     int64_t ntile, items;  /* tiles per output plane, work items */
     int T;                 /* vectors per tile at most */
@@ -418,7 +420,8 @@ typedef struct {
     int64_t L, NV;         /* spatial: flat positions and vectors of an output plane */
     int chunk, rows, nchunk; /* interleaved: see sc_il_tiles; chunks per row */
     int64_t jobs, jchunk;  /* preparation jobs (image or group, channel), jobs per task */
-    float **scratch;       /* per worker: OCB * sstride floats, allocated on its first item */
+    float **scratch;       /* per worker: OCB * sstride floats per item (by_image: per item of an
+                              image), allocated on its first item */
     int failed;            /* a scratch could not be allocated */
 } sc_conv_t;
 
@@ -457,37 +460,56 @@ static inline void sc_write_row(float *__restrict dst, const float *__restrict s
 #endif
 }
 
-/* Work item `it` of the spatial layout (tiles innermost): a tile of the flat output positions of
- * one image, written out row by row without the thrown-away positions (ReLU applied there). The
- * image's prepared input is at img, or (NULL) at its place in cv->buf. */
-static inline void sc_spatial_item(const sc_conv_t *cv, int64_t it, const float *img, float *scr) {
-    const int OCg = cv->OCg, OW = cv->OW, Wq = cv->prep->Wq, T = cv->T, relu = cv->relu;
+/* Where work item `it` of the spatial layout (tiles innermost) is: image n, group g, output
+ * channels [oc0, oc1), flat output positions [p0, p1) in tv vectors. */
+typedef struct {
+    int64_t n, p0, p1;
+    int g, oc0, oc1, tv;
+} sc_item_t;
+
+static inline sc_item_t sc_spatial_at(const sc_conv_t *cv, int64_t it) {
+    sc_item_t m;
     const int64_t tl = it % cv->ntile;
     int64_t r = it / cv->ntile;
     const int ocb = (int)(r % cv->nocb);
     r /= cv->nocb;
-    const int g = (int)(r % cv->G);
-    const int64_t n = r / cv->G;
-    const int64_t v0 = tl * T;
-    const int tv = (int)(cv->NV - v0 < T ? cv->NV - v0 : T);
-    const int64_t p0 = v0 * SC_VL;
-    const int64_t p1 = p0 + (int64_t)tv * SC_VL < cv->L ? p0 + (int64_t)tv * SC_VL : cv->L;
-    const int oc0 = ocb * cv->OCB;
-    const int oc1 = oc0 + cv->OCB < OCg ? oc0 + cv->OCB : OCg;
-    if (!img) img = cv->buf + n * cv->prep->img_stride;
-    sc_sweep(cv, sc_tiles[tv], img + g * cv->grp_stride + p0, g, oc0, oc1, scr);
-    const int64_t y0 = p0 / Wq, y1 = (p1 - 1) / Wq;
+    m.g = (int)(r % cv->G);
+    m.n = r / cv->G;
+    const int64_t v0 = tl * cv->T;
+    m.tv = (int)(cv->NV - v0 < cv->T ? cv->NV - v0 : cv->T);
+    m.p0 = v0 * SC_VL;
+    m.p1 = m.p0 + (int64_t)m.tv * SC_VL < cv->L ? m.p0 + (int64_t)m.tv * SC_VL : cv->L;
+    m.oc0 = ocb * cv->OCB;
+    m.oc1 = m.oc0 + cv->OCB < cv->OCg ? m.oc0 + cv->OCB : cv->OCg;
+    return m;
+}
+
+/* A finished spatial item from its scratch into the output, row by row without the thrown-away
+ * positions (ReLU applied here). */
+static inline void sc_spatial_write(const sc_conv_t *cv, const sc_item_t *m, const float *scr) {
+    const int OW = cv->OW, Wq = cv->prep->Wq, relu = cv->relu;
+    const int64_t y0 = m->p0 / Wq, y1 = (m->p1 - 1) / Wq;
     const int64_t plane = (int64_t)cv->OH * OW;
-    for (int oc = oc0; oc < oc1; ++oc) {
-        const float *s = scr + (oc - oc0) * cv->sstride;
-        float *o = cv->out + (n * cv->G * OCg + (int64_t)g * OCg + oc) * plane;
+    for (int oc = m->oc0; oc < m->oc1; ++oc) {
+        const float *s = scr + (oc - m->oc0) * cv->sstride;
+        float *o = cv->out + (m->n * cv->G * cv->OCg + (int64_t)m->g * cv->OCg + oc) * plane;
         for (int64_t y = y0; y <= y1; ++y) {
             const int64_t rs = y * Wq;
-            const int64_t xa = p0 > rs ? p0 - rs : 0;
-            const int64_t xb = p1 - rs < OW ? p1 - rs : OW;
-            sc_write_row(o + y * OW + xa, s + rs - p0 + xa, xb - xa, relu);
+            const int64_t xa = m->p0 > rs ? m->p0 - rs : 0;
+            const int64_t xb = m->p1 - rs < OW ? m->p1 - rs : OW;
+            sc_write_row(o + y * OW + xa, s + rs - m->p0 + xa, xb - xa, relu);
         }
     }
+}
+
+/* Work item `it` of the spatial layout: a tile of the flat output positions of one image, swept
+ * over every input-channel block, then written out. The image's prepared input is at img, or
+ * (NULL) at its place in cv->buf. */
+static inline void sc_spatial_item(const sc_conv_t *cv, int64_t it, const float *img, float *scr) {
+    const sc_item_t m = sc_spatial_at(cv, it);
+    if (!img) img = cv->buf + m.n * cv->prep->img_stride;
+    sc_sweep(cv, sc_tiles[m.tv], img + m.g * cv->grp_stride + m.p0, m.g, m.oc0, m.oc1, scr);
+    sc_spatial_write(cv, &m, scr);
 }
 
 /* Work item `it` of the interleaved layout (output-channel blocks innermost: one tile's slice of
@@ -572,7 +594,8 @@ static void sc_prepare_task(void *ctx, int64_t task, int worker) {
 /* The worker's scratch, allocated on its first item; NULL (and the call failed) if it cannot be. */
 static float *sc_scratch(sc_conv_t *cv, int worker) {
     float **scr = cv->scratch + worker;
-    if (!*scr) *scr = (float *)aligned_alloc(64, sizeof(float) * cv->sstride * cv->OCB);
+    const int64_t items = cv->by_image ? cv->items / cv->prep->N : 1;
+    if (!*scr) *scr = (float *)aligned_alloc(64, sizeof(float) * cv->sstride * cv->OCB * items);
     if (!*scr) __atomic_store_n(&cv->failed, 1, __ATOMIC_RELAXED);
     return *scr;
 }
@@ -589,45 +612,78 @@ static void sc_item_task(void *ctx, int64_t it, int worker) {
         sc_spatial_item(cv, it, NULL, scr);
 }
 
-/* Pool task of a batch run image by image (spatial layout): the worker prepares image n in its own
- * slot of the buffer, then runs all the image's work items, so that the prepared input stays in
- * the cache of the core that reads it. */
+/* Pool task of a batch run image by image (spatial layout; sc_by_image): the worker prepares image
+ * n in its own slot of the buffer one input-channel block at a time: block b of every group is
+ * prepared, then every item of the image applies its nonzeros of block b, each item accumulating
+ * in its own part of the worker's scratch; after the last block the items are written out. One
+ * block of the prepared input is in use at a time and stays in the core's own caches, where the
+ * other order (all of an item's blocks, then the next item) reads the whole prepared image again
+ * for each item. On two threads of the 2-core Xeon at batch 16 and density 0.1, AlexNet's conv3-5
+ * and their group-1 versions ran 1.07-1.22x faster this way, with the aligned plans that had lost
+ * to plain ones read item by item (input prepared with three shifted copies: 0.7 MiB an image);
+ * conv1 (stride 4, 0.6 MiB prepared: it had run in passes) 1.26x; conv2 unchanged. */
 static void sc_image_task(void *ctx, int64_t n, int worker) {
     sc_conv_t *cv = (sc_conv_t *)ctx;
     float *scr = sc_scratch(cv, worker);
     if (!scr) return;
     float *img = cv->buf + (int64_t)worker * cv->prep->img_stride;
-    for (int c = 0; c < cv->prep->C; ++c) sc_prepare_job(cv->prep, 0, n, c, img);
+    const int Cg = cv->prep->C / cv->G;
     const int64_t per_image = cv->items / cv->prep->N;
-    for (int64_t it = n * per_image; it < (n + 1) * per_image; ++it) sc_spatial_item(cv, it, img, scr);
+    const int64_t item_floats = cv->sstride * cv->OCB;
+    for (int b = 0; b < cv->NB; ++b) {
+        /* block b's channels [c0, c1) and the next block's first: the flat reads of a channel's
+         * last rows reach the next channel's left zero columns (one-sided padding), so it is
+         * prepared one block early */
+        const int c0 = b * cv->icb, c1 = c0 + cv->icb < Cg ? c0 + cv->icb : Cg;
+        const int first = b == 0 ? c0 : c0 + 1, last = c1 < Cg ? c1 + 1 : c1;
+        for (int g = 0; g < cv->G; ++g)
+            for (int c = first; c < last; ++c) sc_prepare_job(cv->prep, 0, n, g * Cg + c, img);
+        for (int64_t i = 0; i < per_image; ++i) {
+            const sc_item_t m = sc_spatial_at(cv, n * per_image + i);
+            const int64_t row0 = (int64_t)m.g * cv->OCg + m.oc0;
+            float *s = scr + i * item_floats;
+            sc_tiles[m.tv](img + m.g * cv->grp_stride + m.p0, cv->col, cv->val,
+                           cv->blk + row0 * (cv->NB + 1) + b, cv->NB + 1, m.oc1 - m.oc0, b == 0,
+                           cv->bias ? cv->bias + row0 : NULL, s, cv->sstride);
+            if (b == cv->NB - 1) sc_spatial_write(cv, &m, s);
+        }
+    }
 }
 
 /* Prepared input the spatial variant keeps for one pass: a batch is prepared and convolved in runs
  * of as many images as fit (at least one), so that the prepared copies are still in L2 when the
  * register tiles read them (preparing a whole batch first sends them to L3 and back). */
 #define SC_PASS_BYTES (1 << 20)
-/* On several threads, a batch of at least this many images per thread that shares out in whole
- * images within 10% of evenly runs image by image instead (sc_image_task), one slot of the pass
- * buffer per thread. In passes the threads share each image's items, and each core reads the whole
- * image, prepared partly by the other: image by image, AlexNet's conv2-5 at SkimCaffe's densities
- * ran 7-12% faster at batch 16 on two threads of a 2-core Xeon, 7-15% at batch 8; at batch 4-5 (a
- * thread idle at the end, the preparation not shared) up to 15% slower, and no faster on one
- * thread. */
+/* A batch of at least this many images per thread that shares out in whole images within 10% of
+ * evenly runs image by image (sc_image_task), one slot of the buffer per thread. In passes the
+ * threads share each image's items, and each core reads the whole image, prepared partly by the
+ * other: image by image, AlexNet's conv2-5 at SkimCaffe's densities ran 7-12% faster at batch 16 on
+ * two threads of a 2-core Xeon, 7-15% at batch 8; at batch 4-5 (a thread idle at the end, the
+ * preparation not shared) up to 15% slower. */
 #define SC_IMAGE_TASKS_MIN 4
+
+/* Whether the spatial variant runs a batch of N images on nthreads threads image by image (on one
+ * thread, in passes: image by image was no faster, conv1-2 at batch 16 2-4% slower). */
+static int sc_by_image(int64_t N, int nthreads) {
+    const int64_t even = (N + nthreads - 1) / nthreads * nthreads; /* images if shared evenly */
+    return nthreads > 1 && N >= (int64_t)SC_IMAGE_TASKS_MIN * nthreads && even * 10 <= N * 11;
+}
 
 /* The convolution of prep->N images, prepared as *prep says (interleaved: in groups of 16) into
  * buf, on up to nthreads threads. blk has (G*OCg) rows of NB+1 pointers into col/val: row r's
  * nonzeros of input-channel block b are [blk[r*(NB+1)+b], blk[r*(NB+1)+b+1]). The spatial variant
- * runs in passes of SC_PASS_BYTES of prepared input (buf needs one pass), or image by image with
- * one image's slot per thread when a pass holds nthreads images (SC_IMAGE_TASKS_MIN). Returns 0, or -1 when a
- * worker's scratch could not be allocated. */
+ * runs image by image with one image's slot of buf per thread (sc_by_image), else in passes of
+ * SC_PASS_BYTES of prepared input (buf needs one pass). Returns 0, or -1 when a worker's scratch
+ * could not be allocated. */
 static int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G, int OCg, int NB,
                    const int32_t *blk, const int32_t *col, const float *val, const float *bias, int OH,
-                   int OW, int tile, int OCB, int relu, int interleaved, float *out, int nthreads) {
+                   int OW, int tile, int OCB, int relu, int interleaved, int icb, float *out,
+                   int nthreads) {
     sc_prep_t pass = *prep;
     sc_conv_t cv = {.prep = &pass, .buf = buf, .grp_stride = grp_stride, .G = G, .OCg = OCg, .NB = NB,
                     .blk = blk, .col = col, .val = val, .bias = bias, .OH = OH, .OW = OW, .relu = relu,
-                    .out = out, .interleaved = interleaved, .OCB = OCB};
+                    .out = out, .interleaved = interleaved, .OCB = OCB, .icb = icb,
+                    .by_image = !interleaved && sc_by_image(prep->N, nthreads)};
     int64_t per_pass = prep->N;
     if (!interleaved) {
         per_pass = SC_PASS_BYTES / (prep->img_stride * (int64_t)sizeof(float));
@@ -637,14 +693,11 @@ static int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G,
     if (!cv.scratch) return -1;
     const int64_t x_img = (int64_t)prep->C * prep->H * prep->W;
     const int64_t out_img = (int64_t)G * OCg * OH * OW;
-    const int64_t even = (prep->N + nthreads - 1) / nthreads * nthreads; /* images if shared evenly */
-    const int imagewise = !interleaved && nthreads > 1 && per_pass >= nthreads
-                          && prep->N >= (int64_t)SC_IMAGE_TASKS_MIN * nthreads && even * 10 <= prep->N * 11;
-    if (imagewise) {
+    if (cv.by_image) {
         sc_plan_items(&cv, tile);
         pk_parallel_for(prep->N, sc_image_task, &cv, nthreads);
     }
-    for (int64_t n0 = 0; n0 < prep->N && !imagewise && !cv.failed; n0 += per_pass) {
+    for (int64_t n0 = 0; n0 < prep->N && !cv.by_image && !cv.failed; n0 += per_pass) {
         pass.x = prep->x + n0 * x_img;
         pass.N = (int)(prep->N - n0 < per_pass ? prep->N - n0 : per_pass);
         cv.out = out + n0 * out_img;

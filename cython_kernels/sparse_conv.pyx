@@ -30,7 +30,8 @@ cdef extern from "sconv_impl.h" nogil:
     int sc_il_tile_max(int OH, int OW, int Wq, int tile)
     int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G, int OCg, int NB,
                 const int32_t *blk, const int32_t *col, const float *val, const float *bias, int OH,
-                int OW, int tile, int OCB, int relu, int interleaved, float *out, int nthreads)
+                int OW, int tile, int OCB, int relu, int interleaved, int icb, float *out, int nthreads)
+    int sc_by_image(int64_t N, int nthreads)
 
 
 cdef extern from "sfc_impl.h" nogil:
@@ -52,6 +53,13 @@ def il_tile_positions(int out_h, int out_w, int wq, int tile):
     if out_h < 1 or out_w < 1 or wq < out_w or tile < 1:
         raise ValueError("il_tile_positions: bad geometry")
     return sc_il_tile_max(out_h, out_w, wq, tile)
+
+
+def by_image(int64_t n, int num_threads):
+    """Whether the one-image-at-a-time variant runs a batch of ``n`` images on ``num_threads``
+    threads image by image (each thread preparing and convolving whole images, block by block of
+    input channels) rather than in passes whose items the threads share (``sconv_impl.h``)."""
+    return bool(sc_by_image(n, max(num_threads, 1)))
 
 
 def vector_length():
@@ -232,12 +240,16 @@ cdef class ConvPlan:
         cdef int k = self._n_il(n)
         return k, n - k
 
-    def buffer_size(self, int n):
-        """Floats of prepared input needed for ``n`` images (plus 16 for 64-byte alignment): the
-        interleaved groups, and one pass of the one-image-at-a-time variant (``sconv_impl.h``)."""
+    def buffer_size(self, int n, int num_threads=1):
+        """Floats of prepared input needed for ``n`` images on ``num_threads`` threads (plus 16 for
+        64-byte alignment): the interleaved groups, and for the one-image-at-a-time variant one
+        image per thread when it runs the batch image by image (:func:`by_image`), else one pass
+        (``sconv_impl.h``)."""
         cdef int k = self._n_il(n)
-        cdef int64_t per_pass = max(1, SC_PASS_BYTES // (self.img_stride * 4))
-        return (k + SC_VL - 1) // SC_VL * self.il_stride + min(n - k, per_pass) * self.img_stride + SC_VL
+        cdef int64_t slots = min(n - k, max(1, SC_PASS_BYTES // (self.img_stride * 4)))
+        if sc_by_image(n - k, max(num_threads, 1)):
+            slots = max(num_threads, 1)
+        return (k + SC_VL - 1) // SC_VL * self.il_stride + slots * self.img_stride + SC_VL
 
     def forward(self, const float[:, :, :, ::1] x, float[::1] buf, const float[::1] bias,
                 float[:, :, :, ::1] out, bint relu, int num_threads):
@@ -251,7 +263,9 @@ cdef class ConvPlan:
                 or x.shape[3] != self.width:
             raise ValueError(f"x must have shape (N>=1, {self.channels}, {self.height}, "
                              f"{self.width}), got {tuple(x.shape[i] for i in range(4))}")
-        need = self.buffer_size(n)
+        if num_threads < 1:
+            num_threads = 1
+        need = self.buffer_size(n, num_threads)
         if buf.shape[0] < need:
             raise ValueError(f"buf needs {need} floats, got {buf.shape[0]}")
         if out.shape[0] != n or out.shape[1] != self.groups * self.ocg \
@@ -264,8 +278,6 @@ cdef class ConvPlan:
                 raise ValueError(f"bias must have {self.groups * self.ocg} entries, "
                                  f"got {bias.shape[0]}")
             bp = &bias[0]
-        if num_threads < 1:
-            num_threads = 1
         cdef int rc = 0, rc2 = 0
         cdef const int32_t *colp = &self._col[0] if self.nnz else NULL
         cdef const float *valp = &self._val[0] if self.nnz else NULL
@@ -289,7 +301,7 @@ cdef class ConvPlan:
                 prep.x, prep.N, prep.img_stride, prep.copies = xp, k, self.il_stride, 1
                 rc = sc_conv(&prep, bufp, self.grp_stride // self.copies, self.groups, self.ocg,
                              self.inblocks, &self._iblk[0], il_colp, il_valp, bp, self.out_h,
-                             self.out_w, self.itile, self.iocb, relu, 1, op, num_threads)
+                             self.out_w, self.itile, self.iocb, relu, 1, self.iicb, op, num_threads)
             if n > k:
                 prep.copies = self.copies
                 for j in range(self.copies):
@@ -297,7 +309,7 @@ cdef class ConvPlan:
                 prep.x, prep.N, prep.img_stride = xp + k * x_img, n - k, self.img_stride
                 rc2 = sc_conv(&prep, bufp + il_floats, self.grp_stride, self.groups, self.ocg,
                               self.nblocks, &self._blk[0], colp, valp, bp, self.out_h, self.out_w,
-                              self.tile, self.ocb, relu, 0, op + k * out_img, num_threads)
+                              self.tile, self.ocb, relu, 0, self.icb, op + k * out_img, num_threads)
         if rc or rc2:
             raise MemoryError("sparse convolution: could not allocate the per-thread scratch")
         return out
@@ -344,8 +356,6 @@ cdef class FcPlan:
             if bias.shape[0] != self.num_output:
                 raise ValueError(f"bias must have {self.num_output} entries, got {bias.shape[0]}")
             bp = &bias[0]
-        if num_threads < 1:
-            num_threads = 1
         cdef int rc
         cdef const uint16_t *col16 = NULL
         cdef const int32_t *col32 = NULL

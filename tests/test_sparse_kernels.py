@@ -18,7 +18,7 @@ from pyskim.kernels.csr import (
     pack_conv_weights,
     pack_fc_weights,
 )
-from pyskim.kernels.sparse import choose_conv_blocking, sparse_conv_forward, sparse_fc_forward
+from pyskim.kernels.sparse import choose_conv_blocking, runs_by_image, sparse_conv_forward, sparse_fc_forward
 
 RNG = np.random.default_rng(2024)
 DENSITIES = [1.0, 0.5, 0.1, 0.01, 0.0]
@@ -251,6 +251,51 @@ def test_batches_image_by_image_on_two_threads(batch, stride, group):
         K.set_num_threads(before)
     np.testing.assert_array_equal(y, alone)
     assert_close(y, np.maximum(R.conv_forward_dense_ref(x, w, b, stride, 1, 1, group), 0))
+
+
+def test_which_batches_run_image_by_image():
+    """Several threads, at least 4 images per thread, shared out within 10% of evenly."""
+    assert not any(runs_by_image(n, 1) for n in range(1, 40))
+    assert [n for n in range(1, 20) if runs_by_image(n, 2)] == [8] + list(range(10, 20))   # 9: 5 against 4
+    assert not runs_by_image(1, 2) and runs_by_image(64, 4) and not runs_by_image(13, 4)
+
+
+def test_image_by_image_plans_on_several_threads_are_aligned():
+    """Threads that each run whole images read the prepared input one block at a time: their plans
+    take the aligned layout where one thread's would; threads sharing an image's items do not."""
+    csr = pack_conv_weights(pruned((64, 32, 3, 3), 0.1), 1, (13, 13), 1, 1)
+    assert choose_conv_blocking(csr, (1, 1), (13, 13), 1)["aligned"] == 1
+    assert choose_conv_blocking(csr, (1, 1), (13, 13), 2, by_image=True)["aligned"] == 1
+    assert choose_conv_blocking(csr, (1, 1), (13, 13), 2)["aligned"] == 0
+
+
+@pytest.mark.parametrize("threads, batch", [(2, 8), (2, 11), (3, 12)])
+@pytest.mark.parametrize("stride, group, aligned", [(1, 1, 0), (1, 1, 1), (2, 1, 0), (1, 2, 0), (1, 2, 1)])
+@pytest.mark.parametrize("icb", [1, 2, 5])
+def test_image_by_image_block_by_block_on_a_dirty_buffer(threads, batch, stride, group, aligned, icb):
+    """A batch run image by image prepares each image one input-channel block at a time, into a buffer
+    that holds whatever it held before (here NaN). With one-sided padding (row pitch narrower than
+    the padded row) a channel's last rows read the next channel's left zero columns, so every output
+    is right only if that channel is ready before the block that reads it."""
+    x = rand(batch, 10, 9, 9).astype(np.float32)
+    w = pruned((12, 10 // group, 3, 3), 0.4)
+    b = rand(12).astype(np.float32)
+    csr = pack_conv_weights(w, group, (9, 9), 1, 1)
+    out_hw = conv_out_hw((9, 9), 3, 1, stride)
+    ref = np.maximum(R.conv_forward_dense_ref(x, w, b, stride, 1, 1, group), 0)
+    before = K.get_num_threads()
+    try:
+        K.set_num_threads(threads)
+        assert runs_by_image(batch, threads)
+        sparse_conv_forward(x, csr, b, stride, 1, 1, out_hw, relu=True, blocking={"icb": icb, "aligned": aligned})
+        (plan,) = csr.cached_plans()
+        assert plan.icb == icb and plan.copies == (3 if aligned else 1)
+        assert aligned or stride > 1 or plan.wq < 9 + 2      # one-sided padding
+        out = np.empty(ref.shape, np.float32)
+        plan.forward(x, np.full(plan.buffer_size(batch, threads), np.nan, np.float32), b, out, True, threads)
+    finally:
+        K.set_num_threads(before)
+    assert_close(out, ref)
 
 
 def test_threads_buffers_and_out():

@@ -60,7 +60,9 @@ INTERLEAVE_MIN_DENSITY = 0.5
 # Rows of whole vectors also add lanes whose outputs are thrown away: an aligned plan may compute at
 # most ALIGNED_MAX_GROWTH times the vectors of the tightest pitch (13x13 and 14x14 outputs: 1.07-1.08;
 # 7x7: 1.75, plain). On two threads the copies cost more than the alignment saves (the same Xeon:
-# AlexNet's conv3-5 1.02-1.33x faster plain at batch 1 and 16), so aligned plans are for one thread.
+# AlexNet's conv3-5 1.02-1.33x faster plain at batch 1 and 16, items shared by the threads), so aligned
+# plans are for one thread and for batches each thread runs image by image (``by_image``: its prepared
+# input read one block of channels at a time, conv3-5 at batch 16 1.05-1.12x faster aligned).
 ALIGNED_MAX_COPIES = 3
 ALIGNED_MAX_GROWTH = 1.15
 ALIGNED_BUDGET_BYTES = 48 * 1024
@@ -116,25 +118,26 @@ def _icb_for(csr, stride, hq, wq, positions, budget):
     return max(1, budget // per_channel)
 
 
-def choose_conv_blocking(csr, stride, out_hw, threads=1, **overrides):
+def choose_conv_blocking(csr, stride, out_hw, threads=1, by_image=False, **overrides):
     """Blocking for :func:`sparse_conv_forward` as a dict (``overrides`` replace entries):
 
     * ``tile`` / ``itile``: register tile, in 16-float vectors (spatial variant, batch < 16) or
       in output positions (batch-interleaved variant), at most ``MAX_TILE``;
     * ``icb`` / ``iicb``: input channels per cache block (the block's part of the prepared input
       for one tile fits ``L1_BUDGET_BYTES``);
-    * ``ocb`` / ``iocb``: output channels per work item (:func:`_oc_block`; the interleaved variant
-      ``OC_BLOCKS[-1]``);
+    * ``ocb`` / ``iocb``: output channels per work item (:func:`_oc_block`, balanced over the threads
+      unless each runs whole images; the interleaved variant ``OC_BLOCKS[-1]``);
     * ``interleave_min``: a batch's last group of fewer than 16 images runs interleaved when it has
       at least this many images, else one image at a time (``INTERLEAVE_MIN``; > 16 disables the
       interleaved variant, the default below ``INTERLEAVE_MIN_DENSITY``);
     * ``aligned``: 1 gives the one-image variant rows of whole vectors and a shifted copy of the input
       per distinct tap column offset modulo a vector, so that every load of the register tiles is
       64-byte aligned; 0 keeps one copy and the tightest row pitch. The default is 1 where it pays
-      (``ALIGNED_*``) and the kernel runs on one thread (``threads``).
+      (``ALIGNED_*``) and the kernel runs on one thread (``threads``) or image by image
+      (``by_image``: :func:`runs_by_image`).
     """
     oh, ow = out_hw
-    aligned = (threads == 1 and stride == (1, 1) and len(_tap_shifts(csr, stride)) <= ALIGNED_MAX_COPIES
+    aligned = ((threads == 1 or by_image) and stride == (1, 1) and len(_tap_shifts(csr, stride)) <= ALIGNED_MAX_COPIES
                and _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw, True)[1])
                <= ALIGNED_MAX_GROWTH * _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw)[1]))
     b = {"tile": MAX_TILE, "itile": MAX_TILE, "ocb": None, "iocb": OC_BLOCKS[-1], "aligned": int(aligned),
@@ -147,7 +150,7 @@ def choose_conv_blocking(csr, stride, out_hw, threads=1, **overrides):
     nv = _plane_vectors(out_hw, wq)
     ntile = -(-nv // b["tile"])
     if b["ocb"] is None:
-        b["ocb"] = _oc_block(csr.out_channels_per_group, ntile, threads)
+        b["ocb"] = _oc_block(csr.out_channels_per_group, ntile, 1 if by_image else threads)
     if b.get("icb") is None:
         budget = L1_BUDGET_BYTES // 4
         if b["aligned"]:
@@ -178,6 +181,14 @@ def _oc_block(out_channels, tiles, threads):
     return min(OC_BLOCKS[-1], out_channels)
 
 
+def runs_by_image(batch, threads):
+    """Whether a batch of ``batch`` images on ``threads`` threads runs image by image, each thread
+    preparing and convolving whole images one block of input channels at a time (the kernel's rule:
+    several threads, at least 4 images per thread, shared out within 10% of evenly), rather than in
+    passes whose items the threads share."""
+    return _sc.by_image(batch, threads)
+
+
 #: The geometry :func:`choose_conv_blocking` reads from a ConvCSR, for a convolution not packed yet.
 _ConvGeometry = collections.namedtuple("_ConvGeometry", "input_hw pad kernel dilation padded_hw "
                                                         "in_channels_per_group out_channels_per_group density")
@@ -186,20 +197,22 @@ ConvPlanWork = collections.namedtuple("ConvPlanWork", "aligned pitch vectors til
 
 
 def conv_plan_work(in_channels_per_group, out_channels_per_group, input_hw, kernel, pad, stride, dilation,
-                   density, aligned=None, threads=1):
+                   density, aligned=None, threads=1, batch=1):
     """The work of :func:`sparse_conv_forward`'s one-image-at-a-time plan for a convolution of this
     geometry at weight ``density``, without packing anything (the performance model's view of the
     kernel): whether its loads are aligned (shifted copies), the row pitch of the prepared input,
     the 16-float vectors of one output plane and the register tiles they are cut into, the
     input-channel cache blocks per group (every output channel's accumulators are loaded and stored
-    once per block and tile) and the copies of each input channel, on ``threads`` threads.
+    once per block and tile) and the copies of each input channel, for ``batch`` images on ``threads``
+    threads.
     ``aligned`` overrides the choice of layout (``blocking={"aligned": ...}``)."""
     pad, kernel, dilation, stride = (tuple(v) for v in (pad, kernel, dilation, stride))
     geo = _ConvGeometry(tuple(input_hw), pad, kernel, dilation,
                         (input_hw[0] + 2 * pad[0], input_hw[1] + 2 * pad[1]), in_channels_per_group,
                         out_channels_per_group, density)
     out_hw = conv_output_shape("conv_plan_work", geo.input_hw, kernel, pad, stride, dilation)
-    b = choose_conv_blocking(geo, stride, out_hw, threads, aligned=None if aligned is None else int(aligned))
+    b = choose_conv_blocking(geo, stride, out_hw, threads, runs_by_image(batch, threads),
+                             aligned=None if aligned is None else int(aligned))
     _, wq = _phase_geometry(geo, stride, out_hw, b["aligned"])
     vectors = _plane_vectors(out_hw, wq)
     return ConvPlanWork(bool(b["aligned"]), wq, vectors, -(-vectors // b["tile"]),
@@ -222,11 +235,11 @@ def _blocking_arg(fn, blocking):
     return tuple(sorted((k, None if v is None else int(v)) for k, v in blocking.items()))
 
 
-def _build_conv_plan(csr, stride, out_hw, blocking, threads):
-    """The compiled plan of ``csr`` for this stride, output size, blocking and thread count: the
-    padded-input offsets re-expressed for the stride-phase buffer and its row pitch, each row
-    re-sorted."""
-    b = choose_conv_blocking(csr, stride, out_hw, threads, **dict(blocking))
+def _build_conv_plan(csr, stride, out_hw, blocking, threads, by_image):
+    """The compiled plan of ``csr`` for this stride, output size, blocking, thread count and way of
+    running a batch: the padded-input offsets re-expressed for the stride-phase buffer and its row
+    pitch, each row re-sorted."""
+    b = choose_conv_blocking(csr, stride, out_hw, threads, by_image, **dict(blocking))
     rowptr, col, val = csr.rowptr, csr.colidx, csr.values
     hp, wp = csr.padded_hw
     hq, wq = _phase_geometry(csr, stride, out_hw, b["aligned"])
@@ -262,7 +275,8 @@ class SparseConv:
     bias values and the output is validated once, here, so that a layer calling it at every forward
     pays only for the checks of ``x``, ``bias`` and ``out`` (the validators' cheap paths when they are
     already C-contiguous float32 arrays of the bound shapes). Arguments as :func:`sparse_conv_forward`'s;
-    the compiled plan is looked up again only when the thread count changes between one and more."""
+    the compiled plan is looked up again only when the thread count changes between one and more, or
+    the batch between one that several threads run image by image and one they share."""
 
     def __init__(self, conv_csr, stride, pad, dilation, out_hw, relu=False, blocking=None):
         fn = "sparse_conv_forward"
@@ -284,16 +298,19 @@ class SparseConv:
         self.blocking = _blocking_arg(fn, blocking)
         self._image = (csr.channels,) + csr.input_hw
         self._out_image = (csr.num_output,) + expect
-        self._plan_one = self._plan_obj = None
+        self._plan_kind = self._plan_obj = None
 
-    def _plan(self, threads):
-        """The compiled plan for ``threads`` (the default layout depends on whether it is one)."""
-        one = threads == 1
-        if one != self._plan_one:
+    def _plan(self, threads, batch):
+        """The compiled plan for ``batch`` images on ``threads`` threads (the default layout depends
+        on whether that is one thread, several that run the batch image by image, or several that
+        share each image's items)."""
+        by_image = runs_by_image(batch, threads)
+        kind = "one" if threads == 1 else "images" if by_image else "shared"
+        if kind != self._plan_kind:
             csr, stride, expect, blocking = self.csr, self.stride, self.out_hw, self.blocking
-            self._plan_obj = csr.plan((stride, expect, blocking, one),
-                                      lambda: _build_conv_plan(csr, stride, expect, blocking, 1 if one else threads))
-            self._plan_one = one
+            self._plan_obj = csr.plan((stride, expect, blocking, kind),
+                                      lambda: _build_conv_plan(csr, stride, expect, blocking, threads, by_image))
+            self._plan_kind = kind
         return self._plan_obj
 
     def __call__(self, x, bias=None, out=None):
@@ -306,8 +323,8 @@ class SparseConv:
         bias = bias_input(fn, bias, self.csr.num_output)
         y = output_array(fn, "out", out, (x.shape[0],) + self._out_image, [x, bias])
         threads = get_num_threads()
-        plan = self._plan(threads)
-        with self.csr.input_buffer(plan.buffer_size(x.shape[0])) as buffer:
+        plan = self._plan(threads, x.shape[0])
+        with self.csr.input_buffer(plan.buffer_size(x.shape[0], threads)) as buffer:
             plan.forward(x, buffer, bias, y, self.relu, threads)
         return y
 

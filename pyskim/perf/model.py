@@ -289,7 +289,7 @@ def ccnmm_time(shape, column_density, profile):
 
 
 def conv_work(shape, aligned=None, threads=1):
-    """The sparse kernel's plan for a convolution shape on ``threads`` threads
+    """The sparse kernel's plan for a convolution shape (its batch) on ``threads`` threads
     (:func:`pyskim.kernels.sparse.conv_plan_work`; ``aligned`` forces a layout), or None for an empty
     output."""
     oh, ow = shape.out_hw
@@ -297,7 +297,7 @@ def conv_work(shape, aligned=None, threads=1):
         return None
     return conv_plan_work(shape.channels // shape.group, shape.num_output // shape.group,
                           (shape.height, shape.width), shape.kernel, shape.pad, shape.stride, shape.dilation,
-                          CALIBRATION_DENSITY, aligned, threads)
+                          CALIBRATION_DENSITY, aligned, threads, shape.batch)
 
 
 def lane_utilization(shape, aligned=None, threads=1):
