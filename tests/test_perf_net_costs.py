@@ -83,22 +83,57 @@ def test_fit_never_returns_negative_costs():
     assert overhead == pytest.approx(30e-6, rel=1e-6) and per_input == pytest.approx(0.0, abs=1e-15)
 
 
+def test_fit_of_an_overhead_alone():
+    rows = [(r + 25e-6, r) for r in (1e-5, 3e-4, 2e-3)]
+    assert net_costs.fit_overhead(rows) == pytest.approx(25e-6, rel=1e-9)
+    assert net_costs.fit_overhead([(0.5 * r, r) for r in (1e-5, 3e-4)]) == 0.0
+
+
 def test_the_calibration_net_runs_the_mode_it_measures():
     built = {mode: Net(net_costs.chain_param(mode), caffe_pb2.TEST) for mode in ("dense", "sparse")}
-    convolutions = {}
+    products = {}
     for mode, net in built.items():
         net.forward_prefilled()
-        convolutions[mode] = [layer for layer in net.layers if layer.type == "Convolution"]
-        assert len(convolutions[mode]) == sum(step != "pool" for step in net_costs.CHAIN)
-    assert all(layer.engine is None for layer in convolutions["dense"])          # plain LOWERED_GEMM
-    assert all(layer.engine.last_mode == "sparse" for layer in convolutions["sparse"])
+        products[mode] = [layer for layer in net.layers if layer.type in ("Convolution", "InnerProduct")]
+        assert len(products[mode]) == sum(step != "pool" for step in net_costs.CHAIN)
+        assert [layer.type for layer in products[mode]][-2:] == ["InnerProduct", "InnerProduct"]
+    assert all(layer.engine is None for layer in products["dense"])          # plain LOWERED_GEMM / GEMM
+    assert {layer.engine.last_mode for layer in products["sparse"]} == {"sparse", "spmdm"}
 
 
 def test_measured_costs_are_plausible():
     with using_threads(1):
         costs = net_costs.measure_net_costs(BASE, iterations=2)
-    assert set(costs) == {"dense_overhead", "dense_input_cost", "sparse_overhead", "sparse_input_cost"}
+    overheads = {f"{warm}{mode}_{kind}overhead" for warm in ("", "warm_") for mode in ("dense", "sparse")
+                 for kind in ("", "fc_")}
+    assert set(costs) == overheads | {"dense_input_cost", "sparse_input_cost"}
     for name, value in costs.items():
         assert math.isfinite(value) and value >= 0, name
-    assert costs["dense_overhead"] < 0.01 and costs["sparse_overhead"] < 0.01
+    assert all(costs[name] < 0.01 for name in overheads)
     assert costs["dense_input_cost"] < 1e-6 and costs["sparse_input_cost"] < 1e-6
+
+
+def test_inner_products_pay_their_own_call_overhead():
+    fc_costs = dataclasses.replace(BASE, dense_fc_overhead=3e-6, sparse_fc_overhead=4e-6)
+    for shape in (FcShape(1, 500, 10), FC):
+        assert perfmodel.dense_time(shape, BASE) - perfmodel.dense_time(shape, fc_costs) == pytest.approx(
+            BASE.dense_fc_overhead - 3e-6)
+        assert perfmodel.sparse_time(shape, 0.1, BASE) - perfmodel.sparse_time(shape, 0.1, fc_costs) == \
+            pytest.approx(BASE.sparse_fc_overhead - 4e-6)
+    assert perfmodel.dense_time(CONV_3X3, fc_costs) == perfmodel.dense_time(CONV_3X3, BASE)
+
+
+def test_a_small_net_prices_its_layers_between_warm_and_evicted():
+    """in_net: a net moving f = B / EVICTED_BYTES of the calibration's eviction pays
+    o_warm + f·(o - o_warm) per call and f·c per input value; a large net or an unknown one pays the
+    evicted costs."""
+    profile = dataclasses.replace(BASE, dense_input_cost=2e-9, sparse_input_cost=1e-9)
+    quarter = perfmodel.in_net(profile, perfmodel.EVICTED_BYTES // 4)
+    for name in ("dense_overhead", "sparse_overhead", "dense_fc_overhead", "sparse_fc_overhead"):
+        warm, evicted = getattr(profile, f"warm_{name}"), getattr(profile, name)
+        assert getattr(quarter, name) == pytest.approx(warm + 0.25 * (evicted - warm))
+        assert getattr(perfmodel.in_net(profile, 0), name) == pytest.approx(warm)
+    assert (quarter.dense_input_cost, quarter.sparse_input_cost) == pytest.approx((0.5e-9, 0.25e-9))
+    assert perfmodel.in_net(profile, None) is profile
+    assert perfmodel.in_net(profile, 10 * perfmodel.EVICTED_BYTES) is profile
+    assert perfmodel.dense_time(CONV_1X1, quarter) < perfmodel.dense_time(CONV_1X1, profile)

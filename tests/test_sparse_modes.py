@@ -492,3 +492,25 @@ def test_fallback_decided_at_build_is_logged_by_the_forward(caplog):
         net.forward()
     lines = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
     assert len(lines) == 1 and "'conv'" in lines[0] and "LOWERED_GEMM" in lines[0], lines
+
+
+@pytest.mark.parametrize("conv_mode, sparse_conv", [(CONV.DIRECT_SCONV, True), (CONV.LOWERED_GEMM, False)])
+def test_forward_bytes_counts_blobs_and_stored_weights(conv_mode, sparse_conv):
+    """What a forward pass moves: every blob once, 4 bytes a value, and each layer's parameters as
+    stored: 8 bytes per nonzero weight of a layer that ran a sparse mode, else 4 per value."""
+    from pyskim.sparse import forward_bytes
+    param = caffe_pb2.NetParameter()
+    param.layer.add(name="x", type="Input", top=["x"]).input_param.shape.add().dim.extend([2, 3, 8, 8])
+    conv = param.layer.add(name="conv", type="Convolution", bottom=["x"], top=["c"])
+    conv.convolution_param.num_output, conv.convolution_param.conv_mode = 5, conv_mode
+    conv.convolution_param.kernel_size.append(3)
+    param.layer.add(name="relu", type="ReLU", bottom=["c"], top=["c"])
+    fc = param.layer.add(name="fc", type="InnerProduct", bottom=["c"], top=["y"])
+    fc.inner_product_param.num_output, fc.inner_product_param.gemm_mode = 4, IP.GEMM
+    net = pyskim.Net(param, pyskim.TEST)
+    w = net.params["conv"][0].data
+    w[...] = np.arange(w.size).reshape(w.shape) % 3 == 0            # 45 of 135 weights nonzero
+    net.forward()
+    blobs = 2 * 3 * 8 * 8 + 2 * 5 * 6 * 6 + 2 * 4                  # x, c (ReLU in place), y
+    conv_weights = 8 * 45 if sparse_conv else 4 * 135
+    assert forward_bytes(net) == 4 * blobs + conv_weights + 4 * 5 + 4 * (4 * 180 + 4)

@@ -7,8 +7,9 @@ sparse and (convolutions) LOWERED_CCNMM times at that density, the predicted spe
 break-even density (below it sparse wins) and the saturation density (below it the sparse layer is
 bandwidth / overhead bound), and the mode AUTO would pick. ``--plot`` draws the predicted speedup
 (dense time / sparse time) against density, one curve per layer, with each layer's current density
-marked, into a PNG (needs matplotlib: ``pip install 'pyskim[plot]'``). The machine profile is the
-cached calibration, else the default one (:func:`pyskim.perf.profile.get_profile`; the tool does not
+marked, into a PNG (needs matplotlib: ``pip install 'pyskim[plot]'``). Layers are priced as layers of
+this net (:func:`pyskim.perf.model.in_net`: a net that stays in the caches pays less per call than
+one that does not). The machine profile is the cached calibration, else the default one (:func:`pyskim.perf.profile.get_profile`; the tool does not
 calibrate by itself); ``--default_profile`` uses the documented default profile even where one is
 cached; ``--recalibrate`` measures the machine (progress on stderr) and caches the result, as
 ``pyskim calibrate`` does.
@@ -19,11 +20,11 @@ import numpy as np
 
 from ..errors import PyskimError
 from ..perf.calibrate import calibrate_and_save
-from ..perf.model import FcShape, predict, speedup_curve
+from ..perf.model import FcShape, in_net, predict, speedup_curve
 from ..perf.profile import default_profile, get_profile, resolve_threads
 from ..proto import caffe_pb2
 from ..pycaffe.net import Net
-from ..sparse import layer_workload
+from ..sparse import forward_bytes, layer_workload
 from . import flags
 from .caffe_command import apply_threads
 from .time_net import load_param
@@ -126,6 +127,7 @@ def run(args):
         profile = calibrate_and_save()
     else:
         profile = get_profile()
+    profile = in_net(profile, forward_bytes(net))      # its layers as this net leaves the caches
     rows = layer_predictions(net, profile)
     print(format_table(rows, profile))
     if args.plot:

@@ -42,7 +42,7 @@ from ..perf.profile import default_profile_forced, get_profile, needs_calibratio
 from ..perf.timing import compare_nets, time_layers, time_nets
 from ..proto import caffe_pb2
 from ..pycaffe.net import Net
-from ..sparse import apply_mode, describe, settle_auto_trials
+from ..sparse import apply_mode, describe, forward_bytes, settle_auto_trials
 from . import caffe_command, flags
 
 log = logging.getLogger("pyskim")
@@ -156,9 +156,9 @@ def caffe_time(net, iterations, forward_only):
 
 def layer_rows(net, forward_seconds):
     """Per conv / IP layer: (name, mode, density, forward s, dense-equivalent GFLOP/s, predicted s)."""
-    rows = []
+    rows, net_bytes = [], forward_bytes(net)
     for i, layer in enumerate(net.layers):
-        info = describe(layer, net.bottom_vec(i))
+        info = describe(layer, net.bottom_vec(i), net_bytes)
         if info is None:
             continue
         mode = info["used"] if info["requested"] != "AUTO" else f"AUTO>{info['used']}"
@@ -198,7 +198,8 @@ def log_comparison(comparison, sparse_net, sparse_mode):
 def accuracy_rows(args):
     """:class:`~pyskim.perf.accuracy.LayerAccuracy` of every convolution / inner-product layer of
     ``args.model``: built forced dense, forced sparse and AUTO with the same weights (the dense build's,
-    copied), timed alternating over ``args.iterations`` forwards once AUTO has timed its close calls."""
+    copied), timed alternating over ``args.iterations`` forwards once AUTO has timed its close calls;
+    each mode's time predicted for a layer of its own net (:func:`pyskim.sparse.forward_bytes`)."""
     nets = [build_net(args, mode) for mode in ("dense", "sparse", "auto")]
     for other in nets[1:]:
         for name, blobs in nets[0].params.items():
@@ -206,15 +207,16 @@ def accuracy_rows(args):
                 mine.data[...] = theirs.data
     settle_auto_trials(nets[2])             # AUTO's close calls timed before its own timing starts
     dense, sparse, auto = time_nets(nets, args.iterations)
+    dense_bytes, sparse_bytes = forward_bytes(nets[0]), forward_bytes(nets[1])
     rows = []
     for i, layer in enumerate(nets[0].layers):
-        info = describe(layer, nets[0].bottom_vec(i))
+        info = describe(layer, nets[0].bottom_vec(i), dense_bytes)
         if info is None or info["prediction"] is None:
             continue
-        prediction = info["prediction"]
+        sparse_info = describe(nets[1].layers[i], nets[1].bottom_vec(i), sparse_bytes)
         used = describe(nets[2].layers[i], nets[2].bottom_vec(i))["used"]
         rows.append(LayerAccuracy(layer.name, info["density"], {"dense": dense[i], "sparse": sparse[i]},
-                                  {"dense": prediction.dense, "sparse": prediction.sparse},
+                                  {"dense": info["prediction"].dense, "sparse": sparse_info["prediction"].sparse},
                                   PICKS.get(used, used), auto[i]))
     return rows
 

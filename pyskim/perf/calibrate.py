@@ -246,7 +246,8 @@ def _agreeing(values, tolerance):
 
 
 def calibrate(threads=None, quick=False, progress=None):
-    """Measure BW, e_d, e_s0, the two σ, e_fc, e_spmv, BW_fc, o_d, o_s, c_d and c_s on this machine with
+    """Measure BW, e_d, e_s0, the two σ, e_fc, e_spmv, BW_fc, o_d, o_s, c_d, c_s and the warm o_d, o_s
+    on this machine with
     ``threads`` threads (default: pyskim's kernel thread count); about two seconds per round, less with
     ``quick`` (fewer calls per measurement, a smaller copy: noisier). ``progress(stage)`` is called as
     each stage starts.

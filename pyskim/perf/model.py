@@ -10,9 +10,12 @@ Notation (one forward call of one layer; ``d`` = weight density, the fraction of
     P  = peak FLOP/s of one thread, T = threads, BW = memory bandwidth of T threads (bytes/s)
     e_d, e_s0, e_fc, e_spmv = measured efficiencies (fraction of P·T) of pyskim's dense path, of the
          direct sparse convolution kernel, of the sparse inner product (SpMDM, batch > 1) and of its
-         batch-1 SpMV; o_d, o_s = per-call overheads of a layer inside a forward pass
+         batch-1 SpMV; o_d, o_s = per-call overheads of a layer inside a forward pass (a
+         convolution's, or an inner product's: its Python path is shorter; :func:`call_overhead`)
     c_d, c_s = seconds per input value of the convolution's own pass over its input (packing or
          im2col; the sparse kernel's input preparation), which does not overlap with its compute
+    (o and c as a layer of a net larger than the caches finds them, the other layers' data in its
+    place; a small net's layers find their own: :func:`in_net`)
 
 Dense (``LOWERED_GEMM`` / ``GEMM``)::
 
@@ -51,6 +54,14 @@ are not all zero)::
           (the whole input lowered; the kept rows of the lowered matrix gathered, and the bias added,
           in passes of their own)
 
+Inside a small net. Between two calls of a layer the rest of a forward pass goes through the caches;
+a net that moves ``B`` bytes per forward (:func:`pyskim.sparse.forward_bytes`) leaves a fraction
+``f = min(1, B / EVICTED_BYTES)`` of a layer's state evicted, and the layer pays
+``o = o_warm + f·(o − o_warm)`` per call and ``f·c`` per input value (:func:`in_net`; ``o_warm`` is
+the overhead of a layer called again and again; an input still in the caches costs its pass next to
+nothing). LeNet at batch 1 moves 0.3 MB sparse, 1.9 MB dense: its layers took 1.3-3x less in the net
+than the evicted overheads price them.
+
 Write ``t_s(d) = max(a·d, b + m·d) + o`` with ``a = F/(P·T·e_s) + m`` (the batch-1 inner product:
 ``a = F/(P·T·e_spmv)``), ``b = (B_in + B_out)/BW`` and ``m = 8·W/BW``. Then:
 
@@ -87,6 +98,10 @@ PEAK_GFLOPS_AVX512 = 267.0       # per thread, measured (research/peers.md): 64 
 PEAK_GFLOPS_AVX2 = 134.0
 PEAK_GFLOPS_OTHER = 34.0
 DEFAULT_BANDWIDTH_GBS = {1: 42.0, 2: 75.0}   # STREAM copy on the project machine
+#: Bytes the calibration writes through the caches before each call it prices as a layer inside a net
+#: (:mod:`pyskim.perf.net_costs`): about what the layers between two calls of one layer move in a net
+#: larger than the caches (two L2 caches' worth).
+EVICTED_BYTES = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +119,14 @@ class MachineProfile:
     spmv_eff: float = 0.01           # sparse inner product at batch 1 (SpMV)
     fc_bandwidth: float = 0.0        # bytes/s the dense inner product streams its weights at batch <= 4
                                      # (0: ``bandwidth``)
-    dense_overhead: float = 45e-6    # seconds per call of a layer inside a forward pass
-    sparse_overhead: float = 40e-6
+    dense_overhead: float = 45e-6    # seconds per call of a convolution inside the forward pass of a
+    sparse_overhead: float = 40e-6   # net that moves at least EVICTED_BYTES
+    dense_fc_overhead: float = 30e-6     # the same for an inner product (a shorter Python path:
+    sparse_fc_overhead: float = 45e-6    # no geometry, no im2col)
+    warm_dense_overhead: float = 20e-6   # the same four for a layer whose state is in the caches
+    warm_sparse_overhead: float = 20e-6  # (called again and again)
+    warm_dense_fc_overhead: float = 6e-6
+    warm_sparse_fc_overhead: float = 11e-6
     dense_input_cost: float = 0.3e-9     # seconds per input value: the dense convolution's pass over its
                                          # input (im2col / packing), not overlapped with the product
     sparse_input_cost: float = 0.4e-9    # the same for the sparse convolution's input preparation
@@ -252,6 +273,14 @@ def input_pass(shape, cost):
     return 0.0 if isinstance(shape, FcShape) else cost * shape.inputs
 
 
+def call_overhead(shape, profile, mode):
+    """Per-call overhead of ``mode`` (``"dense"`` / ``"sparse"``) for a layer of ``shape``: the
+    convolution's ``o_d`` / ``o_s`` or the inner product's."""
+    if isinstance(shape, FcShape):
+        return profile.dense_fc_overhead if mode == "dense" else profile.sparse_fc_overhead
+    return profile.dense_overhead if mode == "dense" else profile.sparse_overhead
+
+
 def dense_efficiency(shape, profile):
     """``e_d · R / (R + R_0)``: the product packs its right operand (the im2col columns, or an inner
     product's weights) once per call, work worth ``R_0 = PACKING_ROWS`` rows of the ``R`` rows that
@@ -265,14 +294,15 @@ def dense_time(shape, profile):
     :func:`dense_efficiency`: the weights stream from memory on top of the compute (a forward pass
     finds them evicted by the other layers), and a convolution's packing of its input adds
     (:func:`input_pass`); an inner product at batch <= ``DOT_BATCH`` (dot products
-    that stream the weights once, no packing) takes ``max(F / (P·T·e_d), 4·W / BW_fc)``."""
+    that stream the weights once, no packing) takes ``max(F / (P·T·e_d), 4·W / BW_fc) + o_d``
+    (``o_d`` of :func:`call_overhead`)."""
     if isinstance(shape, FcShape) and shape.batch <= DOT_BATCH and profile.fc_bandwidth > 0:
         return max(shape.flops / (profile.compute * profile.dense_eff), 4.0 * shape.weights / profile.fc_bandwidth) \
-            + profile.dense_overhead
+            + call_overhead(shape, profile, "dense")
     activations = (4.0 * (shape.inputs + shape.outputs) + _im2col_bytes(shape)) / profile.bandwidth
     weights = 4.0 * shape.weights / profile.bandwidth
     return max(shape.flops / (profile.compute * dense_efficiency(shape, profile)), activations) + weights \
-        + input_pass(shape, profile.dense_input_cost) + profile.dense_overhead
+        + input_pass(shape, profile.dense_input_cost) + call_overhead(shape, profile, "dense")
 
 
 def ccnmm_time(shape, column_density, profile):
@@ -359,7 +389,7 @@ def sparse_terms(shape, profile):
     if isinstance(shape, FcShape):       # 16-bit column indices; the weights stream like a dense FC's
         m = (4.0 + (2.0 if shape.num_input <= 65536 else 4.0)) * shape.weights / (profile.fc_bandwidth
                                                                                    or profile.bandwidth)
-    o = profile.sparse_overhead + input_pass(shape, profile.sparse_input_cost) \
+    o = call_overhead(shape, profile, "sparse") + input_pass(shape, profile.sparse_input_cost) \
         + accumulator_flops(shape, threads=profile.threads) / (profile.compute * profile.sparse_eff)
     overlapped = isinstance(shape, FcShape) and shape.batch <= 1
     return (a if overlapped else a + m), b, m, o
@@ -423,6 +453,20 @@ def choose(shape, density, profile, column_density=None, candidates=("dense", "s
     can run."""
     times = predicted_times(shape, density, profile, column_density)
     return fastest({mode: times[mode] for mode in candidates if mode in times})
+
+
+def in_net(profile, forward_bytes):
+    """``profile`` as a layer of a net that moves ``forward_bytes`` per forward pass sees it: with
+    ``f = min(1, forward_bytes / EVICTED_BYTES)``, every per-call overhead ``o_warm + f·(o − o_warm)``
+    and the input costs ``f·c`` (see the module docstring). ``forward_bytes`` None (not known) or
+    at least ``EVICTED_BYTES`` gives ``profile`` itself."""
+    if forward_bytes is None or forward_bytes >= EVICTED_BYTES:
+        return profile
+    f = max(float(forward_bytes), 0.0) / EVICTED_BYTES
+    overheads = {name: getattr(profile, f"warm_{name}") + f * (getattr(profile, name) - getattr(profile, f"warm_{name}"))
+                 for name in ("dense_overhead", "sparse_overhead", "dense_fc_overhead", "sparse_fc_overhead")}
+    return dataclasses.replace(profile, **overheads, dense_input_cost=f * profile.dense_input_cost,
+                               sparse_input_cost=f * profile.sparse_input_cost)
 
 
 def speedup_curve(shape, densities, profile):

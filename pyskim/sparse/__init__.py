@@ -7,9 +7,9 @@ from ..core.net import add_post_build_hook
 from .fusion import attach_engines, keep_dense_weights, settle_auto_trials
 from .modes import AUTO_DENSE_DENSITY, apply_mode, decide_mode
 from .trial import set_auto_trials
-from .workload import describe, layer_workload
+from .workload import describe, forward_bytes, layer_workload
 
-__all__ = ["AUTO_DENSE_DENSITY", "apply_mode", "decide_mode", "describe", "keep_dense_weights", "layer_workload",
-           "set_auto_trials", "settle_auto_trials"]
+__all__ = ["AUTO_DENSE_DENSITY", "apply_mode", "decide_mode", "describe", "forward_bytes", "keep_dense_weights",
+           "layer_workload", "set_auto_trials", "settle_auto_trials"]
 
 add_post_build_hook(attach_engines)
