@@ -59,8 +59,8 @@ a net that moves ``B`` bytes per forward (:func:`pyskim.sparse.forward_bytes`) l
 ``f = min(1, B / EVICTED_BYTES)`` of a layer's state evicted, and the layer pays
 ``o = o_warm + f·(o − o_warm)`` per call and ``f·c`` per input value (:func:`in_net`; ``o_warm`` is
 the overhead of a layer called again and again; an input still in the caches costs its pass next to
-nothing). LeNet at batch 1 moves 0.3 MB sparse, 1.9 MB dense: its layers took 1.3-3x less in the net
-than the evicted overheads price them.
+nothing). LeNet at batch 1 moves 0.3 MB sparse, 1.9 MB dense: priced with the evicted overheads
+alone, its layers were predicted 1.6-5.4x slower than they ran.
 
 Write ``t_s(d) = max(a·d, b + m·d) + o`` with ``a = F/(P·T·e_s) + m`` (the batch-1 inner product:
 ``a = F/(P·T·e_spmv)``), ``b = (B_in + B_out)/BW`` and ``m = 8·W/BW``. Then:
