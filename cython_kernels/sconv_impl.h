@@ -420,8 +420,8 @@ typedef struct {
     int64_t L, NV;         /* spatial: flat positions and vectors of an output plane */
     int chunk, rows, nchunk; /* interleaved: see sc_il_tiles; chunks per row */
     int64_t jobs, jchunk;  /* preparation jobs (image or group, channel), jobs per task */
-    float **scratch;       /* per worker: OCB * sstride floats per item (by_image: per item of an
-                              image), allocated on its first item */
+    float **scratch;       /* per worker: OCB * sstride floats per item (by_image: per item it keeps
+                              at once, sc_items_at_once), allocated on its first item */
     int failed;            /* a scratch could not be allocated */
 } sc_conv_t;
 
@@ -591,10 +591,21 @@ static void sc_prepare_task(void *ctx, int64_t task, int worker) {
     sc_prepare_jobs(cv->prep, cv->buf, cv->interleaved, task * cv->jchunk, j1 < cv->jobs ? j1 : cv->jobs);
 }
 
+/* Accumulators one worker keeps while it runs an image block by block (sc_image_task): half the L2
+ * of the project machine's cores. */
+#define SC_IMAGE_SCRATCH_BYTES (1 << 20)
+
+/* Work items of one image whose accumulators a worker keeps at once (at least one). */
+static int64_t sc_items_at_once(const sc_conv_t *cv) {
+    const int64_t per_image = cv->items / cv->prep->N;
+    const int64_t fit = SC_IMAGE_SCRATCH_BYTES / ((int64_t)sizeof(float) * cv->sstride * cv->OCB);
+    return fit < 1 ? 1 : fit < per_image ? fit : per_image;
+}
+
 /* The worker's scratch, allocated on its first item; NULL (and the call failed) if it cannot be. */
 static float *sc_scratch(sc_conv_t *cv, int worker) {
     float **scr = cv->scratch + worker;
-    const int64_t items = cv->by_image ? cv->items / cv->prep->N : 1;
+    const int64_t items = cv->by_image ? sc_items_at_once(cv) : 1;
     if (!*scr) *scr = (float *)aligned_alloc(64, sizeof(float) * cv->sstride * cv->OCB * items);
     if (!*scr) __atomic_store_n(&cv->failed, 1, __ATOMIC_RELAXED);
     return *scr;
@@ -621,31 +632,38 @@ static void sc_item_task(void *ctx, int64_t it, int worker) {
  * for each item. On two threads of the 2-core Xeon at batch 16 and density 0.1, AlexNet's conv3-5
  * and their group-1 versions ran 1.07-1.22x faster this way, with the aligned plans that had lost
  * to plain ones read item by item (input prepared with three shifted copies: 0.7 MiB an image);
- * conv1 (stride 4, 0.6 MiB prepared: it had run in passes) 1.26x; conv2 unchanged. */
+ * conv1 (stride 4, 0.6 MiB prepared: it had run in passes) 1.26x; conv2 unchanged. An image whose
+ * accumulators exceed SC_IMAGE_SCRATCH_BYTES (large outputs) runs its items in runs that fit, each
+ * run over every block; the first run prepares the blocks. */
 static void sc_image_task(void *ctx, int64_t n, int worker) {
     sc_conv_t *cv = (sc_conv_t *)ctx;
     float *scr = sc_scratch(cv, worker);
     if (!scr) return;
     float *img = cv->buf + (int64_t)worker * cv->prep->img_stride;
     const int Cg = cv->prep->C / cv->G;
-    const int64_t per_image = cv->items / cv->prep->N;
+    const int64_t per_image = cv->items / cv->prep->N, at_once = sc_items_at_once(cv);
     const int64_t item_floats = cv->sstride * cv->OCB;
-    for (int b = 0; b < cv->NB; ++b) {
-        /* block b's channels [c0, c1) and the next block's first: the flat reads of a channel's
-         * last rows reach the next channel's left zero columns (one-sided padding), so it is
-         * prepared one block early */
-        const int c0 = b * cv->icb, c1 = c0 + cv->icb < Cg ? c0 + cv->icb : Cg;
-        const int first = b == 0 ? c0 : c0 + 1, last = c1 < Cg ? c1 + 1 : c1;
-        for (int g = 0; g < cv->G; ++g)
-            for (int c = first; c < last; ++c) sc_prepare_job(cv->prep, 0, n, g * Cg + c, img);
-        for (int64_t i = 0; i < per_image; ++i) {
-            const sc_item_t m = sc_spatial_at(cv, n * per_image + i);
-            const int64_t row0 = (int64_t)m.g * cv->OCg + m.oc0;
-            float *s = scr + i * item_floats;
-            sc_tiles[m.tv](img + m.g * cv->grp_stride + m.p0, cv->col, cv->val,
-                           cv->blk + row0 * (cv->NB + 1) + b, cv->NB + 1, m.oc1 - m.oc0, b == 0,
-                           cv->bias ? cv->bias + row0 : NULL, s, cv->sstride);
-            if (b == cv->NB - 1) sc_spatial_write(cv, &m, s);
+    for (int64_t i0 = 0; i0 < per_image; i0 += at_once) {
+        const int64_t i1 = i0 + at_once < per_image ? i0 + at_once : per_image;
+        for (int b = 0; b < cv->NB; ++b) {
+            if (i0 == 0) {
+                /* block b's channels [c0, c1) and the next block's first: the flat reads of a
+                 * channel's last rows reach the next channel's left zero columns (one-sided
+                 * padding), so it is prepared one block early */
+                const int c0 = b * cv->icb, c1 = c0 + cv->icb < Cg ? c0 + cv->icb : Cg;
+                const int first = b == 0 ? c0 : c0 + 1, last = c1 < Cg ? c1 + 1 : c1;
+                for (int g = 0; g < cv->G; ++g)
+                    for (int c = first; c < last; ++c) sc_prepare_job(cv->prep, 0, n, g * Cg + c, img);
+            }
+            for (int64_t i = i0; i < i1; ++i) {
+                const sc_item_t m = sc_spatial_at(cv, n * per_image + i);
+                const int64_t row0 = (int64_t)m.g * cv->OCg + m.oc0;
+                float *s = scr + (i - i0) * item_floats;
+                sc_tiles[m.tv](img + m.g * cv->grp_stride + m.p0, cv->col, cv->val,
+                               cv->blk + row0 * (cv->NB + 1) + b, cv->NB + 1, m.oc1 - m.oc0, b == 0,
+                               cv->bias ? cv->bias + row0 : NULL, s, cv->sstride);
+                if (b == cv->NB - 1) sc_spatial_write(cv, &m, s);
+            }
         }
     }
 }

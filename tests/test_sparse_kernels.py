@@ -298,6 +298,29 @@ def test_image_by_image_block_by_block_on_a_dirty_buffer(threads, batch, stride,
     assert_close(out, ref)
 
 
+def test_image_by_image_with_more_accumulators_than_a_thread_keeps():
+    """An image whose accumulators exceed the 1 MiB a worker keeps (128 output channels of 48x48: about
+    1.2 MiB) runs its work items in runs, each over every input-channel block; the first run
+    prepares the blocks, into a buffer that held NaN."""
+    x = rand(8, 6, 48, 48).astype(np.float32)
+    w = pruned((128, 6, 3, 3), 0.3)
+    b = rand(128).astype(np.float32)
+    csr = pack_conv_weights(w, 1, (48, 48), 1, 1)
+    ref = np.maximum(R.conv_forward_dense_ref(x, w, b, 1, 1, 1, 1), 0)
+    before = K.get_num_threads()
+    try:
+        K.set_num_threads(2)
+        sparse_conv_forward(x, csr, b, 1, 1, 1, (48, 48), relu=True, blocking={"icb": 2, "ocb": 64})
+        (plan,) = csr.cached_plans()
+        vectors = -(-(47 * plan.wq + 48) // 16)
+        assert 128 * vectors * 16 * 4 > 1 << 20 and plan.nblocks == 3
+        out = np.empty(ref.shape, np.float32)
+        plan.forward(x, np.full(plan.buffer_size(8, 2), np.nan, np.float32), b, out, True, 2)
+    finally:
+        K.set_num_threads(before)
+    assert_close(out, ref)
+
+
 def test_threads_buffers_and_out():
     x = rand(3, 16, 12, 12)
     w = pruned((32, 16, 3, 3), 0.2)
