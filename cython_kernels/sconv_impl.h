@@ -426,16 +426,19 @@ typedef struct {
 } sc_conv_t;
 
 /* Output channels [oc0, oc1) of group g on the tile whose input starts at `in`: the register tile
- * `fn` runs over their nonzeros input-channel block by input-channel block (the bias starts the
- * first block), channel oc accumulating in scr + (oc - oc0) * sstride. */
+ * `fn` applies their nonzeros of input-channel block b (block 0 starts from the bias), channel oc
+ * accumulating in scr + (oc - oc0) * sstride. */
+static inline void sc_block(const sc_conv_t *cv, sc_tile_fn fn, const float *in, int g, int oc0, int oc1,
+                            int b, float *scr) {
+    const int64_t row0 = (int64_t)g * cv->OCg + oc0;
+    fn(in, cv->col, cv->val, cv->blk + row0 * (cv->NB + 1) + b, cv->NB + 1, oc1 - oc0, b == 0,
+       cv->bias ? cv->bias + row0 : NULL, scr, cv->sstride);
+}
+
+/* sc_block over every input-channel block in turn. */
 static inline void sc_sweep(const sc_conv_t *cv, sc_tile_fn fn, const float *in, int g, int oc0,
                             int oc1, float *scr) {
-    const int NB = cv->NB;
-    const int64_t row0 = (int64_t)g * cv->OCg + oc0;
-    const float *bias = cv->bias ? cv->bias + row0 : NULL;
-    for (int b = 0; b < NB; ++b)
-        fn(in, cv->col, cv->val, cv->blk + row0 * (NB + 1) + b, NB + 1, oc1 - oc0, b == 0, bias, scr,
-           cv->sstride);
+    for (int b = 0; b < cv->NB; ++b) sc_block(cv, fn, in, g, oc0, oc1, b, scr);
 }
 
 /* dst[x] = src[x] for x < n, or Caffe's ReLU of it (src[x] < 0 ? 0 : src[x]: NaN and -0 kept): a
@@ -657,11 +660,8 @@ static void sc_image_task(void *ctx, int64_t n, int worker) {
             }
             for (int64_t i = i0; i < i1; ++i) {
                 const sc_item_t m = sc_spatial_at(cv, n * per_image + i);
-                const int64_t row0 = (int64_t)m.g * cv->OCg + m.oc0;
                 float *s = scr + (i - i0) * item_floats;
-                sc_tiles[m.tv](img + m.g * cv->grp_stride + m.p0, cv->col, cv->val,
-                               cv->blk + row0 * (cv->NB + 1) + b, cv->NB + 1, m.oc1 - m.oc0, b == 0,
-                               cv->bias ? cv->bias + row0 : NULL, s, cv->sstride);
+                sc_block(cv, sc_tiles[m.tv], img + m.g * cv->grp_stride + m.p0, m.g, m.oc0, m.oc1, b, s);
                 if (b == cv->NB - 1) sc_spatial_write(cv, &m, s);
             }
         }

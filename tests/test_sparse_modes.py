@@ -510,7 +510,11 @@ def test_forward_bytes_counts_blobs_and_stored_weights(conv_mode, sparse_conv):
     net = pyskim.Net(param, pyskim.TEST)
     w = net.params["conv"][0].data
     w[...] = np.arange(w.size).reshape(w.shape) % 3 == 0            # 45 of 135 weights nonzero
+    del w
     net.forward()
     blobs = 2 * 3 * 8 * 8 + 2 * 5 * 6 * 6 + 2 * 4                  # x, c (ReLU in place), y
     conv_weights = 8 * 45 if sparse_conv else 4 * 135
+    conv_blob = net.layer_dict["conv"].blobs[0]
+    assert conv_blob.data_released == sparse_conv                 # a net without backward drops them
     assert forward_bytes(net) == 4 * blobs + conv_weights + 4 * 5 + 4 * (4 * 180 + 4)
+    assert conv_blob.data_released == sparse_conv                 # counted without reading them back

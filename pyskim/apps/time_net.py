@@ -213,10 +213,11 @@ def accuracy_rows(args):
         info = describe(layer, nets[0].bottom_vec(i), dense_bytes)
         if info is None or info["prediction"] is None:
             continue
-        sparse_info = describe(nets[1].layers[i], nets[1].bottom_vec(i), sparse_bytes)
+        # the same layer of the dense net (its weights in memory), priced as a layer of the sparse net
+        as_sparse = describe(layer, nets[0].bottom_vec(i), sparse_bytes)["prediction"]
         used = describe(nets[2].layers[i], nets[2].bottom_vec(i))["used"]
         rows.append(LayerAccuracy(layer.name, info["density"], {"dense": dense[i], "sparse": sparse[i]},
-                                  {"dense": info["prediction"].dense, "sparse": sparse_info["prediction"].sparse},
+                                  {"dense": info["prediction"].dense, "sparse": as_sparse.sparse},
                                   PICKS.get(used, used), auto[i]))
     return rows
 

@@ -46,14 +46,15 @@ def _used_mode(producer):
 def forward_bytes(net):
     """About the bytes a forward pass of ``net`` reads and writes: every blob's values once and every
     layer's parameters as they are stored (8 bytes per nonzero weight of a layer that last ran a
-    sparse mode, a value and its index; 4 per value otherwise). The performance model's
-    :func:`~pyskim.perf.model.in_net` prices the net's layers by it."""
+    sparse mode, a value and its index, counted by its engine: released dense weights are not read
+    back; 4 per value otherwise). The performance model's :func:`~pyskim.perf.model.in_net` prices
+    the net's layers by it."""
     total = sum(4 * blob.count for blob in net.blob_list())
     for layer in net.layers:
         producer = product_layer(layer)
         for k, blob in enumerate(layer.blobs):
             if k == 0 and producer is not None and _used_mode(producer) in (SCONV, SPMDM):
-                total += 8 * round(weight_density(blob.readonly_data) * blob.count)
+                total += 8 * round(producer.engine.density * blob.count)
             else:
                 total += 4 * blob.count
     return total
