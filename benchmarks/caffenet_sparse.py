@@ -126,7 +126,8 @@ class PyskimCases(bench.PyskimServer):
         """The machine profile the performance model used."""
         from pyskim.perf.profile import get_profile
         p = get_profile()
-        return (f"{p.source}, bandwidth {p.bandwidth / 1e9:.1f} GB/s, e_d {p.dense_eff:.3f}, e_s0 {p.sparse_eff:.3f}, "
+        return (f"{p.source}, bandwidth {p.bandwidth / 1e9:.1f} GB/s, e_d {p.dense_eff:.3f}, e_s0 {p.sparse_eff:.3f} "
+                f"(batch 8: {p.batched_dense_eff:.3f}, {p.batched_sparse_eff:.3f}), "
                 f"e_fc {p.fc_sparse_eff:.3f}, e_spmv {p.spmv_eff:.4f}")
 
 

@@ -30,7 +30,8 @@ ALEXNET = [ConvShape(1, 3, 227, 227, 96, (11, 11), (4, 4), (0, 0)),
 SHAPES = ALEXNET + [ConvShape(2, 64, 56, 56, 64, (1, 1)), ConvShape(1, 4, 5, 5, 3, (3, 3), dilation=(2, 2), pad=(2, 2)),
                     FcShape(1, 9216, 4096), FcShape(16, 4096, 4096), FcShape(3, 36, 5)]
 PROFILES = [FIXED, dataclasses.replace(FIXED, threads=2, bandwidth=75e9, sparse_eff=0.05),
-            dataclasses.replace(FIXED, bandwidth=1e9), dataclasses.replace(FIXED, sparse_overhead=0.5)]
+            dataclasses.replace(FIXED, bandwidth=1e9), dataclasses.replace(FIXED, sparse_overhead=0.5),
+            dataclasses.replace(FIXED, threads=2, batched_dense_eff=0.9, batched_sparse_eff=0.3)]
 DENSITIES = np.linspace(0, 1, 201)
 
 
@@ -61,6 +62,31 @@ def test_times_grow_with_work():
         assert fn(small, FIXED) < fn(wide, FIXED)
     fast = dataclasses.replace(FIXED, sparse_eff=0.4, bandwidth=84e9)
     assert perfmodel.sparse_time(small, 0.1, fast) < perfmodel.sparse_time(small, 0.1, FIXED)
+
+
+def test_convolution_efficiencies_follow_the_batch():
+    """A convolution's e_d and e_s0 go from their batch-1 values to the CALIBRATION_BATCH ones linearly
+    in the batch and stay there; without batched values (0) and for inner products they do not move."""
+    assert perfmodel.CALIBRATION_BATCH == 8
+    assert perfmodel.conv_efficiency(0.5, 0.7, 1) == 0.5
+    assert perfmodel.conv_efficiency(0.5, 0.7, 4) == pytest.approx(0.5 + 0.2 * 3 / 7)
+    assert perfmodel.conv_efficiency(0.5, 0.7, 8) == perfmodel.conv_efficiency(0.5, 0.7, 64) == pytest.approx(0.7)
+    assert perfmodel.conv_efficiency(0.5, 0.0, 16) == 0.5
+    batched = dataclasses.replace(FIXED, batched_dense_eff=1.0, batched_sparse_eff=0.4)
+
+    def conv(batch):
+        return ConvShape(batch, 256, 13, 13, 256, (3, 3), pad=(1, 1))
+    for efficiency, ratio in ((perfmodel.dense_efficiency, 1.0 / 0.8), (perfmodel.sparse_efficiency, 0.4 / 0.2)):
+        assert efficiency(conv(1), batched) == efficiency(conv(1), FIXED)
+        for batch in (8, 16):
+            assert efficiency(conv(batch), batched) == pytest.approx(ratio * efficiency(conv(batch), FIXED))
+        assert efficiency(conv(16), FIXED) == efficiency(conv(1), FIXED)
+        for shape in (FcShape(16, 4096, 4096), FcShape(1, 4096, 4096)):
+            assert efficiency(shape, batched) == efficiency(shape, FIXED)
+    for time in (perfmodel.dense_time, lambda s, p: perfmodel.sparse_time(s, 0.1, p)):
+        assert time(conv(1), batched) == time(conv(1), FIXED)
+        assert time(conv(4), batched) < time(conv(4), FIXED)
+        assert time(conv(16), batched) < time(conv(16), FIXED)
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=_ids(PROFILES))
@@ -204,7 +230,8 @@ def test_real_calibration_is_plausible():
     for quick in (False, True):
         p = perfcalib.calibrate(1, quick=quick)
         assert p.threads == 1 and p.source.startswith("calibrated")
-        for name in ("bandwidth", "dense_eff", "sparse_eff", "stride_eff", "fc_sparse_eff", "spmv_eff"):
+        for name in ("bandwidth", "dense_eff", "sparse_eff", "batched_dense_eff", "batched_sparse_eff", "stride_eff",
+                     "fc_sparse_eff", "spmv_eff"):
             value = getattr(p, name)
             assert math.isfinite(value) and value > 0, name
         assert 0 <= p.dense_overhead < 0.01 and 0 <= p.sparse_overhead < 0.01

@@ -71,7 +71,8 @@ def _describe(shape):
 def format_table(rows, profile):
     machine = (f"machine: {profile.cpu or 'unknown CPU'}, {profile.threads} thread(s), peak "
                f"{profile.peak_flops / 1e9:.0f} GFLOP/s/thread, bandwidth {profile.bandwidth / 1e9:.1f} GB/s, "
-               f"e_d {profile.dense_eff:.3f}, e_s0 {profile.sparse_eff:.3f}, stride {profile.stride_eff:.2f}, "
+               f"e_d {profile.dense_eff:.3f}, e_s0 {profile.sparse_eff:.3f} (batch 8: {profile.batched_dense_eff:.3f}, "
+               f"{profile.batched_sparse_eff:.3f}), stride {profile.stride_eff:.2f}, "
                f"e_fc {profile.fc_sparse_eff:.3f}, e_spmv {profile.spmv_eff:.4f} ({profile.source})")
     header = (f"{'layer':<16} {'shape':<36} {'density':>8} {'dense ms':>9} {'sparse ms':>9} {'ccnmm ms':>9} "
               f"{'speedup':>8} {'break-even':>10} {'saturation':>10} {'AUTO':>7}")

@@ -3,7 +3,8 @@
 :func:`calibrate` measures, on this machine and thread count, the copy bandwidth and the
 efficiencies of pyskim's own kernels on a mid-size layer: pyskim's dense Convolution layer (its own
 product, im2col fused into the packing), less the per-call overhead of a tiny 1x1 one, the direct
-sparse convolution at density 0.1 with stride 1 and 2, less that of a tiny sparse layer, the sparse
+sparse convolution at density 0.1 with stride 1 and 2, less that of a tiny sparse layer (both at
+stride 1 again at batch 8, where several threads run whole images apart), the sparse
 inner product at batch 16 and 1 and the dense one at batch 1 (weights streamed: the matrices are
 larger than L2). Then it fits the per-call overheads and input costs of layers inside a forward pass
 to a small calibration net (:mod:`pyskim.perf.net_costs`). About two seconds per round.
@@ -31,6 +32,7 @@ from ..kernels.threads import using_threads
 from ..layers import create_layer
 from ..proto import caffe_pb2
 from .model import (
+    CALIBRATION_BATCH,
     CALIBRATION_DENSITY,
     PACKING_ROWS,
     ConvShape,
@@ -117,7 +119,7 @@ def measure_bandwidth(threads=1, megabytes=64):
         return 8.0 * n / _best(run, 5)
 
 
-def _conv_layer(channels, num_output, size, kernel, pad, stride=1):
+def _conv_layer(channels, num_output, size, kernel, pad, stride=1, batch=1):
     lp = caffe_pb2.LayerParameter(name="calibration", type="Convolution")
     cp = lp.convolution_param
     cp.num_output = num_output
@@ -126,7 +128,7 @@ def _conv_layer(channels, num_output, size, kernel, pad, stride=1):
     cp.stride.append(stride)
     cp.weight_filler.type = "gaussian"
     layer = create_layer(lp)
-    bottom, top = Blob(1, channels, size, size), Blob()
+    bottom, top = Blob(batch, channels, size, size), Blob()
     layer.setup([bottom], [top])
     bottom.data[...] = 1.0
     return layer, bottom, top
@@ -182,12 +184,16 @@ def _measure(threads, quick, report):
         density = np.count_nonzero(w) / w.size
         csr = pack_conv_weights(w, 1, (s.height, s.width), 1, 1)
         out = np.empty((1, s.num_output) + s.out_hw, np.float32)
-        t_sparse = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out), repeats)
+        # e_s0 is the aligned plan's (on several threads a single image runs plain plans by default:
+        # this one is forced, and the plain plan's sigma below is relative to it at every thread count)
+        aligned = {"aligned": 1}
+        t_sparse = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out, blocking=aligned),
+                         repeats)
         tiny_net = _sparse_layer_net()
         o_s = _best(lambda: tiny_net.layers[1].forward(tiny_net.bottom_vec(1), tiny_net.top_vec(1)),
                     overhead_repeats)
         # e_s0 prices the useful multiply-adds and the accumulator traffic alike (see the model)
-        work = density * s.flops / lane_utilization(s, threads=threads) + accumulator_flops(s, threads=threads)
+        work = density * s.flops / lane_utilization(s, True, threads) + accumulator_flops(s, True, threads)
         sparse_eff = work / (compute * _net(t_sparse, o_s))
         # sigma of the plain layout at stride 1, and of stride 2
         t_plain = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out,
@@ -197,6 +203,17 @@ def _measure(threads, quick, report):
         out2 = np.empty((1, s.num_output) + s2.out_hw, np.float32)
         t_stride = _best(lambda: sparse_conv_forward(x, csr, None, 2, 1, 1, s2.out_hw, out=out2), repeats)
         stride_eff = _sigma(s2, density, compute * sparse_eff * _net(t_stride, o_s), False)
+        # the dense and the sparse stride-1 efficiency again at CALIBRATION_BATCH images
+        sb = dataclasses.replace(s, batch=CALIBRATION_BATCH)
+        layer_b, bottom_b, top_b = _conv_layer(s.channels, s.num_output, s.height, 3, 1, batch=sb.batch)
+        t_dense_b = _best(lambda: layer_b.forward([bottom_b], [top_b]), repeats)
+        batched_dense_eff = sb.flops / (compute * _net(t_dense_b, o_d)) * _dense_efficiency_ratio(sb)
+        xb = rng.standard_normal((sb.batch, s.channels, s.height, s.width)).astype(np.float32)
+        outb = np.empty((sb.batch, s.num_output) + s.out_hw, np.float32)
+        t_sparse_b = _best(lambda: sparse_conv_forward(xb, csr, None, 1, 1, 1, s.out_hw, out=outb, blocking=aligned),
+                           repeats)
+        work_b = density * sb.flops / lane_utilization(sb, True, threads) + accumulator_flops(sb, True, threads)
+        batched_sparse_eff = work_b / (compute * _net(t_sparse_b, o_s))
         # sparse inner product at batch 16 and 1
         report("sparse inner product")
         f = CALIBRATION_FC
@@ -221,6 +238,8 @@ def _measure(threads, quick, report):
             return float(min(max(v, lo), hi))
         coefficients = {"bandwidth": float(bandwidth), "dense_eff": clip(dense_eff, 0.05, 1.0),
                         "sparse_eff": clip(sparse_eff, 0.005, 1.0), "plain_eff": clip(plain_eff, 0.1, 1.5),
+                        "batched_dense_eff": clip(batched_dense_eff, 0.05, 1.0),
+                        "batched_sparse_eff": clip(batched_sparse_eff, 0.005, 1.0),
                         "stride_eff": clip(stride_eff, 0.1, 1.5),
                         "fc_sparse_eff": clip(fc_eff, 0.002, 1.0), "spmv_eff": clip(spmv_eff, 0.0005, 1.0),
                         "fc_bandwidth": float(fc_bandwidth)}
@@ -246,7 +265,7 @@ def _agreeing(values, tolerance):
 
 
 def calibrate(threads=None, quick=False, progress=None):
-    """Measure BW, e_d, e_s0, the two σ, e_fc, e_spmv, BW_fc, o_d, o_s, c_d, c_s and the warm o_d, o_s
+    """Measure BW, e_d, e_s0 (at batch 1 and 8), the two σ, e_fc, e_spmv, BW_fc, o_d, o_s, c_d, c_s and the warm o_d, o_s
     on this machine with
     ``threads`` threads (default: pyskim's kernel thread count); about two seconds per round, less with
     ``quick`` (fewer calls per measurement, a smaller copy: noisier). ``progress(stage)`` is called as

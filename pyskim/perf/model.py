@@ -10,7 +10,9 @@ Notation (one forward call of one layer; ``d`` = weight density, the fraction of
     P  = peak FLOP/s of one thread, T = threads, BW = memory bandwidth of T threads (bytes/s)
     e_d, e_s0, e_fc, e_spmv = measured efficiencies (fraction of P·T) of pyskim's dense path, of the
          direct sparse convolution kernel, of the sparse inner product (SpMDM, batch > 1) and of its
-         batch-1 SpMV; o_d, o_s = per-call overheads of a layer inside a forward pass (a
+         batch-1 SpMV; a convolution's e_d and e_s0 at batch N are e(1) + (e(8) − e(1))·min(1, (N−1)/7),
+         both ends measured (several threads share one image's work, but run whole images apart:
+         :func:`conv_efficiency`); o_d, o_s = per-call overheads of a layer inside a forward pass (a
          convolution's, or an inner product's: its Python path is shorter; :func:`call_overhead`)
     c_d, c_s = seconds per input value of the convolution's own pass over its input (packing or
          im2col; the sparse kernel's input preparation), which does not overlap with its compute
@@ -92,6 +94,7 @@ from ..kernels.sparse import conv_plan_work
 VECTOR = 16                      # float32 lanes of one AVX-512 vector (the kernels' unit of work)
 NNZ_BYTES = 8                    # one nonzero weight: float32 value + int32 column index / offset
 CALIBRATION_DENSITY = 0.1        # the density the sparse kernel's efficiency is measured at
+CALIBRATION_BATCH = 8            # the batch the convolution efficiencies are measured at again
 DOT_BATCH = 4                    # the dense inner product streams its weights in dot products up to here
 PACKING_ROWS = 24                # packing the product's right operand costs about this many rows of it
 PEAK_GFLOPS_AVX512 = 267.0       # per thread, measured (research/peers.md): 64 FLOP/cycle at 4.2 GHz
@@ -113,6 +116,8 @@ class MachineProfile:
     bandwidth: float = DEFAULT_BANDWIDTH_GBS[1] * 1e9   # bytes/s, all threads together
     dense_eff: float = 0.6           # pyskim dense conv / GEMM, fraction of P·T
     sparse_eff: float = 0.2          # direct sparse conv at u = 1, stride 1 (useful FLOPs)
+    batched_dense_eff: float = 0.0   # the two for a convolution at CALIBRATION_BATCH images (0: not
+    batched_sparse_eff: float = 0.0  # measured, the batch-1 values at every batch; conv_efficiency)
     plain_eff: float = 0.8           # multiplier of sparse_eff for a stride-1 plan without aligned loads
     stride_eff: float = 0.8          # multiplier of sparse_eff for stride > 1
     fc_sparse_eff: float = 0.1       # sparse inner product at u = 1 (batch a multiple of 16)
@@ -281,12 +286,38 @@ def call_overhead(shape, profile, mode):
     return profile.dense_overhead if mode == "dense" else profile.sparse_overhead
 
 
+def conv_efficiency(single, batched, batch):
+    """A convolution's efficiency at ``batch`` images from the one measured on one image (``single``)
+    and on ``CALIBRATION_BATCH`` images (``batched``; 0 when not measured: ``single`` at every batch):
+    linear in the batch in between, ``batched`` beyond. On several threads the kernels share one
+    image's work out (the threads meet at every image) but run whole images apart: on the project
+    machine's two threads a 256->256 3x3 layer at 13x13 ran 1.5x (dense) and 1.7x (sparse) faster
+    per image at batch 8 than at batch 1, on one thread 1.1x."""
+    if batched <= 0 or batch <= 1:
+        return single
+    return single + (batched - single) * min(1.0, (batch - 1) / (CALIBRATION_BATCH - 1))
+
+
+def _dense_eff(shape, profile):
+    """``e_d`` at this shape's batch (:func:`conv_efficiency`; an inner product's is batch-free)."""
+    if isinstance(shape, FcShape):
+        return profile.dense_eff
+    return conv_efficiency(profile.dense_eff, profile.batched_dense_eff, shape.batch)
+
+
+def _sparse_eff0(shape, profile):
+    """``e_s0`` at this shape's batch (:func:`conv_efficiency`)."""
+    if isinstance(shape, FcShape):
+        return profile.sparse_eff
+    return conv_efficiency(profile.sparse_eff, profile.batched_sparse_eff, shape.batch)
+
+
 def dense_efficiency(shape, profile):
     """``e_d · R / (R + R_0)``: the product packs its right operand (the im2col columns, or an inner
     product's weights) once per call, work worth ``R_0 = PACKING_ROWS`` rows of the ``R`` rows that
-    reuse it (:func:`packed_rows`)."""
+    reuse it (:func:`packed_rows`); ``e_d`` at the shape's batch (:func:`conv_efficiency`)."""
     rows = max(packed_rows(shape), 1)
-    return profile.dense_eff * rows / (rows + PACKING_ROWS)
+    return _dense_eff(shape, profile) * rows / (rows + PACKING_ROWS)
 
 
 def dense_time(shape, profile):
@@ -343,7 +374,8 @@ def lane_utilization(shape, aligned=None, threads=1):
 
 
 def sparse_efficiency(shape, profile):
-    """``e_s``: fraction of P·T the sparse kernel reaches on useful FLOPs for this geometry."""
+    """``e_s``: fraction of P·T the sparse kernel reaches on useful FLOPs for this geometry (``e_s0`` at
+    its batch: :func:`conv_efficiency`)."""
     u = lane_utilization(shape, threads=profile.threads)
     if isinstance(shape, FcShape):
         return profile.spmv_eff if shape.batch <= 1 else profile.fc_sparse_eff * u
@@ -352,7 +384,7 @@ def sparse_efficiency(shape, profile):
         sigma = 1.0
     else:
         sigma = profile.plain_eff if shape.stride == (1, 1) else profile.stride_eff
-    return profile.sparse_eff * u * sigma
+    return _sparse_eff0(shape, profile) * u * sigma
 
 
 def accumulator_flops(shape, aligned=None, threads=1):
@@ -390,7 +422,7 @@ def sparse_terms(shape, profile):
         m = (4.0 + (2.0 if shape.num_input <= 65536 else 4.0)) * shape.weights / (profile.fc_bandwidth
                                                                                    or profile.bandwidth)
     o = call_overhead(shape, profile, "sparse") + input_pass(shape, profile.sparse_input_cost) \
-        + accumulator_flops(shape, threads=profile.threads) / (profile.compute * profile.sparse_eff)
+        + accumulator_flops(shape, threads=profile.threads) / (profile.compute * _sparse_eff0(shape, profile))
     overlapped = isinstance(shape, FcShape) and shape.batch <= 1
     return (a if overlapped else a + m), b, m, o
 
