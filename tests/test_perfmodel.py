@@ -144,7 +144,31 @@ def test_lane_utilization():
     assert perfmodel.lane_utilization(FcShape(8, 10, 10)) == 0.5
     strided = ConvShape(1, 8, 27, 27, 8, (3, 3), (2, 2), (1, 1))
     assert perfmodel.sparse_efficiency(strided, FIXED) == pytest.approx(
-        FIXED.sparse_eff * FIXED.stride_eff * perfmodel.lane_utilization(strided))
+        FIXED.sparse_eff * FIXED.stride_eff * perfmodel.lane_utilization(strided)
+        * perfmodel.tile_efficiency(strided, FIXED.tile_overhead))
+
+
+def test_tile_efficiency_charges_each_tile_per_nonzero():
+    """tau = V / (V + k·tiles) of the kernel's plan: 13x13 3x3 runs 13 vectors in one tile, 4x4 1x1 one
+    vector, 56x56 several tiles; an inner product has none; the calibration recovers k from a plan
+    and its one-vector-tile version."""
+    calib, tiny, wide = (ConvShape(1, 256, 13, 13, 256, (3, 3), pad=(1, 1)), ConvShape(16, 512, 4, 4, 128, (1, 1)),
+                         ConvShape(1, 64, 56, 56, 64, (3, 3), pad=(1, 1)))
+    plan = perfmodel.conv_work(wide)
+    assert plan.tiles > 1
+    for shape, vectors, tiles in ((calib, 13, 1), (tiny, 1, 1), (wide, plan.vectors, plan.tiles)):
+        assert perfmodel.conv_work(shape).vectors == vectors
+        assert perfmodel.tile_efficiency(shape, 2.0) == pytest.approx(vectors / (vectors + 2.0 * tiles))
+        assert perfmodel.tile_efficiency(shape, 0.0) == 1.0
+    assert perfmodel.tile_efficiency(FcShape(16, 4096, 4096), 2.0) == 1.0
+    # the overhead slows the one-vector layer's nonzeros more than the 13-vector layer's
+    free, costly = dataclasses.replace(FIXED, tile_overhead=0.0), dataclasses.replace(FIXED, tile_overhead=2.0)
+    assert perfmodel.sparse_efficiency(tiny, costly) / perfmodel.sparse_efficiency(tiny, free) == pytest.approx(1 / 3)
+    assert perfmodel.sparse_efficiency(calib, costly) / perfmodel.sparse_efficiency(calib, free) == pytest.approx(13 / 15)
+    for k in (0.0, 0.7, 1.5, 4.0):
+        ratio = (13 + k * 13) / (13 + k * 1)
+        assert perfcalib._tile_overhead(13, 1, ratio) == pytest.approx(k)
+    assert perfcalib._tile_overhead(13, 1, 13.0) == perfcalib.TILE_OVERHEAD_MAX
 
 
 def test_predict_and_choose():
@@ -235,6 +259,7 @@ def test_real_calibration_is_plausible():
             value = getattr(p, name)
             assert math.isfinite(value) and value > 0, name
         assert 0 <= p.dense_overhead < 0.01 and 0 <= p.sparse_overhead < 0.01
+        assert 0 <= p.tile_overhead <= perfcalib.TILE_OVERHEAD_MAX
 
 
 def test_pyskim_calibrate_writes_the_cache(tmp_path):

@@ -33,11 +33,11 @@ def run(args):
         raise PyskimError(f"threads must be positive, got {args.threads}")
     profile = calibrate_and_save(args.threads or None, quick=args.quick)
     log.info("Machine profile for %d thread(s) (%s): bandwidth %.1f GB/s, e_d %.3f, e_s0 %.3f (batch 8: %.3f, "
-             "%.3f), plain %.2f, stride %.2f, e_fc %.3f, e_spmv %.4f, FC weights %.1f GB/s, o_d %.1f us, "
+             "%.3f), plain %.2f, stride %.2f, tile overhead %.2f, e_fc %.3f, e_spmv %.4f, FC weights %.1f GB/s, o_d %.1f us, "
              "o_s %.1f us (warm %.1f, %.1f us; inner product %.1f, %.1f us, warm %.1f, %.1f us), c_d %.2f ns, "
              "c_s %.2f ns; rounds %s (largest spread %.0f%%)", profile.threads, profile.source, profile.bandwidth / 1e9, profile.dense_eff,
              profile.sparse_eff, profile.batched_dense_eff, profile.batched_sparse_eff, profile.plain_eff,
-             profile.stride_eff, profile.fc_sparse_eff, profile.spmv_eff,
+             profile.stride_eff, profile.tile_overhead, profile.fc_sparse_eff, profile.spmv_eff,
              profile.fc_bandwidth / 1e9, profile.dense_overhead * 1e6, profile.sparse_overhead * 1e6,
              profile.warm_dense_overhead * 1e6, profile.warm_sparse_overhead * 1e6, profile.dense_fc_overhead * 1e6,
              profile.sparse_fc_overhead * 1e6, profile.warm_dense_fc_overhead * 1e6,

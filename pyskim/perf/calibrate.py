@@ -38,8 +38,10 @@ from .model import (
     ConvShape,
     FcShape,
     accumulator_flops,
+    conv_work,
     lane_utilization,
     packed_rows,
+    tile_efficiency,
 )
 from .net_costs import CHAIN_ITERATIONS, measure_net_costs
 from .profile import cache_path, current_load, default_profile, resolve_threads, save_profile
@@ -55,6 +57,8 @@ CALIBRATION_DENSE_FC = FcShape(batch=1, num_input=4096, num_output=4096)
 REPEATS = {False: (20, 50), True: (3, 5)}
 #: Two rounds agree on a coefficient within this fraction (per-call overheads, microseconds that a
 #: thread's wake-up can double: OVERHEAD_AGREEMENT); at most MAX_ROUNDS rounds are measured.
+#: The largest per-tile overhead ``k`` a calibration reports (vector multiply-adds per nonzero and tile).
+TILE_OVERHEAD_MAX = 8.0
 AGREEMENT = 0.15
 OVERHEAD_AGREEMENT = 0.5
 MAX_ROUNDS = 4
@@ -93,12 +97,29 @@ def _evictor(megabytes=64):
     return lambda: np.copyto(dst, src)
 
 
-def _sigma(shape, density, work_time, aligned):
+def _kernel_work(shape, density, tile_overhead, aligned, threads=1):
+    """The sparse kernel's work on ``shape`` at ``density`` in the unit ``e_s0`` counts (FLOPs at
+    ``e_s0``): the useful ones over the lanes and the register-tile time that compute them (``u``,
+    ``τ``), plus the accumulator traffic (see the model)."""
+    return density * shape.flops / (lane_utilization(shape, aligned, threads)
+                                    * tile_efficiency(shape, tile_overhead, aligned, threads)) \
+        + accumulator_flops(shape, aligned, threads)
+
+
+def _tile_overhead(vectors, tiles, ratio):
+    """``k`` from a plan of ``vectors`` vectors in ``tiles`` register tiles and the same plan in
+    one-vector tiles taking ``ratio`` times as long: ``ratio = (V + k·V) / (V + k·tiles)``."""
+    spare = vectors - ratio * tiles
+    return TILE_OVERHEAD_MAX if spare <= 0 else (ratio - 1.0) * vectors / spare
+
+
+def _sigma(shape, density, work_time, aligned, tile_overhead):
     """The efficiency multiplier sigma of a plan of ``shape`` at ``density`` whose measured time is
     ``work_time`` in units of 1 / (P·T·e_s0) seconds (time x P·T·e_s0): its useful FLOPs over the
-    FLOPs it took beyond its accumulator traffic."""
+    FLOPs it took beyond its accumulator traffic and its tiles' overhead."""
     useful = work_time - accumulator_flops(shape, aligned)
-    return density * shape.flops / (lane_utilization(shape, aligned) * max(useful, 1e-3 * work_time))
+    return density * shape.flops / (lane_utilization(shape, aligned) * tile_efficiency(shape, tile_overhead, aligned)
+                                    * max(useful, 1e-3 * work_time))
 
 
 def measure_bandwidth(threads=1, megabytes=64):
@@ -192,17 +213,21 @@ def _measure(threads, quick, report):
         tiny_net = _sparse_layer_net()
         o_s = _best(lambda: tiny_net.layers[1].forward(tiny_net.bottom_vec(1), tiny_net.top_vec(1)),
                     overhead_repeats)
+        # k: the same plan in one-vector register tiles
+        t_tiny_tiles = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out,
+                                                         blocking={"aligned": 1, "tile": 1}), repeats)
+        plan = conv_work(s, True, threads)
+        tile_overhead = _tile_overhead(plan.vectors, plan.tiles, _net(t_tiny_tiles, o_s) / _net(t_sparse, o_s))
         # e_s0 prices the useful multiply-adds and the accumulator traffic alike (see the model)
-        work = density * s.flops / lane_utilization(s, True, threads) + accumulator_flops(s, True, threads)
-        sparse_eff = work / (compute * _net(t_sparse, o_s))
+        sparse_eff = _kernel_work(s, density, tile_overhead, True, threads) / (compute * _net(t_sparse, o_s))
         # sigma of the plain layout at stride 1, and of stride 2
         t_plain = _best(lambda: sparse_conv_forward(x, csr, None, 1, 1, 1, s.out_hw, out=out,
                                                     blocking={"aligned": 0}), repeats)
-        plain_eff = _sigma(s, density, compute * sparse_eff * _net(t_plain, o_s), False)
+        plain_eff = _sigma(s, density, compute * sparse_eff * _net(t_plain, o_s), False, tile_overhead)
         s2 = dataclasses.replace(s, stride=(2, 2))
         out2 = np.empty((1, s.num_output) + s2.out_hw, np.float32)
         t_stride = _best(lambda: sparse_conv_forward(x, csr, None, 2, 1, 1, s2.out_hw, out=out2), repeats)
-        stride_eff = _sigma(s2, density, compute * sparse_eff * _net(t_stride, o_s), False)
+        stride_eff = _sigma(s2, density, compute * sparse_eff * _net(t_stride, o_s), False, tile_overhead)
         # the dense and the sparse stride-1 efficiency again at CALIBRATION_BATCH images
         sb = dataclasses.replace(s, batch=CALIBRATION_BATCH)
         layer_b, bottom_b, top_b = _conv_layer(s.channels, s.num_output, s.height, 3, 1, batch=sb.batch)
@@ -212,8 +237,7 @@ def _measure(threads, quick, report):
         outb = np.empty((sb.batch, s.num_output) + s.out_hw, np.float32)
         t_sparse_b = _best(lambda: sparse_conv_forward(xb, csr, None, 1, 1, 1, s.out_hw, out=outb, blocking=aligned),
                            repeats)
-        work_b = density * sb.flops / lane_utilization(sb, True, threads) + accumulator_flops(sb, True, threads)
-        batched_sparse_eff = work_b / (compute * _net(t_sparse_b, o_s))
+        batched_sparse_eff = _kernel_work(sb, density, tile_overhead, True, threads) / (compute * _net(t_sparse_b, o_s))
         # sparse inner product at batch 16 and 1
         report("sparse inner product")
         f = CALIBRATION_FC
@@ -240,6 +264,7 @@ def _measure(threads, quick, report):
                         "sparse_eff": clip(sparse_eff, 0.005, 1.0), "plain_eff": clip(plain_eff, 0.1, 1.5),
                         "batched_dense_eff": clip(batched_dense_eff, 0.05, 1.0),
                         "batched_sparse_eff": clip(batched_sparse_eff, 0.005, 1.0),
+                        "tile_overhead": clip(tile_overhead, 0.0, TILE_OVERHEAD_MAX),
                         "stride_eff": clip(stride_eff, 0.1, 1.5),
                         "fc_sparse_eff": clip(fc_eff, 0.002, 1.0), "spmv_eff": clip(spmv_eff, 0.0005, 1.0),
                         "fc_bandwidth": float(fc_bandwidth)}
@@ -265,7 +290,7 @@ def _agreeing(values, tolerance):
 
 
 def calibrate(threads=None, quick=False, progress=None):
-    """Measure BW, e_d, e_s0 (at batch 1 and 8), the two σ, e_fc, e_spmv, BW_fc, o_d, o_s, c_d, c_s and the warm o_d, o_s
+    """Measure BW, e_d, e_s0 (at batch 1 and 8), k, the two σ, e_fc, e_spmv, BW_fc, o_d, o_s, c_d, c_s and the warm o_d, o_s
     on this machine with
     ``threads`` threads (default: pyskim's kernel thread count); about two seconds per round, less with
     ``quick`` (fewer calls per measurement, a smaller copy: noisier). ``progress(stage)`` is called as

@@ -37,12 +37,14 @@ Sparse (``DIRECT_SCONV`` / ``SPMDM``)::
     (B_in + B_out + d·6·W) / BW_fc) + o)
     B_in  = 4·N·C·H·W + 8·N·C·Hp·Wp   (the input, plus its zero-padded copy written then read; FC: 4·M·K)
     B_out = 4·outputs                 (a nonzero weight costs 8 bytes: a float and an int32 index)
-    e_s   = e_s0 · u · σ              (FC: e_fc · u for M > 1, e_spmv for M = 1)
+    e_s   = e_s0 · u · σ · τ          (FC: e_fc · u for M > 1, e_spmv for M = 1)
     u     = OH·OW / (16·V),  V = ceil(((OH−1)·Wq + OW) / 16) vectors per output plane, Wq the row pitch
             the kernel's plan uses (:func:`pyskim.kernels.sparse.conv_plan_work`): the fraction of the
             16-float vector lanes that produce an output (the kernel runs flat over the padded row
             pitch, so short output rows and wide pads waste lanes);
             FC: u = M / (16·ceil(M/16)) (the SpMDM kernel's vectors run over the batch)
+    τ     = V / (V + k·tiles): each nonzero costs each of the plan's register tiles ``k`` vector
+            multiply-adds' worth besides its own (its value and offset loaded and broadcast);
     σ     = 1 for a plan with aligned loads (stride 1, few tap column offsets), ``plain_eff`` for a
             stride-1 plan without them, ``stride_eff`` for stride > 1 (stride phases, no aligned loads)
     o     = o_s + c_s·I + A / (P·T·e_s0),  A = 2·32·N·OC·V·NB: each output channel's accumulator
@@ -119,6 +121,8 @@ class MachineProfile:
     batched_dense_eff: float = 0.0   # the two for a convolution at CALIBRATION_BATCH images (0: not
     batched_sparse_eff: float = 0.0  # measured, the batch-1 values at every batch; conv_efficiency)
     plain_eff: float = 0.8           # multiplier of sparse_eff for a stride-1 plan without aligned loads
+    tile_overhead: float = 1.5       # k: a nonzero's cost to each register tile besides its multiply-adds,
+                                     # in vector multiply-adds (tile_efficiency)
     stride_eff: float = 0.8          # multiplier of sparse_eff for stride > 1
     fc_sparse_eff: float = 0.1       # sparse inner product at u = 1 (batch a multiple of 16)
     spmv_eff: float = 0.01           # sparse inner product at batch 1 (SpMV)
@@ -373,6 +377,20 @@ def lane_utilization(shape, aligned=None, threads=1):
     return oh * ow / (VECTOR * work.vectors)
 
 
+def tile_efficiency(shape, tile_overhead, aligned=None, threads=1):
+    """``τ = V / (V + k·tiles)``: the fraction of the sparse kernel's register-tile time that goes to
+    multiply-adds. Every nonzero costs each register tile (``tiles`` per output plane, ``V`` vectors
+    in all) about ``k = tile_overhead`` vector multiply-adds' worth of time besides its own (its value
+    and offset loaded, the value broadcast): hidden behind a 13-vector tile, not behind the 4 or 1
+    vectors of GoogLeNet's 7x7 and 4x4 planes. 1 for an inner product."""
+    if isinstance(shape, FcShape):
+        return 1.0
+    work = conv_work(shape, aligned, threads)
+    if work is None:
+        return 1.0
+    return work.vectors / (work.vectors + tile_overhead * work.tiles)
+
+
 def sparse_efficiency(shape, profile):
     """``e_s``: fraction of P·T the sparse kernel reaches on useful FLOPs for this geometry (``e_s0`` at
     its batch: :func:`conv_efficiency`)."""
@@ -384,7 +402,8 @@ def sparse_efficiency(shape, profile):
         sigma = 1.0
     else:
         sigma = profile.plain_eff if shape.stride == (1, 1) else profile.stride_eff
-    return _sparse_eff0(shape, profile) * u * sigma
+    return _sparse_eff0(shape, profile) * u * sigma * tile_efficiency(shape, profile.tile_overhead,
+                                                                      threads=profile.threads)
 
 
 def accumulator_flops(shape, aligned=None, threads=1):
