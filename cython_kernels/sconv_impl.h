@@ -25,9 +25,9 @@
  * positions).
  *
  * A batch-interleaved layout (sc_prepare_il_channel, below; sc_conv with `interleaved`) puts 16 images
- * in one vector instead of 16 positions (aligned loads, no thrown-away lanes); it needs 16x the
- * cache per input channel and is only faster for dense-ish layers. Both layouts share the
- * register-tile kernels and the driver (sc_conv).
+ * in one vector instead of 16 positions (aligned loads, no thrown-away lanes; its conversions are in
+ * sconv_lanes.h); it needs 16x the cache per input channel and is the default only for dense-ish
+ * layers. Both layouts share the register-tile kernels and the driver (sc_conv).
  *
  * Aligned loads: with rows of whole vectors and one shifted copy of each input channel per
  * distinct tap column offset (mod 16), every load of a register tile is 64-byte aligned (see
@@ -296,40 +296,26 @@ static inline void sc_prepare_channel(const sc_prep_t *pp, int64_t n, int c, flo
  * `tile` output positions (one vector each): a chunk of one output row when rows are long, else
  * whole rows including the Wq - OW thrown-away positions between them. */
 
+#include "sconv_lanes.h"
+
 /* Channel c of image group q into its S phase planes at dst, `plane` floats apart: image l of the
  * group in lane l, lanes past the last image zero. */
 static inline void sc_prepare_il_channel(const sc_prep_t *pp, int q, int c, float *dst,
                                          int64_t plane) {
-    const int H = pp->H, W = pp->W, ph = pp->ph, pw = pp->pw;
-    const int sh = pp->sh, sw = pp->sw, Hq = pp->Hq, Wq = pp->Wq;
+    const int H = pp->H, sh = pp->sh, sw = pp->sw, Hq = pp->Hq, Wq = pp->Wq;
     const int lanes = pp->N - q * SC_VL < SC_VL ? pp->N - q * SC_VL : SC_VL;
+    const int64_t src_stride = (int64_t)pp->C * H * pp->W;
+    const float *src = pp->x + ((int64_t)q * SC_VL * pp->C + c) * (int64_t)H * pp->W;
     for (int rh = 0; rh < sh; ++rh) {
-        for (int rw = 0; rw < sw; ++rw) {
-            float *phase = dst + (rh * sw + rw) * plane;
-            int j0 = pw - rw > 0 ? (pw - rw + sw - 1) / sw : 0;
-            int j1 = W + pw - rw > 0 ? (W + pw - rw + sw - 1) / sw : 0;
-            if (j1 > Wq) j1 = Wq;
-            if (j0 > j1) j0 = j1;
-            for (int i = 0; i < Hq; ++i) {
-                float *d = phase + (int64_t)i * Wq * SC_VL;
-                const int r = i * sh + rh - ph;
-                if (r < 0 || r >= H || j0 == j1) {
-                    memset(d, 0, sizeof(float) * Wq * SC_VL);
-                    continue;
-                }
-                if (j0 > 0) memset(d, 0, sizeof(float) * j0 * SC_VL);
-                if (j1 < Wq) memset(d + (int64_t)j1 * SC_VL, 0, sizeof(float) * (Wq - j1) * SC_VL);
-                for (int l = 0; l < SC_VL; ++l) {
-                    float *e = d + l;
-                    if (l >= lanes) {
-                        for (int j = j0; j < j1; ++j) e[(int64_t)j * SC_VL] = 0.0f;
-                        continue;
-                    }
-                    const float *src = pp->x + (((int64_t)q * SC_VL + l) * pp->C + c) * (int64_t)H * W
-                                       + (int64_t)r * W + (int64_t)j0 * sw + rw - pw;
-                    for (int j = j0; j < j1; ++j) e[(int64_t)j * SC_VL] = src[(int64_t)(j - j0) * sw];
-                }
+        float *phase = dst + rh * sw * plane;
+        for (int i = 0; i < Hq; ++i) {
+            const int r = i * sh + rh - pp->ph;
+            float *d = phase + (int64_t)i * Wq * SC_VL;
+            if (r < 0 || r >= H) {
+                for (int rw = 0; rw < sw; ++rw) memset(d + rw * plane, 0, sizeof(float) * Wq * SC_VL);
+                continue;
             }
+            sc_il_fill_row(d, plane, src + (int64_t)r * pp->W, src_stride, lanes, pp->W, pp->pw, sw, Wq);
         }
     }
 }
@@ -546,22 +532,10 @@ static inline void sc_interleaved_item(const sc_conv_t *cv, int64_t it, float *s
              g, oc0, oc1, scr);
     const int64_t plane = (int64_t)OH * OW;
     const int64_t OC = (int64_t)cv->G * OCg;
-    for (int oc = oc0; oc < oc1; ++oc) {
-        const float *s = scr + (oc - oc0) * cv->sstride;
-        for (int l = 0; l < lanes; ++l) {
-            float *o = cv->out + (((int64_t)q * SC_VL + l) * OC + (int64_t)g * OCg + oc) * plane
-                       + (int64_t)y0 * OW;
-            for (int t = 0, xx = x0; t < cnt; ++t, ++xx) { /* position p0 + t is (y0 + row, xx) */
-                if (xx == Wq) {
-                    xx = 0;
-                    o += OW;
-                }
-                if (xx >= OW) continue;
-                const float v = s[(int64_t)t * SC_VL + l];
-                o[xx] = relu && v < 0.0f ? 0.0f : v;
-            }
-        }
-    }
+    for (int oc = oc0; oc < oc1; ++oc)
+        sc_il_write_tile(scr + (oc - oc0) * cv->sstride, cnt, lanes,
+                         cv->out + ((int64_t)q * SC_VL * OC + (int64_t)g * OCg + oc) * plane, OC * plane, y0, x0, OW,
+                         Wq, relu);
 }
 
 /* The cut of a convolution into work items: output-channel blocks, tiles (at most `tile` vectors;

@@ -219,6 +219,17 @@ def test_batch_interleaved_variant(geom):
         assert plan.split(batch) == ((16, batch - 16) if batch == 27 else (batch, 0))
 
 
+@pytest.mark.parametrize("itile", [1, 5, 16, 28])
+@pytest.mark.parametrize("geom", [GEOMETRIES[i] for i in (1, 6, 7, 17)])
+def test_interleaved_tiles_of_rows_and_chunks(geom, itile):
+    """The batch-interleaved layout's conversions (16 x 16 transposes in registers): tiles of whole rows,
+    whose 16-position pieces cross rows and the thrown-away positions between them, tiles of row
+    chunks, and a group of 5 images (21 in all) after a full one; ReLU on the way out."""
+    _, *rest = geom
+    *_, y, ref = run_conv(21, *rest, 0.3, relu=True, blocking={"interleave_min": 1, "itile": itile})
+    assert_close(y, ref)
+
+
 def test_plan_cache_is_bounded():
     csr = pack_conv_weights(pruned((4, 2, 3, 3), 0.5), 1, (6, 6), 1, 1)
     built = []
