@@ -52,18 +52,29 @@ OC_BALANCE = 1.1
 INTERLEAVE_MIN = 12
 INTERLEAVE_MIN_DENSITY = 0.5
 # Aligned plans (shifted copies, rows of whole vectors) are the default for stride-1 layers that need
-# at most this many copies, with input-channel blocks of all copies fitting ALIGNED_BUDGET_BYTES.
+# at most ALIGNED_FREE_COPIES copies, with input-channel blocks of all copies fitting ALIGNED_BUDGET_BYTES.
 # Measured on a 2-core Xeon (family 6 model 207) at density 0.1: AlexNet's 3x3 layers 1.06-1.15x
-# faster (3 copies); conv2 (5x5, 5 copies) 0.85-0.96x and conv1 (stride 4, 12% more positions)
-# 0.75x, so those keep the plain layout. Loads that cross a cache line cost two L1 accesses on
-# these cores; the copies trade that for more cache per input channel.
+# faster (3 copies); conv1 (stride 4, 12% more positions) 0.75x, so it keeps the plain layout.
+# Loads that cross a cache line cost two L1 accesses on these cores; the copies trade that for more
+# cache per input channel and a longer preparation. Four or five copies (5x5 kernels) pay where each
+# input value feeds at least ALIGNED_WORK_PER_COPY multiply-adds per copy (output channels per group
+# x density x taps; session 11, the same Xeon, registers tiles of at most ALIGNED_MAX_TILE vectors):
+# AlexNet's conv2 (460 per input value) 1.15-1.31x faster at batch 1 and 16 on 1 and 2 threads,
+# GoogLeNet's 5x5 layer at 14x14 (240) 1.12-1.30x, LeNet's conv2 (125) 0.99-1.09x, GoogLeNet's 5x5
+# layer at 28x28 (160, 32 output channels) 0.91-0.94x.
+# An aligned plan's register tiles hold at most ALIGNED_MAX_TILE vectors: AlexNet's conv2 aligned ran
+# 1.07-1.10x faster in tiles of 14-24 vectors than of 27, GoogLeNet's 3x3 layers at 28x28 and 56x56
+# 1.03-1.06x (plain plans: no difference).
 # Rows of whole vectors also add lanes whose outputs are thrown away: an aligned plan may compute at
 # most ALIGNED_MAX_GROWTH times the vectors of the tightest pitch (13x13 and 14x14 outputs: 1.07-1.08;
 # 7x7: 1.75, plain). On two threads the copies cost more than the alignment saves (the same Xeon:
 # AlexNet's conv3-5 1.02-1.33x faster plain at batch 1 and 16, items shared by the threads), so aligned
 # plans are for one thread and for batches each thread runs image by image (``by_image``: its prepared
 # input read one block of channels at a time: conv3-5 at batch 16 on two threads 1.07-1.22x faster).
-ALIGNED_MAX_COPIES = 3
+ALIGNED_FREE_COPIES = 3
+ALIGNED_MAX_COPIES = 5
+ALIGNED_WORK_PER_COPY = 40
+ALIGNED_MAX_TILE = 14
 ALIGNED_MAX_GROWTH = 1.15
 ALIGNED_BUDGET_BYTES = 48 * 1024
 
@@ -104,6 +115,15 @@ def _tap_shifts(csr, stride):
     return sorted({(k * dw // sw) % VECTOR for k in range(kw)})
 
 
+def _copies_pay(csr, stride):
+    """Whether an aligned plan's shifted copies of the input pay for themselves: at most
+    ``ALIGNED_FREE_COPIES``, or at most ``ALIGNED_MAX_COPIES`` where each input value feeds
+    ``ALIGNED_WORK_PER_COPY`` multiply-adds per copy."""
+    copies = len(_tap_shifts(csr, stride))
+    work = csr.out_channels_per_group * csr.density * csr.kernel[0] * csr.kernel[1]
+    return copies <= ALIGNED_FREE_COPIES or (copies <= ALIGNED_MAX_COPIES and work >= ALIGNED_WORK_PER_COPY * copies)
+
+
 _BLOCKING_KEYS = ("tile", "icb", "ocb", "itile", "iicb", "iocb", "interleave_min", "aligned")
 
 
@@ -122,7 +142,8 @@ def choose_conv_blocking(csr, stride, out_hw, threads=1, by_image=False, **overr
     """Blocking for :func:`sparse_conv_forward` as a dict (``overrides`` replace entries):
 
     * ``tile`` / ``itile``: register tile, in 16-float vectors (spatial variant, batch < 16) or
-      in output positions (batch-interleaved variant), at most ``MAX_TILE``;
+      in output positions (batch-interleaved variant), at most ``MAX_TILE`` (an aligned plan's
+      ``ALIGNED_MAX_TILE`` unless given);
     * ``icb`` / ``iicb``: input channels per cache block (the block's part of the prepared input
       for one tile fits ``L1_BUDGET_BYTES``);
     * ``ocb`` / ``iocb``: output channels per work item (:func:`_oc_block`, balanced over the threads
@@ -137,13 +158,15 @@ def choose_conv_blocking(csr, stride, out_hw, threads=1, by_image=False, **overr
       (``by_image``: :func:`runs_by_image`).
     """
     oh, ow = out_hw
-    aligned = ((threads == 1 or by_image) and stride == (1, 1) and len(_tap_shifts(csr, stride)) <= ALIGNED_MAX_COPIES
+    aligned = ((threads == 1 or by_image) and stride == (1, 1) and _copies_pay(csr, stride)
                and _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw, True)[1])
                <= ALIGNED_MAX_GROWTH * _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw)[1]))
-    b = {"tile": MAX_TILE, "itile": MAX_TILE, "ocb": None, "iocb": OC_BLOCKS[-1], "aligned": int(aligned),
+    b = {"tile": None, "itile": MAX_TILE, "ocb": None, "iocb": OC_BLOCKS[-1], "aligned": int(aligned),
          "interleave_min": INTERLEAVE_MIN if csr.density >= INTERLEAVE_MIN_DENSITY else VECTOR + 1}
     b.update({k: v for k, v in overrides.items() if v is not None})
     b["aligned"] = int(b["aligned"] > 0)
+    if b["tile"] is None:
+        b["tile"] = ALIGNED_MAX_TILE if b["aligned"] else MAX_TILE
     hq, wq = _phase_geometry(csr, stride, out_hw, b["aligned"])
     b["tile"] = min(b["tile"], MAX_TILE)
     b["itile"] = min(b["itile"], MAX_TILE)
