@@ -2,7 +2,8 @@
  * positions of the prepared input, and a finished register tile's positions back into the images'
  * output rows. With AVX-512 both go 16 x 16 floats at a time through a transpose in registers; the
  * scalar loops they replace (a float at a time, 16 images apart) took 6% and 13% of AlexNet's conv3 at
- * batch 16 in this layout. Included by sconv_impl.h, after sc_lane_range; everything is static. */
+ * batch 16 in this layout. Included by sconv_impl.h, after sc_lane_range and sc_phase_columns;
+ * everything is static. */
 #ifndef PYSKIM_SCONV_LANES_H
 #define PYSKIM_SCONV_LANES_H
 
@@ -48,10 +49,8 @@ static void sc_il_fill_row(float *d, int64_t phase_stride, const float *src, int
                            int pw, int sw, int Wq) {
     for (int rw = 0; rw < sw; ++rw) {
         float *e = d + rw * phase_stride;
-        int j0 = pw - rw > 0 ? (pw - rw + sw - 1) / sw : 0;
-        int j1 = W + pw - rw > 0 ? (W + pw - rw + sw - 1) / sw : 0;
-        if (j1 > Wq) j1 = Wq;
-        if (j0 > j1) j0 = j1;
+        int j0, j1;
+        sc_phase_columns(W, pw, sw, rw, Wq, &j0, &j1);
         memset(e, 0, sizeof(float) * j0 * SC_VL);
         memset(e + (int64_t)j1 * SC_VL, 0, sizeof(float) * (Wq - j1) * SC_VL);
     }
