@@ -58,7 +58,7 @@ INTERLEAVE_MIN_DENSITY = 0.5
 # Loads that cross a cache line cost two L1 accesses on these cores; the copies trade that for more
 # cache per input channel and a longer preparation. Four or five copies (5x5 kernels) pay where each
 # input value feeds at least ALIGNED_WORK_PER_COPY multiply-adds per copy (output channels per group
-# x density x taps; session 11, the same Xeon, registers tiles of at most ALIGNED_MAX_TILE vectors):
+# x density x taps; session 11, the same Xeon, register tiles of at most ALIGNED_MAX_TILE vectors):
 # AlexNet's conv2 (460 per input value) 1.15-1.31x faster at batch 1 and 16 on 1 and 2 threads,
 # GoogLeNet's 5x5 layer at 14x14 (240) 1.12-1.30x, LeNet's conv2 (125) 0.99-1.09x, GoogLeNet's 5x5
 # layer at 28x28 (160, 32 output channels) 0.91-0.94x.

@@ -7,7 +7,7 @@ sparse convolution at density 0.1 with stride 1 and 2, less that of a tiny spars
 stride 1 again at batch 8, where several threads run whole images apart), the sparse
 inner product at batch 16 and 1 and the dense one at batch 1 (weights streamed: the matrices are
 larger than L2). Then it fits the per-call overheads and input costs of layers inside a forward pass
-to a small calibration net (:mod:`pyskim.perf.net_costs`). About two seconds per round.
+to a small calibration net (:mod:`pyskim.perf.net_costs`). Two to three seconds per round.
 Each time is the best of several calls; a busy machine still slows them (the profile's ``source``
 records the load average per CPU at calibration time). :func:`calibrate_and_save` adds a progress
 line on stderr and stores the result in the cache of :mod:`pyskim.perf.profile`; only the commands
@@ -55,10 +55,10 @@ CALIBRATION_FC = FcShape(batch=16, num_input=4096, num_output=4096)
 CALIBRATION_DENSE_FC = FcShape(batch=1, num_input=4096, num_output=4096)
 #: Calls per measurement (the best one counts): full calibration, quick one (``quick=True``).
 REPEATS = {False: (20, 50), True: (3, 5)}
-#: Two rounds agree on a coefficient within this fraction (per-call overheads, microseconds that a
-#: thread's wake-up can double: OVERHEAD_AGREEMENT); at most MAX_ROUNDS rounds are measured.
 #: The largest per-tile overhead ``k`` a calibration reports (vector multiply-adds per nonzero and tile).
 TILE_OVERHEAD_MAX = 8.0
+#: Two rounds agree on a coefficient within this fraction (per-call overheads, microseconds that a
+#: thread's wake-up can double: OVERHEAD_AGREEMENT); at most MAX_ROUNDS rounds are measured.
 AGREEMENT = 0.15
 OVERHEAD_AGREEMENT = 0.5
 MAX_ROUNDS = 4
@@ -290,10 +290,10 @@ def _agreeing(values, tolerance):
 
 
 def calibrate(threads=None, quick=False, progress=None):
-    """Measure BW, e_d, e_s0 (at batch 1 and 8), k, the two σ, e_fc, e_spmv, BW_fc, o_d, o_s, c_d, c_s and the warm o_d, o_s
-    on this machine with
-    ``threads`` threads (default: pyskim's kernel thread count); about two seconds per round, less with
-    ``quick`` (fewer calls per measurement, a smaller copy: noisier). ``progress(stage)`` is called as
+    """Measure BW, e_d, e_s0 (at batch 1 and 8), k, the two σ, e_fc, e_spmv, BW_fc, o_d, o_s, c_d, c_s
+    and the warm o_d, o_s on this machine with ``threads`` threads (default: pyskim's kernel thread
+    count); two to three seconds per round, less with ``quick`` (fewer calls per measurement, a smaller
+    copy: noisier). ``progress(stage)`` is called as
     each stage starts.
 
     Every coefficient is checked against a second measurement: the rounds repeat (at least 2, at most
