@@ -18,7 +18,13 @@ from pyskim.kernels.csr import (
     pack_conv_weights,
     pack_fc_weights,
 )
-from pyskim.kernels.sparse import choose_conv_blocking, runs_by_image, sparse_conv_forward, sparse_fc_forward
+from pyskim.kernels.sparse import (
+    FC_PARALLEL_MIN_WORK,
+    choose_conv_blocking,
+    runs_by_image,
+    sparse_conv_forward,
+    sparse_fc_forward,
+)
 
 RNG = np.random.default_rng(2024)
 DENSITIES = [1.0, 0.5, 0.1, 0.01, 0.0]
@@ -405,6 +411,26 @@ def test_sparse_fc_rows_of_every_length(num_input, m):
     b = rng.standard_normal(71).astype(np.float32)
     for relu in (False, True):
         assert_close(sparse_fc_forward(x, fc, b, relu=relu), R.fc_forward_ref(x, w, b, relu))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("m, num_input, density", [(16, 1031, 0.1), (40, 600, 0.2), (16, 800, 0.02)])
+def test_sparse_fc_on_several_threads(threads, m, num_input, density):
+    """Batched products of at least FC_PARALLEL_MIN_WORK multiply-adds share their outputs out in tasks
+    of 64 (the input transposed once, on the calling thread); smaller ones (the last case) run on one
+    thread. Either way every output equals the dense result."""
+    w = pruned((700, num_input), density)
+    fc = pack_fc_weights(w)
+    parallel = fc.nnz * -(-m // 16) * 16 >= FC_PARALLEL_MIN_WORK
+    assert parallel == (density >= 0.1)
+    x, b = rand(m, num_input), rand(700)
+    before = K.get_num_threads()
+    try:
+        K.set_num_threads(threads)
+        for relu in (False, True):
+            assert_close(sparse_fc_forward(x, fc, b, relu=relu), R.fc_forward_ref(x, w, b, relu))
+    finally:
+        K.set_num_threads(before)
 
 
 @pytest.mark.parametrize("num_input", [65536, 65537])

@@ -71,6 +71,11 @@ INTERLEAVE_MIN_DENSITY = 0.5
 # AlexNet's conv3-5 1.02-1.33x faster plain at batch 1 and 16, items shared by the threads), so aligned
 # plans are for one thread and for batches each thread runs image by image (``by_image``: its prepared
 # input read one block of channels at a time: conv3-5 at batch 16 on two threads 1.07-1.22x faster).
+# A batched sparse inner product of fewer multiply-adds than this (nonzeros x the batch rounded up to
+# a vector) runs on one thread: on the 2-vCPU Xeon two threads ran 0.77x one at 0.3 M (LeNet's ip1 at
+# batch 16), 1.01x at 0.5 M, 1.12x at 1 M and 1.37x at 3.3 M (GoogLeNet's classifier). Batch 1 streams
+# its weights and gains from two threads even on LeNet's layers.
+FC_PARALLEL_MIN_WORK = 1 << 19
 ALIGNED_FREE_COPIES = 3
 ALIGNED_MAX_COPIES = 5
 ALIGNED_WORK_PER_COPY = 40
@@ -369,7 +374,8 @@ def sparse_conv_forward(x, conv_csr, bias, stride, pad, dilation, out_hw, relu=F
 def sparse_fc_forward(x, fc_csr, bias, relu=False, out=None):
     """Sparse fully-connected: ``y (M, N) = x (M, K) . W^T + bias`` with W packed by
     :func:`pyskim.sparse.pack_fc_weights`. SpMV for M == 1, otherwise a transposed-input SpMDM
-    (each nonzero is a contiguous multiply-add over the batch). ``relu=True`` fuses ``max(y, 0)``."""
+    (each nonzero is a contiguous multiply-add over the batch; on one thread below
+    ``FC_PARALLEL_MIN_WORK`` multiply-adds). ``relu=True`` fuses ``max(y, 0)``."""
     fn = "sparse_fc_forward"
     if not isinstance(fc_csr, FcCSR):
         raise KernelArgumentError(f"{fn}: fc_csr must be an FcCSR (pack_fc_weights), "
@@ -382,5 +388,7 @@ def sparse_fc_forward(x, fc_csr, bias, relu=False, out=None):
     y = output_array(fn, "out", out, (x.shape[0], fc_csr.num_output), [x, b])
     plan = fc_csr.plan(lambda: _sc.FcPlan(fc_csr.rowptr, fc_csr.colidx, fc_csr.values,
                                           fc_csr.num_output, fc_csr.num_input))
-    plan.forward(x, b, y, relu, get_num_threads())
+    batch = x.shape[0]
+    work = fc_csr.nnz * -(-batch // VECTOR) * VECTOR
+    plan.forward(x, b, y, relu, get_num_threads() if batch == 1 or work >= FC_PARALLEL_MIN_WORK else 1)
     return y
