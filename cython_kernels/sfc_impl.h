@@ -209,7 +209,8 @@ SC_DEF_FC_KERNELS(int32_t, _c32, col32)
 
 /* XT = X^T zero-padded to Mp columns, on the calling thread: with AVX-512 in 16 x 16 blocks through
  * registers (sc_transpose16). It had been a float at a time in pool tasks of its own (a second fork
- * of the pool per call): LeNet's 800 -> 500 layer at batch 16 now runs 2x faster on one thread. */
+ * of the pool per call): batch-16 products of 1000 outputs or fewer now run 1.06-1.13x faster on
+ * one thread. */
 static void sc_fc_transpose(const sc_fc_t *f) {
 #if defined(__AVX512F__)
     const sc_lane_perm_t pm = sc_lane_perms();
@@ -236,9 +237,8 @@ static void sc_fc_transpose(const sc_fc_t *f) {
 /* Y on up to nthreads threads in tasks of 64 outputs; the column indices are col16 (16-bit) or, when
  * it is NULL, col32. Returns 0, or -1 when XT could not be allocated. (Batched tasks of 16 outputs
  * wrote 64-byte pieces of every row of Y, each sharing cache lines with the neighbouring tasks of
- * the other thread: GoogLeNet's 1024 -> 1000 classifier at batch 16 ran 1.4x slower on two threads
- * than on one; in tasks of 64 it runs 1.56x faster, CaffeNet-size 4096 x 4096 layers 1.55x instead
- * of 1.29x.) */
+ * the other thread: at batch 16 GoogLeNet's 1024 -> 1000 classifier ran no faster on two threads
+ * than on one, and runs 1.37x faster in tasks of 64; a 4096 x 4096 layer 1.78x instead of 1.29x.) */
 static int sc_fc(const float *x, int M, int K, int N, const int32_t *rowptr, const uint16_t *col16,
                  const int32_t *col32, const float *val, const float *bias, int relu, float *y, int nthreads) {
     sc_fc_t f = {.x = x, .val = val, .bias = bias, .rowptr = rowptr, .col32 = col32, .col16 = col16, .M = M,
