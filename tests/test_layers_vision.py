@@ -284,6 +284,8 @@ def test_aliases_run_their_target(alias, target, body):
     ('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 pad_h: 1 }', "pad_h and pad_w"),
     ('type: "LRN" lrn_param { local_size: 4 }', "odd"),
     ('type: "SPP" spp_param { pool: MAX }', "pyramid_height"),
+    ('type: "SPP" spp_param { pyramid_height: 3 pool: MAX }', "pyramid_height 3 needs 4 bins"),
+    ('type: "SPP" spp_param { pyramid_height: 237 pool: MAX }', "pyramid_height 237"),
 ])
 def test_bad_parameters_name_the_layer(layer, match):
     with pytest.raises(NetError, match=match) as info:

@@ -163,7 +163,19 @@ class SPPLayer(Layer):
             raise NetError(f"layer '{self.name}': spp_param.pyramid_height must be at least 1")
         self._shape = None
 
+    def _check_levels(self, shape):
+        """Caffe's pooling check (pad < kernel) for the top level first: its 2^(height-1) bins per side
+        are the most a side may hold, and a huge pyramid_height would not even fit the parameters."""
+        bins = 2 ** (self._height - 1)
+        for size in shape[2:]:
+            kernel = -(-size // bins)
+            if (kernel * bins - size + 1) // 2 >= kernel:
+                raise NetError(f"layer '{self.name}': spp_param.pyramid_height {self._height} needs {bins} bins "
+                               f"per side, too many for an input of {shape[2]}x{shape[3]}: the pooling's pad "
+                               f"must be smaller than the kernel")
+
     def _build_levels(self, shape):
+        self._check_levels(shape)
         self._levels = []
         for level in range(self._height):
             lp = caffe_pb2.LayerParameter(name=f"{self.name}/pool{level}", type="Pooling", phase=self.phase)
