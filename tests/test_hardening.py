@@ -143,6 +143,14 @@ def test_nul_byte_in_paths(tmp_path, path):
                        f'image_data_param {{ source: "{path}" batch_size: 1 }} }}'.replace("\0", "\\000"))
 
 
+@pytest.mark.parametrize("shape", [(0, 2**31 - 1, 2**31 - 1), (2, 2**16, 2**15)])
+def test_datum_with_dimensions_too_large(shape):
+    """An empty or short Datum whose dimensions span more than INT_MAX values (the fuzzer's edits)."""
+    datum = caffe_pb2.Datum(channels=shape[0], height=shape[1], width=shape[2])
+    with pytest.raises(BlobProtoError, match="too large"):
+        pyskim.io.datum_to_array(datum)
+
+
 @pytest.mark.parametrize("shape", [(1, -2, -2), (-1, 2, -2), (-3, -1, 1)])
 def test_datum_with_negative_dimensions(shape):
     datum = caffe_pb2.Datum(channels=shape[0], height=shape[1], width=shape[2], data=bytes(4))

@@ -6,6 +6,10 @@ import numpy as np
 from ..errors import BlobProtoError
 from ..proto import caffe_pb2
 
+#: The most values a Datum's dimensions may span (empty dimensions aside): Caffe's blob count limit,
+#: INT_MAX; beyond it numpy cannot even shape an empty array.
+MAX_DATUM_VALUES = 2**31 - 1
+
 
 def blobproto_shape(blob):
     """The shape a BlobProto describes: the legacy 4-D num/channels/height/width when any of them is
@@ -94,6 +98,9 @@ def datum_to_array(datum):
     shape = (datum.channels, datum.height, datum.width)
     if min(shape) < 0:
         raise BlobProtoError(f"Datum has a negative dimension: {shape}")
+    if math.prod(max(d, 1) for d in shape) > MAX_DATUM_VALUES:
+        raise BlobProtoError(f"Datum dimensions {shape} are too large (more than {MAX_DATUM_VALUES} values, "
+                             f"empty dimensions aside)")
     if len(datum.data):
         raw = np.frombuffer(datum.data, dtype=np.uint8)
         if raw.size != math.prod(shape):
