@@ -313,6 +313,7 @@ static inline void sc_prepare_il_channel(const sc_prep_t *pp, int q, int c, floa
     const int lanes = pp->N - q * SC_VL < SC_VL ? pp->N - q * SC_VL : SC_VL;
     const int64_t src_stride = (int64_t)pp->C * H * pp->W;
     const float *src = pp->x + ((int64_t)q * SC_VL * pp->C + c) * (int64_t)H * pp->W;
+    const sc_lane_perm_t pm = sc_lane_perms();
     for (int rh = 0; rh < sh; ++rh) {
         float *phase = dst + rh * sw * plane;
         for (int i = 0; i < Hq; ++i) {
@@ -322,7 +323,7 @@ static inline void sc_prepare_il_channel(const sc_prep_t *pp, int q, int c, floa
                 for (int rw = 0; rw < sw; ++rw) memset(d + rw * plane, 0, sizeof(float) * Wq * SC_VL);
                 continue;
             }
-            sc_il_fill_row(d, plane, src + (int64_t)r * pp->W, src_stride, lanes, pp->W, pp->pw, sw, Wq);
+            sc_il_fill_row(d, plane, src + (int64_t)r * pp->W, src_stride, lanes, pp->W, pp->pw, sw, Wq, &pm);
         }
     }
 }
@@ -539,10 +540,11 @@ static inline void sc_interleaved_item(const sc_conv_t *cv, int64_t it, float *s
              g, oc0, oc1, scr);
     const int64_t plane = (int64_t)OH * OW;
     const int64_t OC = (int64_t)cv->G * OCg;
+    const sc_lane_perm_t pm = sc_lane_perms();
     for (int oc = oc0; oc < oc1; ++oc)
         sc_il_write_tile(scr + (oc - oc0) * cv->sstride, cnt, lanes,
                          cv->out + ((int64_t)q * SC_VL * OC + (int64_t)g * OCg + oc) * plane, OC * plane, y0, x0, OW,
-                         Wq, relu);
+                         Wq, relu, &pm);
 }
 
 /* The cut of a convolution into work items: output-channel blocks, tiles (at most `tile` vectors;

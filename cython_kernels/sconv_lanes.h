@@ -42,11 +42,22 @@ static inline void sc_transpose16(__m512 r[16], const sc_lane_perm_t *pm) {
 }
 #endif
 
+#if !defined(__AVX512F__)
+typedef struct {
+    int unused;
+} sc_lane_perm_t; /* the transposes' permutes exist with AVX-512 only */
+static inline sc_lane_perm_t sc_lane_perms(void) {
+    sc_lane_perm_t pm = {0};
+    return pm;
+}
+#endif
+
 /* Source row `src` of the group's images (image l at src + l*src_stride, W floats; lanes >= `lanes`
  * zero) into its sw phase rows d + rw*phase_stride of Wq positions of SC_VL floats: source column s
- * at phase (s + pw) % sw, position (s + pw) / sw; positions without a source column zero. */
+ * at phase (s + pw) % sw, position (s + pw) / sw; positions without a source column zero. `pm`: the
+ * caller's sc_lane_perms(), made once per channel rather than per row. */
 static void sc_il_fill_row(float *d, int64_t phase_stride, const float *src, int64_t src_stride, int lanes, int W,
-                           int pw, int sw, int Wq) {
+                           int pw, int sw, int Wq, const sc_lane_perm_t *pm) {
     for (int rw = 0; rw < sw; ++rw) {
         float *e = d + rw * phase_stride;
         int j0, j1;
@@ -55,20 +66,20 @@ static void sc_il_fill_row(float *d, int64_t phase_stride, const float *src, int
         memset(e + (int64_t)j1 * SC_VL, 0, sizeof(float) * (Wq - j1) * SC_VL);
     }
 #if defined(__AVX512F__)
-    const sc_lane_perm_t pm = sc_lane_perms();
     for (int s0 = 0; s0 < W; s0 += 16) {
         const int n = W - s0 < 16 ? W - s0 : 16;
         const __mmask16 cols = sc_lane_range(0, n);
         __m512 v[16];
         for (int l = 0; l < 16; ++l)
             v[l] = l < lanes ? _mm512_maskz_loadu_ps(cols, src + l * src_stride + s0) : _mm512_setzero_ps();
-        sc_transpose16(v, &pm);
+        sc_transpose16(v, pm);
         for (int k = 0; k < n; ++k) {
             const int t = s0 + k + pw, j = t / sw;
             if (j < Wq) _mm512_storeu_ps(d + (t % sw) * phase_stride + (int64_t)j * SC_VL, v[k]);
         }
     }
 #else
+    (void)pm;
     for (int s = 0; s < W; ++s) {
         const int t = s + pw, j = t / sw;
         if (j >= Wq) continue;
@@ -83,15 +94,14 @@ static void sc_il_fill_row(float *d, int64_t phase_stride, const float *src, int
  * a row) for l < lanes; positions past a row's OW columns are dropped; Caffe's ReLU (0 > v ? 0 : v,
  * NaN and -0 kept) when relu. */
 static void sc_il_write_tile(const float *s, int cnt, int lanes, float *o, int64_t img_stride, int y0, int x0,
-                             int OW, int Wq, int relu) {
+                             int OW, int Wq, int relu, const sc_lane_perm_t *pm) {
 #if defined(__AVX512F__)
-    const sc_lane_perm_t pm = sc_lane_perms();
     const __m512 zero = _mm512_setzero_ps();
     for (int t0 = 0; t0 < cnt; t0 += 16) {
         const int n = cnt - t0 < 16 ? cnt - t0 : 16;
         __m512 v[16];
         for (int k = 0; k < 16; ++k) v[k] = k < n ? _mm512_loadu_ps(s + (int64_t)(t0 + k) * SC_VL) : zero;
-        sc_transpose16(v, &pm); /* v[l]: image l at positions t0 .. t0 + n - 1 */
+        sc_transpose16(v, pm); /* v[l]: image l at positions t0 .. t0 + n - 1 */
         if (relu)
             for (int l = 0; l < lanes; ++l) v[l] = _mm512_max_ps(zero, v[l]);
         for (int k = 0; k < n;) { /* the positions of one output row: lanes [k, k + len) */
@@ -108,6 +118,7 @@ static void sc_il_write_tile(const float *s, int cnt, int lanes, float *o, int64
         }
     }
 #else
+    (void)pm;
     for (int t = 0; t < cnt; ++t) {
         const int flat = x0 + t, x = flat % Wq;
         if (x >= OW) continue;

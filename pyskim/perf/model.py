@@ -302,18 +302,12 @@ def conv_efficiency(single, batched, batch):
     return single + (batched - single) * min(1.0, (batch - 1) / (CALIBRATION_BATCH - 1))
 
 
-def _dense_eff(shape, profile):
-    """``e_d`` at this shape's batch (:func:`conv_efficiency`; an inner product's is batch-free)."""
+def _at_batch(shape, single, batched):
+    """A convolution's efficiency at this shape's batch (:func:`conv_efficiency`); an inner product's
+    ``single`` (its efficiencies do not depend on the batch this way)."""
     if isinstance(shape, FcShape):
-        return profile.dense_eff
-    return conv_efficiency(profile.dense_eff, profile.batched_dense_eff, shape.batch)
-
-
-def _sparse_eff0(shape, profile):
-    """``e_s0`` at this shape's batch (:func:`conv_efficiency`)."""
-    if isinstance(shape, FcShape):
-        return profile.sparse_eff
-    return conv_efficiency(profile.sparse_eff, profile.batched_sparse_eff, shape.batch)
+        return single
+    return conv_efficiency(single, batched, shape.batch)
 
 
 def dense_efficiency(shape, profile):
@@ -321,7 +315,7 @@ def dense_efficiency(shape, profile):
     product's weights) once per call, work worth ``R_0 = PACKING_ROWS`` rows of the ``R`` rows that
     reuse it (:func:`packed_rows`); ``e_d`` at the shape's batch (:func:`conv_efficiency`)."""
     rows = max(packed_rows(shape), 1)
-    return _dense_eff(shape, profile) * rows / (rows + PACKING_ROWS)
+    return _at_batch(shape, profile.dense_eff, profile.batched_dense_eff) * rows / (rows + PACKING_ROWS)
 
 
 def dense_time(shape, profile):
@@ -402,7 +396,7 @@ def sparse_efficiency(shape, profile):
         sigma = 1.0
     else:
         sigma = profile.plain_eff if shape.stride == (1, 1) else profile.stride_eff
-    return _sparse_eff0(shape, profile) * u * sigma * tile_efficiency(shape, profile.tile_overhead,
+    return _at_batch(shape, profile.sparse_eff, profile.batched_sparse_eff) * u * sigma * tile_efficiency(shape, profile.tile_overhead,
                                                                       threads=profile.threads)
 
 
@@ -441,7 +435,7 @@ def sparse_terms(shape, profile):
         m = (4.0 + (2.0 if shape.num_input <= 65536 else 4.0)) * shape.weights / (profile.fc_bandwidth
                                                                                    or profile.bandwidth)
     o = call_overhead(shape, profile, "sparse") + input_pass(shape, profile.sparse_input_cost) \
-        + accumulator_flops(shape, threads=profile.threads) / (profile.compute * _sparse_eff0(shape, profile))
+        + accumulator_flops(shape, threads=profile.threads) / (profile.compute * _at_batch(shape, profile.sparse_eff, profile.batched_sparse_eff))
     overlapped = isinstance(shape, FcShape) and shape.batch <= 1
     return (a if overlapped else a + m), b, m, o
 
