@@ -187,8 +187,9 @@ def test_blocking_does_not_change_results(blocking):
 
 def test_output_channel_blocks_share_out_evenly():
     """The spatial variant's work items hold 64 output channels where the threads still get even
-    shares of one image's items, else 32 or 16."""
-    def ocb(num_output, threads, hw=13):
+    shares of one image's items, else 32 or 16. A 6x6 plane is 3 vectors: one register tile on
+    every ISA (28 vectors with AVX-512, 6 with AVX2, 3 without), so one image has one item per block."""
+    def ocb(num_output, threads, hw=6):
         csr = pack_conv_weights(pruned((num_output, 8, 3, 3), 0.3), 1, (hw, hw), 1, 1)
         return choose_conv_blocking(csr, (1, 1), (hw, hw), threads)["ocb"]
     assert ocb(384, 1) == ocb(384, 2) == ocb(208, 1) == 64
