@@ -260,11 +260,18 @@ cdef extern from *:
      *   top    = x * power
      * The squares go into the interior of sq, a zero-bordered scratch plane of scratch_rows x
      * scratch_width floats whose border is never written (a tap in the padding adds +0, which leaves
-     * Caffe's sum of non-negative squares unchanged, as its clipped loop skipping the tap). Then 16
-     * outputs of a row at a time sum their taps in one vector register (GCC's vector extension; the
-     * lanes past the row end are computed and dropped). ** is powf, except for nbeta = -0.75:
+     * Caffe's sum of non-negative squares unchanged, as its clipped loop skipping the tap). Then a
+     * register's width of outputs of a row at a time (16 with AVX-512, 8 with AVX, 4 otherwise) sum
+     * their taps in one vector register (GCC's vector extension; the lanes past the row end are
+     * computed and dropped). ** is powf, except for nbeta = -0.75:
      * r * sqrtf(r), r = 1 / sqrtf(.), as the ACROSS_CHANNELS kernels (within ~3 ulp of powf). */
+    #if defined(__AVX512F__)
     #define PYSKIM_LRN_LANES 16
+    #elif defined(__AVX__)
+    #define PYSKIM_LRN_LANES 8      /* a register's width: wider vectors of GCC's extension live on the stack */
+    #else
+    #define PYSKIM_LRN_LANES 4
+    #endif
     typedef float pyskim_lrn_lanes __attribute__((vector_size(PYSKIM_LRN_LANES * sizeof(float))));
     static inline int64_t pyskim_lrn_scratch_width(int W, int size) {
         return ((int64_t)W + PYSKIM_LRN_LANES - 1) / PYSKIM_LRN_LANES * PYSKIM_LRN_LANES + size - 1;

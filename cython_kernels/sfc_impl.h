@@ -35,29 +35,29 @@
     static void sc_ftile_##T##SUF(const float *__restrict xt, int64_t Mp, const IDX *__restrict col, \
                                   const float *__restrict val, int64_t j0, int64_t j1, float b0,  \
                                   float *__restrict acc) {                                        \
-        enum { S = SC_FSETS(T) };                                                                 \
-        sc_v a[S][T];                                                                             \
+        enum { S = SC_FSETS(T), V = T * SC_NPV };                                                 \
+        sc_n a[S][V];                                                                             \
         SC_UNROLL for (int s = 0; s < S; ++s)                                                     \
-            SC_UNROLL for (int t = 0; t < T; ++t) a[s][t] = (sc_v){0} + (s ? 0.0f : b0);          \
+            SC_UNROLL for (int v = 0; v < V; ++v) a[s][v] = (sc_n){0} + (s ? 0.0f : b0);          \
         int64_t j = j0;                                                                           \
         for (; j + 16 <= j1; j += 16) {                                                           \
             __builtin_prefetch(val + j + SC_FC_PREFETCH, 0, 2);                                   \
             __builtin_prefetch(col + j + SC_FC_PREFETCH, 0, 2);                                   \
             SC_UNROLL for (int u = 0; u < 16; ++u) {                                              \
                 const float *p = xt + (int64_t)col[j + u] * Mp;                                   \
-                const sc_v w = val[j + u] - (sc_v){0};                                            \
-                SC_UNROLL for (int t = 0; t < T; ++t)                                             \
-                    a[u % S][t] += w * *(const sc_v *)(p + SC_VL * t);                            \
+                const sc_n w = val[j + u] - (sc_n){0};                                            \
+                SC_UNROLL for (int v = 0; v < V; ++v)                                             \
+                    a[u % S][v] += w * *(const sc_n *)(p + SC_NL * v);                            \
             }                                                                                     \
         }                                                                                         \
         for (; j < j1; ++j) {                                                                     \
             const float *p = xt + (int64_t)col[j] * Mp;                                           \
-            const sc_v w = val[j] - (sc_v){0};                                                    \
-            SC_UNROLL for (int t = 0; t < T; ++t) a[0][t] += w * *(const sc_v *)(p + SC_VL * t);  \
+            const sc_n w = val[j] - (sc_n){0};                                                    \
+            SC_UNROLL for (int v = 0; v < V; ++v) a[0][v] += w * *(const sc_n *)(p + SC_NL * v);  \
         }                                                                                         \
         SC_UNROLL for (int s = 1; s < S; ++s)                                                     \
-            SC_UNROLL for (int t = 0; t < T; ++t) a[0][t] += a[s][t];                             \
-        SC_UNROLL for (int t = 0; t < T; ++t)((sc_v *)acc)[t] = a[0][t];                          \
+            SC_UNROLL for (int v = 0; v < V; ++v) a[0][v] += a[s][v];                             \
+        SC_UNROLL for (int v = 0; v < V; ++v)((sc_n *)acc)[v] = a[0][v];                          \
     }
 
 #if SC_FMT >= 8
