@@ -69,7 +69,22 @@ static inline void gm_tap_next(const gm_operand_t *o, gm_tap_t *q) {
     gm_tap_set(o, q);
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/* AVX2's masks are vectors: lanes [8v, 8v + 8) of a lane bitmask as a vector of 0 / -1. */
+static inline __m256i gm_lane_mask8(uint32_t bits, int v) {
+    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i m = _mm256_and_si256(_mm256_set1_epi32((int)(bits >> (8 * v))), lane);
+    return _mm256_cmpeq_epi32(m, lane);
+}
+
+/* Lanes of v (signed int32) that are >= 0 and < bound, as AVX2's unsigned compare: both sides'
+ * sign bits flipped, then a signed compare. */
+static inline __m256i gm_in_range8(__m256i v, __m256i bound_flipped) {
+    return _mm256_cmpgt_epi32(bound_flipped, _mm256_xor_si256(v, _mm256_set1_epi32((int)0x80000000u)));
+}
+#endif
+
+#if defined(__AVX512F__) || defined(__AVX2__)
 /* im2col with unit horizontal stride and dilation: the panel's positions fall into runs along
  * output rows, and each run reads one contiguous input row per tap, so every tap is a few masked
  * loads (lanes outside the image are zero) instead of gathers. */
@@ -103,6 +118,7 @@ static void gm_pack_b_im2col_rows(const gm_operand_t *o, const float *base, cons
     gm_tap_init(o, p0, &tap);
     for (int64_t k = 0; k < kb; ++k, dst += GM_NR, gm_tap_next(o, &tap)) {
         const float *src = base + tap.off;
+#if defined(__AVX512F__)
         __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
         for (int r = 0; r < nruns; ++r) {
             /* a row outside the image loads nothing (mask 0) */
@@ -112,6 +128,18 @@ static void gm_pack_b_im2col_rows(const gm_operand_t *o, const float *base, cons
         }
         _mm512_store_ps(dst, lo);
         _mm512_store_ps(dst + 16, hi);
+#else
+        /* runs hold disjoint lanes and a masked load zeroes the others (touching no memory there) */
+        __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+        for (int r = 0; r < nruns; ++r) {
+            const uint32_t m = (unsigned)(run_ih[r] + tap.di) < (unsigned)H ? masks[r][tap.j] : 0;
+            if (!m) continue;
+            lo = _mm256_or_ps(lo, _mm256_maskload_ps(src + run_at[r], gm_lane_mask8(m, 0)));
+            hi = _mm256_or_ps(hi, _mm256_maskload_ps(src + run_at[r] + 8, gm_lane_mask8(m, 1)));
+        }
+        _mm256_store_ps(dst, lo);
+        _mm256_store_ps(dst + 8, hi);
+#endif
     }
 }
 #endif
@@ -161,6 +189,39 @@ static void gm_pack_b_im2col(const gm_operand_t *o, int g, int64_t p0, int64_t k
                 const __m512i idx = _mm512_add_epi32(_mm512_load_si512(rel + 16 * v), voff);
                 _mm512_store_ps(dst + 16 * v,
                                 _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, pbase, 4));
+            }
+        }
+        return;
+    }
+#elif defined(__AVX2__)
+    if (o->sw == 1 && o->dw == 1 && o->kw <= GM_MAX_KW) {
+        gm_pack_b_im2col_rows(o, base, start, ih0, iw0, p0, kb, nr, dst);
+        return;
+    }
+    /* gathers with 32-bit offsets from the panel's first position (other strides: AlexNet's conv1) */
+    if (start[nr - 1] - start[0] + (int64_t)o->C * H * W < 0x7fffffffLL) {
+        const float *pbase = base + start[0];
+        int32_t rel[GM_NR] __attribute__((aligned(32))), vih[GM_NR] __attribute__((aligned(32))),
+            viw[GM_NR] __attribute__((aligned(32)));
+        for (int t = 0; t < GM_NR; ++t) {
+            rel[t] = t < nr ? (int32_t)(start[t] - start[0]) : 0;
+            vih[t] = t < nr ? ih0[t] : -0x40000000;
+            viw[t] = t < nr ? iw0[t] : -0x40000000;
+        }
+        const __m256i hmax = _mm256_set1_epi32((int)((unsigned)H ^ 0x80000000u)),
+                      wmax = _mm256_set1_epi32((int)((unsigned)W ^ 0x80000000u));
+        gm_tap_t tap;
+        gm_tap_init(o, p0, &tap);
+        for (int64_t k = 0; k < kb; ++k, dst += GM_NR, gm_tap_next(o, &tap)) {
+            const __m256i voff = _mm256_set1_epi32((int32_t)tap.off);
+            const __m256i vdi = _mm256_set1_epi32(tap.di), vdj = _mm256_set1_epi32(tap.dj);
+            for (int v = 0; v < GM_NV; ++v) {
+                const __m256i ih = _mm256_add_epi32(_mm256_load_si256((const __m256i *)(vih + 8 * v)), vdi);
+                const __m256i iw = _mm256_add_epi32(_mm256_load_si256((const __m256i *)(viw + 8 * v)), vdj);
+                const __m256i m = _mm256_and_si256(gm_in_range8(ih, hmax), gm_in_range8(iw, wmax));
+                const __m256i idx = _mm256_add_epi32(_mm256_load_si256((const __m256i *)(rel + 8 * v)), voff);
+                _mm256_store_ps(dst + 8 * v, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), pbase, idx,
+                                                                      _mm256_castsi256_ps(m), 4));
             }
         }
         return;
