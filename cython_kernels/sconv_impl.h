@@ -32,8 +32,9 @@
  * Aligned loads: with rows of whole vectors and one shifted copy of each input channel per
  * distinct tap column offset (mod 16), every load of a register tile is 64-byte aligned (see
  * sc_prep_t). On Intel cores a load that crosses a cache line costs two L1 accesses; the copies
- * cost cache instead, so pyskim.kernels.sparse uses them for stride-1 layers with at most three
- * (1.1-1.2x on AlexNet's 3x3 layers on a Xeon; no faster on AMD Zen 5, whose split loads are cheap).
+ * cost cache instead, so pyskim.kernels.sparse uses them on Intel CPUs (sc_split_loads_cost) for
+ * stride-1 layers where they pay (1.1-1.2x on AlexNet's 3x3 layers on a Xeon; no faster on AMD's
+ * Zen 5 and 1.1-1.25x slower on Zen 3, whose split loads are cheap).
  * Rejected there: 2-source permutes of aligned loads instead of unaligned loads (slower).
  */
 #ifndef PYSKIM_SCONV_IMPL_H
@@ -145,6 +146,17 @@ static const sc_tile_fn sc_itiles[SC_TMAX + 1] = {SC_TABLE_3(sc_itile)};
 #endif
 
 static int sc_max_tile(void) { return SC_TMAX; }
+
+/* Whether this CPU pays twice for a load that crosses a cache line (two L1 accesses): Intel's cores
+ * do; AMD's Zen cores split such loads cheaply (aligned plans ran 1.1-1.25x slower on a Zen 3). */
+static int sc_split_loads_cost(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel");
+#else
+    return 0;
+#endif
+}
 
 static int64_t sc_num_vectors(int OH, int OW, int Wq) {
     int64_t L = (int64_t)(OH - 1) * Wq + OW;

@@ -26,6 +26,7 @@ cdef extern from "sconv_impl.h" nogil:
         int copies
         int shift[16]
     int sc_max_tile()
+    int sc_split_loads_cost()
     int64_t sc_num_vectors(int OH, int OW, int Wq)
     int sc_il_tile_max(int OH, int OW, int Wq, int tile)
     int sc_conv(const sc_prep_t *prep, float *buf, int64_t grp_stride, int G, int OCg, int NB,
@@ -46,6 +47,12 @@ _INT_MAX = 2**31 - 1
 def max_tile_vectors():
     """Largest register tile (in vectors of ``vector_length()`` floats) this build supports."""
     return sc_max_tile()
+
+
+def split_loads_cost():
+    """Whether this CPU's loads that cross a cache line cost two L1 accesses (Intel's cores), which
+    the aligned plans of the sparse convolution avoid; AMD's Zen cores split them cheaply."""
+    return bool(sc_split_loads_cost())
 
 
 def il_tile_positions(int out_h, int out_w, int wq, int tile):

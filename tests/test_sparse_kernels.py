@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 import pyskim.kernels.dense as K
 from pyskim._kernels import sparse_conv as _sc
+from pyskim.kernels import sparse as sparse_kernels
 from pyskim.kernels import sparse_reference as R
 from pyskim.kernels.csr import (
     MAX_CACHED_PLANS,
@@ -278,13 +279,26 @@ def test_which_batches_run_image_by_image():
     assert not runs_by_image(1, 2) and runs_by_image(64, 4) and not runs_by_image(13, 4)
 
 
-def test_image_by_image_plans_on_several_threads_are_aligned():
+@pytest.mark.parametrize("split_loads_cost", [True, False])
+def test_image_by_image_plans_on_several_threads_are_aligned(monkeypatch, split_loads_cost):
     """Threads that each run whole images read the prepared input one block at a time: their plans
-    take the aligned layout where one thread's would; threads sharing an image's items do not."""
+    take the aligned layout where one thread's would; threads sharing an image's items do not. On a
+    CPU whose loads across cache lines are cheap (AMD's Zen) no plan is aligned."""
+    monkeypatch.setattr(sparse_kernels, "SPLIT_LOADS_COST", split_loads_cost)
     csr = pack_conv_weights(pruned((64, 32, 3, 3), 0.1), 1, (13, 13), 1, 1)
-    assert choose_conv_blocking(csr, (1, 1), (13, 13), 1)["aligned"] == 1
-    assert choose_conv_blocking(csr, (1, 1), (13, 13), 2, by_image=True)["aligned"] == 1
+    assert choose_conv_blocking(csr, (1, 1), (13, 13), 1)["aligned"] == int(split_loads_cost)
+    assert choose_conv_blocking(csr, (1, 1), (13, 13), 2, by_image=True)["aligned"] == int(split_loads_cost)
     assert choose_conv_blocking(csr, (1, 1), (13, 13), 2)["aligned"] == 0
+    assert choose_conv_blocking(csr, (1, 1), (13, 13), 2, aligned=1)["aligned"] == 1     # a forced layout
+
+
+def test_split_loads_cost_follows_the_cpu_vendor():
+    """The kernel asks the CPU itself (cpuid); /proc/cpuinfo names the same vendor."""
+    with open("/proc/cpuinfo") as f:
+        vendor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), None)
+    if vendor is None:
+        pytest.skip("no vendor_id in /proc/cpuinfo")
+    assert sparse_kernels.SPLIT_LOADS_COST == (vendor == "GenuineIntel")
 
 
 @pytest.mark.parametrize("threads, batch", [(2, 8), (2, 11), (3, 12)])

@@ -51,7 +51,10 @@ OC_BALANCE = 1.1
 # (measured: 1.5x faster than the spatial variant at density 1, equal at 0.3, 2x slower at 0.1).
 INTERLEAVE_MIN = 12
 INTERLEAVE_MIN_DENSITY = 0.5
-# Aligned plans (shifted copies, rows of whole vectors) are the default for stride-1 layers that need
+# Aligned plans (shifted copies, rows of whole vectors) are the default on Intel CPUs, whose loads that
+# cross a cache line cost two L1 accesses (SPLIT_LOADS_COST); on an AMD Zen 3 (AVX2) they ran AlexNet's
+# conv2, conv3 and conv5 1.1-1.25x slower than the plain layout at batch 1 and 16 (Zen 5: no faster).
+# There they are the default for stride-1 layers that need
 # at most ALIGNED_FREE_COPIES copies, with input-channel blocks of all copies fitting ALIGNED_BUDGET_BYTES.
 # Measured on a 2-core Xeon (family 6 model 207) at density 0.1: AlexNet's 3x3 layers 1.06-1.15x
 # faster (3 copies); conv1 (stride 4, 12% more positions) 0.75x, so it keeps the plain layout.
@@ -76,6 +79,7 @@ INTERLEAVE_MIN_DENSITY = 0.5
 # batch 16), 1.01x at 0.5 M, 1.12x at 1 M and 1.37x at 3.3 M (GoogLeNet's classifier). Batch 1 streams
 # its weights and gains from two threads even on LeNet's layers.
 FC_PARALLEL_MIN_WORK = 1 << 19
+SPLIT_LOADS_COST = _sc.split_loads_cost()
 ALIGNED_FREE_COPIES = 3
 ALIGNED_MAX_COPIES = 5
 ALIGNED_WORK_PER_COPY = 40
@@ -158,13 +162,13 @@ def choose_conv_blocking(csr, stride, out_hw, threads=1, by_image=False, **overr
       interleaved variant, the default below ``INTERLEAVE_MIN_DENSITY``);
     * ``aligned``: 1 gives the one-image variant rows of whole vectors and a shifted copy of the input
       per distinct tap column offset modulo a vector, so that every load of the register tiles is
-      64-byte aligned; 0 keeps one copy and the tightest row pitch. The default is 1 where it pays
-      (``ALIGNED_*``) and the kernel runs on one thread (``threads``) or image by image
-      (``by_image``: :func:`runs_by_image`).
+      64-byte aligned; 0 keeps one copy and the tightest row pitch. The default is 1 on CPUs whose
+      split loads cost two (``SPLIT_LOADS_COST``), where it pays (``ALIGNED_*``) and the kernel runs on
+      one thread (``threads``) or image by image (``by_image``: :func:`runs_by_image`).
     """
     oh, ow = out_hw
-    aligned = ((threads == 1 or by_image) and stride == (1, 1) and _copies_pay(csr, stride)
-               and _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw, True)[1])
+    aligned = (SPLIT_LOADS_COST and (threads == 1 or by_image) and stride == (1, 1)
+               and _copies_pay(csr, stride) and _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw, True)[1])
                <= ALIGNED_MAX_GROWTH * _plane_vectors(out_hw, _phase_geometry(csr, stride, out_hw)[1]))
     b = {"tile": None, "itile": MAX_TILE, "ocb": None, "iocb": OC_BLOCKS[-1], "aligned": int(aligned),
          "interleave_min": INTERLEAVE_MIN if csr.density >= INTERLEAVE_MIN_DENSITY else VECTOR + 1}
