@@ -158,14 +158,13 @@ static void gm_pack_b_im2col(const gm_operand_t *o, int g, int64_t p0, int64_t k
         iw0[t] = pos.iw0;
     }
     const int H = o->H, W = o->W;
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
     if (o->sw == 1 && o->dw == 1 && o->kw <= GM_MAX_KW) {
         gm_pack_b_im2col_rows(o, base, start, ih0, iw0, p0, kb, nr, dst);
         return;
     }
-    /* gathers with 32-bit offsets from the panel's first position */
-    int fits = start[nr - 1] - start[0] + (int64_t)o->C * H * W < 0x7fffffffLL;
-    if (fits) {
+    /* gathers with 32-bit offsets from the panel's first position (other strides: AlexNet's conv1) */
+    if (start[nr - 1] - start[0] + (int64_t)o->C * H * W < 0x7fffffffLL) {
         const float *pbase = base + start[0];
         int32_t rel[GM_NR] __attribute__((aligned(64))), vih[GM_NR] __attribute__((aligned(64))),
             viw[GM_NR] __attribute__((aligned(64)));
@@ -174,14 +173,18 @@ static void gm_pack_b_im2col(const gm_operand_t *o, int g, int64_t p0, int64_t k
             vih[t] = t < nr ? ih0[t] : -0x40000000;
             viw[t] = t < nr ? iw0[t] : -0x40000000;
         }
+#if defined(__AVX512F__)
         const __m512i hmax = _mm512_set1_epi32(H), wmax = _mm512_set1_epi32(W);
+#else
+        const __m256i hmax = _mm256_set1_epi32((int)((unsigned)H ^ 0x80000000u)),
+                      wmax = _mm256_set1_epi32((int)((unsigned)W ^ 0x80000000u));
+#endif
         gm_tap_t tap;
         gm_tap_init(o, p0, &tap);
         for (int64_t k = 0; k < kb; ++k, dst += GM_NR, gm_tap_next(o, &tap)) {
-            const int64_t off = tap.off;
-            const int di = tap.di, dj = tap.dj;
-            const __m512i voff = _mm512_set1_epi32((int32_t)off);
-            const __m512i vdi = _mm512_set1_epi32(di), vdj = _mm512_set1_epi32(dj);
+#if defined(__AVX512F__)
+            const __m512i voff = _mm512_set1_epi32((int32_t)tap.off);
+            const __m512i vdi = _mm512_set1_epi32(tap.di), vdj = _mm512_set1_epi32(tap.dj);
             for (int v = 0; v < GM_NV; ++v) {
                 const __m512i ih = _mm512_add_epi32(_mm512_load_si512(vih + 16 * v), vdi);
                 const __m512i iw = _mm512_add_epi32(_mm512_load_si512(viw + 16 * v), vdj);
@@ -190,29 +193,7 @@ static void gm_pack_b_im2col(const gm_operand_t *o, int g, int64_t p0, int64_t k
                 _mm512_store_ps(dst + 16 * v,
                                 _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, pbase, 4));
             }
-        }
-        return;
-    }
-#elif defined(__AVX2__)
-    if (o->sw == 1 && o->dw == 1 && o->kw <= GM_MAX_KW) {
-        gm_pack_b_im2col_rows(o, base, start, ih0, iw0, p0, kb, nr, dst);
-        return;
-    }
-    /* gathers with 32-bit offsets from the panel's first position (other strides: AlexNet's conv1) */
-    if (start[nr - 1] - start[0] + (int64_t)o->C * H * W < 0x7fffffffLL) {
-        const float *pbase = base + start[0];
-        int32_t rel[GM_NR] __attribute__((aligned(32))), vih[GM_NR] __attribute__((aligned(32))),
-            viw[GM_NR] __attribute__((aligned(32)));
-        for (int t = 0; t < GM_NR; ++t) {
-            rel[t] = t < nr ? (int32_t)(start[t] - start[0]) : 0;
-            vih[t] = t < nr ? ih0[t] : -0x40000000;
-            viw[t] = t < nr ? iw0[t] : -0x40000000;
-        }
-        const __m256i hmax = _mm256_set1_epi32((int)((unsigned)H ^ 0x80000000u)),
-                      wmax = _mm256_set1_epi32((int)((unsigned)W ^ 0x80000000u));
-        gm_tap_t tap;
-        gm_tap_init(o, p0, &tap);
-        for (int64_t k = 0; k < kb; ++k, dst += GM_NR, gm_tap_next(o, &tap)) {
+#else
             const __m256i voff = _mm256_set1_epi32((int32_t)tap.off);
             const __m256i vdi = _mm256_set1_epi32(tap.di), vdj = _mm256_set1_epi32(tap.dj);
             for (int v = 0; v < GM_NV; ++v) {
@@ -223,6 +204,7 @@ static void gm_pack_b_im2col(const gm_operand_t *o, int g, int64_t p0, int64_t k
                 _mm256_store_ps(dst + 8 * v, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), pbase, idx,
                                                                       _mm256_castsi256_ps(m), 4));
             }
+#endif
         }
         return;
     }
